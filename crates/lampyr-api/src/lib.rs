@@ -1,0 +1,14 @@
+//! The vocabulary every lampyr layer shares and nothing else: the function
+//! manifest (`lampyr.toml`) with its validation, the JSON bodies of the
+//! management API, and the stable error body `{ "error": { "code", "message" } }`.
+//!
+//! This crate does no I/O. The gateway, the scheduler, the store and the CLI
+//! all speak these types, so a field added here is seen the same way by the
+//! server and by its clients.
+#![forbid(unsafe_code)]
+
+pub mod manifest;
+pub mod types;
+
+pub use manifest::{Auth, FunctionSpec, ManifestError, Network, Runtime};
+pub use types::*;

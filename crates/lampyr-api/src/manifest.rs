@@ -1,0 +1,542 @@
+//! The function manifest, `lampyr.toml`, and its full validation.
+//!
+//! ```toml
+//! name = "hello"
+//! runtime = "nodejs"          # or "python"
+//! handler = "index.handler"   # file index.js / index.py, export `handler`
+//! memory_mb = 128
+//! timeout = "10s"
+//! concurrency = 1             # in-flight invocations per instance
+//! min_instances = 0           # reserved instances kept warm
+//! max_instances = 10
+//! idle_timeout = "5m"         # an idle instance is stopped after this
+//! max_queue = 100             # requests that may wait for a free instance
+//! queue_timeout = "10s"       # how long one may wait before a 429
+//! auth = "public"             # or "token": the HTTP trigger needs a bearer token
+//! [env]
+//! GREETING = "hi"
+//! ```
+//!
+//! Every rule lives in [`FunctionSpec::from_toml`]; the server runs it again on
+//! every deploy, so a package is never accepted on the client's word.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A language runtime lampyr can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Nodejs,
+    Python,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 2] = [Runtime::Nodejs, Runtime::Python];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Nodejs => "nodejs",
+            Runtime::Python => "python",
+        }
+    }
+
+    /// The file extensions a handler module may have, in lookup order.
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Runtime::Nodejs => &["js", "mjs", "cjs"],
+            Runtime::Python => &["py"],
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "nodejs" | "node" => Ok(Runtime::Nodejs),
+            "python" | "python3" => Ok(Runtime::Python),
+            other => Err(format!(
+                "unknown runtime '{other}': use \"nodejs\" or \"python\""
+            )),
+        }
+    }
+}
+
+/// Who may call a function's HTTP trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// Anyone who can reach the server.
+    #[default]
+    Public,
+    /// Callers must send `Authorization: Bearer <token>` with the function's
+    /// trigger token (see `lampyr info`) or the server's API token.
+    Token,
+}
+
+/// The network an instance sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// A private network namespace with loopback only.
+    #[default]
+    None,
+    /// The host's network.
+    Host,
+}
+
+/// A manifest key or value that is wrong. The message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("lampyr.toml: {0}")]
+    Parse(String),
+    #[error("lampyr.toml: key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ManifestError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ManifestError::Invalid {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The manifest exactly as written; unknown keys are refused by serde.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    runtime: String,
+    handler: String,
+    memory_mb: Option<i64>,
+    timeout: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    concurrency: Option<i64>,
+    min_instances: Option<i64>,
+    max_instances: Option<i64>,
+    idle_timeout: Option<String>,
+    max_queue: Option<i64>,
+    queue_timeout: Option<String>,
+    auth: Option<String>,
+    network: Option<String>,
+}
+
+/// A validated function definition: what one version of a function is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub runtime: Runtime,
+    pub handler: String,
+    pub memory_mb: u32,
+    pub timeout_ms: u64,
+    pub env: BTreeMap<String, String>,
+    pub concurrency: u32,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub idle_timeout_ms: u64,
+    pub max_queue: u32,
+    pub queue_timeout_ms: u64,
+    pub auth: Auth,
+    pub network: Network,
+}
+
+pub const DEFAULT_MEMORY_MB: u32 = 128;
+pub const MIN_MEMORY_MB: u32 = 32;
+pub const MAX_MEMORY_MB: u32 = 16384;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_MAX_INSTANCES: u32 = 10;
+pub const MAX_INSTANCES_LIMIT: u32 = 1000;
+pub const MAX_CONCURRENCY: u32 = 1000;
+pub const DEFAULT_MAX_QUEUE: u32 = 100;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Environment variable names the platform sets itself.
+const RESERVED_ENV_PREFIXES: &[&str] = &["LAMPYR_", "AWS_LAMBDA_", "LAMBDA_"];
+const RESERVED_ENV: &[&str] = &["_HANDLER", "AWS_EXECUTION_ENV", "PATH", "LD_PRELOAD"];
+
+impl FunctionSpec {
+    /// Parses and fully validates a manifest.
+    pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawManifest) -> Result<Self, ManifestError> {
+        validate_name(&raw.name)?;
+        let runtime: Runtime = raw
+            .runtime
+            .parse()
+            .map_err(|m: String| ManifestError::invalid("runtime", m))?;
+        validate_handler(&raw.handler)?;
+
+        let memory_mb = int_in(
+            "memory_mb",
+            raw.memory_mb,
+            DEFAULT_MEMORY_MB as i64,
+            MIN_MEMORY_MB as i64,
+            MAX_MEMORY_MB as i64,
+        )? as u32;
+        let timeout = duration_in(
+            "timeout",
+            raw.timeout.as_deref(),
+            DEFAULT_TIMEOUT,
+            Duration::from_millis(1),
+            MAX_TIMEOUT,
+        )?;
+        let concurrency =
+            int_in("concurrency", raw.concurrency, 1, 1, MAX_CONCURRENCY as i64)? as u32;
+        let max_instances = int_in(
+            "max_instances",
+            raw.max_instances,
+            DEFAULT_MAX_INSTANCES as i64,
+            1,
+            MAX_INSTANCES_LIMIT as i64,
+        )? as u32;
+        let min_instances = int_in(
+            "min_instances",
+            raw.min_instances,
+            0,
+            0,
+            MAX_INSTANCES_LIMIT as i64,
+        )? as u32;
+        if min_instances > max_instances {
+            return Err(ManifestError::invalid(
+                "min_instances",
+                format!("{min_instances} is more than max_instances ({max_instances})"),
+            ));
+        }
+        let idle_timeout = duration_in(
+            "idle_timeout",
+            raw.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+            Duration::from_millis(100),
+            Duration::from_secs(24 * 3600),
+        )?;
+        let max_queue = int_in(
+            "max_queue",
+            raw.max_queue,
+            DEFAULT_MAX_QUEUE as i64,
+            0,
+            100_000,
+        )? as u32;
+        let queue_timeout = duration_in(
+            "queue_timeout",
+            raw.queue_timeout.as_deref(),
+            DEFAULT_QUEUE_TIMEOUT,
+            Duration::ZERO,
+            MAX_TIMEOUT,
+        )?;
+        let auth = match raw.auth.as_deref() {
+            None | Some("public") => Auth::Public,
+            Some("token") => Auth::Token,
+            Some(other) => {
+                return Err(ManifestError::invalid(
+                    "auth",
+                    format!("unknown value \"{other}\": use \"public\" or \"token\""),
+                ))
+            }
+        };
+        let network = match raw.network.as_deref() {
+            None | Some("none") => Network::None,
+            Some("host") => Network::Host,
+            Some(other) => {
+                return Err(ManifestError::invalid(
+                    "network",
+                    format!("unknown value \"{other}\": use \"none\" or \"host\""),
+                ))
+            }
+        };
+        for (k, v) in &raw.env {
+            validate_env(k, v)?;
+        }
+        Ok(FunctionSpec {
+            name: raw.name,
+            runtime,
+            handler: raw.handler,
+            memory_mb,
+            timeout_ms: timeout.as_millis() as u64,
+            env: raw.env,
+            concurrency,
+            min_instances,
+            max_instances,
+            idle_timeout_ms: idle_timeout.as_millis() as u64,
+            max_queue,
+            queue_timeout_ms: queue_timeout.as_millis() as u64,
+            auth,
+            network,
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
+
+    /// The handler's module path (relative, without extension) and export name.
+    pub fn handler_parts(&self) -> (&str, &str) {
+        split_handler(&self.handler).expect("validated handler")
+    }
+}
+
+/// Checks a function name: 1–63 characters of `a-z`, `0-9`, `-` and `_`,
+/// starting with a letter or digit. Names appear in URLs and paths.
+pub fn validate_name(name: &str) -> Result<(), ManifestError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(ManifestError::invalid(
+            "name",
+            format!("\"{name}\" is not a valid function name: use 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"),
+        ))
+    }
+}
+
+fn split_handler(handler: &str) -> Option<(&str, &str)> {
+    let (module, export) = handler.rsplit_once('.')?;
+    Some((module, export))
+}
+
+fn validate_handler(handler: &str) -> Result<(), ManifestError> {
+    let bad = |why: &str| {
+        ManifestError::invalid(
+            "handler",
+            format!("\"{handler}\" {why}; write it as FILE.EXPORT, e.g. \"index.handler\""),
+        )
+    };
+    let (module, export) = split_handler(handler).ok_or_else(|| bad("has no '.'"))?;
+    if module.is_empty() || export.is_empty() {
+        return Err(bad("has an empty file or export name"));
+    }
+    if module.starts_with('/') || module.split('/').any(|seg| seg.is_empty() || seg == "..") {
+        return Err(bad("must name a file inside the function directory"));
+    }
+    let ident = |s: &str| {
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    };
+    if !ident(export) {
+        return Err(bad("has an export name that is not an identifier"));
+    }
+    if !module
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/' | '.'))
+    {
+        return Err(bad("has characters that cannot be in a module path"));
+    }
+    Ok(())
+}
+
+fn validate_env(key: &str, value: &str) -> Result<(), ManifestError> {
+    let full = format!("env.{key}");
+    let ok = key
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(ManifestError::invalid(
+            &full,
+            "is not a valid environment variable name (letters, digits and '_', not starting with a digit)",
+        ));
+    }
+    if RESERVED_ENV.contains(&key) || RESERVED_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
+        return Err(ManifestError::invalid(
+            &full,
+            "is reserved: lampyr sets it itself",
+        ));
+    }
+    if value.contains('\0') {
+        return Err(ManifestError::invalid(&full, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn int_in(
+    key: &str,
+    value: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ManifestError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(ManifestError::invalid(
+            key,
+            format!("{v} is out of range: use a whole number from {min} to {max}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Parses a duration such as `"10s"`, `"2s"`, `"500ms"` or `"5m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("\"{s}\" is not a duration ({e}): write e.g. \"500ms\", \"10s\" or \"5m\"")
+    })
+}
+
+fn duration_in(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ManifestError> {
+    let d = match value {
+        None => default,
+        Some(s) => parse_duration(s).map_err(|m| ManifestError::invalid(key, m))?,
+    };
+    if d < min || d > max {
+        return Err(ManifestError::invalid(
+            key,
+            format!(
+                "{} is out of range: use a duration from {} to {}",
+                humantime::format_duration(d),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "name = \"hello\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
+
+    #[test]
+    fn defaults_fill_in() {
+        let s = FunctionSpec::from_toml(MIN).unwrap();
+        assert_eq!(s.memory_mb, 128);
+        assert_eq!(s.concurrency, 1);
+        assert_eq!(s.min_instances, 0);
+        assert_eq!(s.timeout(), DEFAULT_TIMEOUT);
+        assert_eq!(s.idle_timeout(), Duration::from_secs(300));
+        assert_eq!(s.handler_parts(), ("index", "handler"));
+        assert_eq!(s.auth, Auth::Public);
+    }
+
+    #[test]
+    fn full_manifest_parses() {
+        let text = format!(
+            "{MIN}memory_mb = 256\ntimeout = \"3s\"\nconcurrency = 4\nmin_instances = 1\nmax_instances = 2\nidle_timeout = \"2s\"\nauth = \"token\"\n[env]\nGREETING = \"hi\"\n"
+        );
+        let s = FunctionSpec::from_toml(&text).unwrap();
+        assert_eq!(s.memory_mb, 256);
+        assert_eq!(s.timeout_ms, 3000);
+        assert_eq!(s.idle_timeout_ms, 2000);
+        assert_eq!(s.concurrency, 4);
+        assert_eq!(s.env["GREETING"], "hi");
+        assert_eq!(s.auth, Auth::Token);
+    }
+
+    fn err(extra: &str) -> String {
+        FunctionSpec::from_toml(&format!("{MIN}{extra}"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err("memroy_mb = 12\n");
+        assert!(e.contains("memroy_mb"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (extra, key) in [
+            ("memory_mb = 1\n", "memory_mb"),
+            ("timeout = \"soon\"\n", "timeout"),
+            ("timeout = \"1h\"\n", "timeout"),
+            ("concurrency = 0\n", "concurrency"),
+            ("min_instances = 5\nmax_instances = 2\n", "min_instances"),
+            ("idle_timeout = \"abc\"\n", "idle_timeout"),
+            ("auth = \"maybe\"\n", "auth"),
+            ("[env]\nAWS_LAMBDA_X = \"1\"\n", "env.AWS_LAMBDA_X"),
+            ("[env]\n\"1BAD\" = \"1\"\n", "env.1BAD"),
+            ("memory_mb = \"lots\"\n", "memory_mb"),
+        ] {
+            let e = err(extra);
+            assert!(e.contains(key), "{extra:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn bad_names_runtimes_and_handlers_are_refused() {
+        let e = FunctionSpec::from_toml(
+            "name = \"Hello World\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`name`"));
+        let e = FunctionSpec::from_toml(
+            "name = \"a\"\nruntime = \"ruby\"\nhandler = \"index.handler\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`runtime`") && e.to_string().contains("ruby"));
+        for h in [
+            "index",
+            ".handler",
+            "index.",
+            "../x.handler",
+            "/abs.handler",
+            "index.1x",
+        ] {
+            let e = FunctionSpec::from_toml(&format!(
+                "name = \"a\"\nruntime = \"python\"\nhandler = \"{h}\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("`handler`"), "{h}: {e}");
+        }
+        let ok = FunctionSpec::from_toml(
+            "name = \"a\"\nruntime = \"python\"\nhandler = \"src/app.main\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.handler_parts(), ("src/app", "main"));
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let e = FunctionSpec::from_toml("name = \"a\"\nruntime = \"python\"\n").unwrap_err();
+        assert!(e.to_string().contains("handler"), "{e}");
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let s = FunctionSpec::from_toml(MIN).unwrap();
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<FunctionSpec>(&j).unwrap(), s);
+    }
+}

@@ -1,0 +1,343 @@
+//! The client commands. Each prints for people, or one JSON document with
+//! `--json`, and returns an error carrying what to do next.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use lampyr_api::{DeployResult, FunctionInfo, FunctionList, FunctionSpec, LogList, LogRecord};
+
+use crate::client::{Client, ClientError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Manifest(String),
+    #[error("packaging {dir}: {source}")]
+    Package {
+        dir: String,
+        #[source]
+        source: lampyr_store::PackageError,
+    },
+    #[error("{0}")]
+    Input(String),
+    /// The function ran and failed; the details are already printed.
+    #[error("the function returned an error")]
+    FunctionFailed,
+}
+
+fn out() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    let _ = writeln!(
+        out(),
+        "{}",
+        serde_json::to_string_pretty(v).expect("serialises")
+    );
+}
+
+fn progress(json: bool, msg: &str) {
+    if !json {
+        eprintln!("{msg}");
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// `lampyr deploy DIR`.
+pub fn deploy(client: &Client, dir: &Path, json: bool) -> Result<DeployResult, CommandError> {
+    let manifest_path = dir.join("lampyr.toml");
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
+        CommandError::Manifest(format!(
+            "cannot read {} ({e}): create one with `lampyr init {} --runtime nodejs|python`",
+            manifest_path.display(),
+            dir.display()
+        ))
+    })?;
+    let spec = FunctionSpec::from_toml(&text)
+        .map_err(|e| CommandError::Manifest(format!("{}: {e}", manifest_path.display())))?;
+    let t = Instant::now();
+    progress(
+        json,
+        &format!(
+            "[1/3] packaging {} ({} runtime)",
+            dir.display(),
+            spec.runtime
+        ),
+    );
+    let pkg = lampyr_store::pack_dir(dir).map_err(|source| CommandError::Package {
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    progress(
+        json,
+        &format!(
+            "[2/3] uploading {} to {}",
+            human_bytes(pkg.len() as u64),
+            client.base()
+        ),
+    );
+    let path = format!("/api/v1/functions/{}", spec.name);
+    let reply = client.call("PUT", &path, Some(&pkg))?;
+    let res: DeployResult = reply.json()?;
+    progress(
+        json,
+        &format!(
+            "[3/3] built version {} (verified and unpacked in {:.1} ms)",
+            res.version, res.build_ms
+        ),
+    );
+    if json {
+        print_json(&res);
+    } else {
+        let what = if res.changed {
+            "deployed"
+        } else {
+            "unchanged, still"
+        };
+        let _ = writeln!(
+            out(),
+            "{} {what} version {} in {:.0} ms\n{}",
+            res.name,
+            res.version,
+            t.elapsed().as_secs_f64() * 1000.0,
+            res.url
+        );
+    }
+    Ok(res)
+}
+
+/// Reads `--data`: inline JSON, or `@file`.
+pub fn read_data(data: Option<&str>) -> Result<Vec<u8>, CommandError> {
+    let raw = match data {
+        None => return Ok(b"{}".to_vec()),
+        Some(d) if d.starts_with('@') => {
+            let p = &d[1..];
+            if p == "-" {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                    .map_err(|e| CommandError::Input(format!("reading stdin: {e}")))?;
+                v
+            } else {
+                std::fs::read(p)
+                    .map_err(|e| CommandError::Input(format!("cannot read --data file {p}: {e}")))?
+            }
+        }
+        Some(d) => d.as_bytes().to_vec(),
+    };
+    serde_json::from_slice::<serde::de::IgnoredAny>(&raw).map_err(|e| {
+        CommandError::Input(format!(
+            "--data is not valid JSON ({e}); quote it, e.g. --data '{{\"name\":\"x\"}}'"
+        ))
+    })?;
+    Ok(raw)
+}
+
+/// `lampyr invoke NAME`.
+pub fn invoke(
+    client: &Client,
+    name: &str,
+    data: Option<&str>,
+    json: bool,
+) -> Result<(), CommandError> {
+    let event = read_data(data)?;
+    let reply = client.call(
+        "POST",
+        &format!("/api/v1/functions/{name}/invoke"),
+        Some(&event),
+    )?;
+    let failed = reply.header("x-lampyr-function-error").is_some();
+    let result: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&reply.body).into_owned())
+    });
+    if json {
+        print_json(&serde_json::json!({
+            "request_id": reply.header("x-lampyr-request-id"),
+            "version": reply.header("x-lampyr-version").and_then(|v| v.parse::<u64>().ok()),
+            "start": reply.header("x-lampyr-start"),
+            "server_timing": reply.header("server-timing"),
+            "error": failed,
+            "result": result,
+        }));
+    } else if failed {
+        let t = result
+            .get("errorType")
+            .and_then(|v| v.as_str())
+            .unwrap_or("Error");
+        let m = result
+            .get("errorMessage")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        eprintln!("error: {name} failed with {t}: {m}");
+        if let Some(rid) = reply.header("x-lampyr-request-id") {
+            eprintln!("see its log: lampyr logs {name} --request-id {rid}");
+        }
+    } else {
+        let _ = writeln!(
+            out(),
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
+        if let (Some(start), Some(timing)) = (
+            reply.header("x-lampyr-start"),
+            reply.header("server-timing"),
+        ) {
+            eprintln!("({start} start; {timing})");
+        }
+    }
+    if failed {
+        return Err(CommandError::FunctionFailed);
+    }
+    Ok(())
+}
+
+/// `lampyr ls`.
+pub fn list(client: &Client, json: bool) -> Result<(), CommandError> {
+    let list: FunctionList = client.get_json("/api/v1/functions")?;
+    if json {
+        print_json(&list);
+        return Ok(());
+    }
+    if list.functions.is_empty() {
+        let _ = writeln!(
+            out(),
+            "no functions yet: `lampyr init hello --runtime nodejs && lampyr deploy hello`"
+        );
+        return Ok(());
+    }
+    let w = list
+        .functions
+        .iter()
+        .map(|f| f.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut o = out();
+    let _ = writeln!(
+        o,
+        "{:<w$}  {:<7}  {:>7}  {:>9}  URL",
+        "NAME", "RUNTIME", "VERSION", "INSTANCES"
+    );
+    for f in &list.functions {
+        let _ = writeln!(
+            o,
+            "{:<w$}  {:<7}  {:>7}  {:>9}  {}",
+            f.name, f.runtime, f.version, f.instances, f.url
+        );
+    }
+    Ok(())
+}
+
+/// `lampyr info NAME`.
+pub fn info(client: &Client, name: &str, json: bool) -> Result<(), CommandError> {
+    let f: FunctionInfo = client.get_json(&format!("/api/v1/functions/{name}"))?;
+    if json {
+        print_json(&f);
+        return Ok(());
+    }
+    let s = &f.spec;
+    let c = f.instance_states;
+    let mut o = out();
+    let _ = writeln!(o, "name:          {}", f.name);
+    let _ = writeln!(o, "url:           {}", f.url);
+    let _ = writeln!(o, "runtime:       {}  handler: {}", f.runtime, f.handler);
+    let _ = writeln!(
+        o,
+        "version:       {}  (code sha256 {}, {})",
+        f.version,
+        &f.code_sha256[..12.min(f.code_sha256.len())],
+        human_bytes(f.code_size)
+    );
+    let _ = writeln!(
+        o,
+        "instances:     {} (starting {}, idle {}, busy {}, draining {})",
+        f.instances, c.starting, c.idle, c.busy, c.draining
+    );
+    let _ = writeln!(
+        o,
+        "memory:        {} MB  timeout: {} ms",
+        s.memory_mb, s.timeout_ms
+    );
+    let _ = writeln!(
+        o,
+        "scaling:       concurrency {}, min {}, max {}, idle timeout {} ms",
+        s.concurrency, s.min_instances, s.max_instances, s.idle_timeout_ms
+    );
+    let _ = writeln!(
+        o,
+        "queue:         {} requests, {} ms",
+        s.max_queue, s.queue_timeout_ms
+    );
+    let _ = writeln!(o, "auth:          {:?}", s.auth);
+    if let Some(t) = &f.trigger_token {
+        let _ = writeln!(o, "trigger token: {t}");
+    }
+    let _ = writeln!(o, "updated:       {}", f.updated_at);
+    Ok(())
+}
+
+/// `lampyr rm NAME`.
+pub fn remove(client: &Client, name: &str, json: bool) -> Result<(), CommandError> {
+    let reply = client.call("DELETE", &format!("/api/v1/functions/{name}"), None)?;
+    if json {
+        let v: serde_json::Value = reply.json()?;
+        print_json(&v);
+    } else {
+        let _ = writeln!(out(), "deleted {name}");
+    }
+    Ok(())
+}
+
+/// `lampyr logs NAME`.
+pub fn logs(
+    client: &Client,
+    name: &str,
+    request_id: Option<&str>,
+    since: Option<&str>,
+    tail: usize,
+    json: bool,
+) -> Result<(), CommandError> {
+    let mut q = format!("/api/v1/functions/{name}/logs?tail={tail}");
+    if let Some(r) = request_id {
+        q.push_str(&format!("&request_id={r}"));
+    }
+    if let Some(s) = since {
+        q.push_str(&format!("&since={s}"));
+    }
+    let list: LogList = client.get_json(&q)?;
+    if json {
+        print_json(&list);
+        return Ok(());
+    }
+    let mut o = out();
+    for r in &list.records {
+        let _ = writeln!(o, "{}", format_record(r));
+    }
+    Ok(())
+}
+
+/// One log record as a line for people.
+pub fn format_record(r: &LogRecord) -> String {
+    let rid = r
+        .request_id
+        .as_deref()
+        .map(|s| &s[..8.min(s.len())])
+        .unwrap_or("-");
+    let level = r.level.as_deref().unwrap_or(match r.stream.as_str() {
+        "stderr" => "ERROR",
+        _ => "INFO",
+    });
+    format!("{} {:<8} {:<5} {}", r.ts, rid, level, r.message)
+}

@@ -1,0 +1,136 @@
+//! `lampyr init`: a new function directory with a manifest and a handler.
+
+use std::path::Path;
+
+use lampyr_api::Runtime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScaffoldError {
+    #[error("{0} already has a lampyr.toml: pick a new directory, or edit it and run `lampyr deploy {0}`")]
+    Exists(String),
+    #[error("cannot derive a function name from {dir}: {why}; pass --name")]
+    BadName { dir: String, why: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+const NODE_HANDLER: &str = r#"// A lampyr function. `event` is the HTTP request (payload format 2.0) when
+// called through its URL, or the JSON you pass to `lampyr invoke`.
+exports.handler = async (event, context) => {
+  const who = event.queryStringParameters?.name ?? "World";
+  console.log(`greeting ${who}`);
+  return {
+    statusCode: 200,
+    headers: { "content-type": "text/plain" },
+    body: `Hello ${who}\n`,
+  };
+};
+"#;
+
+const PYTHON_HANDLER: &str = r#"# A lampyr function. `event` is the HTTP request (payload format 2.0) when
+# called through its URL, or the JSON you pass to `lampyr invoke`.
+
+
+def handler(event, context):
+    who = (event.get("queryStringParameters") or {}).get("name", "World")
+    print(f"greeting {who}")
+    return {
+        "statusCode": 200,
+        "headers": {"content-type": "text/plain"},
+        "body": f"Hello {who}\n",
+    }
+"#;
+
+/// The manifest `init` writes, with every key and its default spelled out.
+pub fn manifest(name: &str, runtime: Runtime) -> String {
+    format!(
+        r#"# lampyr function manifest
+name = "{name}"
+runtime = "{runtime}"          # "nodejs" or "python"
+handler = "index.handler"     # FILE.EXPORT: index.{ext}, export `handler`
+
+# memory_mb = 128             # memory limit of one instance
+# timeout = "10s"             # longest one invocation may run
+# concurrency = 1             # invocations one instance runs at once
+# min_instances = 0           # reserved instances, kept warm at all times
+# max_instances = 10          # most instances at once
+# idle_timeout = "5m"         # an idle instance is stopped after this
+# max_queue = 100             # requests that may wait for a free instance
+# queue_timeout = "10s"       # how long a request may wait before a 429
+# auth = "public"             # "token": callers need a bearer token
+# network = "none"            # "host": use the host's network
+
+[env]
+# GREETING = "hello"
+"#,
+        ext = match runtime {
+            Runtime::Nodejs => "js",
+            Runtime::Python => "py",
+        }
+    )
+}
+
+/// Creates `dir` with `lampyr.toml` and a hello-world handler. Returns the
+/// function name.
+pub fn init(dir: &Path, runtime: Runtime, name: Option<&str>) -> Result<String, ScaffoldError> {
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| ScaffoldError::Io { path, source }
+    };
+    if dir.join("lampyr.toml").exists() {
+        return Err(ScaffoldError::Exists(dir.display().to_string()));
+    }
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => {
+            let abs = std::path::absolute(dir).map_err(io(dir))?;
+            abs.file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default()
+        }
+    };
+    lampyr_api::manifest::validate_name(&name).map_err(|e| ScaffoldError::BadName {
+        dir: dir.display().to_string(),
+        why: e.to_string(),
+    })?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let (file, body) = match runtime {
+        Runtime::Nodejs => ("index.js", NODE_HANDLER),
+        Runtime::Python => ("index.py", PYTHON_HANDLER),
+    };
+    let m = dir.join("lampyr.toml");
+    std::fs::write(&m, manifest(&name, runtime)).map_err(io(&m))?;
+    let h = dir.join(file);
+    if !h.exists() {
+        std::fs::write(&h, body).map_err(io(&h))?;
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaffolds_valid_functions() {
+        for rt in Runtime::ALL {
+            let d = tempfile::tempdir().unwrap();
+            let dir = d.path().join("my-fn");
+            let name = init(&dir, rt, None).unwrap();
+            assert_eq!(name, "my-fn");
+            let spec = lampyr_api::FunctionSpec::from_toml(
+                &std::fs::read_to_string(dir.join("lampyr.toml")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(spec.runtime, rt);
+            assert!(matches!(
+                init(&dir, rt, None),
+                Err(ScaffoldError::Exists(_))
+            ));
+        }
+    }
+}

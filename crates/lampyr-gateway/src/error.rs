@@ -1,0 +1,117 @@
+//! Errors at the HTTP edge: every failure becomes a status code and the
+//! stable body `{ "error": { "code", "message" } }`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lampyr_api::ErrorBody;
+use lampyr_scheduler::SchedulerError;
+use lampyr_store::{PackageError, StoreError};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("function '{name}' does not exist: deploy it with `lampyr deploy DIR`, or list functions with `lampyr ls`"),
+        )
+    }
+
+    pub fn unauthorized(what: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", what.to_string())
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&ErrorBody::new(self.code, self.message))
+            .expect("error body serialises");
+        let mut resp = (self.status, body).into_response();
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<SchedulerError> for ApiError {
+    fn from(e: SchedulerError) -> Self {
+        let msg = e.to_string();
+        match e {
+            SchedulerError::NotFound(name) | SchedulerError::Deleted(name) => {
+                ApiError::not_found(&name)
+            }
+            SchedulerError::QueueFull { .. } | SchedulerError::QueueTimeout { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", msg)
+            }
+            SchedulerError::RuntimeUnavailable { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runtime_unavailable", msg)
+            }
+            SchedulerError::StartFailed { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "start_failed", msg)
+            }
+            SchedulerError::InitFailed { function, error } => {
+                let t = error
+                    .get("errorType")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("Runtime.InitError");
+                let m = error
+                    .get("errorMessage")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "init_error",
+                    format!("function '{function}' failed to initialise: {t}: {m} (see `lampyr logs {function}`)"),
+                )
+            }
+            SchedulerError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let msg = e.to_string();
+        match e {
+            StoreError::NotFound(name) => ApiError::not_found(&name),
+            StoreError::Manifest(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_manifest", msg)
+            }
+            StoreError::NameMismatch { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "name_mismatch", msg)
+            }
+            StoreError::Package(PackageError::TooLarge { .. }) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "package_too_large", msg)
+            }
+            StoreError::Package(PackageError::Io { .. }) => ApiError::internal(msg),
+            StoreError::Package(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_package", msg)
+            }
+            StoreError::Sqlite(_) | StoreError::Io { .. } | StoreError::Corrupt(..) => {
+                ApiError::internal(msg)
+            }
+        }
+    }
+}

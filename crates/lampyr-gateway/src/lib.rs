@@ -1,0 +1,337 @@
+//! The HTTP edge of lampyr: the HTTP trigger (`ANY /fn/NAME[/REST]`), the
+//! management API under `/api/v1` (bearer-token protected) and `/healthz`.
+//!
+//! The trigger is the single entry point for invocations: it turns a request
+//! into an event for the function service and writes the result back. Every
+//! error leaving this crate is a status code plus the stable body
+//! `{ "error": { "code", "message" } }` (see [`error`]).
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod server;
+mod trigger;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use lampyr_api::{
+    DeployResult, DoctorReport, FunctionInfo, FunctionList, FunctionSummary, Health, LogList,
+};
+use lampyr_scheduler::Scheduler;
+use lampyr_store::{rfc3339, FunctionRecord, LogQuery};
+use serde::Deserialize;
+
+use error::ApiError;
+
+/// Size limits at the edge.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body an HTTP trigger accepts.
+    pub max_request_body: usize,
+    /// Largest result a function may return.
+    pub max_response_body: usize,
+    /// Largest code package a deploy accepts.
+    pub max_package: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_body: 6 * 1000 * 1000,
+            max_response_body: 6 * 1000 * 1000,
+            max_package: 64 << 20,
+        }
+    }
+}
+
+/// Everything a request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) sched: Scheduler,
+    pub(crate) token: Arc<str>,
+    pub(crate) public_url: Arc<str>,
+    pub(crate) limits: Limits,
+    pub(crate) doctor: Arc<DoctorReport>,
+}
+
+impl AppState {
+    pub fn new(
+        sched: Scheduler,
+        token: String,
+        public_url: String,
+        limits: Limits,
+        doctor: DoctorReport,
+    ) -> Self {
+        AppState {
+            sched,
+            token: token.into(),
+            public_url: public_url.trim_end_matches('/').into(),
+            limits,
+            doctor: Arc::new(doctor),
+        }
+    }
+
+    fn url_of(&self, name: &str) -> String {
+        format!("{}/fn/{name}", self.public_url)
+    }
+}
+
+/// The full router.
+pub fn router(app: AppState) -> Router {
+    let api = Router::new()
+        .route("/functions", get(list_functions))
+        .route(
+            "/functions/{name}",
+            get(get_function).put(deploy).delete(delete_function),
+        )
+        .route("/functions/{name}/invoke", post(invoke_raw))
+        .route("/functions/{name}/logs", get(function_logs))
+        .route("/doctor", get(doctor))
+        .layer(DefaultBodyLimit::max(app.limits.max_package))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
+    Router::new()
+        .route("/fn/{name}", any(trigger::invoke_root))
+        .route("/fn/{name}/", any(trigger::invoke_root))
+        .route("/fn/{name}/{*rest}", any(trigger::invoke_rest))
+        .route("/healthz", get(health))
+        .nest("/api/v1", api)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint: functions are at /fn/NAME, the management API at /api/v1",
+            )
+        })
+        .with_state(app)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// The bearer token in `Authorization`, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares two tokens in time independent of where they differ.
+pub(crate) fn token_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    match bearer(req.headers()) {
+        Some(t) if token_eq(t, &app.token) => next.run(req).await,
+        Some(_) => ApiError::unauthorized("the bearer token is wrong: the CLI reads it from the data directory, or set LAMPYR_TOKEN").into_response(),
+        None => ApiError::unauthorized("the management API needs `Authorization: Bearer TOKEN`: the CLI reads it from the data directory, or set LAMPYR_TOKEN").into_response(),
+    }
+}
+
+async fn health(State(app): State<AppState>) -> Json<Health> {
+    let functions = app.sched.store().list().map(|l| l.len()).unwrap_or(0);
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        functions,
+        instances: app.sched.total_instances(),
+    })
+}
+
+async fn doctor(State(app): State<AppState>) -> Json<DoctorReport> {
+    Json((*app.doctor).clone())
+}
+
+fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
+    let counts = app.sched.instance_counts(&rec.name);
+    let spec = rec.current.spec.clone();
+    FunctionInfo {
+        name: rec.name.clone(),
+        runtime: spec.runtime.to_string(),
+        handler: spec.handler.clone(),
+        version: rec.current.version,
+        instances: counts.starting + counts.idle + counts.busy + counts.draining,
+        instance_states: counts,
+        url: app.url_of(&rec.name),
+        code_sha256: rec.current.code_sha256.clone(),
+        code_size: rec.current.code_size,
+        created_at: rfc3339(rec.created_at),
+        updated_at: rfc3339(rec.updated_at),
+        trigger_token: (spec.auth == lampyr_api::Auth::Token).then(|| rec.trigger_token.clone()),
+        spec,
+    }
+}
+
+async fn list_functions(State(app): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
+    let store = app.sched.store().clone();
+    let list = tokio::task::spawn_blocking(move || store.list())
+        .await
+        .map_err(ApiError::internal)??;
+    let functions = list
+        .iter()
+        .map(|rec| {
+            let c = app.sched.instance_counts(&rec.name);
+            FunctionSummary {
+                name: rec.name.clone(),
+                runtime: rec.current.spec.runtime.to_string(),
+                version: rec.current.version,
+                instances: c.starting + c.idle + c.busy + c.draining,
+                url: app.url_of(&rec.name),
+                updated_at: rfc3339(rec.updated_at),
+            }
+        })
+        .collect();
+    Ok(Json(FunctionList { functions }))
+}
+
+async fn get_function(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionInfo>, ApiError> {
+    let rec = app.sched.store().get(&name)?;
+    Ok(Json(info_of(&app, &rec)))
+}
+
+async fn deploy(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<DeployResult>, ApiError> {
+    let store = app.sched.store().clone();
+    let n = name.clone();
+    let deployed = tokio::task::spawn_blocking(move || store.deploy(&n, &body))
+        .await
+        .map_err(ApiError::internal)??;
+    app.sched.activate(&deployed.record)?;
+    let rec = &deployed.record;
+    Ok(Json(DeployResult {
+        name: rec.name.clone(),
+        version: rec.current.version,
+        url: app.url_of(&rec.name),
+        code_sha256: rec.current.code_sha256.clone(),
+        code_size: rec.current.code_size,
+        changed: deployed.changed,
+        build_ms: deployed.build_time.as_secs_f64() * 1000.0,
+    }))
+}
+
+async fn delete_function(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.sched.store().get(&name)?;
+    app.sched.remove(&name);
+    let store = app.sched.store().clone();
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || store.delete(&n))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(serde_json::json!({ "name": name, "deleted": true })))
+}
+
+/// `POST /api/v1/functions/NAME/invoke`: the body is the event itself (any
+/// JSON); the answer is the handler's raw result. A handler error answers
+/// 200 with `x-lampyr-function-error: Unhandled` and the error object, as
+/// Lambda's Invoke API does.
+async fn invoke_raw(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let event = if body.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    };
+    let mut resp = match serde_json::from_slice::<serde::de::IgnoredAny>(&event) {
+        Err(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+            format!("the event is not valid JSON: {e}"),
+        )
+        .into_response(),
+        Ok(_) => match app
+            .sched
+            .invoke(&name, request_id.clone(), event.to_vec())
+            .await
+        {
+            Err(e) => ApiError::from(e).into_response(),
+            Ok(inv) => trigger::respond_raw(&inv),
+        },
+    };
+    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-lampyr-request-id", v);
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogParams {
+    #[serde(default)]
+    tail: Option<usize>,
+    #[serde(default)]
+    request_id: Option<String>,
+    /// A duration back from now, e.g. `10m`.
+    #[serde(default)]
+    since: Option<String>,
+}
+
+async fn function_logs(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(p): Query<LogParams>,
+) -> Result<Json<LogList>, ApiError> {
+    app.sched.store().get(&name)?;
+    let since = match p.since.as_deref() {
+        None => None,
+        Some(s) => {
+            let d = lampyr_api::manifest::parse_duration(s).map_err(|m| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    format!("since: {m}"),
+                )
+            })?;
+            Some(rfc3339(std::time::SystemTime::now() - d))
+        }
+    };
+    let q = LogQuery {
+        request_id: p.request_id,
+        since,
+        tail: p.tail.unwrap_or(200),
+    };
+    let hub = app.sched.logs().clone();
+    let records = tokio::task::spawn_blocking(move || hub.query(&name, &q))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(Json(LogList { records }))
+}

@@ -1,0 +1,300 @@
+//! Assembling a running server: configuration, the data directory and its
+//! API token, the code store, runtime discovery, the function service, and
+//! the listener.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lampyr_api::{DoctorReport, IsolationFeature, Runtime, RuntimeReport};
+use lampyr_runtime::Runtimes;
+use lampyr_scheduler::{Scheduler, SchedulerConfig};
+use lampyr_store::{LogLimits, LogStore, Store, StoreLimits};
+use serde::Deserialize;
+
+use crate::{AppState, Limits};
+
+/// The token file inside the data directory.
+pub const TOKEN_FILE: &str = "token";
+
+/// The server configuration file. Every key is optional; see
+/// `config/lampyr-server.toml` for the commented defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    /// The base URL printed for functions; defaults to `http://LISTEN`.
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub logs: LogsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_request_body: usize,
+    pub max_response_body: usize,
+    pub max_package: usize,
+    pub max_unpacked: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsConfig {
+            max_request_body: l.max_request_body,
+            max_response_body: l.max_response_body,
+            max_package: l.max_package,
+            max_unpacked: StoreLimits::default().max_unpacked_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    pub file_bytes: u64,
+    pub keep_files: usize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        let l = LogLimits::default();
+        LogsConfig {
+            file_bytes: l.file_bytes,
+            keep_files: l.keep,
+        }
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("config file {path}: {message}")]
+    Config { path: String, message: String },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source} (is another server running? choose another address with --listen)")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] lampyr_store::StoreError),
+    #[error(transparent)]
+    Scheduler(#[from] lampyr_scheduler::SchedulerError),
+}
+
+impl ServerConfig {
+    /// Reads a config file, refusing unknown keys by name.
+    pub fn from_file(path: &Path) -> Result<Self, ServerError> {
+        let err = |message: String| ServerError::Config {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| err(e.to_string()))
+    }
+}
+
+/// A started server, not yet serving requests.
+pub struct Server {
+    pub app: AppState,
+    pub listener: tokio::net::TcpListener,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub runtimes: Runtimes,
+}
+
+impl Server {
+    /// Prepares everything: data directory, token, store, runtimes, the
+    /// function service (with reserved instances of every function), and
+    /// binds the listener.
+    pub async fn start(cfg: ServerConfig, data_dir: PathBuf) -> Result<Server, ServerError> {
+        let dd = |source| ServerError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&data_dir).map_err(dd)?;
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).map_err(dd)?;
+        let token = load_or_create_token(&data_dir).map_err(dd)?;
+        let bootstrap_dir =
+            lampyr_runtime::bootstrap::install(&data_dir.join("runtime")).map_err(dd)?;
+        let runtimes = Runtimes::discover();
+        for rt in Runtime::ALL {
+            match runtimes.get(rt) {
+                Ok(info) => {
+                    tracing::info!(runtime = %rt, path = %info.path.display(), version = %info.version, "runtime found")
+                }
+                Err(e) => tracing::warn!(runtime = %rt, "runtime not available: {e}"),
+            }
+        }
+        let store_limits = StoreLimits {
+            max_package_bytes: cfg.limits.max_package as u64,
+            max_unpacked_bytes: cfg.limits.max_unpacked,
+        };
+        let store = Arc::new(Store::open(&data_dir, store_limits)?);
+        let log_store = LogStore::new(
+            &data_dir.join("logs"),
+            LogLimits {
+                file_bytes: cfg.logs.file_bytes,
+                keep: cfg.logs.keep_files,
+            },
+        )
+        .map_err(dd)?;
+        let sched = Scheduler::start(
+            store,
+            log_store,
+            SchedulerConfig {
+                runtimes: runtimes.clone(),
+                bootstrap_dir,
+                reap_interval: Duration::from_millis(100),
+            },
+        )?;
+        let addr = cfg
+            .listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Listen { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen { addr, source })?;
+        let public_url = cfg
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let limits = Limits {
+            max_request_body: cfg.limits.max_request_body,
+            max_response_body: cfg.limits.max_response_body,
+            max_package: cfg.limits.max_package,
+        };
+        let doctor = doctor_report(&runtimes, &data_dir);
+        let app = AppState::new(sched, token, public_url, limits, doctor);
+        Ok(Server {
+            app,
+            listener,
+            addr,
+            data_dir,
+            runtimes,
+        })
+    }
+
+    /// The base URL functions are served under.
+    pub fn app_url(&self) -> String {
+        self.app.public_url.to_string()
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.app.sched
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        crate::serve(self.listener, self.app, shutdown).await
+    }
+}
+
+/// Reads the API token, creating it (owner-only) on first start.
+pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            return Ok(t.trim().to_string());
+        }
+        _ => {}
+    }
+    let token = lampyr_store::new_token();
+    let tmp = data_dir.join(".token.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(token)
+}
+
+/// What `lampyr doctor` reports: runtimes, isolation, data directory.
+pub fn doctor_report(runtimes: &Runtimes, data_dir: &Path) -> DoctorReport {
+    let rts = Runtime::ALL
+        .iter()
+        .map(|&rt| match runtimes.get(rt) {
+            Ok(info) => RuntimeReport {
+                runtime: rt.to_string(),
+                found: true,
+                path: Some(info.path.display().to_string()),
+                version: Some(info.version.clone()),
+                problem: None,
+            },
+            Err(e) => RuntimeReport {
+                runtime: rt.to_string(),
+                found: false,
+                path: None,
+                version: None,
+                problem: Some(e.to_string()),
+            },
+        })
+        .collect();
+    let isolation = lampyr_sandbox::isolation_report()
+        .into_iter()
+        .map(|f| IsolationFeature {
+            feature: f.name.to_string(),
+            enabled: f.enabled,
+            detail: f.detail,
+        })
+        .collect();
+    DoctorReport {
+        runtimes: rts,
+        isolation,
+        data_dir: data_dir.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_rejects_unknown_keys_by_name() {
+        let e =
+            toml::from_str::<ServerConfig>("listen = \"127.0.0.1:1\"\n[limits]\nmax_body = 1\n")
+                .unwrap_err();
+        assert!(e.to_string().contains("max_body"), "{e}");
+        let c: ServerConfig = toml::from_str("[limits]\nmax_request_body = 10\n").unwrap();
+        assert_eq!(c.limits.max_request_body, 10);
+        assert_eq!(c.limits.max_package, Limits::default().max_package);
+    }
+
+    #[test]
+    fn token_is_owner_only_and_stable() {
+        let d = tempfile::tempdir().unwrap();
+        let a = load_or_create_token(d.path()).unwrap();
+        let b = load_or_create_token(d.path()).unwrap();
+        assert_eq!(a, b);
+        let mode = std::fs::metadata(d.path().join(TOKEN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

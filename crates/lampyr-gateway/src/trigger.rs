@@ -1,0 +1,617 @@
+//! The HTTP trigger: `ANY /fn/NAME[/REST]`.
+//!
+//! It holds the caller's request, turns it into a payload-format-2.0 event,
+//! asks the function service for an invocation, and writes the function's
+//! result back following the proxy-result rules: `statusCode`, `headers`,
+//! `cookies`, `body` and `isBase64Encoded` are honoured; any other value is
+//! sent as JSON with status 200.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use lampyr_scheduler::{Invocation, Outcome, TriggerAccess};
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::{bearer, AppState};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+pub(crate) async fn invoke_root(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response {
+    handle(app, name, String::new(), peer, req).await
+}
+
+pub(crate) async fn invoke_rest(
+    State(app): State<AppState>,
+    Path((name, rest)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response {
+    handle(app, name, rest, peer, req).await
+}
+
+async fn handle(
+    app: AppState,
+    name: String,
+    rest: String,
+    peer: SocketAddr,
+    req: Request<Body>,
+) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut resp = match run(&app, &name, &rest, peer, req, &request_id).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-lampyr-request-id", v);
+    }
+    resp
+}
+
+async fn run(
+    app: &AppState,
+    name: &str,
+    rest: &str,
+    peer: SocketAddr,
+    req: Request<Body>,
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    match app.sched.trigger_access(name) {
+        None => return Err(ApiError::not_found(name)),
+        Some(TriggerAccess::Public) => {}
+        Some(TriggerAccess::Token(token)) => {
+            let given = bearer(req.headers());
+            if !given.is_some_and(|g| crate::token_eq(g, &token) || crate::token_eq(g, &app.token))
+            {
+                return Err(ApiError::unauthorized(&format!(
+                    "function '{name}' requires a bearer token on its trigger: send `Authorization: Bearer TOKEN` with the token `lampyr info {name}` shows"
+                )));
+            }
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let limit = app.limits.max_request_body;
+    if let Some(len) = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(too_large(name, limit));
+        }
+    }
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(name, limit))?;
+    let event = build_event(
+        name,
+        rest,
+        &parts.method,
+        &parts.uri,
+        parts.version,
+        &parts.headers,
+        &body,
+        peer,
+        request_id,
+    );
+    let inv = app
+        .sched
+        .invoke(name, request_id.to_string(), event)
+        .await?;
+    respond(&inv, app.limits.max_response_body)
+}
+
+fn too_large(name: &str, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "the request body for function '{name}' is over the limit of {} bytes ({:.1} MB)",
+            limit,
+            limit as f64 / 1e6
+        ),
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpEvent<'a> {
+    version: &'static str,
+    route_key: &'static str,
+    raw_path: &'a str,
+    raw_query_string: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cookies: Vec<&'a str>,
+    headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    query_string_parameters: BTreeMap<String, String>,
+    request_context: RequestContext<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<std::borrow::Cow<'a, str>>,
+    is_base64_encoded: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestContext<'a> {
+    account_id: &'static str,
+    api_id: &'a str,
+    domain_name: &'a str,
+    domain_prefix: &'a str,
+    http: HttpContext<'a>,
+    request_id: &'a str,
+    route_key: &'static str,
+    stage: &'static str,
+    time: String,
+    time_epoch: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpContext<'a> {
+    method: &'a str,
+    path: &'a str,
+    protocol: &'static str,
+    source_ip: String,
+    user_agent: &'a str,
+}
+
+/// Builds the payload-format-2.0 event for one request.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_event(
+    function: &str,
+    rest: &str,
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+    body: &[u8],
+    peer: SocketAddr,
+    request_id: &str,
+) -> Vec<u8> {
+    let mut hdrs: BTreeMap<String, String> = BTreeMap::new();
+    let mut cookies = Vec::new();
+    for (k, v) in headers {
+        let Ok(v) = v.to_str() else { continue };
+        if k == "cookie" {
+            cookies.extend(v.split(';').map(str::trim).filter(|c| !c.is_empty()));
+            continue;
+        }
+        hdrs.entry(k.as_str().to_string())
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(v);
+            })
+            .or_insert_with(|| v.to_string());
+    }
+    let query = uri.query().unwrap_or("");
+    let mut params: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        params
+            .entry(k.into_owned())
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert_with(|| v.into_owned());
+    }
+    let raw_path = format!("/{rest}");
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let domain_prefix = host.split(['.', ':']).next().unwrap_or(host);
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let (body, b64) = if body.is_empty() {
+        (None, false)
+    } else {
+        match std::str::from_utf8(body) {
+            Ok(s) => (Some(std::borrow::Cow::Borrowed(s)), false),
+            Err(_) => (Some(std::borrow::Cow::Owned(B64.encode(body))), true),
+        }
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let event = HttpEvent {
+        version: "2.0",
+        route_key: "$default",
+        raw_path: &raw_path,
+        raw_query_string: query,
+        cookies,
+        headers: hdrs,
+        query_string_parameters: params,
+        request_context: RequestContext {
+            account_id: "anonymous",
+            api_id: function,
+            domain_name: host,
+            domain_prefix,
+            http: HttpContext {
+                method: method.as_str(),
+                path: &raw_path,
+                protocol: match version {
+                    Version::HTTP_10 => "HTTP/1.0",
+                    Version::HTTP_2 => "HTTP/2.0",
+                    _ => "HTTP/1.1",
+                },
+                source_ip: peer.ip().to_string(),
+                user_agent,
+            },
+            request_id,
+            route_key: "$default",
+            stage: "$default",
+            time: clf_time(now),
+            time_epoch: now.as_millis() as u64,
+        },
+        body,
+        is_base64_encoded: b64,
+    };
+    serde_json::to_vec(&event).expect("event serialises")
+}
+
+/// Formats a time as `12/Mar/2020:19:03:58 +0000`.
+fn clf_time(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The `Server-Timing` header value for an invocation.
+pub(crate) fn server_timing(inv: &Invocation) -> String {
+    let p = &inv.phases;
+    let mut s = String::with_capacity(96);
+    let mut add = |name: &str, d: Duration| {
+        if !s.is_empty() {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{name};dur={:.3}", d.as_secs_f64() * 1000.0);
+    };
+    add("queue", p.queue);
+    for (name, d) in [
+        ("code", p.code),
+        ("sandbox", p.sandbox),
+        ("runtime", p.runtime),
+        ("init", p.init),
+    ] {
+        if let Some(d) = d {
+            add(name, d);
+        }
+    }
+    add("exec", p.exec);
+    s
+}
+
+fn platform_headers(resp: &mut Response, inv: &Invocation) {
+    let h = resp.headers_mut();
+    h.insert(
+        "x-lampyr-start",
+        HeaderValue::from_static(inv.start.as_str()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&server_timing(inv)) {
+        h.insert("server-timing", v);
+    }
+    h.insert("x-lampyr-version", HeaderValue::from(inv.version));
+}
+
+/// Turns an invocation into the HTTP response.
+pub(crate) fn respond(inv: &Invocation, max_body: usize) -> Result<Response, ApiError> {
+    let mut resp = match &inv.outcome {
+        Outcome::Ok(result) => {
+            if result.len() > max_body {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "response_too_large",
+                    format!(
+                        "function '{}' returned {} bytes, over the response limit of {} bytes",
+                        inv.function,
+                        result.len(),
+                        max_body
+                    ),
+                )
+                .into_response()
+            } else {
+                proxy_result(&inv.function, result)?
+            }
+        }
+        Outcome::FunctionError(err) => function_error(err),
+        Outcome::Timeout { timeout } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "function '{}' timed out after {:.2} s (its timeout); the instance was stopped",
+                inv.function,
+                timeout.as_secs_f64()
+            ),
+        )
+        .into_response(),
+        Outcome::Crashed { reason } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "runtime_exited",
+            format!(
+                "function '{}' failed: {reason}; the instance was replaced (see `lampyr logs {}`)",
+                inv.function, inv.function
+            ),
+        )
+        .into_response(),
+    };
+    platform_headers(&mut resp, inv);
+    Ok(resp)
+}
+
+/// A handler error: status 500 with Lambda's `errorType`/`errorMessage` and
+/// lampyr's own `error` object side by side.
+fn function_error(err: &[u8]) -> Response {
+    let v: serde_json::Value = serde_json::from_slice(err).unwrap_or(serde_json::Value::Null);
+    let etype = v
+        .get("errorType")
+        .and_then(|x| x.as_str())
+        .unwrap_or("Error")
+        .to_string();
+    let emsg = v
+        .get("errorMessage")
+        .and_then(|x| x.as_str())
+        .unwrap_or("")
+        .to_string();
+    let body = serde_json::json!({
+        "errorType": etype,
+        "errorMessage": emsg,
+        "error": { "code": "function_error", "message": format!("{etype}: {emsg}") },
+    });
+    let mut resp = (StatusCode::INTERNAL_SERVER_ERROR, body.to_string()).into_response();
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        "x-lampyr-function-error",
+        HeaderValue::from_static("Unhandled"),
+    );
+    resp
+}
+
+fn bad_result(function: &str, what: String) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "invalid_response",
+        format!("function '{function}' returned an invalid HTTP response: {what}"),
+    )
+}
+
+/// Applies the proxy-result rules to a handler's result.
+fn proxy_result(function: &str, result: &[u8]) -> Result<Response, ApiError> {
+    let first = result.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let obj = if first == Some(b'{') {
+        match serde_json::from_slice::<serde_json::Value>(result) {
+            Ok(serde_json::Value::Object(m)) if m.contains_key("statusCode") => Some(m),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let Some(obj) = obj else {
+        // Not a proxy result: 200 with the value as JSON; a string as-is.
+        let body = if first == Some(b'"') {
+            match serde_json::from_slice::<String>(result) {
+                Ok(s) => Body::from(s),
+                Err(_) => Body::from(result.to_vec()),
+            }
+        } else {
+            Body::from(result.to_vec())
+        };
+        let mut resp = Response::new(body);
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        return Ok(resp);
+    };
+    let status = obj
+        .get("statusCode")
+        .and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .and_then(|c| StatusCode::from_u16(c as u16).ok())
+        .ok_or_else(|| {
+            bad_result(
+                function,
+                format!("statusCode {} is not an HTTP status", obj["statusCode"]),
+            )
+        })?;
+    let b64 = obj
+        .get("isBase64Encoded")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let body = match obj.get("body") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(s)) if b64 => B64
+            .decode(s)
+            .map_err(|e| bad_result(function, format!("body is not valid base64 ({e})")))?,
+        Some(serde_json::Value::String(s)) => s.clone().into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+    };
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    let mut has_type = false;
+    if let Some(serde_json::Value::Object(headers)) = obj.get("headers") {
+        for (k, v) in headers {
+            let value = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => continue,
+                other => other.to_string(),
+            };
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| bad_result(function, format!("header name {k:?} is invalid")))?;
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| bad_result(function, format!("header {k} has an invalid value")))?;
+            has_type |= name == "content-type";
+            h.append(name, value);
+        }
+    }
+    if let Some(serde_json::Value::Object(multi)) = obj.get("multiValueHeaders") {
+        for (k, vs) in multi {
+            let Some(vs) = vs.as_array() else { continue };
+            let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else {
+                continue;
+            };
+            for v in vs {
+                let s = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
+                if let Ok(value) = HeaderValue::from_str(&s) {
+                    has_type |= name == "content-type";
+                    h.append(name.clone(), value);
+                }
+            }
+        }
+    }
+    if let Some(serde_json::Value::Array(cookies)) = obj.get("cookies") {
+        for c in cookies {
+            let Some(c) = c.as_str() else { continue };
+            let value = HeaderValue::from_str(c)
+                .map_err(|_| bad_result(function, "a cookie has an invalid value".into()))?;
+            h.append("set-cookie", value);
+        }
+    }
+    if !has_type {
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clf_time_formats() {
+        assert_eq!(
+            clf_time(Duration::from_secs(1_583_348_638)),
+            "04/Mar/2020:19:03:58 +0000"
+        );
+        assert_eq!(
+            clf_time(Duration::from_secs(0)),
+            "01/Jan/1970:00:00:00 +0000"
+        );
+    }
+
+    #[test]
+    fn event_follows_payload_2() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        headers.insert("cookie", HeaderValue::from_static("k1=v1; k2=v2"));
+        headers.insert("host", HeaderValue::from_static("localhost:8080"));
+        let uri: Uri = "/fn/f/items/42?a=1&a=2&b=x%20y".parse().unwrap();
+        let ev = build_event(
+            "f",
+            "items/42",
+            &Method::POST,
+            &uri,
+            Version::HTTP_11,
+            &headers,
+            &[0xff, 0x00],
+            "127.0.0.1:5000".parse().unwrap(),
+            "rid",
+        );
+        let v: serde_json::Value = serde_json::from_slice(&ev).unwrap();
+        assert_eq!(v["version"], "2.0");
+        assert_eq!(v["rawPath"], "/items/42");
+        assert_eq!(v["rawQueryString"], "a=1&a=2&b=x%20y");
+        assert_eq!(v["queryStringParameters"]["a"], "1,2");
+        assert_eq!(v["queryStringParameters"]["b"], "x y");
+        assert_eq!(v["headers"]["x-multi"], "a,b");
+        assert!(v["headers"].get("cookie").is_none());
+        assert_eq!(v["cookies"], serde_json::json!(["k1=v1", "k2=v2"]));
+        assert_eq!(v["requestContext"]["http"]["method"], "POST");
+        assert_eq!(v["requestContext"]["http"]["sourceIp"], "127.0.0.1");
+        assert_eq!(v["requestContext"]["domainPrefix"], "localhost");
+        assert_eq!(v["isBase64Encoded"], true);
+        assert_eq!(v["body"], "/wA=");
+    }
+
+    #[test]
+    fn results_map_to_responses() {
+        let r = proxy_result("f", br#"{"statusCode":201,"headers":{"x-a":"1","content-type":"text/plain"},"cookies":["c=1","d=2"],"body":"hi"}"#).unwrap();
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.headers()["content-type"], "text/plain");
+        assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+        let r = proxy_result(
+            "f",
+            br#"{"statusCode":200,"body":"AAEC","isBase64Encoded":true}"#,
+        )
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = proxy_result("f", br#"{"hello":"world"}"#).unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert!(proxy_result("f", br#"{"statusCode":"abc"}"#).is_err());
+        assert!(proxy_result(
+            "f",
+            br#"{"statusCode":200,"body":"!!","isBase64Encoded":true}"#
+        )
+        .is_err());
+    }
+}
+
+/// The raw-invoke answer: the handler's result as it is.
+pub(crate) fn respond_raw(inv: &Invocation) -> Response {
+    let mut resp = match &inv.outcome {
+        Outcome::Ok(result) => {
+            let mut r = Response::new(Body::from(result.clone()));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            r
+        }
+        Outcome::FunctionError(err) => {
+            let mut r = Response::new(Body::from(err.clone()));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                "x-lampyr-function-error",
+                HeaderValue::from_static("Unhandled"),
+            );
+            r
+        }
+        _ => match respond(inv, usize::MAX) {
+            Ok(r) => return r,
+            Err(e) => e.into_response(),
+        },
+    };
+    platform_headers(&mut resp, inv);
+    resp
+}

@@ -1,0 +1,175 @@
+//! Finding the language runtimes on the host.
+//!
+//! Each runtime is looked up on `PATH` (or taken from `LAMPYR_NODE` /
+//! `LAMPYR_PYTHON`), then asked for its real executable and version. Asking
+//! the interpreter itself resolves shims such as pyenv's, which would
+//! otherwise add ~200 ms to every start.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lampyr_api::Runtime;
+
+/// A runtime found on this host.
+#[derive(Debug, Clone)]
+pub struct RuntimeInfo {
+    pub runtime: Runtime,
+    /// The real interpreter binary.
+    pub path: PathBuf,
+    /// The version it reports, e.g. `20.20.2` or `3.11.7`.
+    pub version: String,
+}
+
+/// What discovery found for each runtime.
+#[derive(Debug, Clone)]
+pub struct Runtimes {
+    pub nodejs: Result<RuntimeInfo, String>,
+    pub python: Result<RuntimeInfo, String>,
+}
+
+impl Runtimes {
+    /// Looks up both runtimes.
+    pub fn discover() -> Self {
+        Runtimes {
+            nodejs: find(Runtime::Nodejs),
+            python: find(Runtime::Python),
+        }
+    }
+
+    pub fn get(&self, runtime: Runtime) -> Result<&RuntimeInfo, &str> {
+        let r = match runtime {
+            Runtime::Nodejs => &self.nodejs,
+            Runtime::Python => &self.python,
+        };
+        r.as_ref().map_err(|e| e.as_str())
+    }
+}
+
+const MIN_NODE: (u32, u32) = (18, 0);
+const MIN_PYTHON: (u32, u32) = (3, 9);
+
+fn find(runtime: Runtime) -> Result<RuntimeInfo, String> {
+    let (var, names, probe): (&str, &[&str], &[&str]) = match runtime {
+        Runtime::Nodejs => (
+            "LAMPYR_NODE",
+            &["node", "nodejs"],
+            &[
+                "-e",
+                "process.stdout.write(process.execPath + '\\n' + process.versions.node)",
+            ],
+        ),
+        Runtime::Python => (
+            "LAMPYR_PYTHON",
+            &["python3", "python"],
+            &[
+                "-c",
+                "import sys; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3])",
+            ],
+        ),
+    };
+    let candidates: Vec<PathBuf> = match std::env::var_os(var) {
+        Some(p) => vec![PathBuf::from(p)],
+        None => names.iter().filter_map(|n| which(n)).collect(),
+    };
+    if candidates.is_empty() {
+        return Err(format!(
+            "no {} found on PATH: install {} or set {var}",
+            names.join(" or "),
+            match runtime {
+                Runtime::Nodejs => "Node.js >= 18",
+                Runtime::Python => "Python >= 3.9",
+            }
+        ));
+    }
+    let mut problems = Vec::new();
+    for cand in candidates {
+        match probe_one(runtime, &cand, probe) {
+            Ok(info) => return Ok(info),
+            Err(e) => problems.push(format!("{}: {e}", cand.display())),
+        }
+    }
+    Err(problems.join("; "))
+}
+
+fn probe_one(runtime: Runtime, cand: &Path, probe: &[&str]) -> Result<RuntimeInfo, String> {
+    let out = Command::new(cand)
+        .args(probe)
+        .output()
+        .map_err(|e| format!("cannot run it ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "it failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let exe = lines.next().unwrap_or_default().trim();
+    let version = lines.next().unwrap_or_default().trim().to_string();
+    let path = std::fs::canonicalize(exe).map_err(|e| format!("cannot resolve {exe} ({e})"))?;
+    let (major, minor) =
+        parse_version(&version).ok_or_else(|| format!("unreadable version '{version}'"))?;
+    let min = match runtime {
+        Runtime::Nodejs => MIN_NODE,
+        Runtime::Python => MIN_PYTHON,
+    };
+    if (major, minor) < min {
+        return Err(format!(
+            "version {version} is older than the {}.{} lampyr needs",
+            min.0, min.1
+        ));
+    }
+    Ok(RuntimeInfo {
+        runtime,
+        path,
+        version,
+    })
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.trim_start_matches('v').split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("20.20.2"), Some((20, 20)));
+        assert_eq!(parse_version("v18.0.0"), Some((18, 0)));
+        assert_eq!(parse_version("3.11.7"), Some((3, 11)));
+        assert_eq!(parse_version("x"), None);
+    }
+
+    #[test]
+    fn finds_real_binaries() {
+        let rts = Runtimes::discover();
+        for rt in Runtime::ALL {
+            let info = rts.get(rt).unwrap_or_else(|e| panic!("{rt}: {e}"));
+            // The real binary, not a shell script shim.
+            let head = std::fs::read(&info.path).unwrap();
+            assert_eq!(
+                &head[..4],
+                b"\x7fELF",
+                "{} is not an ELF binary",
+                info.path.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! One instance: a language runtime in a sandbox, driven over the instance
+//! protocol.
+//!
+//! Lifecycle: [`Instance::start`] builds the sandbox and starts the bootstrap
+//! (phases `sandbox` and `runtime`, ending at HELLO); [`Instance::load`]
+//! specialises it with one function's code (phase `init`, ending at LOADED);
+//! [`Instance::invoke`] then runs invocations, several at once if the function
+//! allows. Three background tasks serve each instance: a frame reader, a log
+//! reader per output pipe, and an exit watcher that owns the sandbox, reaps
+//! it, and fails every invocation still in flight with the exit reason.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use lampyr_sandbox::{describe_exit, Sandbox, SandboxError, SandboxSpec};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::discover::RuntimeInfo;
+use crate::protocol::{self, Frame};
+
+/// How long a runtime may take to say HELLO.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest log line kept whole; longer lines are cut.
+const MAX_LOG_LINE: usize = 256 * 1024;
+
+/// Where an output line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    /// Written by lampyr itself about the invocation (errors, timeouts, crashes).
+    Platform,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::Platform => "platform",
+        }
+    }
+}
+
+/// One line an instance wrote.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub ts: SystemTime,
+    /// The function and version the instance was loaded with, if any yet.
+    pub function: Option<(Arc<str>, u64)>,
+    pub instance: Arc<str>,
+    pub request_id: Option<String>,
+    pub stream: Stream,
+    pub level: Option<String>,
+    pub message: String,
+}
+
+pub type LogSender = mpsc::UnboundedSender<LogLine>;
+
+/// The specialisation an instance receives: the LOAD message.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadRequest {
+    pub handler: String,
+    pub task_root: PathBuf,
+    pub function_name: String,
+    pub function_version: String,
+    pub memory_mb: u32,
+    pub timeout_ms: u64,
+    pub concurrency: u32,
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// How long each start-up phase took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartTimings {
+    /// Building the sandbox and starting its process.
+    pub sandbox: Duration,
+    /// From the process start until the bootstrap said HELLO.
+    pub runtime: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("the runtime exited while {stage}: {reason}")]
+    Exited { stage: &'static str, reason: String },
+    #[error("the runtime did not {stage} within {}s", .limit.as_secs())]
+    Timeout {
+        stage: &'static str,
+        limit: Duration,
+    },
+    #[error("instance protocol error: {0}")]
+    Protocol(String),
+    /// The function's module failed to load; the payload is the runtime's
+    /// error object (`errorType`, `errorMessage`, `stackTrace`).
+    #[error("loading the handler failed: {}", .0.get("errorMessage").and_then(|m| m.as_str()).unwrap_or("unknown error"))]
+    LoadFailed(serde_json::Value),
+}
+
+/// The end of one invocation.
+#[derive(Debug, Clone)]
+pub enum InvokeOutcome {
+    /// The handler returned; the JSON of its result.
+    Ok(Bytes),
+    /// The handler threw; the JSON error object.
+    Error(Bytes),
+    /// The instance died before answering; why.
+    Exited(String),
+}
+
+struct Pending {
+    request_id: String,
+    reply: oneshot::Sender<InvokeOutcome>,
+}
+
+struct Shared {
+    id: Arc<str>,
+    pending: Mutex<HashMap<u32, Pending>>,
+    function: Mutex<Option<(Arc<str>, u64)>>,
+    exit: watch::Sender<Option<String>>,
+    kill: Notify,
+    kill_reason: Mutex<Option<String>>,
+    logs: LogSender,
+}
+
+impl Shared {
+    fn exit_reason(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+}
+
+/// A running runtime instance.
+pub struct Instance {
+    shared: Arc<Shared>,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    control: tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>,
+    next_id: AtomicU32,
+    pid: u32,
+}
+
+/// What [`Instance::start`] needs.
+pub struct InstanceConfig<'a> {
+    pub id: String,
+    pub runtime: &'a RuntimeInfo,
+    pub bootstrap: PathBuf,
+    pub logs: LogSender,
+}
+
+impl Instance {
+    /// Starts a generic runtime instance and waits for its HELLO.
+    pub async fn start(
+        cfg: InstanceConfig<'_>,
+    ) -> Result<(Arc<Instance>, StartTimings), InstanceError> {
+        let spec = sandbox_spec(&cfg);
+        let started = Instant::now();
+        let (sandbox, io) = Sandbox::spawn(&spec)?;
+        let sandbox_time = started.elapsed();
+        io.socket
+            .set_nonblocking(true)
+            .map_err(|e| InstanceError::Protocol(e.to_string()))?;
+        let socket = tokio::net::UnixStream::from_std(io.socket)
+            .map_err(|e| InstanceError::Protocol(e.to_string()))?;
+        let (reader, writer) = socket.into_split();
+        let (exit_tx, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            id: cfg.id.into(),
+            pending: Mutex::new(HashMap::new()),
+            function: Mutex::new(None),
+            exit: exit_tx,
+            kill: Notify::new(),
+            kill_reason: Mutex::new(None),
+            logs: cfg.logs,
+        });
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let pid = sandbox.pid();
+        tokio::spawn(read_frames(shared.clone(), reader, control_tx));
+        tokio::spawn(read_logs(shared.clone(), io.stdout, Stream::Stdout));
+        tokio::spawn(read_logs(shared.clone(), io.stderr, Stream::Stderr));
+        tokio::spawn(watch_exit(shared.clone(), sandbox));
+        let inst = Arc::new(Instance {
+            shared,
+            writer: tokio::sync::Mutex::new(writer),
+            control: tokio::sync::Mutex::new(control_rx),
+            next_id: AtomicU32::new(1),
+            pid,
+        });
+        let frame = inst.next_control("start", START_TIMEOUT).await?;
+        if frame.kind != protocol::HELLO {
+            inst.kill("protocol error");
+            return Err(InstanceError::Protocol(format!(
+                "expected HELLO, got frame type {:#04x}",
+                frame.kind
+            )));
+        }
+        let timings = StartTimings {
+            sandbox: sandbox_time,
+            runtime: started.elapsed() - sandbox_time,
+        };
+        Ok((inst, timings))
+    }
+
+    /// Specialises the instance with a function's code and waits until the
+    /// handler is loaded. Returns how long loading took.
+    pub async fn load(
+        &self,
+        req: &LoadRequest,
+        limit: Duration,
+    ) -> Result<Duration, InstanceError> {
+        let started = Instant::now();
+        *self.shared.function.lock() = Some((
+            req.function_name.as_str().into(),
+            req.function_version.parse().unwrap_or(0),
+        ));
+        let body = serde_json::to_vec(req).expect("load request serialises");
+        self.send(&protocol::encode(protocol::LOAD, &body), "load the handler")
+            .await?;
+        let frame = self.next_control("load the handler", limit).await?;
+        match frame.kind {
+            protocol::LOADED => Ok(started.elapsed()),
+            protocol::LOAD_ERROR => {
+                let err = serde_json::from_slice(&frame.payload).unwrap_or_else(|_| {
+                    serde_json::json!({"errorType": "Runtime.InitError", "errorMessage": String::from_utf8_lossy(&frame.payload)})
+                });
+                self.kill("handler failed to load");
+                Err(InstanceError::LoadFailed(err))
+            }
+            other => {
+                self.kill("protocol error");
+                Err(InstanceError::Protocol(format!(
+                    "expected LOADED, got frame type {other:#04x}"
+                )))
+            }
+        }
+    }
+
+    async fn next_control(
+        &self,
+        stage: &'static str,
+        limit: Duration,
+    ) -> Result<Frame, InstanceError> {
+        let mut rx = self.control.lock().await;
+        let mut exit = self.shared.exit.subscribe();
+        tokio::select! {
+            f = rx.recv() => match f {
+                Some(f) => Ok(f),
+                None => Err(InstanceError::Exited { stage, reason: self.wait_exit_reason().await }),
+            },
+            _ = async { exit.wait_for(|e| e.is_some()).await.map(|_| ()) } => {
+                Err(InstanceError::Exited { stage, reason: self.shared.exit_reason().unwrap_or_default() })
+            }
+            _ = tokio::time::sleep(limit) => {
+                self.kill(&format!("did not {stage} in time"));
+                Err(InstanceError::Timeout { stage, limit })
+            }
+        }
+    }
+
+    async fn send(&self, frame: &[u8], stage: &'static str) -> Result<(), InstanceError> {
+        let mut w = self.writer.lock().await;
+        if w.write_all(frame).await.is_err() {
+            drop(w);
+            self.shared.kill.notify_one();
+            return Err(InstanceError::Exited {
+                stage,
+                reason: self.wait_exit_reason().await,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs one invocation. Dropping the returned future abandons it (the
+    /// caller then usually kills the instance).
+    pub async fn invoke(
+        &self,
+        request_id: &str,
+        deadline: SystemTime,
+        event: &[u8],
+    ) -> InvokeOutcome {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending.lock().insert(
+            id,
+            Pending {
+                request_id: request_id.to_string(),
+                reply: tx,
+            },
+        );
+        let guard = PendingGuard {
+            shared: &self.shared,
+            id,
+        };
+        // The exit watcher sets the reason before it drains `pending`, so
+        // checking after inserting cannot miss an exit.
+        if let Some(reason) = self.shared.exit_reason() {
+            return InvokeOutcome::Exited(reason);
+        }
+        let deadline_ms = deadline
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let frame = protocol::encode_invoke(id, deadline_ms, request_id, event);
+        if let Err(InstanceError::Exited { reason, .. }) = self.send(&frame, "invoke").await {
+            return InvokeOutcome::Exited(reason);
+        }
+        let out = match rx.await {
+            Ok(outcome) => outcome,
+            Err(_) => InvokeOutcome::Exited(self.wait_exit_reason().await),
+        };
+        std::mem::forget(guard);
+        out
+    }
+
+    /// Kills the instance; `reason` becomes its exit reason.
+    pub fn kill(&self, reason: &str) {
+        {
+            let mut r = self.shared.kill_reason.lock();
+            if r.is_none() {
+                *r = Some(reason.to_string());
+            }
+        }
+        self.shared.kill.notify_one();
+    }
+
+    /// Why the instance exited, once it has.
+    pub fn exit_reason(&self) -> Option<String> {
+        self.shared.exit_reason()
+    }
+
+    /// Waits until the instance has exited and returns why.
+    pub async fn wait_exit_reason(&self) -> String {
+        let mut rx = self.shared.exit.subscribe();
+        let r = rx.wait_for(|e| e.is_some()).await.map(|v| v.clone());
+        match r {
+            Ok(v) => v.unwrap_or_default(),
+            Err(_) => "exited".into(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill("stopped");
+    }
+}
+
+/// Removes an abandoned invocation from the pending table.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: u32,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.pending.lock().remove(&self.id);
+    }
+}
+
+fn sandbox_spec(cfg: &InstanceConfig<'_>) -> SandboxSpec {
+    let mut args: Vec<OsString> = Vec::new();
+    match cfg.runtime.runtime {
+        lampyr_api::Runtime::Nodejs => {}
+        lampyr_api::Runtime::Python => {
+            // No user site-packages, no .pyc writes into the read-only code.
+            args.push("-s".into());
+            args.push("-B".into());
+        }
+    }
+    args.push(cfg.bootstrap.clone().into());
+    let env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TZ".into(), "UTC".into()),
+        ("HOME".into(), "/tmp".into()),
+        ("TMPDIR".into(), "/tmp".into()),
+        (
+            "LAMPYR_FD".into(),
+            lampyr_sandbox::PROTOCOL_FD.to_string().into(),
+        ),
+        ("LAMPYR_INSTANCE_ID".into(), cfg.id.clone().into()),
+        ("PYTHONUNBUFFERED".into(), "1".into()),
+        ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+    ];
+    SandboxSpec {
+        program: cfg.runtime.path.clone(),
+        args,
+        env,
+        cwd: "/".into(),
+    }
+}
+
+async fn read_frames(
+    shared: Arc<Shared>,
+    mut reader: tokio::net::unix::OwnedReadHalf,
+    control: mpsc::UnboundedSender<Frame>,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    'outer: loop {
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            match protocol::decode(&mut buf) {
+                Ok(Some(frame)) => match frame.kind {
+                    protocol::RESULT | protocol::ERROR => {
+                        let Ok((id, body)) = protocol::split_reply(frame.payload) else {
+                            break 'outer;
+                        };
+                        let p = shared.pending.lock().remove(&id);
+                        if let Some(p) = p {
+                            let outcome = if frame.kind == protocol::RESULT {
+                                InvokeOutcome::Ok(body)
+                            } else {
+                                InvokeOutcome::Error(body)
+                            };
+                            let _ = p.reply.send(outcome);
+                        }
+                    }
+                    _ => {
+                        let _ = control.send(frame);
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(instance = %shared.id, "instance protocol error: {e}");
+                    *shared.kill_reason.lock() = Some(format!("protocol error: {e}"));
+                    break 'outer;
+                }
+            }
+        }
+    }
+    // The socket closed. A runtime that is exiting closes it just before it
+    // goes; give the exit a moment to land so the reason is the real one.
+    let mut exit = shared.exit.subscribe();
+    let exited = async { exit.wait_for(|e| e.is_some()).await.map(|_| ()) };
+    if tokio::time::timeout(Duration::from_millis(200), exited)
+        .await
+        .is_err()
+    {
+        {
+            let mut r = shared.kill_reason.lock();
+            if r.is_none() {
+                *r = Some("the runtime closed its protocol socket".into());
+            }
+        }
+        shared.kill.notify_one();
+    }
+}
+
+async fn watch_exit(shared: Arc<Shared>, mut sandbox: Sandbox) {
+    let status = tokio::select! {
+        s = sandbox.wait() => s,
+        _ = shared.kill.notified() => {
+            sandbox.kill();
+            sandbox.wait().await
+        }
+    };
+    let described = match &status {
+        Ok(s) => describe_exit(s),
+        Err(e) => format!("lost track of the process ({e})"),
+    };
+    let reason = match shared.kill_reason.lock().clone() {
+        Some(r) => r,
+        None => format!("the runtime process exited unexpectedly ({described})"),
+    };
+    shared.exit.send_replace(Some(reason.clone()));
+    let drained: Vec<Pending> = shared.pending.lock().drain().map(|(_, p)| p).collect();
+    for p in drained {
+        let _ = p.reply.send(InvokeOutcome::Exited(reason.clone()));
+    }
+}
+
+async fn read_logs(shared: Arc<Shared>, pipe: impl AsyncRead + Unpin, stream: Stream) {
+    let mut reader = BufReader::with_capacity(64 * 1024, pipe);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let n = match (&mut reader)
+            .take(MAX_LOG_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if n == MAX_LOG_LINE && line.last() != Some(&b'\n') {
+            // Cut: skip the rest of this overlong line.
+            let mut rest = Vec::new();
+            let _ = reader.read_until(b'\n', &mut rest).await;
+            line.extend_from_slice(b" [line truncated]");
+        }
+        while matches!(line.last(), Some(b'\n')) {
+            line.pop();
+        }
+        let text = String::from_utf8_lossy(&line);
+        let (request_id, level, message) = match parse_record(&text) {
+            Some((rid, level, msg)) => (
+                rid.map(str::to_string),
+                Some(level.to_string()),
+                msg.replace('\r', "\n"),
+            ),
+            None => {
+                // Not a bootstrap record: attribute it to the one invocation
+                // in flight, if there is exactly one.
+                let pending = shared.pending.lock();
+                let rid = if pending.len() == 1 {
+                    pending.values().next().map(|p| p.request_id.clone())
+                } else {
+                    None
+                };
+                (rid, None, text.into_owned())
+            }
+        };
+        let function = shared.function.lock().clone();
+        let _ = shared.logs.send(LogLine {
+            ts: SystemTime::now(),
+            function,
+            instance: shared.id.clone(),
+            request_id,
+            stream,
+            level,
+            message,
+        });
+    }
+}
+
+/// Parses `TS \t REQUEST_ID \t LEVEL \t MESSAGE`, the bootstraps' record format.
+fn parse_record(line: &str) -> Option<(Option<&str>, &str, &str)> {
+    let mut parts = line.splitn(4, '\t');
+    let ts = parts.next()?;
+    let rid = parts.next()?;
+    let level = parts.next()?;
+    let msg = parts.next()?;
+    let ts_ok =
+        ts.len() >= 20 && ts.as_bytes()[0].is_ascii_digit() && ts.as_bytes().get(10) == Some(&b'T');
+    let level_ok = matches!(
+        level,
+        "INFO" | "WARN" | "ERROR" | "DEBUG" | "TRACE" | "FATAL"
+    );
+    if !ts_ok || !level_ok {
+        return None;
+    }
+    Some(((rid != "-").then_some(rid), level, msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_parse() {
+        let r = parse_record("2026-11-26T16:40:00.123Z\tabc\tINFO\thello\tworld").unwrap();
+        assert_eq!(r, (Some("abc"), "INFO", "hello\tworld"));
+        let r = parse_record("2026-11-26T16:40:00.123Z\t-\tERROR\tboom").unwrap();
+        assert_eq!(r, (None, "ERROR", "boom"));
+        assert!(parse_record("plain output").is_none());
+        assert!(parse_record("a\tb\tc\td").is_none());
+    }
+}

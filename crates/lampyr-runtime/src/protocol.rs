@@ -1,0 +1,134 @@
+//! The instance protocol's frames (`docs/protocol.md`): a big-endian `u32`
+//! length, a type byte, then the payload.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+pub const HELLO: u8 = 0x01;
+pub const LOAD: u8 = 0x02;
+pub const LOADED: u8 = 0x03;
+pub const LOAD_ERROR: u8 = 0x04;
+pub const INVOKE: u8 = 0x10;
+pub const RESULT: u8 = 0x11;
+pub const ERROR: u8 = 0x12;
+
+/// Frames larger than this are a protocol violation.
+pub const MAX_FRAME: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the protocol limit")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("truncated {0} frame")]
+    Truncated(&'static str),
+}
+
+/// A decoded frame: its type byte and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: u8,
+    pub payload: Bytes,
+}
+
+/// Takes one complete frame off the front of `buf`, if there is one.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    let kind = buf.get_u8();
+    let payload = buf.split_to(len - 1).freeze();
+    Ok(Some(Frame { kind, payload }))
+}
+
+/// Encodes a frame with a plain payload.
+pub fn encode(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + payload.len());
+    out.put_u32((payload.len() + 1) as u32);
+    out.put_u8(kind);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Encodes an INVOKE frame.
+pub fn encode_invoke(id: u32, deadline_ms: u64, request_id: &str, event: &[u8]) -> Vec<u8> {
+    let rid = &request_id.as_bytes()[..request_id.len().min(255)];
+    let body = 4 + 8 + 1 + rid.len() + event.len();
+    let mut out = Vec::with_capacity(5 + body);
+    out.put_u32((body + 1) as u32);
+    out.put_u8(INVOKE);
+    out.put_u32(id);
+    out.put_u64(deadline_ms);
+    out.put_u8(rid.len() as u8);
+    out.extend_from_slice(rid);
+    out.extend_from_slice(event);
+    out
+}
+
+/// Splits the payload of a RESULT or ERROR frame into its invocation id and body.
+pub fn split_reply(mut payload: Bytes) -> Result<(u32, Bytes), FrameError> {
+    if payload.len() < 4 {
+        return Err(FrameError::Truncated("reply"));
+    }
+    let id = payload.get_u32();
+    Ok((id, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invoke_frame_layout() {
+        let f = encode_invoke(7, 1_700_000_000_000, "rid", b"{}");
+        let mut buf = BytesMut::from(&f[..]);
+        let frame = decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(frame.kind, INVOKE);
+        let mut p = frame.payload;
+        assert_eq!(p.get_u32(), 7);
+        assert_eq!(p.get_u64(), 1_700_000_000_000);
+        assert_eq!(p.get_u8(), 3);
+        assert_eq!(&p[..], b"rid{}");
+    }
+
+    #[test]
+    fn decode_waits_for_whole_frames() {
+        let mut all = encode(RESULT, &[0, 0, 0, 1, b'1']);
+        all.extend(encode(HELLO, b"{}"));
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&all[..3]);
+        assert_eq!(decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&all[3..7]);
+        assert_eq!(decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&all[7..]);
+        let a = decode(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            split_reply(a.payload).unwrap(),
+            (1, Bytes::from_static(b"1"))
+        );
+        let b = decode(&mut buf).unwrap().unwrap();
+        assert_eq!((b.kind, &b.payload[..]), (HELLO, &b"{}"[..]));
+        assert_eq!(decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn rejects_bad_lengths() {
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
+        assert_eq!(decode(&mut buf), Err(FrameError::Empty));
+        let mut buf = BytesMut::from(&[0xffu8, 0, 0, 0][..]);
+        assert!(matches!(decode(&mut buf), Err(FrameError::TooLarge(_))));
+    }
+}

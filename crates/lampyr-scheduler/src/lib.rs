@@ -1,0 +1,645 @@
+//! The function service: it turns "invoke function F with this event" into a
+//! result, owning every instance of every function.
+//!
+//! * **Reuse, then cold start.** An invocation takes a free slot on an idle
+//!   or not-yet-full instance of the current version; if there is none and the
+//!   function is below `max_instances`, it cold-starts one (code → sandbox →
+//!   runtime → init), recording each phase.
+//! * **Bounded waiting.** Past `max_instances × concurrency` in-flight
+//!   invocations, requests wait in a FIFO queue of `max_queue`; a freed slot is
+//!   handed straight to the oldest waiter. A request that waits longer than
+//!   `queue_timeout`, or finds the queue full, is throttled (429).
+//! * **Scale to zero / reserved.** A reaper stops instances idle longer than
+//!   `idle_timeout`, never going below `min_instances`, and starts reserved
+//!   instances whenever fewer than `min_instances` are alive.
+//! * **Versions.** A deploy switches new requests to the new version at once;
+//!   old-version instances drain (finish what they run) and stop.
+//! * **Failures.** A timed-out invocation poisons its instance, which is
+//!   killed as soon as nothing else runs on it; an instance that dies fails
+//!   exactly the invocations it was running, and is replaced on demand.
+#![forbid(unsafe_code)]
+
+mod logs;
+mod state;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use lampyr_api::{FunctionSpec, InstanceCounts};
+use lampyr_runtime::{
+    Instance, InstanceConfig, InstanceError, InvokeOutcome, LoadRequest, Runtimes,
+};
+use lampyr_store::{FunctionRecord, LogStore, Store, VersionRecord};
+use parking_lot::RwLock;
+
+pub use logs::LogHub;
+use state::{FunctionState, Grant, SlotGrant, SlotId};
+
+/// Errors that stop an invocation before or instead of the handler running.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("function '{0}' does not exist")]
+    NotFound(String),
+    #[error("function '{function}' is at its limit of {max_instances} instance(s) × {concurrency} concurrent invocation(s) and {queued} request(s) are already waiting (max_queue = {max_queue})")]
+    QueueFull {
+        function: String,
+        max_instances: u32,
+        concurrency: u32,
+        queued: usize,
+        max_queue: u32,
+    },
+    #[error("function '{function}' is at its limit of {max_instances} instance(s) × {concurrency} concurrent invocation(s); the request waited {waited_ms} ms (queue_timeout) without a free instance")]
+    QueueTimeout {
+        function: String,
+        max_instances: u32,
+        concurrency: u32,
+        waited_ms: u64,
+    },
+    #[error("function '{function}' needs the {runtime} runtime, which is not available on this host: {why}")]
+    RuntimeUnavailable {
+        function: String,
+        runtime: String,
+        why: String,
+    },
+    #[error("function '{function}' could not start an instance: {source}")]
+    StartFailed {
+        function: String,
+        #[source]
+        source: InstanceError,
+    },
+    /// The handler module failed to load: the runtime's error object.
+    #[error("function '{function}' failed to initialise: {error}")]
+    InitFailed {
+        function: String,
+        error: serde_json::Value,
+    },
+    #[error("function '{0}' was deleted")]
+    Deleted(String),
+    #[error(transparent)]
+    Store(#[from] lampyr_store::StoreError),
+}
+
+/// How an invocation found its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// A new instance was started for it.
+    Cold,
+    /// An already-running instance served it.
+    Warm,
+}
+
+impl StartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartKind::Cold => "cold",
+            StartKind::Warm => "warm",
+        }
+    }
+}
+
+/// Time spent in each phase of one invocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    /// Waiting for a free instance.
+    pub queue: Duration,
+    /// Making the version's code available (cold start only).
+    pub code: Option<Duration>,
+    /// Building the sandbox (cold start only).
+    pub sandbox: Option<Duration>,
+    /// Starting the language runtime (cold start only).
+    pub runtime: Option<Duration>,
+    /// Loading the function's module and running its init code (cold start only).
+    pub init: Option<Duration>,
+    /// Running the handler.
+    pub exec: Duration,
+}
+
+/// How the handler's part of an invocation ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The handler's result as JSON.
+    Ok(Bytes),
+    /// The handler threw: the error object as JSON.
+    FunctionError(Bytes),
+    /// The handler ran past the function's timeout; its instance is killed.
+    Timeout { timeout: Duration },
+    /// The instance died while running the invocation.
+    Crashed { reason: String },
+}
+
+/// The result of [`Scheduler::invoke`].
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub request_id: String,
+    pub function: String,
+    pub version: u64,
+    pub start: StartKind,
+    pub phases: Phases,
+    pub outcome: Outcome,
+    pub memory_mb: u32,
+}
+
+/// Settings of the function service.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub runtimes: Runtimes,
+    /// Where the runtime bootstraps are installed.
+    pub bootstrap_dir: PathBuf,
+    /// How often the reaper looks for idle instances and missing reserved ones.
+    pub reap_interval: Duration,
+}
+
+/// The function service. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    store: Arc<Store>,
+    config: SchedulerConfig,
+    functions: RwLock<HashMap<String, Arc<FunctionState>>>,
+    logs: LogHub,
+    instance_seq: AtomicU64,
+}
+
+/// A resolved, runnable version of a function.
+#[derive(Debug)]
+pub(crate) struct Version {
+    pub(crate) record: VersionRecord,
+    pub(crate) code_dir: PathBuf,
+    pub(crate) access: TriggerAccess,
+}
+
+/// Who may call a function's HTTP trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TriggerAccess {
+    Public,
+    /// Callers must present this bearer token (or the server's API token).
+    Token(Arc<str>),
+}
+
+impl Version {
+    fn spec(&self) -> &FunctionSpec {
+        &self.record.spec
+    }
+}
+
+impl Scheduler {
+    /// Starts the function service over `store`: loads every function and
+    /// brings up its reserved instances, and starts the reaper and the log
+    /// writer. Must be called inside a tokio runtime.
+    pub fn start(
+        store: Arc<Store>,
+        log_store: LogStore,
+        config: SchedulerConfig,
+    ) -> Result<Self, SchedulerError> {
+        let logs = LogHub::start(log_store);
+        let inner = Arc::new(Inner {
+            store: store.clone(),
+            config,
+            functions: RwLock::new(HashMap::new()),
+            logs,
+            instance_seq: AtomicU64::new(1),
+        });
+        let sched = Scheduler { inner };
+        for rec in store.list()? {
+            sched.activate(&rec)?;
+        }
+        let weak = Arc::downgrade(&sched.inner);
+        let every = sched.inner.config.reap_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                Scheduler { inner }.reap();
+            }
+        });
+        Ok(sched)
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    pub fn logs(&self) -> &LogHub {
+        &self.inner.logs
+    }
+
+    pub fn runtimes(&self) -> &Runtimes {
+        &self.inner.config.runtimes
+    }
+
+    /// Makes `rec`'s current version the one new requests get. Instances of
+    /// older versions drain and stop; reserved instances are started.
+    pub fn activate(&self, rec: &FunctionRecord) -> Result<(), SchedulerError> {
+        let code_dir = self.inner.store.ensure_unpacked(&rec.current.code_sha256)?;
+        let access = match rec.current.spec.auth {
+            lampyr_api::Auth::Public => TriggerAccess::Public,
+            lampyr_api::Auth::Token => TriggerAccess::Token(rec.trigger_token.as_str().into()),
+        };
+        let version = Arc::new(Version {
+            record: rec.current.clone(),
+            code_dir,
+            access,
+        });
+        let state = {
+            let mut map = self.inner.functions.write();
+            map.entry(rec.name.clone())
+                .or_insert_with(|| Arc::new(FunctionState::new(&rec.name, version.clone())))
+                .clone()
+        };
+        let to_kill = state.set_version(version);
+        for inst in to_kill {
+            inst.kill("replaced by a new version");
+        }
+        self.ensure_reserved(&state);
+        Ok(())
+    }
+
+    /// Forgets a function: its instances drain and stop, waiting requests fail.
+    pub fn remove(&self, name: &str) {
+        let state = self.inner.functions.write().remove(name);
+        if let Some(state) = state {
+            for inst in state.delete() {
+                inst.kill("function deleted");
+            }
+        }
+        self.inner.logs.remove(name);
+    }
+
+    /// Live instance counts of a function.
+    pub fn instance_counts(&self, name: &str) -> InstanceCounts {
+        self.inner
+            .functions
+            .read()
+            .get(name)
+            .map(|s| s.counts())
+            .unwrap_or_default()
+    }
+
+    /// Total live instances across all functions.
+    pub fn total_instances(&self) -> usize {
+        self.inner
+            .functions
+            .read()
+            .values()
+            .map(|s| {
+                let c = s.counts();
+                c.starting + c.idle + c.busy + c.draining
+            })
+            .sum()
+    }
+
+    /// The current version of a function, as the scheduler runs it.
+    pub fn current(&self, name: &str) -> Option<VersionRecord> {
+        self.inner
+            .functions
+            .read()
+            .get(name)
+            .map(|s| s.current().record.clone())
+    }
+
+    /// Who may call the function's trigger; `None` if it does not exist.
+    pub fn trigger_access(&self, name: &str) -> Option<TriggerAccess> {
+        self.inner
+            .functions
+            .read()
+            .get(name)
+            .map(|s| s.current().access.clone())
+    }
+
+    /// Runs one invocation of `name` with `event` (JSON bytes).
+    pub async fn invoke(
+        &self,
+        name: &str,
+        request_id: String,
+        event: Vec<u8>,
+    ) -> Result<Invocation, SchedulerError> {
+        let state = self
+            .inner
+            .functions
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SchedulerError::NotFound(name.to_string()))?;
+        let queued_at = Instant::now();
+        let mut phases = Phases::default();
+        let (lease, start) = self.acquire(&state, &mut phases).await?;
+        if phases.code.is_none() {
+            phases.queue = queued_at.elapsed();
+        }
+        let version = lease.version.clone();
+        let spec = version.spec();
+        let timeout = spec.timeout();
+        let deadline = SystemTime::now() + timeout;
+        let exec_started = Instant::now();
+        let outcome = tokio::time::timeout(
+            timeout,
+            lease.instance.invoke(&request_id, deadline, &event),
+        )
+        .await;
+        phases.exec = exec_started.elapsed();
+        let outcome = match outcome {
+            Ok(InvokeOutcome::Ok(b)) => Outcome::Ok(b),
+            Ok(InvokeOutcome::Error(b)) => {
+                self.platform_log(
+                    &lease,
+                    &request_id,
+                    "ERROR",
+                    format!("Invoke Error {}", String::from_utf8_lossy(&b)),
+                );
+                Outcome::FunctionError(b)
+            }
+            Ok(InvokeOutcome::Exited(reason)) => {
+                self.platform_log(
+                    &lease,
+                    &request_id,
+                    "ERROR",
+                    format!(
+                        "instance {} exited during the invocation: {reason}",
+                        lease.instance.id()
+                    ),
+                );
+                lease.poison("crashed");
+                Outcome::Crashed { reason }
+            }
+            Err(_) => {
+                self.platform_log(
+                    &lease,
+                    &request_id,
+                    "ERROR",
+                    format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),
+                );
+                lease.poison(&format!(
+                    "an invocation timed out after {:.2} s",
+                    timeout.as_secs_f64()
+                ));
+                Outcome::Timeout { timeout }
+            }
+        };
+        Ok(Invocation {
+            request_id,
+            function: name.to_string(),
+            version: version.record.version,
+            start,
+            phases,
+            outcome,
+            memory_mb: spec.memory_mb,
+        })
+    }
+
+    fn platform_log(&self, lease: &Lease, request_id: &str, level: &str, message: String) {
+        self.inner.logs.platform(
+            &lease.state.name,
+            lease.version.record.version,
+            lease.instance.id(),
+            Some(request_id),
+            level,
+            message,
+        );
+    }
+
+    /// Takes a slot: warm if possible, else a cold start, else a place in line.
+    async fn acquire(
+        &self,
+        state: &Arc<FunctionState>,
+        phases: &mut Phases,
+    ) -> Result<(Lease, StartKind), SchedulerError> {
+        let started = Instant::now();
+        loop {
+            match state.try_acquire()? {
+                state::Acquire::Slot(grant) => {
+                    return Ok((Lease::new(state.clone(), grant), StartKind::Warm))
+                }
+                state::Acquire::Start(version) => {
+                    phases.queue = started.elapsed();
+                    let grant = self.cold_start(state, version, phases, true).await?;
+                    let grant = grant.expect("a claimed start returns a slot");
+                    return Ok((Lease::new(state.clone(), grant), StartKind::Cold));
+                }
+                state::Acquire::Wait(rx) => {
+                    let spec = state.current().record.spec.clone();
+                    let left = spec.queue_timeout().saturating_sub(started.elapsed());
+                    match tokio::time::timeout(left, rx).await {
+                        Ok(Ok(Grant::Slot(g))) => {
+                            return Ok((Lease::new(state.clone(), g), StartKind::Warm))
+                        }
+                        Ok(Ok(Grant::Retry)) => continue,
+                        Ok(Err(_)) => return Err(SchedulerError::Deleted(state.name.clone())),
+                        Err(_) => {
+                            return Err(SchedulerError::QueueTimeout {
+                                function: state.name.clone(),
+                                max_instances: spec.max_instances,
+                                concurrency: spec.concurrency,
+                                waited_ms: started.elapsed().as_millis() as u64,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts and specialises one instance of `version`. With `claim`, the
+    /// new instance comes back with one slot taken for the caller; without,
+    /// it joins the function's pool idle (a reserved instance).
+    async fn cold_start(
+        &self,
+        state: &Arc<FunctionState>,
+        version: Arc<Version>,
+        phases: &mut Phases,
+        claim: bool,
+    ) -> Result<Option<SlotGrant>, SchedulerError> {
+        let result = self.start_instance(&version, phases).await;
+        match result {
+            Ok(inst) => {
+                self.watch_instance(state, &inst);
+                state.started(inst, version, claim)
+            }
+            Err(e) => {
+                state.start_failed();
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_instance(
+        &self,
+        version: &Arc<Version>,
+        phases: &mut Phases,
+    ) -> Result<Arc<Instance>, SchedulerError> {
+        let spec = version.spec();
+        let function = spec.name.clone();
+        let code_started = Instant::now();
+        // The code was unpacked at deploy; this is a check, or a rebuild from
+        // the blob if the cache was removed.
+        let code_dir = if version.code_dir.is_dir() {
+            version.code_dir.clone()
+        } else {
+            let store = self.inner.store.clone();
+            let sha = version.record.code_sha256.clone();
+            tokio::task::spawn_blocking(move || store.ensure_unpacked(&sha))
+                .await
+                .map_err(|e| SchedulerError::StartFailed {
+                    function: function.clone(),
+                    source: InstanceError::Protocol(e.to_string()),
+                })??
+        };
+        phases.code = Some(code_started.elapsed());
+        let runtime = self
+            .inner
+            .config
+            .runtimes
+            .get(spec.runtime)
+            .map_err(|why| SchedulerError::RuntimeUnavailable {
+                function: function.clone(),
+                runtime: spec.runtime.to_string(),
+                why: why.to_string(),
+            })?;
+        let id = format!(
+            "{}-{}",
+            spec.name,
+            self.inner.instance_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let cfg = InstanceConfig {
+            id,
+            runtime,
+            bootstrap: lampyr_runtime::bootstrap::path(
+                &self.inner.config.bootstrap_dir,
+                spec.runtime,
+            ),
+            logs: self.inner.logs.sender(),
+        };
+        let (inst, timings) =
+            Instance::start(cfg)
+                .await
+                .map_err(|source| SchedulerError::StartFailed {
+                    function: function.clone(),
+                    source,
+                })?;
+        phases.sandbox = Some(timings.sandbox);
+        phases.runtime = Some(timings.runtime);
+        let load = LoadRequest {
+            handler: spec.handler.clone(),
+            task_root: code_dir,
+            function_name: spec.name.clone(),
+            function_version: version.record.version.to_string(),
+            memory_mb: spec.memory_mb,
+            timeout_ms: spec.timeout_ms,
+            concurrency: spec.concurrency,
+            env: spec.env.clone(),
+        };
+        // Init code gets the function's timeout, as on Lambda, but at least 10 s.
+        let init_limit = spec.timeout().max(Duration::from_secs(10));
+        match inst.load(&load, init_limit).await {
+            Ok(d) => phases.init = Some(d),
+            Err(InstanceError::LoadFailed(error)) => {
+                self.inner.logs.platform(
+                    &spec.name,
+                    version.record.version,
+                    inst.id(),
+                    None,
+                    "ERROR",
+                    format!("Init Error {error}"),
+                );
+                return Err(SchedulerError::InitFailed { function, error });
+            }
+            Err(source) => return Err(SchedulerError::StartFailed { function, source }),
+        }
+        Ok(inst)
+    }
+
+    /// Removes an instance from its function when it exits, whatever the cause.
+    fn watch_instance(&self, state: &Arc<FunctionState>, inst: &Arc<Instance>) {
+        let weak_state = Arc::downgrade(state);
+        let weak_inst = Arc::downgrade(inst);
+        let exit = inst.clone();
+        let sched = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let reason = exit.wait_exit_reason().await;
+            drop(exit);
+            let Some(state) = weak_state.upgrade() else {
+                return;
+            };
+            if let Some(inst) = weak_inst.upgrade() {
+                tracing::debug!(function = %state.name, instance = inst.id(), %reason, "instance exited");
+                state.forget(&inst);
+            }
+            if let Some(inner) = sched.upgrade() {
+                Scheduler { inner }.ensure_reserved(&state);
+            }
+        });
+    }
+
+    /// Starts reserved instances until `min_instances` are alive.
+    fn ensure_reserved(&self, state: &Arc<FunctionState>) {
+        let missing = state.reserve_missing();
+        for version in missing {
+            let sched = self.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut phases = Phases::default();
+                match sched.cold_start(&state, version, &mut phases, false).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(function = %state.name, "reserved instance failed to start: {e}");
+                    }
+                }
+            });
+        }
+    }
+
+    /// One pass of the reaper: stop idle instances, top up reserved ones.
+    fn reap(&self) {
+        let states: Vec<Arc<FunctionState>> =
+            self.inner.functions.read().values().cloned().collect();
+        for state in states {
+            for inst in state.reap_idle(Instant::now()) {
+                inst.kill("idle timeout");
+            }
+            if state.needs_reserve() {
+                self.ensure_reserved(&state);
+            }
+        }
+    }
+}
+
+/// One taken slot on an instance; giving it back (dropping it) frees the slot
+/// or hands it to the next waiter.
+struct Lease {
+    state: Arc<FunctionState>,
+    slot: SlotId,
+    instance: Arc<Instance>,
+    version: Arc<Version>,
+}
+
+impl Lease {
+    fn new(state: Arc<FunctionState>, grant: SlotGrant) -> Self {
+        Lease {
+            state,
+            slot: grant.slot,
+            instance: grant.instance,
+            version: grant.version,
+        }
+    }
+
+    /// The instance must not take new work and is killed once idle.
+    fn poison(&self, reason: &str) {
+        self.state.poison(self.slot, reason);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some((inst, reason)) = self.state.release(self.slot) {
+            inst.kill(&reason);
+        }
+    }
+}

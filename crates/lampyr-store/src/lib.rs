@@ -1,0 +1,555 @@
+//! The code store and the metadata store.
+//!
+//! * **Metadata** (functions, their immutable versions, trigger tokens) lives
+//!   in one embedded SQLite database, `DATA/lampyr.db`.
+//! * **Code packages** are gzip'd tar archives kept as content-addressed blobs,
+//!   `DATA/blobs/sha256/AB/ABCDEF…`, written once and never changed.
+//! * **Pre-built code**: at deploy time every package is verified and unpacked
+//!   into `DATA/code/SHA256/`, so the first request of a new version does no
+//!   download or unpack. [`Store::ensure_unpacked`] rebuilds that cache from
+//!   the blob if it is missing.
+//!
+//! A deploy is validated in full here (manifest, name, handler file, archive
+//! entries) before anything is recorded.
+#![forbid(unsafe_code)]
+
+pub mod logs;
+mod package;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lampyr_api::{FunctionSpec, ManifestError};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+pub use logs::{LogLimits, LogQuery, LogStore};
+pub use package::{pack_dir, PackageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("metadata database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(
+        "the package's lampyr.toml names function '{manifest}', but it was deployed as '{url}'"
+    )]
+    NameMismatch { url: String, manifest: String },
+    #[error("function '{0}' does not exist")]
+    NotFound(String),
+    #[error("stored record of function '{0}' is corrupt: {1}")]
+    Corrupt(String, String),
+}
+
+impl StoreError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let what = what.into();
+        move |source| StoreError::Io { what, source }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One immutable version of a function.
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    pub name: String,
+    pub version: u64,
+    pub spec: FunctionSpec,
+    pub code_sha256: String,
+    pub code_size: u64,
+    pub created_at: SystemTime,
+}
+
+/// A function and its current version.
+#[derive(Debug, Clone)]
+pub struct FunctionRecord {
+    pub name: String,
+    pub current: VersionRecord,
+    pub trigger_token: String,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub record: FunctionRecord,
+    /// False when the package was identical to the current version.
+    pub changed: bool,
+    pub build_time: Duration,
+}
+
+/// Limits the store enforces on packages.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// The largest compressed package accepted.
+    pub max_package_bytes: u64,
+    /// The largest unpacked code size accepted.
+    pub max_unpacked_bytes: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_package_bytes: 64 << 20,
+            max_unpacked_bytes: 256 << 20,
+        }
+    }
+}
+
+pub struct Store {
+    root: PathBuf,
+    db: Mutex<Connection>,
+    limits: StoreLimits,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS functions (
+    name            TEXT PRIMARY KEY,
+    current_version INTEGER NOT NULL,
+    trigger_token   TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    spec        TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    code_sha256 TEXT NOT NULL,
+    code_size   INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
+"#;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// Formats a time as RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`.
+    pub fn open(root: &Path, limits: StoreLimits) -> Result<Self> {
+        for dir in ["blobs/sha256", "code", "tmp"] {
+            std::fs::create_dir_all(root.join(dir)).map_err(StoreError::io(format!(
+                "creating {}",
+                root.join(dir).display()
+            )))?;
+        }
+        let conn = Connection::open(root.join("lampyr.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        // Left-overs of a deploy interrupted by a crash.
+        let _ = std::fs::remove_dir_all(root.join("tmp"));
+        std::fs::create_dir_all(root.join("tmp")).map_err(StoreError::io("creating tmp"))?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            db: Mutex::new(conn),
+            limits,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, sha: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(&sha[..2]).join(sha)
+    }
+
+    /// The directory holding the unpacked code of a package.
+    pub fn code_dir(&self, sha: &str) -> PathBuf {
+        self.root.join("code").join(sha)
+    }
+
+    /// Validates a package, stores it and records a new version of `name`.
+    ///
+    /// The package must be a gzip'd tar archive with `lampyr.toml` at its root
+    /// naming the same function. Returns only once the code is unpacked and
+    /// ready to run.
+    pub fn deploy(&self, name: &str, package: &[u8]) -> Result<Deployed> {
+        let started = std::time::Instant::now();
+        lampyr_api::manifest::validate_name(name)?;
+        if package.len() as u64 > self.limits.max_package_bytes {
+            return Err(PackageError::TooLarge {
+                what: "package",
+                limit: self.limits.max_package_bytes,
+            }
+            .into());
+        }
+        let sha = hex(&Sha256::digest(package));
+
+        // Unpack into a scratch directory first: nothing is recorded unless
+        // the whole package is valid.
+        let scratch = tempdir_in(&self.root.join("tmp"))?;
+        package::unpack(package, &scratch, self.limits.max_unpacked_bytes)?;
+        let manifest = std::fs::read_to_string(scratch.join("lampyr.toml")).map_err(|_| {
+            PackageError::Invalid("the package has no lampyr.toml at its root".into())
+        })?;
+        let spec = FunctionSpec::from_toml(&manifest)?;
+        if spec.name != name {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(StoreError::NameMismatch {
+                url: name.to_string(),
+                manifest: spec.name,
+            });
+        }
+        package::check_handler(&scratch, &spec)?;
+
+        // Same code and manifest as now: nothing to do.
+        if let Ok(cur) = self.get(name) {
+            if cur.current.code_sha256 == sha && self.code_dir(&sha).is_dir() {
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Ok(Deployed {
+                    record: cur,
+                    changed: false,
+                    build_time: started.elapsed(),
+                });
+            }
+        }
+
+        // Blob first, then the unpacked cache, then the metadata row: a crash
+        // in between leaves only unreferenced files, never a dangling row.
+        let blob = self.blob_path(&sha);
+        if !blob.exists() {
+            let dir = blob.parent().expect("blob has a parent");
+            std::fs::create_dir_all(dir).map_err(StoreError::io("creating blob directory"))?;
+            let tmp = self.root.join("tmp").join(format!("{sha}.blob"));
+            std::fs::write(&tmp, package).map_err(StoreError::io("writing package blob"))?;
+            std::fs::rename(&tmp, &blob).map_err(StoreError::io("storing package blob"))?;
+        }
+        let code = self.code_dir(&sha);
+        if code.is_dir() {
+            let _ = std::fs::remove_dir_all(&scratch);
+        } else {
+            package::seal(&scratch)?;
+            std::fs::rename(&scratch, &code).map_err(StoreError::io("storing unpacked code"))?;
+        }
+
+        let now = now_ms();
+        let spec_json = serde_json::to_string(&spec).expect("spec serialises");
+        let mut db = self.db.lock();
+        let tx = db.transaction()?;
+        let prev: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(version) FROM versions WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let version = prev.unwrap_or(0) + 1;
+        tx.execute(
+            "INSERT INTO versions (name, version, spec, manifest, code_sha256, code_size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![name, version, spec_json, manifest, sha, package.len() as i64, now],
+        )?;
+        let token = new_token();
+        tx.execute(
+            "INSERT INTO functions (name, current_version, trigger_token, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT(name) DO UPDATE SET current_version = excluded.current_version, updated_at = excluded.updated_at",
+            params![name, version, token, now],
+        )?;
+        tx.commit()?;
+        drop(db);
+        let record = self.get(name)?;
+        tracing::info!(function = name, version, sha256 = %sha, "deployed");
+        Ok(Deployed {
+            record,
+            changed: true,
+            build_time: started.elapsed(),
+        })
+    }
+
+    /// The function and its current version.
+    pub fn get(&self, name: &str) -> Result<FunctionRecord> {
+        let db = self.db.lock();
+        let row = db
+            .query_row(
+                "SELECT f.name, f.trigger_token, f.created_at, f.updated_at,
+                        v.version, v.spec, v.code_sha256, v.code_size, v.created_at
+                 FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.current_version
+                 WHERE f.name = ?1",
+                params![name],
+                read_function,
+            )
+            .optional()?;
+        row.ok_or_else(|| StoreError::NotFound(name.to_string()))?
+    }
+
+    /// Every function with its current version, by name.
+    pub fn list(&self) -> Result<Vec<FunctionRecord>> {
+        let db = self.db.lock();
+        let mut stmt = db.prepare(
+            "SELECT f.name, f.trigger_token, f.created_at, f.updated_at,
+                    v.version, v.spec, v.code_sha256, v.code_size, v.created_at
+             FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.current_version
+             ORDER BY f.name",
+        )?;
+        let rows = stmt.query_map([], read_function)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
+    /// Every recorded version of a function, oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<VersionRecord>> {
+        let db = self.db.lock();
+        let mut stmt = db.prepare(
+            "SELECT name, version, spec, code_sha256, code_size, created_at FROM versions WHERE name = ?1 ORDER BY version",
+        )?;
+        let rows = stmt.query_map(params![name], |r| {
+            Ok(version_from(
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a function, all its versions, and code no version still uses.
+    pub fn delete(&self, name: &str) -> Result<()> {
+        let mut db = self.db.lock();
+        let tx = db.transaction()?;
+        let n = tx.execute("DELETE FROM functions WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM versions WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        drop(db);
+        if n == 0 {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
+        self.collect_garbage()?;
+        Ok(())
+    }
+
+    /// Removes blobs and unpacked code that no version refers to.
+    pub fn collect_garbage(&self) -> Result<usize> {
+        let used: std::collections::HashSet<String> = {
+            let db = self.db.lock();
+            let mut stmt = db.prepare("SELECT DISTINCT code_sha256 FROM versions")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut removed = 0;
+        if let Ok(entries) = std::fs::read_dir(self.root.join("code")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !used.contains(&name) {
+                    package::unseal(&e.path());
+                    let _ = std::fs::remove_dir_all(e.path());
+                    let _ = std::fs::remove_file(self.blob_path(&name));
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Makes sure the unpacked code of a package exists, rebuilding it from
+    /// its blob if needed, and returns its directory.
+    pub fn ensure_unpacked(&self, sha: &str) -> Result<PathBuf> {
+        let code = self.code_dir(sha);
+        if code.is_dir() {
+            return Ok(code);
+        }
+        let blob = std::fs::read(self.blob_path(sha))
+            .map_err(StoreError::io(format!("reading package blob {sha}")))?;
+        let scratch = tempdir_in(&self.root.join("tmp"))?;
+        package::unpack(&blob, &scratch, u64::MAX)?;
+        package::seal(&scratch)?;
+        std::fs::rename(&scratch, &code).map_err(StoreError::io("storing unpacked code"))?;
+        Ok(code)
+    }
+}
+
+fn read_function(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecord>> {
+    let name: String = r.get(0)?;
+    let current = version_from(
+        name.clone(),
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    );
+    Ok(current.map(|current| FunctionRecord {
+        trigger_token: r.get(1).unwrap_or_default(),
+        created_at: from_ms(r.get(2).unwrap_or(0)),
+        updated_at: from_ms(r.get(3).unwrap_or(0)),
+        name,
+        current,
+    }))
+}
+
+fn version_from(
+    name: String,
+    version: i64,
+    spec: String,
+    sha: String,
+    size: i64,
+    created: i64,
+) -> Result<VersionRecord> {
+    let spec: FunctionSpec = serde_json::from_str(&spec)
+        .map_err(|e| StoreError::Corrupt(name.clone(), e.to_string()))?;
+    Ok(VersionRecord {
+        name,
+        version: version as u64,
+        spec,
+        code_sha256: sha,
+        code_size: size as u64,
+        created_at: from_ms(created),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A random 256-bit token, hex-encoded.
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex(&bytes)
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+    let dir = parent.join(format!("deploy-{}", new_token()));
+    std::fs::create_dir_all(&dir).map_err(StoreError::io("creating scratch directory"))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function_dir(name: &str, body: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("lampyr.toml"),
+            format!("name = \"{name}\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n"),
+        )
+        .unwrap();
+        std::fs::write(d.path().join("index.js"), body).unwrap();
+        d
+    }
+
+    #[test]
+    fn deploy_versions_and_persists() {
+        let data = tempfile::tempdir().unwrap();
+        let src = function_dir("hello", "exports.handler = async () => 'v1';");
+        let pkg = pack_dir(src.path()).unwrap();
+        {
+            let store = Store::open(data.path(), StoreLimits::default()).unwrap();
+            let d = store.deploy("hello", &pkg).unwrap();
+            assert!(d.changed);
+            assert_eq!(d.record.current.version, 1);
+            // Same bytes again: no new version.
+            let d = store.deploy("hello", &pkg).unwrap();
+            assert!(!d.changed);
+            assert_eq!(d.record.current.version, 1);
+            std::fs::write(
+                src.path().join("index.js"),
+                "exports.handler = async () => 'v2';",
+            )
+            .unwrap();
+            let d = store
+                .deploy("hello", &pack_dir(src.path()).unwrap())
+                .unwrap();
+            assert_eq!(d.record.current.version, 2);
+        }
+        let store = Store::open(data.path(), StoreLimits::default()).unwrap();
+        let f = store.get("hello").unwrap();
+        assert_eq!(f.current.version, 2);
+        assert_eq!(store.versions("hello").unwrap().len(), 2);
+        let code = store.ensure_unpacked(&f.current.code_sha256).unwrap();
+        assert!(std::fs::read_to_string(code.join("index.js"))
+            .unwrap()
+            .contains("v2"));
+    }
+
+    #[test]
+    fn packing_is_deterministic() {
+        let src = function_dir("hello", "exports.handler = 1;");
+        let a = pack_dir(src.path()).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        filetime_touch(&src.path().join("index.js"));
+        let b = pack_dir(src.path()).unwrap();
+        assert_eq!(a, b);
+    }
+
+    fn filetime_touch(p: &Path) {
+        let body = std::fs::read(p).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_packages() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::open(data.path(), StoreLimits::default()).unwrap();
+        let src = function_dir("hello", "x");
+        let pkg = pack_dir(src.path()).unwrap();
+        let e = store.deploy("other", &pkg).unwrap_err();
+        assert!(matches!(e, StoreError::NameMismatch { .. }), "{e}");
+        std::fs::remove_file(src.path().join("index.js")).unwrap();
+        let e = store
+            .deploy("hello", &pack_dir(src.path()).unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("index"), "{e}");
+        let e = store.deploy("hello", b"not a tarball").unwrap_err();
+        assert!(matches!(e, StoreError::Package(_)), "{e}");
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn delete_collects_code() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::open(data.path(), StoreLimits::default()).unwrap();
+        let src = function_dir("gone", "exports.handler = 1;");
+        let d = store
+            .deploy("gone", &pack_dir(src.path()).unwrap())
+            .unwrap();
+        let sha = d.record.current.code_sha256.clone();
+        assert!(store.code_dir(&sha).is_dir());
+        store.delete("gone").unwrap();
+        assert!(!store.code_dir(&sha).exists());
+        assert!(matches!(store.get("gone"), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.delete("gone"), Err(StoreError::NotFound(_))));
+    }
+}

@@ -1,0 +1,311 @@
+//! `lampyr`: the command-line entry point. A thin shell: it parses
+//! arguments, sets up logging, and hands over to the gateway (`serve`) or the
+//! CLI crate (every other command).
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use lampyr_api::Runtime;
+use lampyr_cli::{Client, CommandError};
+use lampyr_gateway::server::{Server, ServerConfig};
+
+/// lampyr: a self-hosted serverless platform for Node.js and Python functions.
+///
+/// Three steps from nothing to a live URL:
+///   lampyr init hello --runtime nodejs
+///   lampyr deploy hello
+///   curl http://127.0.0.1:8080/fn/hello
+#[derive(Parser)]
+#[command(name = "lampyr", version, verbatim_doc_comment)]
+struct Cli {
+    /// Server to talk to (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "LAMPYR_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// Data directory: where `serve` keeps its state, and where client
+    /// commands find the API token [default: ~/.local/share/lampyr]
+    #[arg(long, global = true, env = "LAMPYR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// API token; by default read from the data directory.
+    #[arg(long, global = true, env = "LAMPYR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: the HTTP trigger, the function service and the API.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080]
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Server configuration file (see config/lampyr-server.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Deploy the bundled example functions (hello-node, hello-python) at start.
+        #[arg(long)]
+        demo: bool,
+        /// Format of the server's own log.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Scaffold a new function: DIR/lampyr.toml and a hello-world handler.
+    Init {
+        dir: PathBuf,
+        /// Language runtime.
+        #[arg(long, value_parser = parse_runtime)]
+        runtime: Runtime,
+        /// Function name [default: the directory's name]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Validate, package and upload DIR (with DIR/lampyr.toml); prints the URL.
+    Deploy { dir: PathBuf },
+    /// Invoke a function with a JSON event and print its result.
+    Invoke {
+        name: String,
+        /// The event: inline JSON, `@file`, or `@-` for stdin [default: {}]
+        #[arg(long, short)]
+        data: Option<String>,
+    },
+    /// List functions.
+    #[command(alias = "list")]
+    Ls,
+    /// Show one function: version, limits, live instances, URL.
+    Info { name: String },
+    /// Delete a function, its versions and code.
+    #[command(alias = "delete")]
+    Rm { name: String },
+    /// Show a function's logs.
+    Logs {
+        name: String,
+        /// Only lines of this invocation.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Only lines newer than this, e.g. 10m or 2h.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many of the newest lines.
+        #[arg(long, default_value_t = 200)]
+        tail: usize,
+    },
+    /// Report the runtimes found, the isolation available and the data directory.
+    Doctor,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_runtime(s: &str) -> Result<Runtime, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !matches!(
+                e.downcast_ref::<CommandError>(),
+                Some(CommandError::FunctionFailed)
+            ) {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(lampyr_cli::paths::default_data_dir);
+    let client = || {
+        let token = cli.token.clone().or_else(|| {
+            std::fs::read_to_string(data_dir.join(lampyr_cli::paths::TOKEN_FILE))
+                .ok()
+                .map(|t| t.trim().to_string())
+        });
+        Client::new(&cli.url, token)
+    };
+    match &cli.command {
+        Command::Serve {
+            listen,
+            config,
+            demo,
+            log_format,
+        } => serve(
+            cli.data_dir.clone(),
+            *listen,
+            config.clone(),
+            *demo,
+            *log_format,
+        ),
+        Command::Init { dir, runtime, name } => {
+            let name = lampyr_cli::scaffold::init(dir, *runtime, name.as_deref())?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "dir": dir, "runtime": runtime.as_str()})
+                );
+            } else {
+                println!("created function '{name}' ({runtime}) in {}", dir.display());
+                println!("next: lampyr deploy {}", dir.display());
+            }
+            Ok(())
+        }
+        Command::Deploy { dir } => lampyr_cli::deploy(&client(), dir, cli.json)
+            .map(|_| ())
+            .map_err(Into::into),
+        Command::Invoke { name, data } => Ok(lampyr_cli::invoke(
+            &client(),
+            name,
+            data.as_deref(),
+            cli.json,
+        )?),
+        Command::Ls => Ok(lampyr_cli::list(&client(), cli.json)?),
+        Command::Info { name } => Ok(lampyr_cli::info(&client(), name, cli.json)?),
+        Command::Rm { name } => Ok(lampyr_cli::remove(&client(), name, cli.json)?),
+        Command::Logs {
+            name,
+            request_id,
+            since,
+            tail,
+        } => Ok(lampyr_cli::logs(
+            &client(),
+            name,
+            request_id.as_deref(),
+            since.as_deref(),
+            *tail,
+            cli.json,
+        )?),
+        Command::Doctor => {
+            doctor(&data_dir, cli.json);
+            Ok(())
+        }
+    }
+}
+
+fn doctor(data_dir: &std::path::Path, json: bool) {
+    let runtimes = lampyr_runtime::Runtimes::discover();
+    let report = lampyr_gateway::server::doctor_report(&runtimes, data_dir);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        );
+        return;
+    }
+    println!("runtimes:");
+    for r in &report.runtimes {
+        match (&r.path, &r.version) {
+            (Some(p), Some(v)) => println!("  {:<8} ok   {v} at {p}", r.runtime),
+            _ => println!(
+                "  {:<8} MISSING  {}",
+                r.runtime,
+                r.problem.as_deref().unwrap_or("")
+            ),
+        }
+    }
+    println!("isolation:");
+    for f in &report.isolation {
+        println!(
+            "  {:<18} {:<4} {}",
+            f.feature,
+            if f.enabled { "on" } else { "off" },
+            f.detail
+        );
+    }
+    let writable = std::fs::create_dir_all(data_dir).is_ok() && tempfile_probe(data_dir);
+    println!(
+        "data directory:\n  {} ({})",
+        report.data_dir,
+        if writable { "writable" } else { "NOT writable" }
+    );
+}
+
+fn tempfile_probe(dir: &std::path::Path) -> bool {
+    let p = dir.join(".doctor-probe");
+    let ok = std::fs::write(&p, b"x").is_ok();
+    let _ = std::fs::remove_file(&p);
+    ok
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LAMPYR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(
+    data_dir: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    config: Option<PathBuf>,
+    demo: bool,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
+    init_tracing(log_format);
+    let mut cfg = match &config {
+        Some(p) => ServerConfig::from_file(p)?,
+        None => ServerConfig::default(),
+    };
+    if listen.is_some() {
+        cfg.listen = listen;
+    }
+    if data_dir.is_some() {
+        cfg.data_dir = data_dir;
+    }
+    let data_dir = cfg
+        .data_dir
+        .clone()
+        .unwrap_or_else(lampyr_cli::paths::default_data_dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let server = Server::start(cfg, data_dir).await?;
+        if demo {
+            demo::deploy_examples(server.scheduler()).await?;
+        }
+        let url = server.app_url();
+        tracing::info!(data_dir = %server.data_dir.display(), "lampyr listening on {url}");
+        if demo {
+            eprintln!("\ntry:\n  curl {url}/fn/hello-node\n  curl {url}/fn/hello-python\n");
+        }
+        server.run(shutdown_signal()).await.context("serving")?;
+        tracing::info!("lampyr stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,538 @@
+// lampyr Node.js runtime bootstrap.
+//
+// Run as `node bootstrap.js` with one end of a Unix socketpair inherited as
+// fd 3 (LAMPYR_FD). Speaks the instance protocol described in
+// docs/protocol.md: sends HELLO, loads one function's handler on LOAD, then
+// answers INVOKE frames (concurrently) with RESULT / ERROR frames. Handlers
+// follow the AWS Lambda Node.js contract (async, plain-value and callback
+// forms; CommonJS and ES modules). console.* is replaced so that every call
+// writes one log record `ts<TAB>requestId<TAB>LEVEL<TAB>message` to
+// stdout/stderr.
+'use strict';
+
+const fs = require('node:fs');
+const net = require('node:net');
+const path = require('node:path');
+const util = require('node:util');
+const { createRequire } = require('node:module');
+const { pathToFileURL } = require('node:url');
+const { AsyncLocalStorage } = require('node:async_hooks');
+
+const T_HELLO = 0x01;
+const T_LOAD = 0x02;
+const T_LOADED = 0x03;
+const T_LOAD_ERROR = 0x04;
+const T_INVOKE = 0x10;
+const T_RESULT = 0x11;
+const T_ERROR = 0x12;
+const MAX_FRAME = 64 * 1024 * 1024;
+
+const als = new AsyncLocalStorage();
+
+// ---------------------------------------------------------------- logging
+
+let sleepCell = null;
+function writeAll(fd, str) {
+  const buf = Buffer.from(str, 'utf8');
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      if (e && e.code === 'EAGAIN') {
+        // A non-blocking pipe is full: wait a little for the host to drain it.
+        if (sleepCell === null) sleepCell = new Int32Array(new SharedArrayBuffer(4));
+        Atomics.wait(sleepCell, 0, 0, 1);
+        continue;
+      }
+      return; // EPIPE etc.: logging must never throw into user code
+    }
+  }
+}
+
+const NEWLINES = /\r?\n/g;
+
+function writeRecord(fd, rid, level, msg) {
+  if (msg.indexOf('\n') !== -1) msg = msg.replace(NEWLINES, '\r');
+  writeAll(fd, new Date().toISOString() + '\t' + rid + '\t' + level + '\t' + msg + '\n');
+}
+
+function record(fd, level, msg) {
+  const rid = als.getStore();
+  writeRecord(fd, rid === undefined ? '-' : rid, level, msg);
+}
+
+function consoleMethod(fd, level) {
+  return function (...args) {
+    record(fd, level, util.format(...args));
+  };
+}
+
+console.log = consoleMethod(1, 'INFO');
+console.info = consoleMethod(1, 'INFO');
+console.debug = consoleMethod(1, 'DEBUG');
+console.warn = consoleMethod(2, 'WARN');
+console.error = consoleMethod(2, 'ERROR');
+console.trace = function trace(...args) {
+  const err = { name: 'Trace', message: util.format(...args) };
+  Error.captureStackTrace(err, trace);
+  record(2, 'TRACE', err.stack);
+};
+console.dir = function dir(obj, options) {
+  record(1, 'INFO', util.inspect(obj, { customInspect: false, ...options }));
+};
+
+// Process warnings (deprecations, experimental features) become WARN records
+// instead of free-form stderr output.
+process.removeAllListeners('warning');
+process.on('warning', (w) => {
+  record(2, 'WARN', w instanceof Error ? w.name + ': ' + w.message : String(w));
+});
+
+// ---------------------------------------------------------------- errors
+
+function safeInspect(v) {
+  try {
+    return util.inspect(v, { depth: 3, breakLength: Infinity });
+  } catch (_) {
+    return String(v);
+  }
+}
+
+// Lambda's error object for anything thrown / rejected / passed to callback.
+function errorObject(e) {
+  try {
+    if (e instanceof Error || (e !== null && typeof e === 'object' && typeof e.message === 'string')) {
+      let type = typeof e.name === 'string' && e.name !== '' ? e.name : 'Error';
+      if (type === 'Error') {
+        const ctor = e.constructor;
+        if (typeof ctor === 'function' && ctor !== Object && typeof ctor.name === 'string' &&
+            ctor.name !== '' && ctor.name !== 'Error') {
+          type = ctor.name;
+        }
+      }
+      const stack = typeof e.stack === 'string' ? e.stack.split('\n') : [];
+      return { errorType: type, errorMessage: String(e.message), stackTrace: stack };
+    }
+  } catch (_) {
+    // fall through: treat as a non-Error value
+  }
+  return {
+    errorType: 'Error',
+    errorMessage: typeof e === 'string' ? e : safeInspect(e),
+    stackTrace: [],
+  };
+}
+
+function fatal(kind, err) {
+  let json;
+  try {
+    json = JSON.stringify(errorObject(err));
+  } catch (_) {
+    json = String(err);
+  }
+  const rid = als.getStore();
+  writeRecord(2, rid === undefined ? '-' : rid, 'ERROR', kind + ' ' + json);
+  process.exit(1);
+}
+
+process.on('uncaughtException', (err) => fatal('Uncaught Exception', err));
+process.on('unhandledRejection', (reason) => fatal('Unhandled Promise Rejection', reason));
+
+// ---------------------------------------------------------------- socket
+
+const FD = Number(process.env.LAMPYR_FD || 3);
+const sock = new net.Socket({ fd: FD, readable: true, writable: true });
+
+function hostGone() {
+  process.exit(0);
+}
+sock.on('end', hostGone);
+sock.on('close', hostGone);
+sock.on('error', hostGone);
+
+function sendFrame(type, json, cb) {
+  const n = Buffer.byteLength(json, 'utf8');
+  const b = Buffer.allocUnsafe(5 + n);
+  b.writeUInt32BE(n + 1, 0);
+  b[4] = type;
+  b.write(json, 5, n, 'utf8');
+  sock.write(b, cb);
+}
+
+// RESULT / ERROR: u32 id followed by JSON. Returns false if the frame would
+// exceed the protocol's maximum size (nothing is sent then).
+function sendReply(type, id, json) {
+  const n = Buffer.byteLength(json, 'utf8');
+  if (n + 5 > MAX_FRAME) return false;
+  const b = Buffer.allocUnsafe(9 + n);
+  b.writeUInt32BE(n + 5, 0);
+  b[4] = type;
+  b.writeUInt32BE(id, 5);
+  b.write(json, 9, n, 'utf8');
+  sock.write(b);
+  return true;
+}
+
+// ---------------------------------------------------------------- state
+
+let handler = null;
+let isCallbackHandler = false;
+let loading = false;
+let fnName = '';
+let fnVersion = '';
+let fnArn = '';
+let memoryMb = '';
+let logGroup = '';
+let logStream = '';
+
+// ---------------------------------------------------------------- context
+
+class Context {
+  #deadline;
+  #ok;
+  #fail;
+
+  constructor(rid, deadline, ok, fail) {
+    this.callbackWaitsForEmptyEventLoop = true;
+    this.functionName = fnName;
+    this.functionVersion = fnVersion;
+    this.invokedFunctionArn = fnArn;
+    this.memoryLimitInMB = memoryMb;
+    this.awsRequestId = rid;
+    this.logGroupName = logGroup;
+    this.logStreamName = logStream;
+    this.#deadline = deadline;
+    this.#ok = ok;
+    this.#fail = fail;
+  }
+
+  getRemainingTimeInMillis() {
+    const left = this.#deadline - Date.now();
+    return left > 0 ? left : 0;
+  }
+
+  // Legacy completion methods.
+  done(err, result) {
+    if (err !== undefined && err !== null) this.#fail(err);
+    else this.#ok(result);
+  }
+
+  succeed(result) {
+    this.#ok(result);
+  }
+
+  fail(err) {
+    this.#fail(err === undefined || err === null ? new Error('handled') : err);
+  }
+}
+
+// ---------------------------------------------------------------- invoke
+
+function replyError(id, rid, obj) {
+  let json = JSON.stringify(obj);
+  writeRecord(2, rid, 'ERROR', 'Invoke Error ' + json);
+  if (!sendReply(T_ERROR, id, json)) {
+    json = JSON.stringify({
+      errorType: obj.errorType,
+      errorMessage: String(obj.errorMessage).slice(0, 65536),
+      stackTrace: [],
+    });
+    sendReply(T_ERROR, id, json);
+  }
+}
+
+function replyResult(id, rid, value) {
+  let json;
+  try {
+    json = JSON.stringify(value);
+  } catch (e) {
+    replyError(id, rid, {
+      errorType: 'Runtime.MarshalError',
+      errorMessage: 'Unable to stringify response body as JSON: ' + errorObject(e).errorMessage,
+      stackTrace: [],
+    });
+    return;
+  }
+  if (json === undefined) json = 'null';
+  if (!sendReply(T_RESULT, id, json)) {
+    replyError(id, rid, {
+      errorType: 'Function.ResponseSizeTooLarge',
+      errorMessage: 'Response payload size (' + Buffer.byteLength(json) +
+        ' bytes) exceeded maximum allowed payload size (' + (MAX_FRAME - 5) + ' bytes).',
+      stackTrace: [],
+    });
+  }
+}
+
+function isThenable(v) {
+  if (v === null || (typeof v !== 'object' && typeof v !== 'function')) return false;
+  try {
+    return typeof v.then === 'function';
+  } catch (_) {
+    return false;
+  }
+}
+
+function runHandler(id, rid, deadline, event) {
+  let settled = false;
+  const ok = (value) => {
+    if (settled) return;
+    settled = true;
+    replyResult(id, rid, value);
+  };
+  const fail = (err) => {
+    if (settled) return;
+    settled = true;
+    replyError(id, rid, errorObject(err));
+  };
+  const ctx = new Context(rid, deadline, ok, fail);
+  let ret;
+  try {
+    if (isCallbackHandler) {
+      ret = handler(event, ctx, (err, result) => {
+        if (err !== undefined && err !== null) fail(err);
+        else ok(result);
+      });
+    } else {
+      ret = handler(event, ctx);
+    }
+  } catch (e) {
+    fail(e);
+    return;
+  }
+  if (isThenable(ret)) {
+    Promise.resolve(ret).then(ok, (e) => fail(e === undefined || e === null ? new Error(String(e)) : e));
+  } else if (!isCallbackHandler) {
+    ok(ret);
+  }
+}
+
+function invoke(id, deadline, rid, eventStr) {
+  if (handler === null) {
+    replyError(id, rid, {
+      errorType: 'Runtime.NotLoaded',
+      errorMessage: 'INVOKE received before the handler was loaded',
+      stackTrace: [],
+    });
+    return;
+  }
+  let event;
+  try {
+    event = eventStr.length === 0 ? null : JSON.parse(eventStr);
+  } catch (e) {
+    replyError(id, rid, {
+      errorType: 'Runtime.UnmarshalError',
+      errorMessage: 'Unable to parse event as JSON: ' + e.message,
+      stackTrace: [],
+    });
+    return;
+  }
+  als.run(rid, runHandler, id, rid, deadline, event);
+}
+
+// ---------------------------------------------------------------- load
+
+function loadFailed(errorType, errorMessage, stackTrace) {
+  const obj = { errorType, errorMessage, stackTrace };
+  const lines = [errorType + ': ' + errorMessage].concat(stackTrace);
+  writeRecord(2, '-', 'ERROR', lines.join('\n'));
+  sendFrame(T_LOAD_ERROR, JSON.stringify(obj), () => process.exit(1));
+  setTimeout(() => process.exit(1), 2000);
+}
+
+function isFile(p) {
+  try {
+    const st = fs.statSync(p, { throwIfNoEntry: false });
+    return st !== undefined && st.isFile();
+  } catch (_) {
+    return false;
+  }
+}
+
+// "module" if the nearest package.json above `file` says "type": "module".
+function packageType(file) {
+  let dir = path.dirname(file);
+  for (;;) {
+    const pj = path.join(dir, 'package.json');
+    let text = null;
+    try {
+      text = fs.readFileSync(pj, 'utf8');
+    } catch (_) {
+      text = null;
+    }
+    if (text !== null) {
+      try {
+        const t = JSON.parse(text).type;
+        return t === 'module' ? 'module' : 'commonjs';
+      } catch (_) {
+        return 'commonjs';
+      }
+    }
+    const parent = path.dirname(dir);
+    if (parent === dir) return 'commonjs';
+    dir = parent;
+  }
+}
+
+async function loadModule(file, taskRoot) {
+  const importIt = () => import(pathToFileURL(file).href);
+  if (file.endsWith('.mjs')) return importIt();
+  if (file.endsWith('.js') && packageType(file) === 'module') return importIt();
+  const req = createRequire(path.join(taskRoot, 'x.js'));
+  try {
+    return req(file);
+  } catch (e) {
+    if (e && e.code === 'ERR_REQUIRE_ESM') return importIt();
+    throw e;
+  }
+}
+
+function setEnv(cfg, taskRoot) {
+  const env = cfg.env || {};
+  for (const k of Object.keys(env)) {
+    const v = env[k];
+    process.env[k] = v === null || v === undefined ? '' : String(v);
+  }
+  const now = new Date();
+  const day = now.toISOString().slice(0, 10).replace(/-/g, '/');
+  logGroup = '/lampyr/' + fnName;
+  logStream = day + '/[' + fnVersion + ']' + require('node:crypto').randomBytes(16).toString('hex');
+  process.env.AWS_LAMBDA_FUNCTION_NAME = fnName;
+  process.env.AWS_LAMBDA_FUNCTION_VERSION = fnVersion;
+  process.env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE = memoryMb;
+  process.env.LAMBDA_TASK_ROOT = taskRoot;
+  process.env.LAMBDA_RUNTIME_DIR = __dirname;
+  process.env._HANDLER = String(cfg.handler);
+  process.env.AWS_LAMBDA_LOG_GROUP_NAME = logGroup;
+  process.env.AWS_LAMBDA_LOG_STREAM_NAME = logStream;
+  if (!process.env.AWS_REGION) process.env.AWS_REGION = 'local';
+  process.env.AWS_EXECUTION_ENV = 'lampyr_nodejs';
+}
+
+async function load(cfg) {
+  const handlerStr = String(cfg.handler || '');
+  const taskRoot = path.resolve(String(cfg.task_root || '.'));
+  fnName = String(cfg.function_name || '');
+  fnVersion = String(cfg.function_version === undefined ? '$LATEST' : cfg.function_version);
+  fnArn = 'arn:aws:lambda:local:000000000000:function:' + fnName;
+  memoryMb = String(cfg.memory_mb === undefined ? 128 : cfg.memory_mb);
+  setEnv(cfg, taskRoot);
+  try {
+    process.chdir(taskRoot);
+  } catch (e) {
+    loadFailed('Runtime.ImportModuleError', 'Cannot enter task root ' + taskRoot + ': ' + e.message,
+      errorObject(e).stackTrace);
+    return;
+  }
+
+  const dot = handlerStr.lastIndexOf('.');
+  if (dot <= 0 || dot === handlerStr.length - 1) {
+    loadFailed('Runtime.HandlerNotFound',
+      'Bad handler ' + JSON.stringify(handlerStr) + ': expected "file.export"', []);
+    return;
+  }
+  const modRel = handlerStr.slice(0, dot);
+  const exportName = handlerStr.slice(dot + 1);
+  const base = path.resolve(taskRoot, modRel);
+  let file = null;
+  for (const ext of ['.js', '.mjs', '.cjs']) {
+    if (isFile(base + ext)) {
+      file = base + ext;
+      break;
+    }
+  }
+  if (file === null && isFile(base)) file = base;
+  if (file === null) {
+    loadFailed('Runtime.ImportModuleError',
+      "Error: Cannot find module '" + modRel + "' (looked for " + base + '.js, .mjs, .cjs)', []);
+    return;
+  }
+
+  let mod;
+  try {
+    mod = await loadModule(file, taskRoot);
+  } catch (e) {
+    const o = errorObject(e);
+    loadFailed('Runtime.ImportModuleError', o.errorType + ': ' + o.errorMessage, o.stackTrace);
+    return;
+  }
+
+  let fn;
+  try {
+    fn = mod !== null && mod !== undefined ? mod[exportName] : undefined;
+    if (fn === undefined && mod !== null && mod !== undefined && mod.default !== null &&
+        (typeof mod.default === 'object' || typeof mod.default === 'function')) {
+      fn = mod.default[exportName];
+    }
+  } catch (_) {
+    fn = undefined;
+  }
+  if (typeof fn !== 'function') {
+    loadFailed('Runtime.HandlerNotFound',
+      modRel + '.' + exportName + ' is ' + (fn === undefined ? 'undefined or not exported' : 'not a function'), []);
+    return;
+  }
+  handler = fn;
+  isCallbackHandler = fn.length >= 3;
+  sendFrame(T_LOADED, '{}');
+}
+
+// ---------------------------------------------------------------- frames
+
+function onFrame(type, buf, start, end) {
+  if (type === T_INVOKE) {
+    if (end - start < 13) throw new Error('malformed INVOKE frame (' + (end - start) + ' bytes)');
+    const id = buf.readUInt32BE(start);
+    const deadline = buf.readUInt32BE(start + 4) * 4294967296 + buf.readUInt32BE(start + 8);
+    const ridLen = buf[start + 12];
+    const evStart = start + 13 + ridLen;
+    if (evStart > end) throw new Error('malformed INVOKE frame (request id overruns frame)');
+    const rid = buf.toString('latin1', start + 13, evStart);
+    invoke(id, deadline, rid, buf.toString('utf8', evStart, end));
+  } else if (type === T_LOAD) {
+    if (loading) {
+      record(2, 'WARN', 'ignoring a second LOAD frame');
+      return;
+    }
+    loading = true;
+    const cfg = JSON.parse(buf.toString('utf8', start, end));
+    load(cfg).catch((e) => fatal('Load Failure', e));
+  } else {
+    record(2, 'WARN', 'ignoring unexpected frame type 0x' + type.toString(16));
+  }
+}
+
+// Incoming chunks: complete frames are parsed straight out of the chunk; an
+// incomplete tail is kept as a list of chunks and joined once (linear) when
+// enough bytes for the pending frame have arrived.
+let pending = null;
+let pendingLen = 0;
+let pendingNeed = 0;
+
+sock.on('data', (chunk) => {
+  if (pending !== null) {
+    pending.push(chunk);
+    pendingLen += chunk.length;
+    if (pendingLen < pendingNeed) return;
+    chunk = Buffer.concat(pending, pendingLen);
+    pending = null;
+  }
+  const len = chunk.length;
+  let off = 0;
+  while (len - off >= 4) {
+    const flen = chunk.readUInt32BE(off);
+    if (flen < 1 || flen > MAX_FRAME) throw new Error('invalid frame length ' + flen);
+    const end = off + 4 + flen;
+    if (end > len) break;
+    onFrame(chunk[off + 4], chunk, off + 5, end);
+    off = end;
+  }
+  if (off < len) {
+    pending = [off === 0 ? chunk : chunk.subarray(off)];
+    pendingLen = len - off;
+    pendingNeed = pendingLen >= 4 ? 4 + chunk.readUInt32BE(off) : 4;
+  }
+});
+
+sendFrame(T_HELLO, JSON.stringify({ runtime: 'nodejs', version: process.version, pid: process.pid }));
