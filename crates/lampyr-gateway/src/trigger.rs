@@ -83,15 +83,6 @@ async fn run(
     }
     let (parts, body) = req.into_parts();
     let limit = app.limits.max_request_body;
-    if let Some(len) = parts
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-    {
-        if len > limit {
-            return Err(too_large(name, limit));
-        }
-    }
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large(name, limit))?;

@@ -1,0 +1,325 @@
+//! The integration-test harness: starts the real `lampyr` binary on a free
+//! port with its own data directory, and talks to it over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lampyr");
+
+pub struct Server {
+    pub url: String,
+    pub data: PathBuf,
+    child: Child,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// Sends a request; `token` adds a bearer token.
+pub fn request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
+    let a = agent();
+    let result = match method {
+        "GET" | "DELETE" | "HEAD" => {
+            let mut r = match method {
+                "GET" => a.get(url),
+                "HEAD" => a.head(url),
+                _ => a.delete(url),
+            };
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = match method {
+                "PUT" => a.put(url),
+                "PATCH" => a.patch(url),
+                _ => a.post(url),
+            };
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.send(body.unwrap_or_default())
+        }
+    };
+    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .unwrap_or_default();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+impl Server {
+    /// Starts a server with a fresh data directory.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut s = Server::start_in(&data, &[]);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on `data` with extra arguments, waiting until it
+    /// announces its address.
+    pub fn start_in(data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(extra)
+            .env("LAMPYR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lampyr serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(i) = line.find("lampyr listening on ") {
+                        let rest = &line[i + "lampyr listening on ".len()..];
+                        let url: String = rest
+                            .chars()
+                            .take_while(|c| !c.is_whitespace() && *c != '"')
+                            .collect();
+                        let _ = tx.send(url);
+                        sent = true;
+                    }
+                }
+                if std::env::var_os("LAMPYR_TEST_VERBOSE").is_some() {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server announced its address");
+        Server {
+            url,
+            data: data.to_path_buf(),
+            child,
+            _tmp: None,
+        }
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Calls the management API with the token.
+    pub fn api(&self, method: &str, path: &str, body: Option<&[u8]>) -> Resp {
+        let auth = format!("Bearer {}", self.token());
+        request(
+            method,
+            &format!("{}/api/v1{path}", self.url),
+            body,
+            &[("authorization", &auth)],
+        )
+    }
+
+    /// Calls a function's HTTP trigger.
+    pub fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Resp {
+        request(method, &format!("{}/fn/{path}", self.url), body, &[])
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.call("GET", path, None)
+    }
+
+    /// Deploys a directory through the API; panics unless it succeeds.
+    pub fn deploy(&self, dir: &Path) -> serde_json::Value {
+        let name = manifest_name(dir);
+        let pkg = lampyr_store::pack_dir(dir).unwrap();
+        let r = self.api("PUT", &format!("/functions/{name}"), Some(&pkg));
+        assert_eq!(r.status, 200, "deploy {name}: {}", r.text());
+        r.json()
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("LAMPYR_URL", &self.url)
+            .env("LAMPYR_DATA_DIR", &self.data)
+            .env_remove("LAMPYR_TOKEN")
+            .output()
+            .expect("run lampyr")
+    }
+
+    pub fn info(&self, name: &str) -> serde_json::Value {
+        let r = self.api("GET", &format!("/functions/{name}"), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    pub fn instances(&self, name: &str) -> u64 {
+        self.info(name)["instances"].as_u64().unwrap()
+    }
+
+    /// Polls `cond` until it holds, failing the test after `limit`.
+    pub fn wait_until(&self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        wait_until(what, limit, &mut cond)
+    }
+
+    pub fn logs(&self, name: &str, query: &str) -> Vec<serde_json::Value> {
+        let r = self.api("GET", &format!("/functions/{name}/logs?{query}"), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["records"].as_array().unwrap().clone()
+    }
+
+    /// Stops the server with SIGKILL, the harshest way.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn wait_until(what: &str, limit: Duration, cond: &mut dyn FnMut() -> bool) {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+fn manifest_name(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("lampyr.toml")).unwrap();
+    let v: toml_lite::Value = toml_lite::parse(&text);
+    v.name
+}
+
+/// Just enough TOML reading to get a manifest's name.
+mod toml_lite {
+    pub struct Value {
+        pub name: String,
+    }
+    pub fn parse(text: &str) -> Value {
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("name") {
+                let rest = rest.trim_start();
+                if let Some(v) = rest.strip_prefix('=') {
+                    return Value {
+                        name: v.trim().trim_matches('"').to_string(),
+                    };
+                }
+            }
+        }
+        panic!("manifest has no name");
+    }
+}
+
+/// A function directory built from (file, content) pairs.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new(manifest: &str, files: &[(&str, &str)]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lampyr.toml"), manifest).unwrap();
+        for (f, body) in files {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+        }
+        Fixture { dir }
+    }
+
+    /// A Node.js function `name` with `index.js` = `code` and extra manifest lines.
+    pub fn node(name: &str, extra: &str, code: &str) -> Fixture {
+        Fixture::new(
+            &format!(
+                "name = \"{name}\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n{extra}"
+            ),
+            &[("index.js", code)],
+        )
+    }
+
+    /// A Python function `name` with `index.py` = `code`.
+    pub fn python(name: &str, extra: &str, code: &str) -> Fixture {
+        Fixture::new(
+            &format!(
+                "name = \"{name}\"\nruntime = \"python\"\nhandler = \"index.handler\"\n{extra}"
+            ),
+            &[("index.py", code)],
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, file: &str, body: &str) {
+        std::fs::write(self.dir.path().join(file), body).unwrap();
+    }
+}
