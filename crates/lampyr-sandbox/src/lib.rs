@@ -1,18 +1,32 @@
-//! The container layer: how an instance's process is started, confined and
-//! stopped. This is the only crate in lampyr allowed `unsafe` code and raw
-//! system calls; every `unsafe` block carries a `// SAFETY:` comment.
+//! The container layer: how an instance's processes are started, confined
+//! and stopped. This is the only crate in lampyr allowed `unsafe` code and
+//! raw system calls; every `unsafe` block carries a `// SAFETY:` comment.
 //!
-//! Today a sandbox is a plain process in its own session and process group,
-//! killed with the server (`PR_SET_PDEATHSIG`), with its protocol socket at
-//! fd 3 and its stdout and stderr on pipes. [`Sandbox::kill`] signals the
-//! whole process group, so a function's own children die with it.
-//! [`isolation_report`] tells what confinement the host offers.
+//! With full isolation (root, namespaces and cgroups available) every
+//! instance runs in a jail built from kernel primitives, no container daemon:
+//! its own mount, PID, IPC, UTS, cgroup and network namespaces, a read-only
+//! root with only what the runtime needs, the function's code read-only at
+//! `/var/task`, a size-limited `/tmp`, a minimal `/dev`, an unprivileged
+//! uid with no capabilities, `no_new_privs`, a seccomp filter, and a cgroup
+//! enforcing memory, CPU and pids limits. See `docs/sandbox.md` for the
+//! sequence ([`jail::enter`], [`init`]).
+//!
+//! Without root or kernel support it falls back to plain processes (own
+//! session, clean environment, rlimits) and says so: [`Sandboxer::features`]
+//! reports each feature as on or off, and [`IsolationMode::Strict`] refuses
+//! to run without full isolation.
 #![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cgroup;
+pub mod init;
+pub mod jail;
+pub mod seccomp;
+pub mod sys;
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,8 +34,17 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+use cgroup::{CgroupLimits, Cgroups, InstanceCgroup};
+use jail::{Bind, JailSpec};
+
+pub use sys::{FRAME_SANDBOX_ERROR, FRAME_SANDBOX_READY};
+
 /// The file descriptor at which an instance finds its protocol socket.
 pub const PROTOCOL_FD: i32 = 3;
+/// Where the function's code appears inside a jail.
+pub const GUEST_TASK_ROOT: &str = "/var/task";
+/// Where the runtime's bootstrap appears inside a jail.
+pub const GUEST_RUNTIME_DIR: &str = "/var/runtime";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -33,16 +56,403 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    #[error("creating the instance's cgroup: {0}")]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error("--isolation strict: full isolation is not available on this host: {0}")]
+    NotIsolated(String),
+    #[error("sandbox state directory {path}: {source}")]
+    State {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// What to start inside a sandbox.
+/// How much isolation the server insists on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationMode {
+    /// Use every feature the host offers; fall back loudly.
+    #[default]
+    Auto,
+    /// Refuse to start without full isolation.
+    Strict,
+    /// Plain processes, for development hosts.
+    Off,
+}
+
+impl std::str::FromStr for IsolationMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "strict" => Ok(Self::Strict),
+            "off" | "none" => Ok(Self::Off),
+            other => Err(format!("unknown isolation mode '{other}': use auto, strict or off")),
+        }
+    }
+}
+
+/// Settings of the container layer.
 #[derive(Debug, Clone)]
-pub struct SandboxSpec {
-    pub program: PathBuf,
+pub struct SandboxConfig {
+    pub mode: IsolationMode,
+    /// A directory lampyr owns (an empty mount point for jail roots lives here).
+    pub state_dir: PathBuf,
+    /// Identifies this server's cgroups, e.g. a hash of its data directory.
+    pub tag: String,
+    /// The unprivileged identity functions run as.
+    pub uid: u32,
+    pub gid: u32,
+    /// Most tasks (processes and threads) one instance may have.
+    pub pids_max: u32,
+    /// Size of an instance's writable `/tmp`.
+    pub tmp_mb: u32,
+    /// Most open files per process.
+    pub max_open_files: u64,
+    /// The executable that implements `__sandbox-init` (lampyr itself).
+    pub init_exe: PathBuf,
+}
+
+impl SandboxConfig {
+    pub fn new(state_dir: PathBuf, tag: String) -> Self {
+        SandboxConfig {
+            mode: IsolationMode::Auto,
+            state_dir,
+            tag,
+            uid: 65534,
+            gid: 65534,
+            pids_max: 256,
+            tmp_mb: 64,
+            max_open_files: 1024,
+            init_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+        }
+    }
+}
+
+/// One confinement feature and whether this host uses it.
+#[derive(Debug, Clone)]
+pub struct Feature {
+    pub name: &'static str,
+    pub enabled: bool,
+    pub detail: String,
+}
+
+struct JailSupport {
+    root_dir: PathBuf,
+    cgroups: Option<Cgroups>,
+    seccomp: bool,
+    base_binds: Vec<Bind>,
+    base_symlinks: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Starts instances with as much isolation as the host allows.
+pub struct Sandboxer {
+    cfg: SandboxConfig,
+    jail: Option<JailSupport>,
+    features: Vec<Feature>,
+}
+
+/// What one instance runs and with which limits.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec<'a> {
+    pub id: &'a str,
+    /// The interpreter; inside a jail it is found at the same path.
+    pub program: &'a Path,
+    /// The interpreter's installation prefix, made visible when outside `/usr`.
+    pub program_prefix: Option<&'a Path>,
     pub args: Vec<OsString>,
     /// The complete environment; nothing is inherited from the server.
     pub env: Vec<(OsString, OsString)>,
-    pub cwd: PathBuf,
+    /// Host directory with the runtime's bootstrap.
+    pub runtime_dir: &'a Path,
+    /// Host directory with the function's code.
+    pub code_dir: &'a Path,
+    pub memory_mb: u32,
+    pub host_network: bool,
+}
+
+fn namespaces_work() -> Result<(), String> {
+    let mut cmd = std::process::Command::new("/bin/true");
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only makes the
+    // unshare system call, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let flags = libc::CLONE_NEWNS
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWNET
+                | libc::CLONE_NEWCGROUP;
+            if libc::unshare(flags) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("probe exited with {s}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn seccomp_supported() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
+        && seccomp::compile().is_ok()
+}
+
+/// The parts of the host's root every runtime needs, read-only.
+fn base_layout() -> (Vec<Bind>, Vec<(PathBuf, PathBuf)>) {
+    let mut binds = vec![Bind { src: "/usr".into(), dst: "/usr".into(), is_dir: true }];
+    let mut links = Vec::new();
+    for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+        let p = Path::new(top);
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Ok(target) = std::fs::read_link(p) {
+                    links.push((p.to_path_buf(), target));
+                }
+            }
+            Ok(m) if m.is_dir() => binds.push(Bind { src: p.into(), dst: p.into(), is_dir: true }),
+            _ => {}
+        }
+    }
+    // Only public, non-secret parts of /etc.
+    for (path, is_dir) in [
+        ("/etc/ld.so.cache", false),
+        ("/etc/ssl/certs", true),
+        ("/etc/ssl/openssl.cnf", false),
+        ("/etc/ca-certificates", true),
+        ("/etc/alternatives", true),
+        ("/etc/mime.types", false),
+    ] {
+        let p = Path::new(path);
+        let ok = if is_dir { p.is_dir() } else { p.is_file() };
+        if ok {
+            binds.push(Bind { src: p.into(), dst: p.into(), is_dir });
+        }
+    }
+    (binds, links)
+}
+
+impl Sandboxer {
+    /// Detects what the host offers, prepares this server's cgroups and
+    /// removes any left behind by a previous run.
+    pub fn new(cfg: SandboxConfig) -> Result<Sandboxer, SandboxError> {
+        let mut features = vec![
+            Feature { name: "process-group", enabled: true, detail: "each instance runs in its own session; killing it kills its children".into() },
+            Feature { name: "die-with-server", enabled: true, detail: "instances receive SIGKILL when the server exits (PR_SET_PDEATHSIG)".into() },
+            Feature { name: "clean-environment", enabled: true, detail: "instances see only the variables lampyr and the manifest set".into() },
+        ];
+        if cfg.mode == IsolationMode::Off {
+            features.push(Feature { name: "namespaces", enabled: false, detail: "turned off (--isolation off)".into() });
+            return Ok(Sandboxer { cfg, jail: None, features });
+        }
+        let mut missing = Vec::new();
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            missing.push("lampyr is not running as root".to_string());
+        }
+        let ns = if root { namespaces_work() } else { Err("needs root".into()) };
+        if let Err(e) = &ns {
+            missing.push(format!("namespaces: {e}"));
+        }
+        let cgroups = if root {
+            let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            Cgroups::setup(Path::new("/sys/fs/cgroup"), &own, &cfg.tag).map_err(|e| e.to_string())
+        } else {
+            Err("needs root".into())
+        };
+        if let Err(e) = &cgroups {
+            missing.push(format!("cgroups: {e}"));
+        }
+        let seccomp = seccomp_supported();
+        if !seccomp {
+            missing.push("seccomp is not supported by this kernel".into());
+        }
+        if cfg.mode == IsolationMode::Strict && !missing.is_empty() {
+            return Err(SandboxError::NotIsolated(missing.join("; ")));
+        }
+        let jail = if ns.is_ok() {
+            let root_dir = cfg.state_dir.join("root");
+            std::fs::create_dir_all(&root_dir).map_err(|source| SandboxError::State { path: root_dir.display().to_string(), source })?;
+            let (base_binds, base_symlinks) = base_layout();
+            Some(JailSupport { root_dir, cgroups: cgroups.as_ref().ok().cloned(), seccomp, base_binds, base_symlinks })
+        } else {
+            None
+        };
+        let on = jail.is_some();
+        features.push(Feature {
+            name: "namespaces",
+            enabled: on,
+            detail: match &ns {
+                Ok(()) => "own mount, pid, ipc, uts and cgroup namespaces per instance".into(),
+                Err(e) => format!("unavailable ({e}): instances share the host's namespaces"),
+            },
+        });
+        features.push(Feature {
+            name: "root-filesystem",
+            enabled: on,
+            detail: if on { "pivot_root into a read-only root: the runtime, code at /var/task, tmpfs /tmp, minimal /dev".into() } else { "instances see the host's filesystem".into() },
+        });
+        features.push(Feature {
+            name: "network",
+            enabled: on,
+            detail: if on { "a private network namespace with loopback only, unless the manifest says network = \"host\"".into() } else { "instances use the host's network".into() },
+        });
+        features.push(Feature {
+            name: "privileges",
+            enabled: on,
+            detail: if on { format!("uid {} gid {}, no capabilities, no_new_privs", cfg.uid, cfg.gid) } else { "instances run as lampyr's own user".into() },
+        });
+        features.push(Feature {
+            name: "seccomp",
+            enabled: on && seccomp,
+            detail: if seccomp { format!("{} system calls refused (mount, ptrace, bpf, unshare, …)", seccomp::denied_syscalls().len()) } else { "unavailable".into() },
+        });
+        let cg_on = on && cgroups.is_ok();
+        features.push(Feature {
+            name: "cgroups",
+            enabled: cg_on,
+            detail: match &cgroups {
+                Ok(c) => format!("{}: memory = memory_mb (no swap), cpu proportional to memory, pids <= {}", c.version(), cfg.pids_max),
+                Err(e) => format!("unavailable ({e}): no memory, cpu or pids limits"),
+            },
+        });
+        if let Some(c) = jail.as_ref().and_then(|j| j.cgroups.as_ref()) {
+            let n = c.cleanup_stale();
+            if n > 0 {
+                tracing::warn!(count = n, "removed instance cgroups left behind by a previous run");
+            }
+        }
+        if !missing.is_empty() {
+            tracing::warn!("INSTANCES ARE NOT FULLY ISOLATED: {}", missing.join("; "));
+        }
+        Ok(Sandboxer { cfg, jail, features })
+    }
+
+    /// Each isolation feature and whether it is on.
+    pub fn features(&self) -> &[Feature] {
+        &self.features
+    }
+
+    /// True when instances run in jails.
+    pub fn is_jailed(&self) -> bool {
+        self.jail.is_some()
+    }
+
+    /// True when instances get a cgroup with limits.
+    pub fn has_cgroups(&self) -> bool {
+        self.jail.as_ref().is_some_and(|j| j.cgroups.is_some())
+    }
+
+    /// Where the runtime's bootstrap directory is, as the instance sees it.
+    pub fn guest_runtime_dir(&self, host: &Path) -> PathBuf {
+        if self.is_jailed() { GUEST_RUNTIME_DIR.into() } else { host.to_path_buf() }
+    }
+
+    /// Where the function's code is, as the instance sees it.
+    pub fn guest_task_root(&self, host: &Path) -> PathBuf {
+        if self.is_jailed() { GUEST_TASK_ROOT.into() } else { host.to_path_buf() }
+    }
+
+    /// Starts one instance.
+    pub fn spawn(&self, spec: &InstanceSpec<'_>) -> Result<(Sandbox, SandboxIo), SandboxError> {
+        let started = Instant::now();
+        let Some(j) = &self.jail else {
+            let mut cmd = Command::new(spec.program);
+            cmd.args(&spec.args).env_clear().envs(spec.env.iter().map(|(k, v)| (k, v))).current_dir("/");
+            return spawn_with(cmd, spec.program, None, started);
+        };
+        let cgroup = match &j.cgroups {
+            Some(c) => Some(c.create(&cgroup_name(spec.id), CgroupLimits { memory_mb: spec.memory_mb, pids_max: self.cfg.pids_max })?),
+            None => None,
+        };
+        let mut binds = j.base_binds.clone();
+        if let Some(prefix) = spec.program_prefix {
+            if !prefix.starts_with("/usr") && prefix.is_dir() {
+                binds.push(Bind { src: prefix.into(), dst: prefix.into(), is_dir: true });
+            }
+        }
+        binds.push(Bind { src: spec.runtime_dir.into(), dst: GUEST_RUNTIME_DIR.into(), is_dir: true });
+        binds.push(Bind { src: spec.code_dir.into(), dst: GUEST_TASK_ROOT.into(), is_dir: true });
+        let (uid, gid) = (self.cfg.uid, self.cfg.gid);
+        let mut files = vec![
+            ("/etc/passwd".into(), format!("root:x:0:0:root:/:/usr/sbin/nologin\nsbx_user:x:{uid}:{gid}:lampyr function:/tmp:/usr/sbin/nologin\n")),
+            ("/etc/group".into(), format!("root:x:0:\nsbx_user:x:{gid}:\n")),
+            ("/etc/hostname".into(), "lampyr\n".into()),
+            ("/etc/nsswitch.conf".into(), "passwd: files\ngroup: files\nhosts: files dns\n".into()),
+        ];
+        if spec.host_network {
+            for f in ["/etc/resolv.conf", "/etc/hosts"] {
+                if Path::new(f).is_file() {
+                    binds.push(Bind { src: f.into(), dst: f.into(), is_dir: false });
+                }
+            }
+        } else {
+            files.push(("/etc/hosts".into(), "127.0.0.1 localhost lampyr\n::1 localhost\n".into()));
+        }
+        let jail_spec = JailSpec {
+            root_dir: j.root_dir.clone(),
+            binds,
+            symlinks: j.base_symlinks.clone(),
+            files,
+            tmp_mb: self.cfg.tmp_mb,
+            hostname: "lampyr".into(),
+            private_network: !spec.host_network,
+            uid,
+            gid,
+            max_open_files: self.cfg.max_open_files,
+            seccomp: j.seccomp,
+            cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+            program: spec.program.to_path_buf(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            cwd: "/".into(),
+        };
+        let json = serde_json::to_string(&jail_spec).expect("jail spec serialises");
+        let mut cmd = Command::new(&self.cfg.init_exe);
+        cmd.arg(init::INIT_ARG).env_clear().env(init::SPEC_ENV, json).current_dir("/");
+        spawn_with(cmd, &self.cfg.init_exe, cgroup, started)
+    }
+}
+
+/// A cgroup directory name for an instance id.
+fn cgroup_name(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+fn spawn_with(mut cmd: Command, program: &Path, cgroup: Option<InstanceCgroup>, started: Instant) -> Result<(Sandbox, SandboxIo), SandboxError> {
+    let (host, guest) = StdUnixStream::pair().map_err(SandboxError::Socket)?;
+    let guest: OwnedFd = guest.into();
+    let guest_fd = guest.as_raw_fd();
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls async-signal-safe functions (dup2, fcntl, setsid, prctl,
+    // setrlimit, getppid, _exit); it allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || child_setup(guest_fd));
+    }
+    let spawned = cmd.spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(source) => {
+            if let Some(cg) = &cgroup {
+                cg.kill_all();
+            }
+            return Err(SandboxError::Spawn { program: program.display().to_string(), source });
+        }
+    };
+    drop(guest);
+    let pid = child.id().unwrap_or(0);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    Ok((
+        Sandbox { pid, child, cgroup, spawn: started.elapsed() },
+        SandboxIo { socket: host, stdout, stderr },
+    ))
 }
 
 /// A started sandbox: one process tree with a protocol socket and log pipes.
@@ -50,11 +460,12 @@ pub struct SandboxSpec {
 pub struct Sandbox {
     pid: u32,
     child: Child,
-    /// Time spent creating the sandbox and starting its first process.
-    pub setup: Duration,
+    cgroup: Option<InstanceCgroup>,
+    /// Time to create the cgroup and start the first process.
+    pub spawn: Duration,
 }
 
-/// The host's ends of a sandbox's channels, handed out once.
+/// The host's ends of a sandbox's channels.
 #[derive(Debug)]
 pub struct SandboxIo {
     pub socket: StdUnixStream,
@@ -62,52 +473,26 @@ pub struct SandboxIo {
     pub stderr: ChildStderr,
 }
 
-impl Sandbox {
-    /// Starts `spec.program` in a new sandbox.
-    pub fn spawn(spec: &SandboxSpec) -> Result<(Sandbox, SandboxIo), SandboxError> {
-        let started = Instant::now();
-        let (host, guest) = StdUnixStream::pair().map_err(SandboxError::Socket)?;
-        let guest: OwnedFd = guest.into();
-        let guest_fd = guest.as_raw_fd();
+/// How a sandbox ended.
+#[derive(Debug)]
+pub struct ExitInfo {
+    pub status: std::io::Result<ExitStatus>,
+    /// The kernel's OOM killer struck in the instance's cgroup.
+    pub oom_killed: bool,
+    /// The most memory the instance used, in bytes, if known.
+    pub memory_peak: Option<u64>,
+}
 
-        let mut cmd = Command::new(&spec.program);
-        cmd.args(&spec.args)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&spec.cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls async-signal-safe functions (dup2, fcntl, setsid, prctl,
-        // getppid, _exit); it allocates nothing and touches no locks.
-        unsafe {
-            cmd.pre_exec(move || child_setup(guest_fd));
+impl ExitInfo {
+    pub fn describe(&self) -> String {
+        match &self.status {
+            Ok(s) => describe_exit(s),
+            Err(e) => format!("lost track of the process ({e})"),
         }
-        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
-            program: spec.program.display().to_string(),
-            source,
-        })?;
-        drop(guest);
-        let pid = child.id().unwrap_or(0);
-        let mut child = child;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        Ok((
-            Sandbox {
-                pid,
-                child,
-                setup: started.elapsed(),
-            },
-            SandboxIo {
-                socket: host,
-                stdout,
-                stderr,
-            },
-        ))
     }
+}
 
+impl Sandbox {
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -116,14 +501,37 @@ impl Sandbox {
     pub fn kill(&self) {
         if self.pid != 0 {
             // The instance leads its own process group (setsid), so this
-            // reaches the function's children too.
+            // reaches the whole tree outside a PID namespace; inside one,
+            // the death of its PID 1 takes the rest with it.
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
         }
     }
 
-    /// Waits for the sandbox's main process to exit.
-    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.child.wait().await
+    /// Current memory use of the instance, in bytes, where measured.
+    pub fn memory_current(&self) -> Option<u64> {
+        self.cgroup.as_ref()?.memory_current()
+    }
+
+    /// Waits for the sandbox to exit, then removes its cgroup.
+    pub async fn wait(&mut self) -> ExitInfo {
+        let status = self.child.wait().await;
+        let (oom_killed, memory_peak) = match &self.cgroup {
+            Some(cg) => {
+                let oom = cg.oom_kills() > 0;
+                let peak = cg.memory_peak();
+                cg.kill_all();
+                if !cg.remove().await {
+                    tracing::warn!(pid = self.pid, "could not remove an instance cgroup; it will be removed at the next start");
+                }
+                (oom, peak)
+            }
+            None => (false, None),
+        };
+        self.cgroup = None;
+        ExitInfo { status, oom_killed, memory_peak }
     }
 }
 
@@ -152,18 +560,12 @@ fn child_setup(guest_fd: i32) -> std::io::Result<()> {
     }
     // Die with the server, whatever way it exits.
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
-    if unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    } < 0
-    {
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: setrlimit reads a valid rlimit struct; async-signal-safe.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
     // The server may have died between fork and prctl.
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } == 1 {
@@ -179,80 +581,21 @@ pub fn describe_exit(status: &ExitStatus) -> String {
     if let Some(code) = status.code() {
         format!("exit code {code}")
     } else if let Some(sig) = status.signal() {
-        let name = Signal::try_from(sig)
-            .map(|s| s.as_str())
-            .unwrap_or("unknown");
+        let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown");
         format!("killed by signal {sig} ({name})")
     } else {
         "unknown exit status".to_string()
     }
 }
 
-/// One confinement feature and whether this host uses it.
-#[derive(Debug, Clone)]
-pub struct Feature {
-    pub name: &'static str,
-    pub enabled: bool,
-    pub detail: String,
-}
-
-/// Which cgroup hierarchy the host mounts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CgroupVersion {
-    V1,
-    V2,
-    None,
-}
-
-/// Detects the cgroup hierarchy at `/sys/fs/cgroup`.
-pub fn detect_cgroups() -> CgroupVersion {
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    if root.join("cgroup.controllers").exists() {
-        CgroupVersion::V2
-    } else if root.join("memory").is_dir() {
-        CgroupVersion::V1
-    } else {
-        CgroupVersion::None
+/// A short stable tag for a path (FNV-1a), e.g. to name a server's cgroups.
+pub fn path_tag(p: &Path) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in p.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
-}
-
-/// What confinement instances get on this host.
-pub fn isolation_report() -> Vec<Feature> {
-    let cg = detect_cgroups();
-    vec![
-        Feature {
-            name: "process-group",
-            enabled: true,
-            detail: "each instance runs in its own session; killing it kills its children".into(),
-        },
-        Feature {
-            name: "die-with-server",
-            enabled: true,
-            detail: "instances receive SIGKILL when the server exits (PR_SET_PDEATHSIG)".into(),
-        },
-        Feature {
-            name: "clean-environment",
-            enabled: true,
-            detail: "instances see only the variables lampyr and the manifest set".into(),
-        },
-        Feature {
-            name: "namespaces",
-            enabled: false,
-            detail: "instances share the host's mount, pid, network, ipc and uts namespaces".into(),
-        },
-        Feature {
-            name: "cgroups",
-            enabled: false,
-            detail: format!(
-                "host hierarchy: {}; per-instance memory, cpu and pids limits are not applied",
-                match cg {
-                    CgroupVersion::V1 => "cgroup v1",
-                    CgroupVersion::V2 => "cgroup v2",
-                    CgroupVersion::None => "none found",
-                }
-            ),
-        },
-    ]
+    format!("{:012x}", h & 0xffff_ffff_ffff)
 }
 
 #[cfg(test)]
@@ -260,50 +603,69 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    fn plain() -> Sandboxer {
+        let mut cfg = SandboxConfig::new(std::env::temp_dir(), "test".into());
+        cfg.mode = IsolationMode::Off;
+        Sandboxer::new(cfg).unwrap()
+    }
+
+    fn spec<'a>(program: &'a Path, args: &[&str], code: &'a Path) -> InstanceSpec<'a> {
+        InstanceSpec {
+            id: "t-1",
+            program,
+            program_prefix: None,
+            args: args.iter().map(OsString::from).collect(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            runtime_dir: code,
+            code_dir: code,
+            memory_mb: 128,
+            host_network: false,
+        }
+    }
+
     #[tokio::test]
     async fn child_gets_socket_on_fd3_and_dies_with_its_group() {
-        let spec = SandboxSpec {
-            program: "/bin/sh".into(),
-            // Echo one line back over fd 3, then start a grandchild and wait.
-            args: vec![
-                "-c".into(),
-                "read x <&3; echo \"got $x\" >&3; sleep 60 & wait".into(),
-            ],
-            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-            cwd: "/".into(),
-        };
-        let (mut sb, io) = Sandbox::spawn(&spec).unwrap();
+        let sb = plain();
+        let tmp = std::env::temp_dir();
+        let s = spec(Path::new("/bin/sh"), &["-c", "read x <&3; echo \"got $x\" >&3; sleep 60 & wait"], &tmp);
+        let (mut sandbox, io) = sb.spawn(&s).unwrap();
         let mut sock = io.socket;
         sock.write_all(b"ping\n").unwrap();
         let mut buf = [0u8; 9];
         sock.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"got ping\n");
-        sb.kill();
-        let status = sb.wait().await.unwrap();
-        assert_eq!(describe_exit(&status), "killed by signal 9 (SIGKILL)");
+        sandbox.kill();
+        let exit = sandbox.wait().await;
+        assert_eq!(exit.describe(), "killed by signal 9 (SIGKILL)");
+        assert!(!exit.oom_killed);
+    }
+
+    #[tokio::test]
+    async fn environment_is_not_inherited() {
+        std::env::set_var("LAMPYR_SECRET_FOR_TEST", "x");
+        let sb = plain();
+        let tmp = std::env::temp_dir();
+        let mut s = spec(Path::new("/usr/bin/env"), &[], &tmp);
+        s.env = vec![("ONLY".into(), "this".into())];
+        let (mut sandbox, mut io) = sb.spawn(&s).unwrap();
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut io.stdout, &mut out).await.unwrap();
+        sandbox.wait().await;
+        assert_eq!(out.trim(), "ONLY=this");
     }
 
     #[test]
-    fn environment_is_not_inherited() {
-        std::env::set_var("LAMPYR_SECRET_FOR_TEST", "x");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let spec = SandboxSpec {
-                program: "/usr/bin/env".into(),
-                args: vec![],
-                env: vec![("ONLY".into(), "this".into())],
-                cwd: "/".into(),
-            };
-            let (mut sb, mut io) = Sandbox::spawn(&spec).unwrap();
-            let mut out = String::new();
-            tokio::io::AsyncReadExt::read_to_string(&mut io.stdout, &mut out)
-                .await
-                .unwrap();
-            sb.wait().await.unwrap();
-            assert_eq!(out.trim(), "ONLY=this");
-        });
+    fn off_mode_reports_namespaces_off() {
+        let sb = plain();
+        assert!(!sb.is_jailed());
+        assert!(sb.features().iter().any(|f| f.name == "namespaces" && !f.enabled));
+        assert_eq!(sb.guest_task_root(Path::new("/x")), Path::new("/x"));
+    }
+
+    #[test]
+    fn tags_and_names_are_safe() {
+        assert_eq!(path_tag(Path::new("/a")), path_tag(Path::new("/a")));
+        assert_ne!(path_tag(Path::new("/a")), path_tag(Path::new("/b")));
+        assert_eq!(cgroup_name("my.fn/1"), "my_fn_1");
     }
 }

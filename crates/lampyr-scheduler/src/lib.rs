@@ -425,7 +425,8 @@ impl Scheduler {
                     return Ok((Lease::new(state.clone(), grant), StartKind::Cold));
                 }
                 state::Acquire::Wait(rx) => {
-                    let spec = state.current().record.spec.clone();
+                    let version = state.current();
+                    let spec = version.spec();
                     let left = spec.queue_timeout().saturating_sub(started.elapsed());
                     match tokio::time::timeout(left, rx).await {
                         Ok(Ok(Grant::Slot(g))) => {

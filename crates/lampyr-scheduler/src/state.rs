@@ -134,7 +134,8 @@ impl FunctionState {
         if g.deleted {
             return Err(SchedulerError::Deleted(self.name.clone()));
         }
-        let spec = g.current.spec().clone();
+        let current = g.current.clone();
+        let spec = current.spec();
         // The most recently used instance with room: keeping work on few
         // instances lets the others go idle and scale in.
         let best = {
@@ -158,7 +159,7 @@ impl FunctionState {
         }
         if g.live() + g.starting < spec.max_instances {
             g.starting += 1;
-            return Ok(Acquire::Start(g.current.clone()));
+            return Ok(Acquire::Start(current));
         }
         g.waiters.retain(|w| !w.is_closed());
         if g.waiters.len() >= spec.max_queue as usize {
@@ -305,7 +306,8 @@ impl FunctionState {
     /// Removes instances idle past `idle_timeout`, keeping `min_instances`.
     pub(crate) fn reap_idle(&self, now: Instant) -> Vec<Arc<Instance>> {
         let mut g = self.inner.lock();
-        let spec = g.current.spec().clone();
+        let current = g.current.clone();
+        let spec = current.spec();
         let idle_timeout = spec.idle_timeout();
         let mut live = g.live();
         let mut out = Vec::new();

@@ -1,0 +1,222 @@
+//! The real system calls behind [`crate::jail::Sys`].
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::resource::{setrlimit, Resource};
+
+use crate::jail::{JailError, JailResult, MountKind, Sys};
+
+/// The instance-protocol frame a sandbox sends when it is built.
+pub const FRAME_SANDBOX_READY: u8 = 0x06;
+/// The instance-protocol frame a sandbox sends when building it failed.
+pub const FRAME_SANDBOX_ERROR: u8 = 0x05;
+
+fn err(step: &'static str, path: Option<&Path>) -> impl FnOnce(nix::Error) -> JailError {
+    let path = path.map(Path::to_path_buf);
+    move |e| JailError {
+        step,
+        path,
+        source: std::io::Error::from(e),
+    }
+}
+
+fn ioerr(step: &'static str, path: Option<&Path>) -> impl FnOnce(std::io::Error) -> JailError {
+    let path = path.map(Path::to_path_buf);
+    move |source| JailError { step, path, source }
+}
+
+/// Writes one protocol frame to the host on fd 3.
+pub fn send_frame(kind: u8, payload: &[u8]) {
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.extend_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
+    frame.push(kind);
+    frame.extend_from_slice(payload);
+    let _ = nix::unistd::write(
+        // SAFETY: fd 3 is the protocol socket this process inherited; it is
+        // only borrowed for this write.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::PROTOCOL_FD) },
+        &frame,
+    );
+}
+
+/// The Linux implementation.
+pub struct LinuxSys;
+
+impl Sys for LinuxSys {
+    fn mount(&mut self, src: Option<&Path>, target: &Path, kind: MountKind) -> JailResult {
+        let none: Option<&str> = None;
+        let r = match kind {
+            MountKind::SlaveRecursive => mount(none, target, none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none),
+            MountKind::Private => mount(none, target, none, MsFlags::MS_PRIVATE, none),
+            MountKind::Tmpfs { size_kb, mode, noexec } => {
+                let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+                if noexec {
+                    flags |= MsFlags::MS_NOEXEC;
+                }
+                let data = format!("size={size_kb}k,mode={mode:o}");
+                mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data.as_str()))
+            }
+            MountKind::Proc => mount(
+                Some("proc"),
+                target,
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                none,
+            ),
+            MountKind::BindRecursive => mount(src, target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none),
+            MountKind::RemountReadOnly => mount(
+                none,
+                target,
+                none,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                none,
+            ),
+        };
+        r.map_err(err("mount", Some(target)))
+    }
+
+    fn mkdir_all(&mut self, path: &Path) -> JailResult {
+        std::fs::create_dir_all(path).map_err(ioerr("mkdir", Some(path)))
+    }
+
+    fn create_file(&mut self, path: &Path) -> JailResult {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map(drop)
+            .map_err(ioerr("create mount point", Some(path)))
+    }
+
+    fn write_file(&mut self, path: &Path, content: &str) -> JailResult {
+        std::fs::write(path, content).map_err(ioerr("write file", Some(path)))
+    }
+
+    fn symlink(&mut self, target: &Path, link: &Path) -> JailResult {
+        std::os::unix::fs::symlink(target, link).map_err(ioerr("symlink", Some(link)))
+    }
+
+    fn pivot_root(&mut self, new_root: &Path) -> JailResult {
+        nix::unistd::chdir(new_root).map_err(err("chdir to new root", Some(new_root)))?;
+        // pivot_root(".", ".") stacks the old root under the new one; the
+        // detach below removes it without needing a directory for it.
+        nix::unistd::pivot_root(".", ".").map_err(err("pivot_root", Some(new_root)))?;
+        umount2(".", MntFlags::MNT_DETACH).map_err(err("detach old root", None))?;
+        nix::unistd::chdir("/").map_err(err("chdir /", None))
+    }
+
+    fn sethostname(&mut self, name: &str) -> JailResult {
+        nix::unistd::sethostname(name).map_err(err("sethostname", None))
+    }
+
+    fn loopback_up(&mut self) -> JailResult {
+        let e = |source: std::io::Error| JailError { step: "loopback up", path: None, source };
+        // SAFETY: socket() takes plain integers; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(e(std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a new, valid descriptor owned by nobody else.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS reads the flags of the interface named in
+        // `req` into `req`; the pointer is valid for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+            return Err(e(std::io::Error::last_os_error()));
+        }
+        // SAFETY: the union field written by SIOCGIFFLAGS is ifru_flags.
+        unsafe {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        }
+        // SAFETY: SIOCSIFFLAGS reads `req`, which is valid for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+            return Err(e(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn limit_open_files(&mut self, n: u64) -> JailResult {
+        setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(err("limit open files", None))
+    }
+
+    fn disable_core_dumps(&mut self) -> JailResult {
+        setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(err("disable core dumps", None))
+    }
+
+    fn reset_oom_score(&mut self) -> JailResult {
+        let p = Path::new("/proc/self/oom_score_adj");
+        std::fs::write(p, "0").map_err(ioerr("oom_score_adj", Some(p)))
+    }
+
+    fn drop_capability_bounding_set(&mut self) -> JailResult {
+        let last: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        for cap in 0..=last {
+            // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes plain integers.
+            let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                return Err(JailError {
+                    step: "drop capability bounding set",
+                    path: None,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        // SAFETY: prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL) takes plain integers.
+        unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+        Ok(())
+    }
+
+    fn set_ids(&mut self, uid: u32, gid: u32) -> JailResult {
+        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+        let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+        setgroups(&[g]).map_err(err("setgroups", None))?;
+        setresgid(g, g, g).map_err(err("setresgid", None))?;
+        // Leaving uid 0 for good clears the permitted and effective
+        // capability sets as well.
+        setresuid(u, u, u).map_err(err("setresuid", None))?;
+        if nix::unistd::geteuid().is_root() {
+            return Err(JailError {
+                step: "setresuid",
+                path: None,
+                source: std::io::Error::other("still root after dropping privileges"),
+            });
+        }
+        Ok(())
+    }
+
+    fn no_new_privs(&mut self) -> JailResult {
+        nix::sys::prctl::set_no_new_privs().map_err(err("no_new_privs", None))
+    }
+
+    fn seccomp(&mut self) -> JailResult {
+        let e = |m: String| JailError {
+            step: "seccomp",
+            path: None,
+            source: std::io::Error::other(m),
+        };
+        let progs = crate::seccomp::compile().map_err(|x| e(x.to_string()))?;
+        for p in &progs {
+            seccompiler::apply_filter(p).map_err(|x| e(x.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn notify_ready(&mut self) -> JailResult {
+        send_frame(FRAME_SANDBOX_READY, b"");
+        Ok(())
+    }
+
+    fn chdir(&mut self, path: &Path) -> JailResult {
+        nix::unistd::chdir(path).map_err(err("chdir", Some(path)))
+    }
+}
