@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use lampyr_api::{DoctorReport, IsolationFeature, Runtime, RuntimeReport};
 use lampyr_runtime::Runtimes;
+use lampyr_sandbox::{SandboxConfig, Sandboxer};
 use lampyr_scheduler::{Scheduler, SchedulerConfig};
 use lampyr_store::{LogLimits, LogStore, Store, StoreLimits};
 use serde::Deserialize;
@@ -33,6 +34,53 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub logs: LogsConfig,
+    #[serde(default)]
+    pub sandbox: SandboxSection,
+}
+
+/// `[sandbox]`: how instances are isolated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSection {
+    /// `auto`, `strict` (refuse to start without full isolation) or `off`.
+    pub isolation: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub pids_max: u32,
+    pub tmp_mb: u32,
+    pub max_open_files: u64,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        let d = SandboxConfig::new(PathBuf::new(), String::new());
+        SandboxSection {
+            isolation: "auto".into(),
+            uid: d.uid,
+            gid: d.gid,
+            pids_max: d.pids_max,
+            tmp_mb: d.tmp_mb,
+            max_open_files: d.max_open_files,
+        }
+    }
+}
+
+impl SandboxSection {
+    /// The container layer's settings for a data directory.
+    pub fn to_config(&self, data_dir: &Path) -> Result<SandboxConfig, String> {
+        let mut c =
+            SandboxConfig::new(data_dir.join("sandbox"), lampyr_sandbox::path_tag(data_dir));
+        c.mode = self
+            .isolation
+            .parse()
+            .map_err(|e: String| format!("sandbox.isolation: {e}"))?;
+        c.uid = self.uid;
+        c.gid = self.gid;
+        c.pids_max = self.pids_max;
+        c.tmp_mb = self.tmp_mb;
+        c.max_open_files = self.max_open_files;
+        Ok(c)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +142,8 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] lampyr_store::StoreError),
     #[error(transparent)]
+    Sandbox(#[from] lampyr_sandbox::SandboxError),
+    #[error(transparent)]
     Scheduler(#[from] lampyr_scheduler::SchedulerError),
 }
 
@@ -112,6 +162,7 @@ impl ServerConfig {
 /// A started server, not yet serving requests.
 pub struct Server {
     pub app: AppState,
+    pub sandboxer: Arc<Sandboxer>,
     pub listener: tokio::net::TcpListener,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
@@ -132,6 +183,23 @@ impl Server {
         let token = load_or_create_token(&data_dir).map_err(dd)?;
         let bootstrap_dir =
             lampyr_runtime::bootstrap::install(&data_dir.join("runtime")).map_err(dd)?;
+        let sandbox_cfg =
+            cfg.sandbox
+                .to_config(&data_dir)
+                .map_err(|message| ServerError::Config {
+                    path: "[sandbox]".into(),
+                    message,
+                })?;
+        let sandboxer = Arc::new(Sandboxer::new(sandbox_cfg)?);
+        sandboxer.cleanup_stale();
+        for f in sandboxer.features() {
+            tracing::info!(
+                feature = f.name,
+                enabled = f.enabled,
+                "isolation: {}",
+                f.detail
+            );
+        }
         let runtimes = Runtimes::discover();
         for rt in Runtime::ALL {
             match runtimes.get(rt) {
@@ -160,6 +228,7 @@ impl Server {
             SchedulerConfig {
                 runtimes: runtimes.clone(),
                 bootstrap_dir,
+                sandboxer: sandboxer.clone(),
                 reap_interval: Duration::from_millis(100),
             },
         )?;
@@ -181,10 +250,11 @@ impl Server {
             max_response_body: cfg.limits.max_response_body,
             max_package: cfg.limits.max_package,
         };
-        let doctor = doctor_report(&runtimes, &data_dir);
+        let doctor = doctor_report(&runtimes, &sandboxer, &data_dir);
         let app = AppState::new(sched, token, public_url, limits, doctor);
         Ok(Server {
             app,
+            sandboxer,
             listener,
             addr,
             data_dir,
@@ -201,12 +271,18 @@ impl Server {
         &self.app.sched
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` resolves, then stops every instance and
+    /// removes the server's cgroups.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        crate::serve(self.listener, self.app, shutdown).await
+        let sched = self.app.sched.clone();
+        let sandboxer = self.sandboxer.clone();
+        let served = crate::serve(self.listener, self.app, shutdown).await;
+        sched.shutdown(Duration::from_secs(5)).await;
+        sandboxer.teardown();
+        served
     }
 }
 
@@ -235,7 +311,7 @@ pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
 }
 
 /// What `lampyr doctor` reports: runtimes, isolation, data directory.
-pub fn doctor_report(runtimes: &Runtimes, data_dir: &Path) -> DoctorReport {
+pub fn doctor_report(runtimes: &Runtimes, sandboxer: &Sandboxer, data_dir: &Path) -> DoctorReport {
     let rts = Runtime::ALL
         .iter()
         .map(|&rt| match runtimes.get(rt) {
@@ -255,12 +331,13 @@ pub fn doctor_report(runtimes: &Runtimes, data_dir: &Path) -> DoctorReport {
             },
         })
         .collect();
-    let isolation = lampyr_sandbox::isolation_report()
-        .into_iter()
+    let isolation = sandboxer
+        .features()
+        .iter()
         .map(|f| IsolationFeature {
             feature: f.name.to_string(),
             enabled: f.enabled,
-            detail: f.detail,
+            detail: f.detail.clone(),
         })
         .collect();
     DoctorReport {

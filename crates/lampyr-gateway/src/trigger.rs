@@ -351,6 +351,15 @@ pub(crate) fn respond(inv: &Invocation, max_body: usize) -> Result<Response, Api
             ),
         )
         .into_response(),
+        Outcome::OutOfMemory { limit_mb } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "out_of_memory",
+            format!(
+                "function '{}' exceeded its memory limit of {limit_mb} MiB; the instance was replaced (raise memory_mb in lampyr.toml if it needs more)",
+                inv.function
+            ),
+        )
+        .into_response(),
         Outcome::Crashed { reason } => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "runtime_exited",
@@ -504,6 +513,34 @@ fn proxy_result(function: &str, result: &[u8]) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
+/// The raw-invoke answer: the handler's result as it is.
+pub(crate) fn respond_raw(inv: &Invocation) -> Response {
+    let mut resp = match &inv.outcome {
+        Outcome::Ok(result) => {
+            let mut r = Response::new(Body::from(result.clone()));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            r
+        }
+        Outcome::FunctionError(err) => {
+            let mut r = Response::new(Body::from(err.clone()));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                "x-lampyr-function-error",
+                HeaderValue::from_static("Unhandled"),
+            );
+            r
+        }
+        _ => match respond(inv, usize::MAX) {
+            Ok(r) => return r,
+            Err(e) => e.into_response(),
+        },
+    };
+    platform_headers(&mut resp, inv);
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,32 +614,4 @@ mod tests {
         )
         .is_err());
     }
-}
-
-/// The raw-invoke answer: the handler's result as it is.
-pub(crate) fn respond_raw(inv: &Invocation) -> Response {
-    let mut resp = match &inv.outcome {
-        Outcome::Ok(result) => {
-            let mut r = Response::new(Body::from(result.clone()));
-            r.headers_mut()
-                .insert("content-type", HeaderValue::from_static("application/json"));
-            r
-        }
-        Outcome::FunctionError(err) => {
-            let mut r = Response::new(Body::from(err.clone()));
-            r.headers_mut()
-                .insert("content-type", HeaderValue::from_static("application/json"));
-            r.headers_mut().insert(
-                "x-lampyr-function-error",
-                HeaderValue::from_static("Unhandled"),
-            );
-            r
-        }
-        _ => match respond(inv, usize::MAX) {
-            Ok(r) => return r,
-            Err(e) => e.into_response(),
-        },
-    };
-    platform_headers(&mut resp, inv);
-    resp
 }

@@ -18,6 +18,9 @@ pub struct RuntimeInfo {
     pub path: PathBuf,
     /// The version it reports, e.g. `20.20.2` or `3.11.7`.
     pub version: String,
+    /// The installation prefix holding the binary and its libraries, e.g.
+    /// `/usr` or `~/.pyenv/versions/3.11.7`; a sandbox makes it visible.
+    pub prefix: PathBuf,
 }
 
 /// What discovery found for each runtime.
@@ -55,7 +58,7 @@ fn find(runtime: Runtime) -> Result<RuntimeInfo, String> {
             &["node", "nodejs"],
             &[
                 "-e",
-                "process.stdout.write(process.execPath + '\\n' + process.versions.node)",
+                "const p = require('path'); process.stdout.write([process.execPath, process.versions.node, p.resolve(process.execPath, '..', '..')].join('\\n'))",
             ],
         ),
         Runtime::Python => (
@@ -63,7 +66,7 @@ fn find(runtime: Runtime) -> Result<RuntimeInfo, String> {
             &["python3", "python"],
             &[
                 "-c",
-                "import sys; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3])",
+                "import sys; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3]); print(sys.base_prefix)",
             ],
         ),
     };
@@ -106,7 +109,14 @@ fn probe_one(runtime: Runtime, cand: &Path, probe: &[&str]) -> Result<RuntimeInf
     let mut lines = text.lines();
     let exe = lines.next().unwrap_or_default().trim();
     let version = lines.next().unwrap_or_default().trim().to_string();
+    let prefix = lines.next().unwrap_or_default().trim();
     let path = std::fs::canonicalize(exe).map_err(|e| format!("cannot resolve {exe} ({e})"))?;
+    let prefix = std::fs::canonicalize(prefix).unwrap_or_else(|_| {
+        path.parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("/usr"))
+            .to_path_buf()
+    });
     let (major, minor) =
         parse_version(&version).ok_or_else(|| format!("unreadable version '{version}'"))?;
     let min = match runtime {
@@ -123,6 +133,7 @@ fn probe_one(runtime: Runtime, cand: &Path, probe: &[&str]) -> Result<RuntimeInf
         runtime,
         path,
         version,
+        prefix,
     })
 }
 

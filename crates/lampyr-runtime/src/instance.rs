@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use lampyr_sandbox::{describe_exit, Sandbox, SandboxError, SandboxSpec};
+use lampyr_sandbox::{InstanceSpec, Sandbox, SandboxError, Sandboxer};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -82,9 +82,9 @@ pub struct LoadRequest {
 /// How long each start-up phase took.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StartTimings {
-    /// Building the sandbox and starting its process.
+    /// Building the sandbox, until its init process handed over to the runtime.
     pub sandbox: Duration,
-    /// From the process start until the bootstrap said HELLO.
+    /// From then until the bootstrap said HELLO.
     pub runtime: Duration,
 }
 
@@ -92,6 +92,9 @@ pub struct StartTimings {
 pub enum InstanceError {
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The jail could not be built; the sandbox's own explanation.
+    #[error("{0}")]
+    SandboxSetup(String),
     #[error("the runtime exited while {stage}: {reason}")]
     Exited { stage: &'static str, reason: String },
     #[error("the runtime did not {stage} within {}s", .limit.as_secs())]
@@ -114,8 +117,19 @@ pub enum InvokeOutcome {
     Ok(Bytes),
     /// The handler threw; the JSON error object.
     Error(Bytes),
-    /// The instance died before answering; why.
-    Exited(String),
+    /// The instance died before answering.
+    Exited(ExitReport),
+}
+
+/// Why and how an instance ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExitReport {
+    /// For people: what happened.
+    pub reason: String,
+    /// The kernel's OOM killer struck: the instance exceeded its memory limit.
+    pub oom: bool,
+    /// The most memory the instance used, in bytes, where measured.
+    pub memory_peak: Option<u64>,
 }
 
 struct Pending {
@@ -127,14 +141,14 @@ struct Shared {
     id: Arc<str>,
     pending: Mutex<HashMap<u32, Pending>>,
     function: Mutex<Option<(Arc<str>, u64)>>,
-    exit: watch::Sender<Option<String>>,
+    exit: watch::Sender<Option<ExitReport>>,
     kill: Notify,
     kill_reason: Mutex<Option<String>>,
     logs: LogSender,
 }
 
 impl Shared {
-    fn exit_reason(&self) -> Option<String> {
+    fn exit_report(&self) -> Option<ExitReport> {
         self.exit.borrow().clone()
     }
 }
@@ -146,25 +160,44 @@ pub struct Instance {
     control: tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>,
     next_id: AtomicU32,
     pid: u32,
+    task_root: PathBuf,
 }
 
 /// What [`Instance::start`] needs.
 pub struct InstanceConfig<'a> {
     pub id: String,
     pub runtime: &'a RuntimeInfo,
-    pub bootstrap: PathBuf,
+    pub sandboxer: &'a Sandboxer,
+    /// The host directory holding this runtime's bootstrap.
+    pub runtime_dir: PathBuf,
+    /// The host directory holding the function's code.
+    pub code_dir: PathBuf,
+    pub memory_mb: u32,
+    pub host_network: bool,
     pub logs: LogSender,
 }
 
 impl Instance {
-    /// Starts a generic runtime instance and waits for its HELLO.
+    /// Starts a runtime instance in a sandbox and waits for its HELLO.
     pub async fn start(
         cfg: InstanceConfig<'_>,
     ) -> Result<(Arc<Instance>, StartTimings), InstanceError> {
-        let spec = sandbox_spec(&cfg);
         let started = Instant::now();
-        let (sandbox, io) = Sandbox::spawn(&spec)?;
-        let sandbox_time = started.elapsed();
+        let (args, env) = command_line(&cfg);
+        let spec = InstanceSpec {
+            id: &cfg.id,
+            program: &cfg.runtime.path,
+            program_prefix: Some(&cfg.runtime.prefix),
+            args,
+            env,
+            runtime_dir: &cfg.runtime_dir,
+            code_dir: &cfg.code_dir,
+            memory_mb: cfg.memory_mb,
+            host_network: cfg.host_network,
+        };
+        let (sandbox, io) = cfg.sandboxer.spawn(&spec)?;
+        let mut sandbox_time = started.elapsed();
+        let task_root = cfg.sandboxer.guest_task_root(&cfg.code_dir);
         io.socket
             .set_nonblocking(true)
             .map_err(|e| InstanceError::Protocol(e.to_string()))?;
@@ -193,14 +226,26 @@ impl Instance {
             control: tokio::sync::Mutex::new(control_rx),
             next_id: AtomicU32::new(1),
             pid,
+            task_root,
         });
-        let frame = inst.next_control("start", START_TIMEOUT).await?;
-        if frame.kind != protocol::HELLO {
-            inst.kill("protocol error");
-            return Err(InstanceError::Protocol(format!(
-                "expected HELLO, got frame type {:#04x}",
-                frame.kind
-            )));
+        loop {
+            let frame = inst.next_control("start", START_TIMEOUT).await?;
+            match frame.kind {
+                protocol::HELLO => break,
+                protocol::SANDBOX_READY => sandbox_time = started.elapsed(),
+                protocol::SANDBOX_ERROR => {
+                    inst.kill("sandbox set-up failed");
+                    return Err(InstanceError::SandboxSetup(
+                        String::from_utf8_lossy(&frame.payload).into_owned(),
+                    ));
+                }
+                other => {
+                    inst.kill("protocol error");
+                    return Err(InstanceError::Protocol(format!(
+                        "expected HELLO, got frame type {other:#04x}"
+                    )));
+                }
+            }
         }
         let timings = StartTimings {
             sandbox: sandbox_time,
@@ -253,10 +298,14 @@ impl Instance {
         tokio::select! {
             f = rx.recv() => match f {
                 Some(f) => Ok(f),
-                None => Err(InstanceError::Exited { stage, reason: self.wait_exit_reason().await }),
+                None => Err(InstanceError::Exited { stage, reason: self.wait_exit().await.reason }),
             },
             _ = async { exit.wait_for(|e| e.is_some()).await.map(|_| ()) } => {
-                Err(InstanceError::Exited { stage, reason: self.shared.exit_reason().unwrap_or_default() })
+                // Frames sent just before the exit (a sandbox error) win.
+                if let Ok(f) = rx.try_recv() {
+                    return Ok(f);
+                }
+                Err(InstanceError::Exited { stage, reason: self.shared.exit_report().unwrap_or_default().reason })
             }
             _ = tokio::time::sleep(limit) => {
                 self.kill(&format!("did not {stage} in time"));
@@ -272,7 +321,7 @@ impl Instance {
             self.shared.kill.notify_one();
             return Err(InstanceError::Exited {
                 stage,
-                reason: self.wait_exit_reason().await,
+                reason: self.wait_exit().await.reason,
             });
         }
         Ok(())
@@ -299,22 +348,22 @@ impl Instance {
             shared: &self.shared,
             id,
         };
-        // The exit watcher sets the reason before it drains `pending`, so
+        // The exit watcher records the exit before it drains `pending`, so
         // checking after inserting cannot miss an exit.
-        if let Some(reason) = self.shared.exit_reason() {
-            return InvokeOutcome::Exited(reason);
+        if let Some(report) = self.shared.exit_report() {
+            return InvokeOutcome::Exited(report);
         }
         let deadline_ms = deadline
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let frame = protocol::encode_invoke(id, deadline_ms, request_id, event);
-        if let Err(InstanceError::Exited { reason, .. }) = self.send(&frame, "invoke").await {
-            return InvokeOutcome::Exited(reason);
+        if self.send(&frame, "invoke").await.is_err() {
+            return InvokeOutcome::Exited(self.wait_exit().await);
         }
         let out = match rx.await {
             Ok(outcome) => outcome,
-            Err(_) => InvokeOutcome::Exited(self.wait_exit_reason().await),
+            Err(_) => InvokeOutcome::Exited(self.wait_exit().await),
         };
         std::mem::forget(guard);
         out
@@ -331,19 +380,27 @@ impl Instance {
         self.shared.kill.notify_one();
     }
 
-    /// Why the instance exited, once it has.
-    pub fn exit_reason(&self) -> Option<String> {
-        self.shared.exit_reason()
+    /// How the instance exited, once it has.
+    pub fn exit_report(&self) -> Option<ExitReport> {
+        self.shared.exit_report()
     }
 
-    /// Waits until the instance has exited and returns why.
-    pub async fn wait_exit_reason(&self) -> String {
+    /// Waits until the instance has exited and returns how.
+    pub async fn wait_exit(&self) -> ExitReport {
         let mut rx = self.shared.exit.subscribe();
         let r = rx.wait_for(|e| e.is_some()).await.map(|v| v.clone());
         match r {
             Ok(v) => v.unwrap_or_default(),
-            Err(_) => "exited".into(),
+            Err(_) => ExitReport {
+                reason: "exited".into(),
+                ..Default::default()
+            },
         }
+    }
+
+    /// Where the function's code is, as the instance sees it.
+    pub fn task_root(&self) -> &std::path::Path {
+        &self.task_root
     }
 
     pub fn id(&self) -> &str {
@@ -373,17 +430,21 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-fn sandbox_spec(cfg: &InstanceConfig<'_>) -> SandboxSpec {
+/// The runtime's arguments and complete environment.
+fn command_line(cfg: &InstanceConfig<'_>) -> (Vec<OsString>, Vec<(OsString, OsString)>) {
     let mut args: Vec<OsString> = Vec::new();
-    match cfg.runtime.runtime {
-        lampyr_api::Runtime::Nodejs => {}
-        lampyr_api::Runtime::Python => {
-            // No user site-packages, no .pyc writes into the read-only code.
-            args.push("-s".into());
-            args.push("-B".into());
-        }
+    if cfg.runtime.runtime == lampyr_api::Runtime::Python {
+        // No user site-packages, no .pyc writes into the read-only code.
+        args.push("-s".into());
+        args.push("-B".into());
     }
-    args.push(cfg.bootstrap.clone().into());
+    let (file, _) = crate::bootstrap::source(cfg.runtime.runtime);
+    args.push(
+        cfg.sandboxer
+            .guest_runtime_dir(&cfg.runtime_dir)
+            .join(file)
+            .into(),
+    );
     let env: Vec<(OsString, OsString)> = vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("LANG".into(), "C.UTF-8".into()),
@@ -398,12 +459,7 @@ fn sandbox_spec(cfg: &InstanceConfig<'_>) -> SandboxSpec {
         ("PYTHONUNBUFFERED".into(), "1".into()),
         ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
     ];
-    SandboxSpec {
-        program: cfg.runtime.path.clone(),
-        args,
-        env,
-        cwd: "/".into(),
-    }
+    (args, env)
 }
 
 async fn read_frames(
@@ -466,25 +522,31 @@ async fn read_frames(
 }
 
 async fn watch_exit(shared: Arc<Shared>, mut sandbox: Sandbox) {
-    let status = tokio::select! {
+    let info = tokio::select! {
         s = sandbox.wait() => s,
         _ = shared.kill.notified() => {
             sandbox.kill();
             sandbox.wait().await
         }
     };
-    let described = match &status {
-        Ok(s) => describe_exit(s),
-        Err(e) => format!("lost track of the process ({e})"),
+    let described = info.describe();
+    let reason = if info.oom_killed {
+        format!("the instance ran out of memory and was killed by the kernel ({described})")
+    } else {
+        match shared.kill_reason.lock().clone() {
+            Some(r) => r,
+            None => format!("the runtime process exited unexpectedly ({described})"),
+        }
     };
-    let reason = match shared.kill_reason.lock().clone() {
-        Some(r) => r,
-        None => format!("the runtime process exited unexpectedly ({described})"),
+    let report = ExitReport {
+        reason,
+        oom: info.oom_killed,
+        memory_peak: info.memory_peak,
     };
-    shared.exit.send_replace(Some(reason.clone()));
+    shared.exit.send_replace(Some(report.clone()));
     let drained: Vec<Pending> = shared.pending.lock().drain().map(|(_, p)| p).collect();
     for p in drained {
-        let _ = p.reply.send(InvokeOutcome::Exited(reason.clone()));
+        let _ = p.reply.send(InvokeOutcome::Exited(report.clone()));
     }
 }
 

@@ -17,6 +17,6 @@ pub mod protocol;
 
 pub use discover::{RuntimeInfo, Runtimes};
 pub use instance::{
-    Instance, InstanceConfig, InstanceError, InvokeOutcome, LoadRequest, LogLine, LogSender,
-    StartTimings, Stream,
+    ExitReport, Instance, InstanceConfig, InstanceError, InvokeOutcome, LoadRequest, LogLine,
+    LogSender, StartTimings, Stream,
 };

@@ -7,6 +7,10 @@ pub const HELLO: u8 = 0x01;
 pub const LOAD: u8 = 0x02;
 pub const LOADED: u8 = 0x03;
 pub const LOAD_ERROR: u8 = 0x04;
+/// Sent by the sandbox's init process: the jail could not be built (payload: why).
+pub const SANDBOX_ERROR: u8 = lampyr_sandbox::FRAME_SANDBOX_ERROR;
+/// Sent by the sandbox's init process just before it starts the runtime.
+pub const SANDBOX_READY: u8 = lampyr_sandbox::FRAME_SANDBOX_READY;
 pub const INVOKE: u8 = 0x10;
 pub const RESULT: u8 = 0x11;
 pub const ERROR: u8 = 0x12;

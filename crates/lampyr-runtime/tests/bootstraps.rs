@@ -6,7 +6,9 @@ use std::process::Command;
 #[test]
 fn bootstraps_speak_the_instance_protocol() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let python = lampyr_runtime::Runtimes::discover().python.expect("python is installed");
+    let python = lampyr_runtime::Runtimes::discover()
+        .python
+        .expect("python is installed");
     let out = Command::new(&python.path)
         .arg(format!("{root}/runtimes/test_bootstraps.py"))
         .current_dir(root)
@@ -14,7 +16,13 @@ fn bootstraps_speak_the_instance_protocol() {
         .expect("run the bootstrap test driver");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bootstrap tests failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "bootstrap tests failed:\n{stdout}\n{stderr}"
+    );
     let last = stdout.lines().last().unwrap_or("");
-    assert!(last.ends_with("0 failed") && !last.starts_with("0 passed"), "{last}");
+    assert!(
+        last.ends_with("0 failed") && !last.starts_with("0 passed"),
+        "{last}"
+    );
 }

@@ -23,8 +23,14 @@ use std::time::Duration;
 /// Which hierarchy, and the parent directories this server owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cgroups {
-    V1 { memory: PathBuf, cpu: PathBuf, pids: PathBuf },
-    V2 { parent: PathBuf },
+    V1 {
+        memory: PathBuf,
+        cpu: PathBuf,
+        pids: PathBuf,
+    },
+    V2 {
+        parent: PathBuf,
+    },
 }
 
 /// What an instance's cgroup enforces.
@@ -65,7 +71,11 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 fn own_path(proc_cgroup: &str, controller: Option<&str>) -> String {
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        let (_, ctrls, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("/"),
+        );
         let matches = match controller {
             None => ctrls.is_empty(),
             Some(c) => ctrls.split(',').any(|x| x == c),
@@ -83,10 +93,13 @@ impl Cgroups {
     pub fn setup(root: &Path, proc_self_cgroup: &str, tag: &str) -> Result<Cgroups, CgroupError> {
         let name = format!("lampyr-{tag}");
         if root.join("cgroup.controllers").exists() {
-            let available = std::fs::read_to_string(root.join("cgroup.controllers")).map_err(io(root))?;
+            let available =
+                std::fs::read_to_string(root.join("cgroup.controllers")).map_err(io(root))?;
             for c in ["memory", "cpu", "pids"] {
                 if !available.split_whitespace().any(|x| x == c) {
-                    return Err(CgroupError::Unavailable(format!("the cgroup v2 controller '{c}' is not available")));
+                    return Err(CgroupError::Unavailable(format!(
+                        "the cgroup v2 controller '{c}' is not available"
+                    )));
                 }
             }
             let own = root.join(own_path(proc_self_cgroup, None).trim_start_matches('/'));
@@ -100,7 +113,10 @@ impl Cgroups {
         for c in ["memory", "cpu", "pids"] {
             let hier = root.join(c);
             if !hier.join("cgroup.procs").exists() {
-                return Err(CgroupError::Unavailable(format!("the cgroup v1 '{c}' hierarchy is not mounted at {}", hier.display())));
+                return Err(CgroupError::Unavailable(format!(
+                    "the cgroup v1 '{c}' hierarchy is not mounted at {}",
+                    hier.display()
+                )));
             }
             let own = own_path(proc_self_cgroup, Some(c));
             let parent = hier.join(own.trim_start_matches('/')).join(&name);
@@ -170,10 +186,20 @@ impl Cgroups {
                 write(&d.join("cpu.weight"), &weight.to_string())?;
                 write(&d.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                 write(&d.join("pids.max"), &limits.pids_max.to_string())?;
-                InstanceCgroup { dirs: vec![d], v2: true }
+                InstanceCgroup {
+                    dirs: vec![d],
+                    v2: true,
+                }
             }
         };
         Ok(cg)
+    }
+
+    /// Removes the parent directories (they must be empty by now).
+    pub fn remove_parents(&self) {
+        for p in self.parents() {
+            let _ = std::fs::remove_dir(p);
+        }
     }
 
     /// Removes instance cgroups a previous run of this server left behind,
@@ -192,7 +218,12 @@ impl Cgroups {
         let n = ids.len();
         for id in ids {
             let cg = InstanceCgroup {
-                dirs: self.parents().iter().map(|p| p.join(&id)).filter(|d| d.exists()).collect(),
+                dirs: self
+                    .parents()
+                    .iter()
+                    .map(|p| p.join(&id))
+                    .filter(|d| d.exists())
+                    .collect(),
                 v2: matches!(self, Cgroups::V2 { .. }),
             };
             cg.kill_all();
@@ -232,7 +263,9 @@ pub struct InstanceCgroup {
 fn counter(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let mut it = l.split_whitespace();
-        (it.next() == Some(key)).then(|| it.next()?.parse().ok()).flatten()
+        (it.next() == Some(key))
+            .then(|| it.next()?.parse().ok())
+            .flatten()
     })
 }
 
@@ -248,7 +281,11 @@ impl InstanceCgroup {
 
     /// How many times the kernel's OOM killer struck in this cgroup.
     pub fn oom_kills(&self) -> u64 {
-        let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
         std::fs::read_to_string(self.memory_dir().join(file))
             .ok()
             .and_then(|t| counter(&t, "oom_kill"))
@@ -257,14 +294,30 @@ impl InstanceCgroup {
 
     /// The most memory the instance used, in bytes, where the kernel says.
     pub fn memory_peak(&self) -> Option<u64> {
-        let file = if self.v2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
-        std::fs::read_to_string(self.memory_dir().join(file)).ok()?.trim().parse().ok()
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.memory_dir().join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Current memory use, in bytes.
     pub fn memory_current(&self) -> Option<u64> {
-        let file = if self.v2 { "memory.current" } else { "memory.usage_in_bytes" };
-        std::fs::read_to_string(self.memory_dir().join(file)).ok()?.trim().parse().ok()
+        let file = if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        std::fs::read_to_string(self.memory_dir().join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn pids(&self) -> Vec<i32> {
@@ -294,7 +347,10 @@ impl InstanceCgroup {
                 return;
             }
             for pid in pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -357,33 +413,86 @@ mod tests {
     fn v1_limits_are_written_where_the_kernel_reads_them() {
         let d = tempfile::tempdir().unwrap();
         fake_v1(d.path());
-        let cgs = Cgroups::setup(d.path(), "4:memory:/srv\n2:cpu:/srv\n9:pids:/srv\n", "t").unwrap();
+        let cgs =
+            Cgroups::setup(d.path(), "4:memory:/srv\n2:cpu:/srv\n9:pids:/srv\n", "t").unwrap();
         assert_eq!(cgs.version(), "cgroup v1");
-        let cg = cgs.create("fn-1", CgroupLimits { memory_mb: 128, pids_max: 64 }).unwrap();
+        let cg = cgs
+            .create(
+                "fn-1",
+                CgroupLimits {
+                    memory_mb: 128,
+                    pids_max: 64,
+                },
+            )
+            .unwrap();
         let mem = d.path().join("memory/srv/lampyr-t/fn-1");
-        assert_eq!(std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(), (128u64 << 20).to_string());
+        assert_eq!(
+            std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
+            (128u64 << 20).to_string()
+        );
         let cpu = d.path().join("cpu/srv/lampyr-t/fn-1");
-        assert_eq!(std::fs::read_to_string(cpu.join("cpu.shares")).unwrap(), "128");
-        assert_eq!(std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(), "100000");
-        assert_eq!(std::fs::read_to_string(d.path().join("pids/srv/lampyr-t/fn-1/pids.max")).unwrap(), "64");
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("cpu.shares")).unwrap(),
+            "128"
+        );
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
+            "100000"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("pids/srv/lampyr-t/fn-1/pids.max")).unwrap(),
+            "64"
+        );
         assert_eq!(cg.procs_files().len(), 3);
-        std::fs::write(mem.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
         assert_eq!(cg.oom_kills(), 2);
     }
 
     #[test]
     fn v2_limits_and_controllers() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
+        std::fs::write(
+            d.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
         let cgs = Cgroups::setup(d.path(), "0::/\n", "t").unwrap();
         let parent = d.path().join("lampyr-t");
-        assert_eq!(std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap(), "+memory +cpu +pids");
-        let big = cgs.create("fn-2", CgroupLimits { memory_mb: 4096, pids_max: 10 }).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids"
+        );
+        let big = cgs
+            .create(
+                "fn-2",
+                CgroupLimits {
+                    memory_mb: 4096,
+                    pids_max: 10,
+                },
+            )
+            .unwrap();
         let dir = parent.join("fn-2");
-        assert_eq!(std::fs::read_to_string(dir.join("memory.swap.max")).unwrap(), "0");
-        assert_eq!(std::fs::read_to_string(dir.join("cpu.weight")).unwrap(), "400");
-        assert_eq!(std::fs::read_to_string(dir.join("cpu.max")).unwrap(), "200000 100000");
-        std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.swap.max")).unwrap(),
+            "0"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.weight")).unwrap(),
+            "400"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "200000 100000"
+        );
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
         assert_eq!(big.oom_kills(), 1);
     }
 
@@ -403,7 +512,15 @@ mod tests {
         std::fs::create_dir_all(&own).unwrap();
         std::fs::write(own.join("cgroup.procs"), "42\n").unwrap();
         let cgs = Cgroups::setup(d.path(), "0::/svc\n", "t").unwrap();
-        assert_eq!(cgs, Cgroups::V2 { parent: own.join("lampyr-t") });
-        assert_eq!(std::fs::read_to_string(own.join("supervisor/cgroup.procs")).unwrap(), "42");
+        assert_eq!(
+            cgs,
+            Cgroups::V2 {
+                parent: own.join("lampyr-t")
+            }
+        );
+        assert_eq!(
+            std::fs::read_to_string(own.join("supervisor/cgroup.procs")).unwrap(),
+            "42"
+        );
     }
 }

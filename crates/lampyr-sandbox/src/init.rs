@@ -7,10 +7,12 @@
 //! 2. protects itself from the OOM killer (the runtime is the one to kill);
 //! 3. `unshare`s the mount, PID, IPC, UTS, cgroup and (unless the function
 //!    uses the host's) network namespaces;
-//! 4. forks: the child is PID 1 of the new PID namespace, builds the jail
-//!    ([`crate::jail::enter`]) and `exec`s the runtime; this process stays
-//!    outside, waits for it, and exits the same way, so the host sees the
-//!    runtime's own exit status. When PID 1 dies, the kernel kills every
+//! 4. forks: the child is PID 1 of the new PID namespace. It builds the
+//!    jail ([`crate::jail::enter`]), forks the runtime (PID 2, so signals
+//!    and orphans behave as on any Linux host), reaps orphans, and exits
+//!    when the runtime does, passing on its wait status. This process stays
+//!    outside, waits, and exits the same way as the runtime, so the host
+//!    reads the runtime's own end. When PID 1 goes, the kernel kills every
 //!    other process of the namespace.
 //!
 //! Failures before `exec` reach the host as a SANDBOX_ERROR frame.
@@ -18,10 +20,10 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 
+use nix::fcntl::OFlag;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, signal, SigHandler, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, getpid, ForkResult};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
 
 use crate::jail::{self, JailSpec};
 use crate::sys::{send_frame, LinuxSys, FRAME_SANDBOX_ERROR};
@@ -39,9 +41,15 @@ fn fail(msg: &str, code: i32) -> ! {
 
 /// Runs the sandbox init; never returns.
 pub fn main() -> ! {
-    let spec: JailSpec = match std::env::var(SPEC_ENV).map_err(|e| e.to_string()).and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string())) {
+    let spec: JailSpec = match std::env::var(SPEC_ENV)
+        .map_err(|e| e.to_string())
+        .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
+    {
         Ok(s) => s,
-        Err(e) => fail(&format!("no valid sandbox specification in {SPEC_ENV}: {e}"), 125),
+        Err(e) => fail(
+            &format!("no valid sandbox specification in {SPEC_ENV}: {e}"),
+            125,
+        ),
     };
     for procs in &spec.cgroup_procs {
         if let Err(e) = std::fs::write(procs, "0") {
@@ -60,37 +68,86 @@ pub fn main() -> ! {
     if let Err(e) = unshare(flags) {
         fail(&format!("creating namespaces: {e}"), 125);
     }
+    // PID 1 reports the runtime's raw wait status through this pipe.
+    let (status_r, status_w) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => fail(&format!("pipe: {e}"), 125),
+    };
     // SAFETY: this process is single-threaded (it was just exec'd and has
     // started no threads), so the child may do anything after fork.
     match unsafe { fork() } {
         Err(e) => fail(&format!("fork: {e}"), 125),
-        Ok(ForkResult::Child) => run_jailed(&spec),
+        Ok(ForkResult::Child) => {
+            drop(status_r);
+            pid1(&spec, status_w)
+        }
         Ok(ForkResult::Parent { child }) => {
+            drop(status_w);
             // The socket belongs to the runtime; the host sees EOF when it goes.
             let _ = nix::unistd::close(crate::PROTOCOL_FD);
-            loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => {
-                        // Die the same way, so the host reads the real reason.
-                        // SAFETY: resetting a signal to its default action.
-                        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
-                        let _ = kill(getpid(), sig);
-                        std::process::exit(128 + sig as i32)
-                    }
-                    Ok(_) => continue,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => std::process::exit(125),
-                }
-            }
+            let pid1_status = wait_for(child);
+            let mut raw = [0u8; 4];
+            let reported = nix::unistd::read(&status_r, &mut raw).ok() == Some(4);
+            let status = if reported {
+                i32::from_ne_bytes(raw)
+            } else {
+                pid1_status
+            };
+            exit_like(status)
         }
     }
 }
 
-fn run_jailed(spec: &JailSpec) -> ! {
+/// Waits for `pid` and returns its raw wait status.
+fn wait_for(pid: Pid) -> i32 {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes the status of our own child into `status`.
+        let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) };
+        if r == pid.as_raw() {
+            return status;
+        }
+        if r < 0 && nix::errno::Errno::last() != nix::errno::Errno::EINTR {
+            return 125 << 8;
+        }
+    }
+}
+
+/// Ends this process the way a raw wait status says: same exit code, or
+/// killed by the same signal, so the host reads the runtime's real end.
+fn exit_like(status: i32) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        if let Ok(sig) = Signal::try_from(sig) {
+            // SAFETY: resetting a signal to its default action.
+            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+            let _ = kill(getpid(), sig);
+        }
+        std::process::exit(128 + sig)
+    }
+    std::process::exit(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        125
+    })
+}
+
+/// PID 1 of the new PID namespace: builds the jail, starts the runtime as
+/// its child, reaps every orphan, and ends when the runtime ends.
+fn pid1(spec: &JailSpec, status_w: std::os::fd::OwnedFd) -> ! {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, Signal::SIGKILL as libc::c_ulong, 0, 0, 0) };
-    let cstr = |b: &[u8]| CString::new(b).unwrap_or_else(|_| fail("a NUL byte in the runtime's command line", 125));
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            Signal::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    let cstr = |b: &[u8]| {
+        CString::new(b).unwrap_or_else(|_| fail("a NUL byte in the runtime's command line", 125))
+    };
     let program = cstr(spec.program.as_os_str().as_bytes());
     let mut argv = vec![program.clone()];
     argv.extend(spec.args.iter().map(|a| cstr(a.as_bytes())));
@@ -107,6 +164,38 @@ fn run_jailed(spec: &JailSpec) -> ! {
     if let Err(e) = jail::enter(&mut LinuxSys, spec) {
         fail(&e.to_string(), 125);
     }
-    let e = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
-    fail(&format!("exec {}: {e}", spec.program.display()), 126)
+    // SAFETY: single-threaded, as above.
+    let runtime = match unsafe { fork() } {
+        Err(e) => fail(&format!("fork: {e}"), 125),
+        Ok(ForkResult::Child) => {
+            let e = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
+            fail(&format!("exec {}: {e}", spec.program.display()), 126)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    // PID 1 holds no copy of the protocol socket or the log pipes, so the
+    // host sees them close when the runtime's processes are gone.
+    let _ = nix::unistd::close(crate::PROTOCOL_FD);
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in [0, 1, 2] {
+            // SAFETY: dup2 onto the standard descriptors of this process.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+        }
+    }
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid(-1) reaps any child of this process into `status`.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == runtime.as_raw() {
+            let _ = nix::unistd::write(&status_w, &status.to_ne_bytes());
+            std::process::exit(0);
+        }
+        if r < 0 && nix::errno::Errno::last() == nix::errno::Errno::ECHILD {
+            std::process::exit(125);
+        }
+    }
 }

@@ -69,7 +69,11 @@ pub enum MountKind {
     SlaveRecursive,
     /// Mount point private to this namespace.
     Private,
-    Tmpfs { size_kb: u64, mode: u32, noexec: bool },
+    Tmpfs {
+        size_kb: u64,
+        mode: u32,
+        noexec: bool,
+    },
     Proc,
     BindRecursive,
     /// Remount a bind read-only, nosuid, nodev.
@@ -127,7 +131,15 @@ pub fn enter(sys: &mut dyn Sys, spec: &JailSpec) -> JailResult {
     let root = spec.root_dir.as_path();
     sys.mount(None, Path::new("/"), MountKind::SlaveRecursive)?;
 
-    sys.mount(None, root, MountKind::Tmpfs { size_kb: 1024, mode: 0o755, noexec: false })?;
+    sys.mount(
+        None,
+        root,
+        MountKind::Tmpfs {
+            size_kb: 1024,
+            mode: 0o755,
+            noexec: false,
+        },
+    )?;
     sys.mount(None, root, MountKind::Private)?;
 
     for b in &spec.binds {
@@ -157,19 +169,44 @@ pub fn enter(sys: &mut dyn Sys, spec: &JailSpec) -> JailResult {
 
     let dev = inside(root, Path::new("/dev"));
     sys.mkdir_all(&dev)?;
-    sys.mount(None, &dev, MountKind::Tmpfs { size_kb: 64, mode: 0o755, noexec: true })?;
+    sys.mount(
+        None,
+        &dev,
+        MountKind::Tmpfs {
+            size_kb: 64,
+            mode: 0o755,
+            noexec: true,
+        },
+    )?;
     for d in DEVICES {
         let node = dev.join(d);
         sys.create_file(&node)?;
-        sys.mount(Some(&Path::new("/dev").join(d)), &node, MountKind::BindRecursive)?;
+        sys.mount(
+            Some(&Path::new("/dev").join(d)),
+            &node,
+            MountKind::BindRecursive,
+        )?;
     }
-    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         sys.symlink(Path::new(target), &dev.join(name))?;
     }
 
     let tmp = inside(root, Path::new("/tmp"));
     sys.mkdir_all(&tmp)?;
-    sys.mount(None, &tmp, MountKind::Tmpfs { size_kb: u64::from(spec.tmp_mb) * 1024, mode: 0o1777, noexec: false })?;
+    sys.mount(
+        None,
+        &tmp,
+        MountKind::Tmpfs {
+            size_kb: u64::from(spec.tmp_mb) * 1024,
+            mode: 0o1777,
+            noexec: false,
+        },
+    )?;
 
     let proc_dir = inside(root, Path::new("/proc"));
     sys.mkdir_all(&proc_dir)?;
@@ -213,18 +250,32 @@ pub(crate) mod tests {
         fn rec(&mut self, call: String, step: &'static str) -> JailResult {
             self.calls.push(call);
             if self.fail_at == Some(step) {
-                return Err(JailError { step, path: None, source: std::io::Error::from_raw_os_error(libc::EPERM) });
+                return Err(JailError {
+                    step,
+                    path: None,
+                    source: std::io::Error::from_raw_os_error(libc::EPERM),
+                });
             }
             Ok(())
         }
         pub fn position(&self, prefix: &str) -> usize {
-            self.calls.iter().position(|c| c.starts_with(prefix)).unwrap_or_else(|| panic!("no call {prefix:?} in {:#?}", self.calls))
+            self.calls
+                .iter()
+                .position(|c| c.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no call {prefix:?} in {:#?}", self.calls))
         }
     }
 
     impl Sys for Recorder {
         fn mount(&mut self, src: Option<&Path>, target: &Path, kind: MountKind) -> JailResult {
-            self.rec(format!("mount {kind:?} {} -> {}", src.map(|s| s.display().to_string()).unwrap_or_default(), target.display()), "mount")
+            self.rec(
+                format!(
+                    "mount {kind:?} {} -> {}",
+                    src.map(|s| s.display().to_string()).unwrap_or_default(),
+                    target.display()
+                ),
+                "mount",
+            )
         }
         fn mkdir_all(&mut self, path: &Path) -> JailResult {
             self.rec(format!("mkdir {}", path.display()), "mkdir")
@@ -236,7 +287,10 @@ pub(crate) mod tests {
             self.rec(format!("write {}", path.display()), "write")
         }
         fn symlink(&mut self, target: &Path, link: &Path) -> JailResult {
-            self.rec(format!("symlink {} -> {}", link.display(), target.display()), "symlink")
+            self.rec(
+                format!("symlink {} -> {}", link.display(), target.display()),
+                "symlink",
+            )
         }
         fn pivot_root(&mut self, new_root: &Path) -> JailResult {
             self.rec(format!("pivot_root {}", new_root.display()), "pivot_root")
@@ -280,9 +334,21 @@ pub(crate) mod tests {
         JailSpec {
             root_dir: "/data/sandbox/root".into(),
             binds: vec![
-                Bind { src: "/usr".into(), dst: "/usr".into(), is_dir: true },
-                Bind { src: "/data/code/abc".into(), dst: "/var/task".into(), is_dir: true },
-                Bind { src: "/etc/ld.so.cache".into(), dst: "/etc/ld.so.cache".into(), is_dir: false },
+                Bind {
+                    src: "/usr".into(),
+                    dst: "/usr".into(),
+                    is_dir: true,
+                },
+                Bind {
+                    src: "/data/code/abc".into(),
+                    dst: "/var/task".into(),
+                    is_dir: true,
+                },
+                Bind {
+                    src: "/etc/ld.so.cache".into(),
+                    dst: "/etc/ld.so.cache".into(),
+                    is_dir: false,
+                },
             ],
             symlinks: vec![("/bin".into(), "usr/bin".into())],
             files: vec![("/etc/passwd".into(), "root:x:0:0::/:/bin/false\n".into())],
@@ -309,10 +375,17 @@ pub(crate) mod tests {
         assert_eq!(r.position("mount"), r.position("mount SlaveRecursive"));
         // The code is mounted read-only, inside the new root.
         let bind = r.position("mount BindRecursive /data/code/abc -> /data/sandbox/root/var/task");
-        assert_eq!(r.calls[bind + 1], "mount RemountReadOnly  -> /data/sandbox/root/var/task");
+        assert_eq!(
+            r.calls[bind + 1],
+            "mount RemountReadOnly  -> /data/sandbox/root/var/task"
+        );
         // /proc is mounted before the pivot, the root goes read-only after it.
         assert!(r.position("mount Proc") < r.position("pivot_root"));
-        let root_ro = r.calls.iter().position(|c| c == "mount RemountReadOnly  -> /").expect("root remounted read-only");
+        let root_ro = r
+            .calls
+            .iter()
+            .position(|c| c == "mount RemountReadOnly  -> /")
+            .expect("root remounted read-only");
         assert!(r.position("pivot_root") < root_ro);
         // Privileges go after everything that needs them, seccomp last.
         let caps = r.position("capbset drop");
@@ -325,7 +398,11 @@ pub(crate) mod tests {
         assert!(sec < r.position("ready"));
         assert_eq!(r.calls.last().unwrap(), "chdir /var/task");
         // Only the five devices.
-        let devs: Vec<_> = r.calls.iter().filter(|c| c.starts_with("mount BindRecursive /dev/")).collect();
+        let devs: Vec<_> = r
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("mount BindRecursive /dev/"))
+            .collect();
         assert_eq!(devs.len(), DEVICES.len());
     }
 
@@ -341,9 +418,15 @@ pub(crate) mod tests {
 
     #[test]
     fn a_failing_step_stops_the_sequence() {
-        let mut r = Recorder { fail_at: Some("pivot_root"), ..Default::default() };
+        let mut r = Recorder {
+            fail_at: Some("pivot_root"),
+            ..Default::default()
+        };
         let e = enter(&mut r, &spec()).unwrap_err();
         assert_eq!(e.step, "pivot_root");
-        assert!(!r.calls.iter().any(|c| c.starts_with("setids")), "privileges are not touched after a failure");
+        assert!(
+            !r.calls.iter().any(|c| c.starts_with("setids")),
+            "privileges are not touched after a failure"
+        );
     }
 }

@@ -87,7 +87,9 @@ impl std::str::FromStr for IsolationMode {
             "auto" => Ok(Self::Auto),
             "strict" => Ok(Self::Strict),
             "off" | "none" => Ok(Self::Off),
-            other => Err(format!("unknown isolation mode '{other}': use auto, strict or off")),
+            other => Err(format!(
+                "unknown isolation mode '{other}': use auto, strict or off"
+            )),
         }
     }
 }
@@ -137,6 +139,7 @@ pub struct Feature {
     pub detail: String,
 }
 
+#[derive(Debug)]
 struct JailSupport {
     root_dir: PathBuf,
     cgroups: Option<Cgroups>,
@@ -146,6 +149,7 @@ struct JailSupport {
 }
 
 /// Starts instances with as much isolation as the host allows.
+#[derive(Debug)]
 pub struct Sandboxer {
     cfg: SandboxConfig,
     jail: Option<JailSupport>,
@@ -173,7 +177,9 @@ pub struct InstanceSpec<'a> {
 
 fn namespaces_work() -> Result<(), String> {
     let mut cmd = std::process::Command::new("/bin/true");
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs between fork and exec and only makes the
     // unshare system call, which is async-signal-safe.
@@ -199,13 +205,18 @@ fn namespaces_work() -> Result<(), String> {
 }
 
 fn seccomp_supported() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
         && seccomp::compile().is_ok()
 }
 
 /// The parts of the host's root every runtime needs, read-only.
 fn base_layout() -> (Vec<Bind>, Vec<(PathBuf, PathBuf)>) {
-    let mut binds = vec![Bind { src: "/usr".into(), dst: "/usr".into(), is_dir: true }];
+    let mut binds = vec![Bind {
+        src: "/usr".into(),
+        dst: "/usr".into(),
+        is_dir: true,
+    }];
     let mut links = Vec::new();
     for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
         let p = Path::new(top);
@@ -215,7 +226,11 @@ fn base_layout() -> (Vec<Bind>, Vec<(PathBuf, PathBuf)>) {
                     links.push((p.to_path_buf(), target));
                 }
             }
-            Ok(m) if m.is_dir() => binds.push(Bind { src: p.into(), dst: p.into(), is_dir: true }),
+            Ok(m) if m.is_dir() => binds.push(Bind {
+                src: p.into(),
+                dst: p.into(),
+                is_dir: true,
+            }),
             _ => {}
         }
     }
@@ -231,7 +246,11 @@ fn base_layout() -> (Vec<Bind>, Vec<(PathBuf, PathBuf)>) {
         let p = Path::new(path);
         let ok = if is_dir { p.is_dir() } else { p.is_file() };
         if ok {
-            binds.push(Bind { src: p.into(), dst: p.into(), is_dir });
+            binds.push(Bind {
+                src: p.into(),
+                dst: p.into(),
+                is_dir,
+            });
         }
     }
     (binds, links)
@@ -242,20 +261,45 @@ impl Sandboxer {
     /// removes any left behind by a previous run.
     pub fn new(cfg: SandboxConfig) -> Result<Sandboxer, SandboxError> {
         let mut features = vec![
-            Feature { name: "process-group", enabled: true, detail: "each instance runs in its own session; killing it kills its children".into() },
-            Feature { name: "die-with-server", enabled: true, detail: "instances receive SIGKILL when the server exits (PR_SET_PDEATHSIG)".into() },
-            Feature { name: "clean-environment", enabled: true, detail: "instances see only the variables lampyr and the manifest set".into() },
+            Feature {
+                name: "process-group",
+                enabled: true,
+                detail: "each instance runs in its own session; killing it kills its children"
+                    .into(),
+            },
+            Feature {
+                name: "die-with-server",
+                enabled: true,
+                detail: "instances receive SIGKILL when the server exits (PR_SET_PDEATHSIG)".into(),
+            },
+            Feature {
+                name: "clean-environment",
+                enabled: true,
+                detail: "instances see only the variables lampyr and the manifest set".into(),
+            },
         ];
         if cfg.mode == IsolationMode::Off {
-            features.push(Feature { name: "namespaces", enabled: false, detail: "turned off (--isolation off)".into() });
-            return Ok(Sandboxer { cfg, jail: None, features });
+            features.push(Feature {
+                name: "namespaces",
+                enabled: false,
+                detail: "turned off (--isolation off)".into(),
+            });
+            return Ok(Sandboxer {
+                cfg,
+                jail: None,
+                features,
+            });
         }
         let mut missing = Vec::new();
         let root = nix::unistd::geteuid().is_root();
         if !root {
             missing.push("lampyr is not running as root".to_string());
         }
-        let ns = if root { namespaces_work() } else { Err("needs root".into()) };
+        let ns = if root {
+            namespaces_work()
+        } else {
+            Err("needs root".into())
+        };
         if let Err(e) = &ns {
             missing.push(format!("namespaces: {e}"));
         }
@@ -277,9 +321,18 @@ impl Sandboxer {
         }
         let jail = if ns.is_ok() {
             let root_dir = cfg.state_dir.join("root");
-            std::fs::create_dir_all(&root_dir).map_err(|source| SandboxError::State { path: root_dir.display().to_string(), source })?;
+            std::fs::create_dir_all(&root_dir).map_err(|source| SandboxError::State {
+                path: root_dir.display().to_string(),
+                source,
+            })?;
             let (base_binds, base_symlinks) = base_layout();
-            Some(JailSupport { root_dir, cgroups: cgroups.as_ref().ok().cloned(), seccomp, base_binds, base_symlinks })
+            Some(JailSupport {
+                root_dir,
+                cgroups: cgroups.as_ref().ok().cloned(),
+                seccomp,
+                base_binds,
+                base_symlinks,
+            })
         } else {
             None
         };
@@ -305,32 +358,74 @@ impl Sandboxer {
         features.push(Feature {
             name: "privileges",
             enabled: on,
-            detail: if on { format!("uid {} gid {}, no capabilities, no_new_privs", cfg.uid, cfg.gid) } else { "instances run as lampyr's own user".into() },
+            detail: if on {
+                format!(
+                    "uid {} gid {}, no capabilities, no_new_privs",
+                    cfg.uid, cfg.gid
+                )
+            } else {
+                "instances run as lampyr's own user".into()
+            },
         });
         features.push(Feature {
             name: "seccomp",
             enabled: on && seccomp,
-            detail: if seccomp { format!("{} system calls refused (mount, ptrace, bpf, unshare, …)", seccomp::denied_syscalls().len()) } else { "unavailable".into() },
+            detail: if seccomp {
+                format!(
+                    "{} system calls refused (mount, ptrace, bpf, unshare, …)",
+                    seccomp::denied_syscalls().len()
+                )
+            } else {
+                "unavailable".into()
+            },
         });
         let cg_on = on && cgroups.is_ok();
         features.push(Feature {
             name: "cgroups",
             enabled: cg_on,
             detail: match &cgroups {
-                Ok(c) => format!("{}: memory = memory_mb (no swap), cpu proportional to memory, pids <= {}", c.version(), cfg.pids_max),
+                Ok(c) => format!(
+                    "{}: memory = memory_mb (no swap), cpu proportional to memory, pids <= {}",
+                    c.version(),
+                    cfg.pids_max
+                ),
                 Err(e) => format!("unavailable ({e}): no memory, cpu or pids limits"),
             },
         });
-        if let Some(c) = jail.as_ref().and_then(|j| j.cgroups.as_ref()) {
-            let n = c.cleanup_stale();
-            if n > 0 {
-                tracing::warn!(count = n, "removed instance cgroups left behind by a previous run");
-            }
-        }
         if !missing.is_empty() {
             tracing::warn!("INSTANCES ARE NOT FULLY ISOLATED: {}", missing.join("; "));
         }
-        Ok(Sandboxer { cfg, jail, features })
+        Ok(Sandboxer {
+            cfg,
+            jail,
+            features,
+        })
+    }
+
+    /// Removes instance cgroups (and kills their processes) that an earlier
+    /// run of this server left behind, e.g. after it was SIGKILLed. Only the
+    /// server that owns the data directory may call this.
+    pub fn cleanup_stale(&self) -> usize {
+        let n = self
+            .jail
+            .as_ref()
+            .and_then(|j| j.cgroups.as_ref())
+            .map(|c| c.cleanup_stale())
+            .unwrap_or(0);
+        if n > 0 {
+            tracing::warn!(
+                count = n,
+                "removed instance cgroups left behind by a previous run"
+            );
+        }
+        n
+    }
+
+    /// Removes this server's (empty) parent cgroups, at shutdown.
+    pub fn teardown(&self) {
+        if let Some(c) = self.jail.as_ref().and_then(|j| j.cgroups.as_ref()) {
+            c.remove_parents();
+        }
     }
 
     /// Each isolation feature and whether it is on.
@@ -350,12 +445,20 @@ impl Sandboxer {
 
     /// Where the runtime's bootstrap directory is, as the instance sees it.
     pub fn guest_runtime_dir(&self, host: &Path) -> PathBuf {
-        if self.is_jailed() { GUEST_RUNTIME_DIR.into() } else { host.to_path_buf() }
+        if self.is_jailed() {
+            GUEST_RUNTIME_DIR.into()
+        } else {
+            host.to_path_buf()
+        }
     }
 
     /// Where the function's code is, as the instance sees it.
     pub fn guest_task_root(&self, host: &Path) -> PathBuf {
-        if self.is_jailed() { GUEST_TASK_ROOT.into() } else { host.to_path_buf() }
+        if self.is_jailed() {
+            GUEST_TASK_ROOT.into()
+        } else {
+            host.to_path_buf()
+        }
     }
 
     /// Starts one instance.
@@ -363,21 +466,42 @@ impl Sandboxer {
         let started = Instant::now();
         let Some(j) = &self.jail else {
             let mut cmd = Command::new(spec.program);
-            cmd.args(&spec.args).env_clear().envs(spec.env.iter().map(|(k, v)| (k, v))).current_dir("/");
+            cmd.args(&spec.args)
+                .env_clear()
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .current_dir("/");
             return spawn_with(cmd, spec.program, None, started);
         };
         let cgroup = match &j.cgroups {
-            Some(c) => Some(c.create(&cgroup_name(spec.id), CgroupLimits { memory_mb: spec.memory_mb, pids_max: self.cfg.pids_max })?),
+            Some(c) => Some(c.create(
+                &cgroup_name(spec.id),
+                CgroupLimits {
+                    memory_mb: spec.memory_mb,
+                    pids_max: self.cfg.pids_max,
+                },
+            )?),
             None => None,
         };
         let mut binds = j.base_binds.clone();
         if let Some(prefix) = spec.program_prefix {
             if !prefix.starts_with("/usr") && prefix.is_dir() {
-                binds.push(Bind { src: prefix.into(), dst: prefix.into(), is_dir: true });
+                binds.push(Bind {
+                    src: prefix.into(),
+                    dst: prefix.into(),
+                    is_dir: true,
+                });
             }
         }
-        binds.push(Bind { src: spec.runtime_dir.into(), dst: GUEST_RUNTIME_DIR.into(), is_dir: true });
-        binds.push(Bind { src: spec.code_dir.into(), dst: GUEST_TASK_ROOT.into(), is_dir: true });
+        binds.push(Bind {
+            src: spec.runtime_dir.into(),
+            dst: GUEST_RUNTIME_DIR.into(),
+            is_dir: true,
+        });
+        binds.push(Bind {
+            src: spec.code_dir.into(),
+            dst: GUEST_TASK_ROOT.into(),
+            is_dir: true,
+        });
         let (uid, gid) = (self.cfg.uid, self.cfg.gid);
         let mut files = vec![
             ("/etc/passwd".into(), format!("root:x:0:0:root:/:/usr/sbin/nologin\nsbx_user:x:{uid}:{gid}:lampyr function:/tmp:/usr/sbin/nologin\n")),
@@ -388,11 +512,18 @@ impl Sandboxer {
         if spec.host_network {
             for f in ["/etc/resolv.conf", "/etc/hosts"] {
                 if Path::new(f).is_file() {
-                    binds.push(Bind { src: f.into(), dst: f.into(), is_dir: false });
+                    binds.push(Bind {
+                        src: f.into(),
+                        dst: f.into(),
+                        is_dir: false,
+                    });
                 }
             }
         } else {
-            files.push(("/etc/hosts".into(), "127.0.0.1 localhost lampyr\n::1 localhost\n".into()));
+            files.push((
+                "/etc/hosts".into(),
+                "127.0.0.1 localhost lampyr\n::1 localhost\n".into(),
+            ));
         }
         let jail_spec = JailSpec {
             root_dir: j.root_dir.clone(),
@@ -414,21 +545,40 @@ impl Sandboxer {
         };
         let json = serde_json::to_string(&jail_spec).expect("jail spec serialises");
         let mut cmd = Command::new(&self.cfg.init_exe);
-        cmd.arg(init::INIT_ARG).env_clear().env(init::SPEC_ENV, json).current_dir("/");
+        cmd.arg(init::INIT_ARG)
+            .env_clear()
+            .env(init::SPEC_ENV, json)
+            .current_dir("/");
         spawn_with(cmd, &self.cfg.init_exe, cgroup, started)
     }
 }
 
 /// A cgroup directory name for an instance id.
 fn cgroup_name(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
-fn spawn_with(mut cmd: Command, program: &Path, cgroup: Option<InstanceCgroup>, started: Instant) -> Result<(Sandbox, SandboxIo), SandboxError> {
+fn spawn_with(
+    mut cmd: Command,
+    program: &Path,
+    cgroup: Option<InstanceCgroup>,
+    started: Instant,
+) -> Result<(Sandbox, SandboxIo), SandboxError> {
     let (host, guest) = StdUnixStream::pair().map_err(SandboxError::Socket)?;
     let guest: OwnedFd = guest.into();
     let guest_fd = guest.as_raw_fd();
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only
     // calls async-signal-safe functions (dup2, fcntl, setsid, prctl,
     // setrlimit, getppid, _exit); it allocates nothing and takes no locks.
@@ -442,7 +592,10 @@ fn spawn_with(mut cmd: Command, program: &Path, cgroup: Option<InstanceCgroup>, 
             if let Some(cg) = &cgroup {
                 cg.kill_all();
             }
-            return Err(SandboxError::Spawn { program: program.display().to_string(), source });
+            return Err(SandboxError::Spawn {
+                program: program.display().to_string(),
+                source,
+            });
         }
     };
     drop(guest);
@@ -450,8 +603,17 @@ fn spawn_with(mut cmd: Command, program: &Path, cgroup: Option<InstanceCgroup>, 
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     Ok((
-        Sandbox { pid, child, cgroup, spawn: started.elapsed() },
-        SandboxIo { socket: host, stdout, stderr },
+        Sandbox {
+            pid,
+            child,
+            cgroup,
+            spawn: started.elapsed(),
+        },
+        SandboxIo {
+            socket: host,
+            stdout,
+            stderr,
+        },
     ))
 }
 
@@ -524,14 +686,21 @@ impl Sandbox {
                 let peak = cg.memory_peak();
                 cg.kill_all();
                 if !cg.remove().await {
-                    tracing::warn!(pid = self.pid, "could not remove an instance cgroup; it will be removed at the next start");
+                    tracing::warn!(
+                        pid = self.pid,
+                        "could not remove an instance cgroup; it will be removed at the next start"
+                    );
                 }
                 (oom, peak)
             }
             None => (false, None),
         };
         self.cgroup = None;
-        ExitInfo { status, oom_killed, memory_peak }
+        ExitInfo {
+            status,
+            oom_killed,
+            memory_peak,
+        }
     }
 }
 
@@ -560,10 +729,22 @@ fn child_setup(guest_fd: i32) -> std::io::Result<()> {
     }
     // Die with the server, whatever way it exits.
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } < 0 {
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } < 0
+    {
         return Err(std::io::Error::last_os_error());
     }
-    let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: setrlimit reads a valid rlimit struct; async-signal-safe.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
     // The server may have died between fork and prctl.
@@ -581,7 +762,9 @@ pub fn describe_exit(status: &ExitStatus) -> String {
     if let Some(code) = status.code() {
         format!("exit code {code}")
     } else if let Some(sig) = status.signal() {
-        let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown");
+        let name = Signal::try_from(sig)
+            .map(|s| s.as_str())
+            .unwrap_or("unknown");
         format!("killed by signal {sig} ({name})")
     } else {
         "unknown exit status".to_string()
@@ -627,7 +810,11 @@ mod tests {
     async fn child_gets_socket_on_fd3_and_dies_with_its_group() {
         let sb = plain();
         let tmp = std::env::temp_dir();
-        let s = spec(Path::new("/bin/sh"), &["-c", "read x <&3; echo \"got $x\" >&3; sleep 60 & wait"], &tmp);
+        let s = spec(
+            Path::new("/bin/sh"),
+            &["-c", "read x <&3; echo \"got $x\" >&3; sleep 60 & wait"],
+            &tmp,
+        );
         let (mut sandbox, io) = sb.spawn(&s).unwrap();
         let mut sock = io.socket;
         sock.write_all(b"ping\n").unwrap();
@@ -649,7 +836,9 @@ mod tests {
         s.env = vec![("ONLY".into(), "this".into())];
         let (mut sandbox, mut io) = sb.spawn(&s).unwrap();
         let mut out = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut io.stdout, &mut out).await.unwrap();
+        tokio::io::AsyncReadExt::read_to_string(&mut io.stdout, &mut out)
+            .await
+            .unwrap();
         sandbox.wait().await;
         assert_eq!(out.trim(), "ONLY=this");
     }
@@ -658,7 +847,10 @@ mod tests {
     fn off_mode_reports_namespaces_off() {
         let sb = plain();
         assert!(!sb.is_jailed());
-        assert!(sb.features().iter().any(|f| f.name == "namespaces" && !f.enabled));
+        assert!(sb
+            .features()
+            .iter()
+            .any(|f| f.name == "namespaces" && !f.enabled));
         assert_eq!(sb.guest_task_root(Path::new("/x")), Path::new("/x"));
     }
 

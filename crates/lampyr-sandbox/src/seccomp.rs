@@ -58,10 +58,25 @@ mod tests {
         assert!(progs.iter().all(|p| !p.is_empty()));
         let denied = denied_syscalls();
         for required in [
-            "mount", "umount2", "pivot_root", "ptrace", "bpf", "kexec_load", "reboot", "init_module",
-            "finit_module", "keyctl", "unshare", "setns", "clock_settime", "settimeofday",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "ptrace",
+            "bpf",
+            "kexec_load",
+            "reboot",
+            "init_module",
+            "finit_module",
+            "keyctl",
+            "unshare",
+            "setns",
+            "clock_settime",
+            "settimeofday",
         ] {
-            assert!(denied.iter().any(|d| d == required), "{required} must be denied");
+            assert!(
+                denied.iter().any(|d| d == required),
+                "{required} must be denied"
+            );
         }
     }
 }

@@ -48,15 +48,31 @@ impl Sys for LinuxSys {
     fn mount(&mut self, src: Option<&Path>, target: &Path, kind: MountKind) -> JailResult {
         let none: Option<&str> = None;
         let r = match kind {
-            MountKind::SlaveRecursive => mount(none, target, none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none),
+            MountKind::SlaveRecursive => mount(
+                none,
+                target,
+                none,
+                MsFlags::MS_REC | MsFlags::MS_SLAVE,
+                none,
+            ),
             MountKind::Private => mount(none, target, none, MsFlags::MS_PRIVATE, none),
-            MountKind::Tmpfs { size_kb, mode, noexec } => {
+            MountKind::Tmpfs {
+                size_kb,
+                mode,
+                noexec,
+            } => {
                 let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
                 if noexec {
                     flags |= MsFlags::MS_NOEXEC;
                 }
                 let data = format!("size={size_kb}k,mode={mode:o}");
-                mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data.as_str()))
+                mount(
+                    Some("tmpfs"),
+                    target,
+                    Some("tmpfs"),
+                    flags,
+                    Some(data.as_str()),
+                )
             }
             MountKind::Proc => mount(
                 Some("proc"),
@@ -65,12 +81,18 @@ impl Sys for LinuxSys {
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                 none,
             ),
-            MountKind::BindRecursive => mount(src, target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none),
+            MountKind::BindRecursive => {
+                mount(src, target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
+            }
             MountKind::RemountReadOnly => mount(
                 none,
                 target,
                 none,
-                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                MsFlags::MS_REMOUNT
+                    | MsFlags::MS_BIND
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV,
                 none,
             ),
         };
@@ -113,7 +135,11 @@ impl Sys for LinuxSys {
     }
 
     fn loopback_up(&mut self) -> JailResult {
-        let e = |source: std::io::Error| JailError { step: "loopback up", path: None, source };
+        let e = |source: std::io::Error| JailError {
+            step: "loopback up",
+            path: None,
+            source,
+        };
         // SAFETY: socket() takes plain integers; the result is checked.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
@@ -172,7 +198,15 @@ impl Sys for LinuxSys {
             }
         }
         // SAFETY: prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL) takes plain integers.
-        unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+        unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            )
+        };
         Ok(())
     }
 

@@ -129,6 +129,8 @@ pub enum Outcome {
     Timeout { timeout: Duration },
     /// The instance died while running the invocation.
     Crashed { reason: String },
+    /// The instance exceeded its memory limit and the kernel killed it.
+    OutOfMemory { limit_mb: u32 },
 }
 
 /// The result of [`Scheduler::invoke`].
@@ -147,8 +149,10 @@ pub struct Invocation {
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub runtimes: Runtimes,
-    /// Where the runtime bootstraps are installed.
+    /// Where the runtime bootstraps are installed (one directory per runtime).
     pub bootstrap_dir: PathBuf,
+    /// The container layer every instance is started in.
+    pub sandboxer: Arc<lampyr_sandbox::Sandboxer>,
     /// How often the reaper looks for idle instances and missing reserved ones.
     pub reap_interval: Duration,
 }
@@ -274,6 +278,30 @@ impl Scheduler {
         self.inner.logs.remove(name);
     }
 
+    /// Stops every instance of every function and waits (up to `limit`)
+    /// until they are gone, their cgroups included.
+    pub async fn shutdown(&self, limit: Duration) {
+        let states: Vec<Arc<FunctionState>> = self
+            .inner
+            .functions
+            .write()
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        let instances: Vec<Arc<Instance>> = states.iter().flat_map(|s| s.stop_all()).collect();
+        for inst in &instances {
+            inst.kill("server shutting down");
+        }
+        let all = async {
+            for inst in &instances {
+                inst.wait_exit().await;
+            }
+        };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!("some instances did not stop within {limit:?}");
+        }
+    }
+
     /// Live instance counts of a function.
     pub fn instance_counts(&self, name: &str) -> InstanceCounts {
         self.inner
@@ -357,18 +385,37 @@ impl Scheduler {
                 );
                 Outcome::FunctionError(b)
             }
-            Ok(InvokeOutcome::Exited(reason)) => {
-                self.platform_log(
-                    &lease,
-                    &request_id,
-                    "ERROR",
-                    format!(
-                        "instance {} exited during the invocation: {reason}",
-                        lease.instance.id()
-                    ),
-                );
+            Ok(InvokeOutcome::Exited(report)) => {
                 lease.poison("crashed");
-                Outcome::Crashed { reason }
+                if report.oom {
+                    self.platform_log(
+                        &lease,
+                        &request_id,
+                        "ERROR",
+                        format!(
+                            "Runtime.OutOfMemory: function '{name}' exceeded its memory limit of {} MiB; instance {} was killed",
+                            spec.memory_mb,
+                            lease.instance.id()
+                        ),
+                    );
+                    Outcome::OutOfMemory {
+                        limit_mb: spec.memory_mb,
+                    }
+                } else {
+                    self.platform_log(
+                        &lease,
+                        &request_id,
+                        "ERROR",
+                        format!(
+                            "instance {} exited during the invocation: {}",
+                            lease.instance.id(),
+                            report.reason
+                        ),
+                    );
+                    Outcome::Crashed {
+                        reason: report.reason,
+                    }
+                }
             }
             Err(_) => {
                 self.platform_log(
@@ -512,10 +559,11 @@ impl Scheduler {
         let cfg = InstanceConfig {
             id,
             runtime,
-            bootstrap: lampyr_runtime::bootstrap::path(
-                &self.inner.config.bootstrap_dir,
-                spec.runtime,
-            ),
+            sandboxer: &self.inner.config.sandboxer,
+            runtime_dir: self.inner.config.bootstrap_dir.join(spec.runtime.as_str()),
+            code_dir,
+            memory_mb: spec.memory_mb,
+            host_network: spec.network == lampyr_api::Network::Host,
             logs: self.inner.logs.sender(),
         };
         let (inst, timings) =
@@ -529,7 +577,7 @@ impl Scheduler {
         phases.runtime = Some(timings.runtime);
         let load = LoadRequest {
             handler: spec.handler.clone(),
-            task_root: code_dir,
+            task_root: inst.task_root().to_path_buf(),
             function_name: spec.name.clone(),
             function_version: version.record.version.to_string(),
             memory_mb: spec.memory_mb,
@@ -564,7 +612,7 @@ impl Scheduler {
         let exit = inst.clone();
         let sched = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            let reason = exit.wait_exit_reason().await;
+            let reason = exit.wait_exit().await.reason;
             drop(exit);
             let Some(state) = weak_state.upgrade() else {
                 return;

@@ -303,6 +303,14 @@ impl FunctionState {
         idle
     }
 
+    /// Takes every instance away, busy or not, for a server shutdown.
+    pub(crate) fn stop_all(&self) -> Vec<Arc<Instance>> {
+        let mut g = self.inner.lock();
+        g.deleted = true;
+        g.waiters.clear();
+        g.slots.drain(..).map(|s| s.instance).collect()
+    }
+
     /// Removes instances idle past `idle_timeout`, keeping `min_instances`.
     pub(crate) fn reap_idle(&self, now: Instant) -> Vec<Arc<Instance>> {
         let mut g = self.inner.lock();

@@ -60,6 +60,11 @@ enum Command {
         /// Format of the server's own log.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Instance isolation: auto (all the host offers, warning when
+        /// something is missing), strict (refuse to start without full
+        /// isolation) or off (plain processes) [default: auto]
+        #[arg(long)]
+        isolation: Option<String>,
     },
     /// Scaffold a new function: DIR/lampyr.toml and a hello-world handler.
     Init {
@@ -116,6 +121,12 @@ fn parse_runtime(s: &str) -> Result<Runtime, String> {
 }
 
 fn main() -> ExitCode {
+    // Every jailed instance starts as `lampyr __sandbox-init`.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(lampyr_sandbox::init::INIT_ARG))
+    {
+        lampyr_sandbox::init::main();
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,12 +161,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             demo,
             log_format,
+            isolation,
         } => serve(
             cli.data_dir.clone(),
             *listen,
             config.clone(),
             *demo,
             *log_format,
+            isolation.clone(),
         ),
         Command::Init { dir, runtime, name } => {
             let name = lampyr_cli::scaffold::init(dir, *runtime, name.as_deref())?;
@@ -204,7 +217,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn doctor(data_dir: &std::path::Path, json: bool) {
     let runtimes = lampyr_runtime::Runtimes::discover();
-    let report = lampyr_gateway::server::doctor_report(&runtimes, data_dir);
+    let sandboxer = lampyr_gateway::server::SandboxSection::default()
+        .to_config(data_dir)
+        .map_err(anyhow::Error::msg)
+        .and_then(|c| Ok(lampyr_sandbox::Sandboxer::new(c)?));
+    let sandboxer = match sandboxer {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return;
+        }
+    };
+    let report = lampyr_gateway::server::doctor_report(&runtimes, &sandboxer, data_dir);
     if json {
         println!(
             "{}",
@@ -265,6 +289,7 @@ fn serve(
     config: Option<PathBuf>,
     demo: bool,
     log_format: LogFormat,
+    isolation: Option<String>,
 ) -> anyhow::Result<()> {
     init_tracing(log_format);
     let mut cfg = match &config {
@@ -276,6 +301,9 @@ fn serve(
     }
     if data_dir.is_some() {
         cfg.data_dir = data_dir;
+    }
+    if let Some(i) = isolation {
+        cfg.sandbox.isolation = i;
     }
     let data_dir = cfg
         .data_dir

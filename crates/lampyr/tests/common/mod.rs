@@ -230,11 +230,39 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops the server with SIGTERM and waits for it to finish cleanly.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        use nix::sys::signal::{kill, Signal};
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                self.kill();
+                panic!("the server did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.kill();
+        if let Ok(None) = self.child.try_wait() {
+            if !std::thread::panicking() {
+                self.stop();
+            } else {
+                self.kill();
+            }
+        }
     }
 }
 
