@@ -281,6 +281,9 @@ impl Server {
         let sandboxer = self.sandboxer.clone();
         let served = crate::serve(self.listener, self.app, shutdown).await;
         sched.shutdown(Duration::from_secs(5)).await;
+        // Instances still starting when the signal came are not known to
+        // the scheduler yet: their cgroups find them.
+        sandboxer.cleanup_stale();
         sandboxer.teardown();
         served
     }

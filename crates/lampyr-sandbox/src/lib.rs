@@ -403,8 +403,9 @@ impl Sandboxer {
     }
 
     /// Removes instance cgroups (and kills their processes) that an earlier
-    /// run of this server left behind, e.g. after it was SIGKILLed. Only the
-    /// server that owns the data directory may call this.
+    /// run of this server left behind, e.g. after it was SIGKILLed, or that
+    /// are still there at shutdown. Only the server that owns the data
+    /// directory may call this.
     pub fn cleanup_stale(&self) -> usize {
         let n = self
             .jail

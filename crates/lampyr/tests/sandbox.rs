@@ -354,6 +354,42 @@ fn nothing_is_left_behind_after_a_sigkill_once_the_server_restarts() {
         tag_dirs(&data)
     );
     assert_eq!(server.get("linger").text(), "x");
+    assert!(!tag_dirs(&data).is_empty());
+    server.api("DELETE", "/functions/linger", None);
+    server.wait_until(
+        "the stopped instance's cgroup to go",
+        Duration::from_secs(10),
+        || tag_dirs(&data).is_empty(),
+    );
+    assert_eq!(server.get("linger").status, 404);
     drop(server);
     assert!(tag_dirs(&data).is_empty(), "a clean stop leaves no cgroups");
+}
+
+#[test]
+fn strict_isolation_starts_here_and_off_is_reported_as_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let strict = Server::start_in(&tmp.path().join("strict"), &["--isolation", "strict"]);
+    require_full_isolation(&strict);
+    drop(strict);
+    let plain = Server::start_in(&tmp.path().join("plain"), &["--isolation", "off"]);
+    let doctor = plain.api("GET", "/doctor", None).json();
+    let namespaces = doctor["isolation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["feature"] == "namespaces")
+        .unwrap()
+        .clone();
+    assert_eq!(namespaces["enabled"], false);
+    // Functions still run, as plain processes.
+    plain.deploy(
+        Fixture::python(
+            "plain-fn",
+            "",
+            "import os\ndef handler(e, c):\n    return os.getuid()\n",
+        )
+        .path(),
+    );
+    assert_eq!(plain.get("plain-fn").text(), "0");
 }
