@@ -61,6 +61,9 @@ pub struct InstanceCounts {
     pub idle: usize,
     pub busy: usize,
     pub draining: usize,
+    /// Requests waiting for a free instance (not instances).
+    #[serde(default)]
+    pub queued: usize,
 }
 
 /// One line of `GET /api/v1/functions`.
@@ -151,4 +154,18 @@ pub struct IsolationFeature {
     pub feature: String,
     pub enabled: bool,
     pub detail: String,
+}
+
+/// One runtime pool, as `GET /api/v1/pools` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub runtime: String,
+    pub enabled: bool,
+    /// Instances started and waiting for a function.
+    pub ready: usize,
+    pub starting: usize,
+    /// The size the pool is growing or shrinking to.
+    pub target: usize,
+    pub min: usize,
+    pub max: usize,
 }

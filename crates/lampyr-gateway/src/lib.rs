@@ -94,6 +94,7 @@ pub fn router(app: AppState) -> Router {
         .route("/functions/{name}/invoke", post(invoke_raw))
         .route("/functions/{name}/logs", get(function_logs))
         .route("/doctor", get(doctor))
+        .route("/pools", get(pools))
         .layer(DefaultBodyLimit::max(app.limits.max_package))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
@@ -162,6 +163,10 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
         functions,
         instances: app.sched.total_instances(),
     })
+}
+
+async fn pools(State(app): State<AppState>) -> Json<Vec<lampyr_api::PoolStatus>> {
+    Json(app.sched.pools())
 }
 
 async fn doctor(State(app): State<AppState>) -> Json<DoctorReport> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use lampyr_api::{DoctorReport, IsolationFeature, Runtime, RuntimeReport};
 use lampyr_runtime::Runtimes;
 use lampyr_sandbox::{SandboxConfig, Sandboxer};
-use lampyr_scheduler::{Scheduler, SchedulerConfig};
+use lampyr_scheduler::{PoolBounds, PoolConfig, Scheduler, SchedulerConfig};
 use lampyr_store::{LogLimits, LogStore, Store, StoreLimits};
 use serde::Deserialize;
 
@@ -36,6 +36,68 @@ pub struct ServerConfig {
     pub logs: LogsConfig,
     #[serde(default)]
     pub sandbox: SandboxSection,
+    #[serde(default)]
+    pub pools: PoolsSection,
+}
+
+/// `[pools]`: generic instances started ahead of demand.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolsSection {
+    pub enabled: bool,
+    pub nodejs_min: u32,
+    pub nodejs_max: u32,
+    pub python_min: u32,
+    pub python_max: u32,
+    pub memory_budget_mb: u64,
+    pub instance_memory_mb: u32,
+    pub shrink_after: String,
+}
+
+impl Default for PoolsSection {
+    fn default() -> Self {
+        let d = PoolConfig::default();
+        PoolsSection {
+            enabled: d.enabled,
+            nodejs_min: d.nodejs.min,
+            nodejs_max: d.nodejs.max,
+            python_min: d.python.min,
+            python_max: d.python.max,
+            memory_budget_mb: d.memory_budget_mb,
+            instance_memory_mb: d.instance_memory_mb,
+            shrink_after: "60s".into(),
+        }
+    }
+}
+
+impl PoolsSection {
+    pub fn to_config(&self) -> Result<PoolConfig, String> {
+        for (key, min, max) in [
+            ("nodejs", self.nodejs_min, self.nodejs_max),
+            ("python", self.python_min, self.python_max),
+        ] {
+            if min > max {
+                return Err(format!(
+                    "pools.{key}_min ({min}) is more than pools.{key}_max ({max})"
+                ));
+            }
+        }
+        Ok(PoolConfig {
+            enabled: self.enabled,
+            nodejs: PoolBounds {
+                min: self.nodejs_min,
+                max: self.nodejs_max,
+            },
+            python: PoolBounds {
+                min: self.python_min,
+                max: self.python_max,
+            },
+            memory_budget_mb: self.memory_budget_mb,
+            instance_memory_mb: self.instance_memory_mb,
+            shrink_after: lampyr_api::manifest::parse_duration(&self.shrink_after)
+                .map_err(|e| format!("pools.shrink_after: {e}"))?,
+        })
+    }
 }
 
 /// `[sandbox]`: how instances are isolated.
@@ -79,6 +141,7 @@ impl SandboxSection {
         c.pids_max = self.pids_max;
         c.tmp_mb = self.tmp_mb;
         c.max_open_files = self.max_open_files;
+        c.code_store = data_dir.join("code");
         Ok(c)
     }
 }
@@ -200,6 +263,13 @@ impl Server {
                 f.detail
             );
         }
+        let pools = cfg
+            .pools
+            .to_config()
+            .map_err(|message| ServerError::Config {
+                path: "[pools]".into(),
+                message,
+            })?;
         let runtimes = Runtimes::discover();
         for rt in Runtime::ALL {
             match runtimes.get(rt) {
@@ -230,6 +300,7 @@ impl Server {
                 bootstrap_dir,
                 sandboxer: sandboxer.clone(),
                 reap_interval: Duration::from_millis(100),
+                pools,
             },
         )?;
         let addr = cfg

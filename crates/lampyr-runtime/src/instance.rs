@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use lampyr_sandbox::{InstanceSpec, Sandbox, SandboxError, Sandboxer};
+use lampyr_sandbox::{InstanceSpec, Sandbox, SandboxControl, SandboxError, Sandboxer};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -160,7 +160,8 @@ pub struct Instance {
     control: tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>,
     next_id: AtomicU32,
     pid: u32,
-    task_root: PathBuf,
+    sandbox: Arc<SandboxControl>,
+    task_root: Mutex<Option<PathBuf>>,
 }
 
 /// What [`Instance::start`] needs.
@@ -170,8 +171,9 @@ pub struct InstanceConfig<'a> {
     pub sandboxer: &'a Sandboxer,
     /// The host directory holding this runtime's bootstrap.
     pub runtime_dir: PathBuf,
-    /// The host directory holding the function's code.
-    pub code_dir: PathBuf,
+    /// The host directory holding the function's code, or `None` for a
+    /// generic instance to be specialised later.
+    pub code_dir: Option<PathBuf>,
     pub memory_mb: u32,
     pub host_network: bool,
     pub logs: LogSender,
@@ -191,13 +193,17 @@ impl Instance {
             args,
             env,
             runtime_dir: &cfg.runtime_dir,
-            code_dir: &cfg.code_dir,
+            code_dir: cfg.code_dir.as_deref(),
             memory_mb: cfg.memory_mb,
             host_network: cfg.host_network,
         };
         let (sandbox, io) = cfg.sandboxer.spawn(&spec)?;
         let mut sandbox_time = started.elapsed();
-        let task_root = cfg.sandboxer.guest_task_root(&cfg.code_dir);
+        let task_root = cfg
+            .code_dir
+            .as_deref()
+            .map(|c| cfg.sandboxer.guest_task_root(c));
+        let sandbox_control = sandbox.control();
         io.socket
             .set_nonblocking(true)
             .map_err(|e| InstanceError::Protocol(e.to_string()))?;
@@ -226,7 +232,8 @@ impl Instance {
             control: tokio::sync::Mutex::new(control_rx),
             next_id: AtomicU32::new(1),
             pid,
-            task_root,
+            sandbox: sandbox_control,
+            task_root: Mutex::new(task_root),
         });
         loop {
             let frame = inst.next_control("start", START_TIMEOUT).await?;
@@ -398,9 +405,27 @@ impl Instance {
         }
     }
 
-    /// Where the function's code is, as the instance sees it.
-    pub fn task_root(&self) -> &std::path::Path {
-        &self.task_root
+    /// Where the function's code is, as the instance sees it, once it has
+    /// code.
+    pub fn task_root(&self) -> Option<PathBuf> {
+        self.task_root.lock().clone()
+    }
+
+    /// Gives a generic instance a function's code (read-only at its task
+    /// root) and memory limit. Returns the task root.
+    pub fn specialise(
+        &self,
+        code_dir: &std::path::Path,
+        memory_mb: u32,
+    ) -> Result<PathBuf, InstanceError> {
+        let root = self.sandbox.specialise(code_dir, memory_mb)?;
+        *self.task_root.lock() = Some(root.clone());
+        Ok(root)
+    }
+
+    /// Current memory use, in bytes, where measured.
+    pub fn memory_current(&self) -> Option<u64> {
+        self.sandbox.memory_current()
     }
 
     pub fn id(&self) -> &str {

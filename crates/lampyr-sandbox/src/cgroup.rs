@@ -270,6 +270,46 @@ fn counter(text: &str, key: &str) -> Option<u64> {
 }
 
 impl InstanceCgroup {
+    /// Changes the memory limit (and the CPU share and cap that follow from
+    /// it) of a running instance, e.g. when a pooled instance is given to a
+    /// function. Fails if the instance already uses more than the new limit.
+    pub fn update_memory(&self, memory_mb: u32) -> Result<(), CgroupError> {
+        let mem = (u64::from(memory_mb) << 20).to_string();
+        let cpus = (u64::from(memory_mb) / MB_PER_CPU).max(1);
+        let quota = cpus * CPU_PERIOD_US;
+        if self.v2 {
+            let d = &self.dirs[0];
+            write(&d.join("memory.max"), &mem)?;
+            let weight = (u64::from(memory_mb) * 100 / 1024).clamp(1, 10_000);
+            write(&d.join("cpu.weight"), &weight.to_string())?;
+            write(&d.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+            return Ok(());
+        }
+        let (m, c) = (&self.dirs[0], &self.dirs[1]);
+        let limit = m.join("memory.limit_in_bytes");
+        let memsw = m.join("memory.memsw.limit_in_bytes");
+        let current: u64 = std::fs::read_to_string(&limit)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(u64::MAX);
+        // memory+swap may never be below memory: lower memory first, raise
+        // memory+swap first.
+        if u64::from(memory_mb) << 20 <= current {
+            write(&limit, &mem)?;
+            if memsw.exists() {
+                write(&memsw, &mem)?;
+            }
+        } else {
+            if memsw.exists() {
+                write(&memsw, &mem)?;
+            }
+            write(&limit, &mem)?;
+        }
+        write(&c.join("cpu.shares"), &memory_mb.max(2).to_string())?;
+        write(&c.join("cpu.cfs_quota_us"), &quota.to_string())?;
+        Ok(())
+    }
+
     /// The `cgroup.procs` files a process writes itself into to join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()

@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod init;
 pub mod jail;
 pub mod seccomp;
+pub mod slots;
 pub mod sys;
 
 use std::ffi::OsString;
@@ -28,6 +29,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
@@ -60,6 +62,8 @@ pub enum SandboxError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error("--isolation strict: full isolation is not available on this host: {0}")]
     NotIsolated(String),
+    #[error("code slot: {0}")]
+    Slot(#[from] slots::SlotError),
     #[error("sandbox state directory {path}: {source}")]
     State {
         path: String,
@@ -113,6 +117,8 @@ pub struct SandboxConfig {
     pub max_open_files: u64,
     /// The executable that implements `__sandbox-init` (lampyr itself).
     pub init_exe: PathBuf,
+    /// The directory holding every version's unpacked code (`DATA/code`).
+    pub code_store: PathBuf,
 }
 
 impl SandboxConfig {
@@ -127,6 +133,7 @@ impl SandboxConfig {
             tmp_mb: 64,
             max_open_files: 1024,
             init_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            code_store: PathBuf::from("/nonexistent"),
         }
     }
 }
@@ -146,6 +153,7 @@ struct JailSupport {
     seccomp: bool,
     base_binds: Vec<Bind>,
     base_symlinks: Vec<(PathBuf, PathBuf)>,
+    slots: Arc<slots::Slots>,
 }
 
 /// Starts instances with as much isolation as the host allows.
@@ -169,8 +177,9 @@ pub struct InstanceSpec<'a> {
     pub env: Vec<(OsString, OsString)>,
     /// Host directory with the runtime's bootstrap.
     pub runtime_dir: &'a Path,
-    /// Host directory with the function's code.
-    pub code_dir: &'a Path,
+    /// Host directory with the function's code, or `None` for a generic
+    /// instance that [`SandboxControl::specialise`] gives code later.
+    pub code_dir: Option<&'a Path>,
     pub memory_mb: u32,
     pub host_network: bool,
 }
@@ -319,22 +328,35 @@ impl Sandboxer {
         if cfg.mode == IsolationMode::Strict && !missing.is_empty() {
             return Err(SandboxError::NotIsolated(missing.join("; ")));
         }
-        let jail = if ns.is_ok() {
-            let root_dir = cfg.state_dir.join("root");
-            std::fs::create_dir_all(&root_dir).map_err(|source| SandboxError::State {
-                path: root_dir.display().to_string(),
-                source,
-            })?;
-            let (base_binds, base_symlinks) = base_layout();
-            Some(JailSupport {
-                root_dir,
-                cgroups: cgroups.as_ref().ok().cloned(),
-                seccomp,
-                base_binds,
-                base_symlinks,
-            })
+        let slots = if ns.is_ok() {
+            slots::Slots::setup(&cfg.state_dir, &cfg.code_store).map_err(|e| e.to_string())
         } else {
-            None
+            Err("needs namespaces".into())
+        };
+        if let (Ok(()), Err(e)) = (&ns, &slots) {
+            missing.push(format!("code slots: {e}"));
+        }
+        if cfg.mode == IsolationMode::Strict && !missing.is_empty() {
+            return Err(SandboxError::NotIsolated(missing.join("; ")));
+        }
+        let jail = match (&ns, slots) {
+            (Ok(()), Ok(slots)) => {
+                let root_dir = cfg.state_dir.join("root");
+                std::fs::create_dir_all(&root_dir).map_err(|source| SandboxError::State {
+                    path: root_dir.display().to_string(),
+                    source,
+                })?;
+                let (base_binds, base_symlinks) = base_layout();
+                Some(JailSupport {
+                    root_dir,
+                    cgroups: cgroups.as_ref().ok().cloned(),
+                    seccomp,
+                    base_binds,
+                    base_symlinks,
+                    slots: Arc::new(slots),
+                })
+            }
+            _ => None,
         };
         let on = jail.is_some();
         features.push(Feature {
@@ -422,10 +444,14 @@ impl Sandboxer {
         n
     }
 
-    /// Removes this server's (empty) parent cgroups, at shutdown.
+    /// Removes this server's (empty) parent cgroups and its slot mounts,
+    /// at shutdown.
     pub fn teardown(&self) {
-        if let Some(c) = self.jail.as_ref().and_then(|j| j.cgroups.as_ref()) {
-            c.remove_parents();
+        if let Some(j) = &self.jail {
+            if let Some(c) = &j.cgroups {
+                c.remove_parents();
+            }
+            j.slots.teardown();
         }
     }
 
@@ -462,7 +488,9 @@ impl Sandboxer {
         }
     }
 
-    /// Starts one instance.
+    /// Starts one instance. With `spec.code_dir` the code is in place
+    /// before the runtime starts; without, the instance is generic until
+    /// [`SandboxControl::specialise`] gives it a function.
     pub fn spawn(&self, spec: &InstanceSpec<'_>) -> Result<(Sandbox, SandboxIo), SandboxError> {
         let started = Instant::now();
         let Some(j) = &self.jail else {
@@ -471,11 +499,17 @@ impl Sandboxer {
                 .env_clear()
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
                 .current_dir("/");
-            return spawn_with(cmd, spec.program, None, started);
+            let control = SandboxControl {
+                slot: None,
+                slots: None,
+                cgroup: None,
+            };
+            return spawn_with(cmd, spec.program, control, started);
         };
+        let name = cgroup_name(spec.id);
         let cgroup = match &j.cgroups {
             Some(c) => Some(c.create(
-                &cgroup_name(spec.id),
+                &name,
                 CgroupLimits {
                     memory_mb: spec.memory_mb,
                     pids_max: self.cfg.pids_max,
@@ -483,6 +517,15 @@ impl Sandboxer {
             )?),
             None => None,
         };
+        let slot = j.slots.create(&name)?;
+        let control = SandboxControl {
+            slot: Some(slot.clone()),
+            slots: Some(j.slots.clone()),
+            cgroup,
+        };
+        if let Some(code) = spec.code_dir {
+            j.slots.fill(&slot, code)?;
+        }
         let mut binds = j.base_binds.clone();
         if let Some(prefix) = spec.program_prefix {
             if !prefix.starts_with("/usr") && prefix.is_dir() {
@@ -499,7 +542,7 @@ impl Sandboxer {
             is_dir: true,
         });
         binds.push(Bind {
-            src: spec.code_dir.into(),
+            src: slot,
             dst: GUEST_TASK_ROOT.into(),
             is_dir: true,
         });
@@ -538,7 +581,11 @@ impl Sandboxer {
             gid,
             max_open_files: self.cfg.max_open_files,
             seccomp: j.seccomp,
-            cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+            cgroup_procs: control
+                .cgroup
+                .as_ref()
+                .map(|c| c.procs_files())
+                .unwrap_or_default(),
             program: spec.program.to_path_buf(),
             args: spec.args.clone(),
             env: spec.env.clone(),
@@ -550,7 +597,45 @@ impl Sandboxer {
             .env_clear()
             .env(init::SPEC_ENV, json)
             .current_dir("/");
-        spawn_with(cmd, &self.cfg.init_exe, cgroup, started)
+        spawn_with(cmd, &self.cfg.init_exe, control, started)
+    }
+}
+
+/// What the host can still change about a running sandbox: which code it
+/// sees and its limits. Shared by the instance and its exit watcher.
+#[derive(Debug)]
+pub struct SandboxControl {
+    slot: Option<PathBuf>,
+    slots: Option<Arc<slots::Slots>>,
+    cgroup: Option<InstanceCgroup>,
+}
+
+impl SandboxControl {
+    /// Gives a generic instance a function: applies the function's memory
+    /// limit and mounts its code, read-only, at `/var/task`. Returns where
+    /// the instance sees the code.
+    pub fn specialise(&self, code_dir: &Path, memory_mb: u32) -> Result<PathBuf, SandboxError> {
+        if let Some(cg) = &self.cgroup {
+            cg.update_memory(memory_mb)?;
+        }
+        match (&self.slot, &self.slots) {
+            (Some(slot), Some(slots)) => {
+                slots.fill(slot, code_dir)?;
+                Ok(GUEST_TASK_ROOT.into())
+            }
+            _ => Ok(code_dir.to_path_buf()),
+        }
+    }
+
+    /// Current memory use of the instance, in bytes, where measured.
+    pub fn memory_current(&self) -> Option<u64> {
+        self.cgroup.as_ref()?.memory_current()
+    }
+
+    fn kill_all(&self) {
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
     }
 }
 
@@ -570,7 +655,7 @@ fn cgroup_name(id: &str) -> String {
 fn spawn_with(
     mut cmd: Command,
     program: &Path,
-    cgroup: Option<InstanceCgroup>,
+    control: SandboxControl,
     started: Instant,
 ) -> Result<(Sandbox, SandboxIo), SandboxError> {
     let (host, guest) = StdUnixStream::pair().map_err(SandboxError::Socket)?;
@@ -586,13 +671,12 @@ fn spawn_with(
     unsafe {
         cmd.pre_exec(move || child_setup(guest_fd));
     }
-    let spawned = cmd.spawn();
-    let mut child = match spawned {
+    let control = Arc::new(control);
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(source) => {
-            if let Some(cg) = &cgroup {
-                cg.kill_all();
-            }
+            control.kill_all();
+            control.release();
             return Err(SandboxError::Spawn {
                 program: program.display().to_string(),
                 source,
@@ -607,7 +691,7 @@ fn spawn_with(
         Sandbox {
             pid,
             child,
-            cgroup,
+            control,
             spawn: started.elapsed(),
         },
         SandboxIo {
@@ -623,7 +707,7 @@ fn spawn_with(
 pub struct Sandbox {
     pid: u32,
     child: Child,
-    cgroup: Option<InstanceCgroup>,
+    control: Arc<SandboxControl>,
     /// Time to create the cgroup and start the first process.
     pub spawn: Duration,
 }
@@ -655,9 +739,23 @@ impl ExitInfo {
     }
 }
 
+impl SandboxControl {
+    /// Unmounts and removes the instance's code slot.
+    fn release(&self) {
+        if let (Some(slot), Some(slots)) = (&self.slot, &self.slots) {
+            slots.release(slot);
+        }
+    }
+}
+
 impl Sandbox {
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The handle through which the host specialises the running sandbox.
+    pub fn control(&self) -> Arc<SandboxControl> {
+        self.control.clone()
     }
 
     /// Kills every process of the sandbox. Safe to call more than once.
@@ -668,20 +766,14 @@ impl Sandbox {
             // the death of its PID 1 takes the rest with it.
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         }
-        if let Some(cg) = &self.cgroup {
-            cg.kill_all();
-        }
+        self.control.kill_all();
     }
 
-    /// Current memory use of the instance, in bytes, where measured.
-    pub fn memory_current(&self) -> Option<u64> {
-        self.cgroup.as_ref()?.memory_current()
-    }
-
-    /// Waits for the sandbox to exit, then removes its cgroup.
+    /// Waits for the sandbox to exit, then removes its cgroup and its code
+    /// slot.
     pub async fn wait(&mut self) -> ExitInfo {
         let status = self.child.wait().await;
-        let (oom_killed, memory_peak) = match &self.cgroup {
+        let (oom_killed, memory_peak) = match &self.control.cgroup {
             Some(cg) => {
                 let oom = cg.oom_kills() > 0;
                 let peak = cg.memory_peak();
@@ -696,7 +788,7 @@ impl Sandbox {
             }
             None => (false, None),
         };
-        self.cgroup = None;
+        self.control.release();
         ExitInfo {
             status,
             oom_killed,
@@ -801,7 +893,7 @@ mod tests {
             args: args.iter().map(OsString::from).collect(),
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             runtime_dir: code,
-            code_dir: code,
+            code_dir: Some(code),
             memory_mb: 128,
             host_network: false,
         }

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod logs;
+mod pool;
 mod state;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use lampyr_store::{FunctionRecord, LogStore, Store, VersionRecord};
 use parking_lot::RwLock;
 
 pub use logs::LogHub;
+pub use pool::{PoolBounds, PoolConfig};
 use state::{FunctionState, Grant, SlotGrant, SlotId};
 
 /// Errors that stop an invocation before or instead of the handler running.
@@ -88,6 +90,8 @@ pub enum SchedulerError {
 pub enum StartKind {
     /// A new instance was started for it.
     Cold,
+    /// A pre-started generic instance was taken from a pool and specialised.
+    Pooled,
     /// An already-running instance served it.
     Warm,
 }
@@ -96,6 +100,7 @@ impl StartKind {
     pub fn as_str(self) -> &'static str {
         match self {
             StartKind::Cold => "cold",
+            StartKind::Pooled => "pooled",
             StartKind::Warm => "warm",
         }
     }
@@ -155,6 +160,8 @@ pub struct SchedulerConfig {
     pub sandboxer: Arc<lampyr_sandbox::Sandboxer>,
     /// How often the reaper looks for idle instances and missing reserved ones.
     pub reap_interval: Duration,
+    /// Pre-started instance pools.
+    pub pools: PoolConfig,
 }
 
 /// The function service. Cheap to clone.
@@ -169,6 +176,7 @@ pub(crate) struct Inner {
     functions: RwLock<HashMap<String, Arc<FunctionState>>>,
     logs: LogHub,
     instance_seq: AtomicU64,
+    pools: pool::Pools,
 }
 
 /// A resolved, runnable version of a function.
@@ -203,13 +211,16 @@ impl Scheduler {
         config: SchedulerConfig,
     ) -> Result<Self, SchedulerError> {
         let logs = LogHub::start(log_store);
+        let pools = pool::Pools::new(config.pools.clone());
         let inner = Arc::new(Inner {
             store: store.clone(),
             config,
             functions: RwLock::new(HashMap::new()),
             logs,
             instance_seq: AtomicU64::new(1),
+            pools,
         });
+        inner.pools.start(&inner);
         let sched = Scheduler { inner };
         for rec in store.list()? {
             sched.activate(&rec)?;
@@ -278,6 +289,11 @@ impl Scheduler {
         self.inner.logs.remove(name);
     }
 
+    /// The runtime pools.
+    pub fn pools(&self) -> Vec<lampyr_api::PoolStatus> {
+        self.inner.pools.status()
+    }
+
     /// Stops every instance of every function and waits (up to `limit`)
     /// until they are gone, their cgroups included.
     pub async fn shutdown(&self, limit: Duration) {
@@ -288,7 +304,8 @@ impl Scheduler {
             .drain()
             .map(|(_, s)| s)
             .collect();
-        let instances: Vec<Arc<Instance>> = states.iter().flat_map(|s| s.stop_all()).collect();
+        let mut instances: Vec<Arc<Instance>> = states.iter().flat_map(|s| s.stop_all()).collect();
+        instances.extend(self.inner.pools.drain());
         for inst in &instances {
             inst.kill("server shutting down");
         }
@@ -467,9 +484,9 @@ impl Scheduler {
                 }
                 state::Acquire::Start(version) => {
                     phases.queue = started.elapsed();
-                    let grant = self.cold_start(state, version, phases, true).await?;
+                    let (grant, kind) = self.cold_start(state, version, phases, true).await?;
                     let grant = grant.expect("a claimed start returns a slot");
-                    return Ok((Lease::new(state.clone(), grant), StartKind::Cold));
+                    return Ok((Lease::new(state.clone(), grant), kind));
                 }
                 state::Acquire::Wait(rx) => {
                     let version = state.current();
@@ -504,12 +521,12 @@ impl Scheduler {
         version: Arc<Version>,
         phases: &mut Phases,
         claim: bool,
-    ) -> Result<Option<SlotGrant>, SchedulerError> {
+    ) -> Result<(Option<SlotGrant>, StartKind), SchedulerError> {
         let result = self.start_instance(&version, phases).await;
         match result {
-            Ok(inst) => {
+            Ok((inst, kind)) => {
                 self.watch_instance(state, &inst);
-                state.started(inst, version, claim)
+                Ok((state.started(inst, version, claim)?, kind))
             }
             Err(e) => {
                 state.start_failed();
@@ -518,11 +535,50 @@ impl Scheduler {
         }
     }
 
+    /// Starts a generic instance of a runtime, with no code, for a pool.
+    pub(crate) async fn start_generic(
+        &self,
+        rt: lampyr_api::Runtime,
+        memory_mb: u32,
+    ) -> Result<Arc<Instance>, SchedulerError> {
+        let runtime = self.inner.config.runtimes.get(rt).map_err(|why| {
+            SchedulerError::RuntimeUnavailable {
+                function: format!("pool-{rt}"),
+                runtime: rt.to_string(),
+                why: why.to_string(),
+            }
+        })?;
+        let id = format!(
+            "pool-{rt}-{}",
+            self.inner.instance_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let cfg = InstanceConfig {
+            id,
+            runtime,
+            sandboxer: &self.inner.config.sandboxer,
+            runtime_dir: self.inner.config.bootstrap_dir.join(rt.as_str()),
+            code_dir: None,
+            memory_mb,
+            host_network: false,
+            logs: self.inner.logs.sender(),
+        };
+        let (inst, _) =
+            Instance::start(cfg)
+                .await
+                .map_err(|source| SchedulerError::StartFailed {
+                    function: format!("pool-{rt}"),
+                    source,
+                })?;
+        Ok(inst)
+    }
+
+    /// Brings up one instance of `version`, specialised and loaded: from a
+    /// pool when one has an instance ready, else from scratch.
     async fn start_instance(
         &self,
         version: &Arc<Version>,
         phases: &mut Phases,
-    ) -> Result<Arc<Instance>, SchedulerError> {
+    ) -> Result<(Arc<Instance>, StartKind), SchedulerError> {
         let spec = version.spec();
         let function = spec.name.clone();
         let code_started = Instant::now();
@@ -541,43 +597,40 @@ impl Scheduler {
                 })??
         };
         phases.code = Some(code_started.elapsed());
-        let runtime = self
-            .inner
-            .config
-            .runtimes
-            .get(spec.runtime)
-            .map_err(|why| SchedulerError::RuntimeUnavailable {
-                function: function.clone(),
-                runtime: spec.runtime.to_string(),
-                why: why.to_string(),
-            })?;
-        let id = format!(
-            "{}-{}",
-            spec.name,
-            self.inner.instance_seq.fetch_add(1, Ordering::Relaxed)
-        );
-        let cfg = InstanceConfig {
-            id,
-            runtime,
-            sandboxer: &self.inner.config.sandboxer,
-            runtime_dir: self.inner.config.bootstrap_dir.join(spec.runtime.as_str()),
-            code_dir,
-            memory_mb: spec.memory_mb,
-            host_network: spec.network == lampyr_api::Network::Host,
-            logs: self.inner.logs.sender(),
+
+        // A pooled instance lives in a private network; functions on the
+        // host's network start from scratch.
+        let pooled = if spec.network == lampyr_api::Network::None {
+            self.inner.pools.take(spec.runtime)
+        } else {
+            None
         };
-        let (inst, timings) =
-            Instance::start(cfg)
-                .await
-                .map_err(|source| SchedulerError::StartFailed {
-                    function: function.clone(),
-                    source,
-                })?;
-        phases.sandbox = Some(timings.sandbox);
-        phases.runtime = Some(timings.runtime);
+        let (inst, kind) = match pooled {
+            Some(inst) => {
+                let t = Instant::now();
+                match inst.specialise(&code_dir, spec.memory_mb) {
+                    Ok(_) => {
+                        phases.sandbox = Some(t.elapsed());
+                        (inst, StartKind::Pooled)
+                    }
+                    Err(e) => {
+                        // E.g. the runtime already uses more than the
+                        // function's memory limit: start from scratch.
+                        tracing::debug!(function = %function, "pooled instance unusable: {e}");
+                        inst.kill("could not be specialised");
+                        let fresh = self.start_fresh(version, &code_dir, phases).await?;
+                        (fresh, StartKind::Cold)
+                    }
+                }
+            }
+            None => {
+                let fresh = self.start_fresh(version, &code_dir, phases).await?;
+                (fresh, StartKind::Cold)
+            }
+        };
         let load = LoadRequest {
             handler: spec.handler.clone(),
-            task_root: inst.task_root().to_path_buf(),
+            task_root: inst.task_root().unwrap_or_default(),
             function_name: spec.name.clone(),
             function_version: version.record.version.to_string(),
             memory_mb: spec.memory_mb,
@@ -602,6 +655,48 @@ impl Scheduler {
             }
             Err(source) => return Err(SchedulerError::StartFailed { function, source }),
         }
+        Ok((inst, kind))
+    }
+
+    /// Starts an instance of `version` from scratch, its code in place.
+    async fn start_fresh(
+        &self,
+        version: &Arc<Version>,
+        code_dir: &std::path::Path,
+        phases: &mut Phases,
+    ) -> Result<Arc<Instance>, SchedulerError> {
+        let spec = version.spec();
+        let function = spec.name.clone();
+        let runtime = self
+            .inner
+            .config
+            .runtimes
+            .get(spec.runtime)
+            .map_err(|why| SchedulerError::RuntimeUnavailable {
+                function: function.clone(),
+                runtime: spec.runtime.to_string(),
+                why: why.to_string(),
+            })?;
+        let id = format!(
+            "{}-{}",
+            spec.name,
+            self.inner.instance_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let cfg = InstanceConfig {
+            id,
+            runtime,
+            sandboxer: &self.inner.config.sandboxer,
+            runtime_dir: self.inner.config.bootstrap_dir.join(spec.runtime.as_str()),
+            code_dir: Some(code_dir.to_path_buf()),
+            memory_mb: spec.memory_mb,
+            host_network: spec.network == lampyr_api::Network::Host,
+            logs: self.inner.logs.sender(),
+        };
+        let (inst, timings) = Instance::start(cfg)
+            .await
+            .map_err(|source| SchedulerError::StartFailed { function, source })?;
+        phases.sandbox = Some(timings.sandbox);
+        phases.runtime = Some(timings.runtime);
         Ok(inst)
     }
 

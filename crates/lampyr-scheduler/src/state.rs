@@ -363,6 +363,7 @@ impl FunctionState {
         let g = self.inner.lock();
         let mut c = InstanceCounts {
             starting: g.starting as usize,
+            queued: g.waiters.iter().filter(|w| !w.is_closed()).count(),
             ..Default::default()
         };
         for s in &g.slots {

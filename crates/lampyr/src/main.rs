@@ -65,6 +65,9 @@ enum Command {
         /// isolation) or off (plain processes) [default: auto]
         #[arg(long)]
         isolation: Option<String>,
+        /// Keep pools of pre-started runtimes for fast cold starts [default: on]
+        #[arg(long, value_parser = ["on", "off"])]
+        pools: Option<String>,
     },
     /// Scaffold a new function: DIR/lampyr.toml and a hello-world handler.
     Init {
@@ -162,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             demo,
             log_format,
             isolation,
+            pools,
         } => serve(
             cli.data_dir.clone(),
             *listen,
@@ -169,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             *demo,
             *log_format,
             isolation.clone(),
+            pools.as_deref().map(|p| p == "on"),
         ),
         Command::Init { dir, runtime, name } => {
             let name = lampyr_cli::scaffold::init(dir, *runtime, name.as_deref())?;
@@ -290,6 +295,7 @@ fn serve(
     demo: bool,
     log_format: LogFormat,
     isolation: Option<String>,
+    pools: Option<bool>,
 ) -> anyhow::Result<()> {
     init_tracing(log_format);
     let mut cfg = match &config {
@@ -304,6 +310,9 @@ fn serve(
     }
     if let Some(i) = isolation {
         cfg.sandbox.isolation = i;
+    }
+    if let Some(p) = pools {
+        cfg.pools.enabled = p;
     }
     let data_dir = cfg
         .data_dir

@@ -66,9 +66,8 @@ fn a_handler_past_its_timeout_gets_504_and_its_instance_is_killed() {
         );
         let r = server.get(name);
         assert_eq!(r.status, 200);
-        assert_eq!(
-            r.header("x-lampyr-start"),
-            Some("cold"),
+        assert!(
+            common::fresh(&r),
             "a fresh instance replaced the killed one"
         );
         let rid = r.header("x-lampyr-request-id").unwrap().to_string();
@@ -106,7 +105,11 @@ fn a_dying_runtime_gives_502_naming_the_function_and_is_replaced() {
         });
         let r = server.get(name);
         assert_eq!(r.text(), "alive");
-        assert_eq!(r.header("x-lampyr-start"), Some("cold"));
+        assert!(
+            common::fresh(&r),
+            "a new instance served it: {:?}",
+            r.header("x-lampyr-start")
+        );
     }
 }
 

@@ -97,9 +97,14 @@ pub fn request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &
 impl Server {
     /// Starts a server with a fresh data directory.
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a server with a fresh data directory and extra arguments.
+    pub fn start_with(extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let mut s = Server::start_in(&data, &[]);
+        let mut s = Server::start_in(&data, extra);
         s._tmp = Some(tmp);
         s
     }
@@ -126,10 +131,15 @@ impl Server {
             .expect("start lampyr serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if !sent {
+                    seen2.lock().unwrap().push(line.clone());
+                }
                 if !sent {
                     if let Some(i) = line.find("lampyr listening on ") {
                         let rest = &line[i + "lampyr listening on ".len()..];
@@ -148,13 +158,40 @@ impl Server {
         });
         let url = rx
             .recv_timeout(Duration::from_secs(30))
-            .expect("server announced its address");
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the server did not announce its address; it said:\n{}",
+                    seen.lock().unwrap().join("\n")
+                )
+            });
         Server {
             url,
             data: data.to_path_buf(),
             child,
             _tmp: None,
         }
+    }
+
+    /// Waits until every enabled runtime pool has an instance ready.
+    pub fn wait_pools_ready(&self) {
+        self.wait_until("the runtime pools to fill", Duration::from_secs(30), || {
+            let pools = self.api("GET", "/pools", None).json();
+            pools
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["enabled"] == false || p["ready"].as_u64().unwrap() >= 1)
+        });
+    }
+
+    /// True when this server keeps runtime pools.
+    pub fn pools_enabled(&self) -> bool {
+        let pools = self.api("GET", "/pools", None).json();
+        pools
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["enabled"] == true)
     }
 
     pub fn token(&self) -> String {
@@ -350,4 +387,10 @@ impl Fixture {
     pub fn write(&self, file: &str, body: &str) {
         std::fs::write(self.dir.path().join(file), body).unwrap();
     }
+}
+
+/// True when a response came from a newly started instance (cold, or
+/// specialised from a pool) rather than a warm one.
+pub fn fresh(r: &Resp) -> bool {
+    matches!(r.header("x-lampyr-start"), Some("cold") | Some("pooled"))
 }

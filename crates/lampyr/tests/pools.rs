@@ -1,0 +1,151 @@
+//! Runtime pools: pre-started generic instances specialised on demand.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Fixture, Server};
+
+fn pool(server: &Server, runtime: &str) -> serde_json::Value {
+    let pools = server.api("GET", "/pools", None).json();
+    pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["runtime"] == runtime)
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_cold_start_takes_a_pooled_instance_and_the_pool_refills() {
+    let server = Server::start();
+    server.wait_pools_ready();
+    server.deploy(Fixture::node("quick", "", "exports.handler = async () => 'quick';").path());
+    server
+        .deploy(Fixture::python("quick-py", "", "def handler(e, c):\n    return 'quick'\n").path());
+    for (name, runtime) in [("quick", "nodejs"), ("quick-py", "python")] {
+        let r = server.get(name);
+        assert_eq!(r.text(), "quick");
+        assert_eq!(r.header("x-lampyr-start"), Some("pooled"));
+        let timing = r.header("server-timing").unwrap();
+        assert!(
+            !timing.contains("runtime;"),
+            "the runtime was already up: {timing}"
+        );
+        assert!(
+            timing.contains("init;") && timing.contains("sandbox;"),
+            "{timing}"
+        );
+        server.wait_until("the pool to refill", Duration::from_secs(30), || {
+            pool(&server, runtime)["ready"] == 1
+        });
+        // The refilled instance is generic: another function gets it.
+        assert_eq!(server.get(name).header("x-lampyr-start"), Some("warm"));
+    }
+}
+
+#[test]
+fn pools_can_be_turned_off() {
+    let server = Server::start_with(&["--pools", "off"]);
+    assert!(server
+        .api("GET", "/pools", None)
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["enabled"] == false && p["ready"] == 0));
+    server.deploy(Fixture::node("slow-start", "", "exports.handler = async () => 1;").path());
+    let r = server.get("slow-start");
+    assert_eq!(r.header("x-lampyr-start"), Some("cold"));
+    assert!(r.header("server-timing").unwrap().contains("runtime;"));
+}
+
+#[test]
+fn pools_grow_under_bursts_of_cold_starts_within_their_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("lampyr-server.toml");
+    std::fs::write(
+        &cfg,
+        "[pools]\nnodejs_min = 1\nnodejs_max = 3\npython_min = 0\npython_max = 0\n",
+    )
+    .unwrap();
+    let server = Arc::new(Server::start_in(
+        &tmp.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    ));
+    server.wait_pools_ready();
+    assert_eq!(pool(&server, "python")["enabled"], false);
+    for i in 0..4 {
+        server.deploy(
+            Fixture::node(
+                &format!("burst-{i}"),
+                "",
+                "exports.handler = async () => 'ok';",
+            )
+            .path(),
+        );
+    }
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let s = server.clone();
+            std::thread::spawn(move || s.get(&format!("burst-{i}")))
+        })
+        .collect();
+    let kinds: Vec<String> = calls
+        .into_iter()
+        .map(|c| {
+            c.join()
+                .unwrap()
+                .header("x-lampyr-start")
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(kinds.iter().any(|k| k == "pooled"), "{kinds:?}");
+    assert!(
+        kinds.iter().any(|k| k == "cold"),
+        "the burst outran the pool: {kinds:?}"
+    );
+    // The misses raised the pool's target to its maximum, and it fills up.
+    server.wait_until(
+        "the pool to grow to its max",
+        Duration::from_secs(60),
+        || {
+            let p = pool(&server, "nodejs");
+            p["target"] == 3 && p["ready"] == 3
+        },
+    );
+}
+
+#[test]
+fn reserved_instances_and_host_network_functions() {
+    let server = Server::start();
+    server.wait_pools_ready();
+    server.deploy(
+        Fixture::node(
+            "kept",
+            "min_instances = 1\n",
+            "exports.handler = async () => 'kept';",
+        )
+        .path(),
+    );
+    server.wait_until("the reserved instance", Duration::from_secs(20), || {
+        server.info("kept")["instance_states"]["idle"] == 1
+    });
+    assert_eq!(server.get("kept").header("x-lampyr-start"), Some("warm"));
+    server.deploy(
+        Fixture::node(
+            "hosted",
+            "network = \"host\"\n",
+            "exports.handler = async () => 'hosted';",
+        )
+        .path(),
+    );
+    assert_eq!(
+        server.get("hosted").header("x-lampyr-start"),
+        Some("cold"),
+        "host-network functions never take pooled instances"
+    );
+}
