@@ -5,12 +5,15 @@
     bench/coldstart/run.py --iterations 20 --configs plain
 
 Builds lampyr in release mode, then for every server configuration (see
-CONFIGS) starts `lampyr serve` with a fresh data directory, deploys a Node.js
-and a Python hello function with `idle_timeout = "100ms"`, and takes N cold
-starts per function: before each it polls the management API until the
-function has no instance, then times one GET /fn/NAME from the client on a
-fresh connection and records the Server-Timing phases. Right after each cold
-request it sends one warm request (also on a fresh connection). As a baseline
+CONFIGS: pooled, unpooled, plain) starts `lampyr serve` with a fresh data
+directory, deploys a Node.js and a Python hello function with
+`idle_timeout = "100ms"`, and takes N cold starts per function: before each
+it polls the management API until the function has no instance (and, with
+pools on, until the runtime's pool has a ready instance), then times one
+GET /fn/NAME from the client on a fresh connection, checks that
+x-lampyr-start is the kind the configuration must give (`pooled` or `cold`)
+and records the Server-Timing phases. Right after each cold request it sends
+one warm request (also on a fresh connection). As a baseline
 it spawns the bare interpreter running a minimal HTTP server on the same
 handler file (bare-node-server.js, bare-python-server.py) and times spawn ->
 first HTTP response. It also times `unshare` with and without a network
@@ -44,14 +47,25 @@ BIN = os.path.join(ROOT, "target", "release", "lampyr")
 MARK_START = "<!-- bench:coldstart:start -->"
 MARK_END = "<!-- bench:coldstart:end -->"
 
-# Server configurations: name -> (extra `lampyr serve` flags, description).
-# Add an entry to measure another configuration, e.g.
-#   "pooled": (["--pools", "on"], "pre-started instance pools"),
+# Server configurations: name -> (extra `lampyr serve` flags, description,
+# the x-lampyr-start every measured cold start must answer, pools on?).
+# Add an entry to measure another configuration.
 CONFIGS = {
-    "sandbox": (["--isolation", "auto"], "`--isolation auto`: every instance in the full sandbox"),
-    "plain": (["--isolation", "off"], "`--isolation off`: plain processes"),
+    "pooled": (["--isolation", "auto", "--pools", "on"],
+               "`--isolation auto --pools on` (the default): full sandbox, a cold start specialises a "
+               "pre-started instance from the runtime's pool", "pooled", True),
+    "unpooled": (["--isolation", "auto", "--pools", "off"],
+                 "`--isolation auto --pools off`: full sandbox, every cold start from scratch", "cold", False),
+    "plain": (["--isolation", "off", "--pools", "off"],
+              "`--isolation off --pools off`: plain processes, every cold start from scratch", "cold", False),
 }
-DEFAULT_CONFIGS = "sandbox,plain"
+DEFAULT_CONFIGS = "pooled,unpooled,plain"
+# The project's targets (client side, end to end): pooled cold start p50 at
+# most this many ms, and at most POOLED_RATIO x the bare baseline p50; an
+# unpooled cold start within UNPOOLED_RATIO x the bare baseline.
+POOLED_TARGET_MS = {"nodejs": 10.0, "python": 5.0}
+POOLED_RATIO = 0.1
+UNPOOLED_RATIO = 1.2
 
 # The functions: runtime -> (name, handler file, handler source).
 FUNCTIONS = {
@@ -72,6 +86,7 @@ RUNTIME_LABEL = {"nodejs": "Node.js", "python": "Python"}
 PHASES = ["queue", "code", "sandbox", "runtime", "init", "exec"]
 BODY = b"Hello World\n"
 IDLE_DEADLINE_S = 10.0
+POOL_DEADLINE_S = 10.0
 BASELINE_DEADLINE_S = 10.0
 # The baselines run with the environment lampyr gives its instances
 # (crates/lampyr-runtime/src/instance.rs), not the caller's: variables such as
@@ -275,12 +290,34 @@ class Server:
         if r.returncode != 0:
             raise BenchError("lampyr deploy %s failed (exit %d):\n%s%s" % (fn_dir, r.returncode, r.stdout, r.stderr))
 
-    def info(self, name):
-        req = urllib.request.Request(
-            "%s/api/v1/functions/%s" % (self.url, name), headers={"Authorization": "Bearer " + self.token}
-        )
+    def api(self, path):
+        req = urllib.request.Request(self.url + path, headers={"Authorization": "Bearer " + self.token})
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
+
+    def info(self, name):
+        return self.api("/api/v1/functions/" + name)
+
+    def pool(self, rt):
+        """This runtime's entry of GET /api/v1/pools."""
+        for p in self.api("/api/v1/pools"):
+            if p.get("runtime") == rt:
+                return p
+        raise BenchError("[%s] GET /api/v1/pools has no entry for %s" % (self.name, rt))
+
+    def wait_pool_ready(self, rt):
+        """Polls until the runtime's pool has a ready instance; returns the seconds waited."""
+        t0 = time.monotonic()
+        while True:
+            p = self.pool(rt)
+            if p.get("ready", 0) >= 1:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > POOL_DEADLINE_S:
+                raise BenchError("[%s] the %s pool has no ready instance %.0f s after the last cold start: %s"
+                                 % (self.name, rt, POOL_DEADLINE_S, json.dumps(p)))
+            if self.proc.poll() is not None:
+                raise BenchError("lampyr serve (%s) exited with code %s" % (self.name, self.proc.returncode))
+            time.sleep(0.002)
 
     def wait_no_instances(self, name):
         deadline = time.monotonic() + IDLE_DEADLINE_S
@@ -304,9 +341,11 @@ class Server:
             raise BenchError("[%s] GET /fn/%s answered %d: %r" % (self.name, name, status, body[:500]))
         if body != BODY:
             raise BenchError("[%s] GET /fn/%s answered the body %r" % (self.name, name, body[:500]))
-        if expect == "cold" and start in (None, "warm"):
-            raise BenchError("[%s] GET /fn/%s after the instance count reached 0 answered x-lampyr-start=%s"
-                             % (self.name, name, start))
+        if expect != "warm" and start != expect:
+            raise BenchError("[%s] GET /fn/%s after the instance count reached 0%s answered x-lampyr-start=%s, "
+                             "expected %s (server-timing: %s)"
+                             % (self.name, name, " and the pool had a ready instance" if expect == "pooled" else "",
+                                start, expect, headers.get("server-timing")))
         if expect == "warm" and start != "warm":
             raise BenchError("[%s] GET /fn/%s right after a cold start answered x-lampyr-start=%s"
                              % (self.name, name, start))
@@ -334,33 +373,52 @@ class Server:
         return out
 
 
-def bench_config(procs, work, cname, flags, fn_dirs, n):
+def bench_config(procs, work, cname, fn_dirs, n):
     """Cold and warm samples for every function under one server configuration."""
+    flags, _, expect, pools_on = CONFIGS[cname]
     srv = Server(procs, work, cname, flags)
     results = {}
     try:
+        for rt in FUNCTIONS:
+            p = srv.pool(rt)
+            if bool(p.get("enabled")) != pools_on:
+                raise BenchError("[%s] GET /api/v1/pools says %s; expected enabled=%s"
+                                 % (cname, json.dumps(p), str(pools_on).lower()))
         for rt, (name, _, _) in FUNCTIONS.items():
             srv.deploy(fn_dirs[rt])
             log("[%s] deployed %s" % (cname, name))
         for rt, (name, _, _) in FUNCTIONS.items():
-            cold, warm, phases, kinds = [], [], {p: [] for p in PHASES}, {}
-            # One untimed cold start first (page cache, lazy initialisation).
-            srv.wait_no_instances(name)
-            srv.invoke(name, "cold")
-            for i in range(n):
+            cold, warm, refill, phases, kinds = [], [], [], {p: [] for p in PHASES}, {}
+
+            def ready():
                 srv.wait_no_instances(name)
-                ms, start, timing = srv.invoke(name, "cold")
+                if pools_on:
+                    srv.wait_pool_ready(rt)
+
+            # One untimed cold start first (page cache, lazy initialisation).
+            ready()
+            srv.invoke(name, expect)
+            for i in range(n):
+                ready()
+                ms, start, timing = srv.invoke(name, expect)
+                t_cold = time.monotonic()
                 cold.append(ms)
                 kinds[start] = kinds.get(start, 0) + 1
                 for p, v in timing.items():
                     phases.setdefault(p, []).append(v)
                 wms, _, _ = srv.invoke(name, "warm")
                 warm.append(wms)
-            results[rt] = {"cold": cold, "warm": warm, "phases": phases, "kinds": kinds}
-            log("[%s] %s: cold p50 %s ms p99 %s ms (%s); warm p50 %s ms; phases p50: %s" % (
+                if pools_on:
+                    # Upper bound on the refill: cold response -> first poll seeing ready >= 1.
+                    srv.wait_pool_ready(rt)
+                    refill.append((time.monotonic() - t_cold) * 1000.0)
+            results[rt] = {"cold": cold, "warm": warm, "phases": phases, "kinds": kinds, "refill": refill}
+            log("[%s] %s: cold p50 %s ms p99 %s ms (%s); warm p50 %s ms; phases p50: %s%s" % (
                 cname, name, fmt_ms(pct(cold, 50)), fmt_ms(pct(cold, 99)),
                 ", ".join("%s=%d" % kv for kv in sorted(kinds.items())), fmt_ms(pct(warm, 50)),
-                ", ".join("%s %s" % (p, fmt_ms(pct(v, 50))) for p, v in phases.items() if v)))
+                ", ".join("%s %s" % (p, fmt_ms(pct(v, 50))) for p, v in phases.items() if v),
+                "; pool refill p50 %s ms max %s ms" % (fmt_ms(pct(refill, 50)), fmt_ms(max(refill)))
+                if refill else ""))
     finally:
         warns = srv.warnings()
         try:
@@ -485,14 +543,77 @@ def machine_line(interp):
                interp["nodejs"][1], interp["python"][1], commit, date))
 
 
+ROW_LABEL = {
+    "pooled": "(a) lampyr cold start, **pooled**",
+    "unpooled": "(b) lampyr cold start, **unpooled**",
+    "plain": "lampyr cold start, plain",
+}
+
+
+def fmt_ratio(r):
+    return ("%.2f×" if r >= 0.1 else "%.3f×") % r
+
+
+def verdict(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def target_lines(rt, configs, lampyr, bare):
+    """The project's targets for this runtime and whether this run met them."""
+    b50, b99 = pct(bare[rt], 50), pct(bare[rt], 99)
+    out = []
+    if "pooled" in configs:
+        a50 = pct(lampyr["pooled"][rt]["cold"], 50)
+        out.append("(a) pooled p50 ≤ %.0f ms end to end: %s (%s ms); a/c ≤ %s at p50: %s (%s)"
+                   % (POOLED_TARGET_MS[rt], verdict(a50 <= POOLED_TARGET_MS[rt]), fmt_ms(a50),
+                      POOLED_RATIO, verdict(a50 / b50 <= POOLED_RATIO), fmt_ratio(a50 / b50)))
+    if "unpooled" in configs:
+        s = lampyr["unpooled"][rt]["cold"]
+        r50, r99 = pct(s, 50) / b50, pct(s, 99) / b99
+        out.append("(b) unpooled within %s× of (c): at p50 %s (%s), at p99 %s (%s)"
+                   % (UNPOOLED_RATIO, verdict(r50 <= UNPOOLED_RATIO), fmt_ratio(r50),
+                      verdict(r99 <= UNPOOLED_RATIO), fmt_ratio(r99)))
+    if not out:
+        return ""
+    return "Project targets: " + "; ".join(out) + "."
+
+
 def render(args, configs, interp, lampyr, warns, bare, ns):
     n = args.iterations
+    warm_cfg = "pooled" if "pooled" in configs else configs[0]
     L = [MARK_START, "## Cold starts (`bench/coldstart`)", ""]
+    L.append("Client-side latency of the first request to a hello function with no instance, per lampyr "
+             "configuration, against (c) spawning the bare interpreter as an HTTP server on the same handler; "
+             "(d) is a warm request. Ratios are lampyr p50 / baseline p50 and lampyr p99 / baseline p99.")
+    L.append("")
+    for rt in FUNCTIONS:
+        b50, b99 = pct(bare[rt], 50), pct(bare[rt], 99)
+        L.append("**%s** (`%s`)" % (RUNTIME_LABEL[rt], FUNCTIONS[rt][0]))
+        L.append("")
+        L.append("| | p50 ms | p99 ms | p50 / baseline | p99 / baseline |")
+        L.append("| --- | ---: | ---: | ---: | ---: |")
+
+        def row(label, s, bold=False):
+            r50, r99 = fmt_ratio(pct(s, 50) / b50), fmt_ratio(pct(s, 99) / b99)
+            if bold:
+                r50, r99 = "**%s**" % r50, "**%s**" % r99
+            L.append("| %s | %s | %s | %s | %s |" % (label, fmt_ms(pct(s, 50)), fmt_ms(pct(s, 99)), r50, r99))
+        for c in configs:
+            row(ROW_LABEL.get(c, "lampyr cold start, %s" % c), lampyr[c][rt]["cold"], bold=c in ("pooled", "unpooled"))
+        row("(c) bare interpreter baseline", bare[rt])
+        row("(d) lampyr warm (%s server)" % warm_cfg, lampyr[warm_cfg][rt]["warm"])
+        L.append("")
+        t = target_lines(rt, configs, lampyr, bare)
+        if t:
+            L.append(t)
+            L.append("")
     L.append(
-        "A Node.js and a Python hello handler (status 200, `text/plain`, `Hello World`) are deployed with "
+        "Method: a Node.js and a Python hello handler (status 200, `text/plain`, `Hello World`) are deployed with "
         "`idle_timeout = \"100ms\"`. Before each cold start the script polls the management API until the "
-        "function has no instance, then times one `GET /fn/NAME` on a fresh connection from the client "
-        "(connect, request, full response); right after it, one warm request on a fresh connection. "
+        "function has no instance and, with pools on, until `GET /api/v1/pools` shows a ready instance for the "
+        "runtime; then it times one `GET /fn/NAME` on a fresh connection from the client (connect, request, full "
+        "response) and checks `x-lampyr-start` (`pooled` with pools on, `cold` with pools off: every sample here "
+        "did); right after it, one warm request on a fresh connection. "
         "The baseline spawns the same interpreter running a minimal HTTP server on the same handler file "
         "(`bench/coldstart/bare-node-server.js`, `bare-python-server.py`, an `http.server`, under `python3 -s -B` as lampyr "
         "starts Python) with the environment lampyr gives its instances, and times spawn → first successful "
@@ -504,26 +625,21 @@ def render(args, configs, interp, lampyr, warns, bare, ns):
     L.append("")
     L.append(machine_line(interp))
     L.append("")
-    for rt in FUNCTIONS:
-        base50 = pct(bare[rt], 50)
-        L.append("**%s** (`%s`)" % (RUNTIME_LABEL[rt], FUNCTIONS[rt][0]))
-        L.append("")
-        L.append("| | p50 ms | p99 ms | p50 / baseline p50 |")
-        L.append("| --- | ---: | ---: | ---: |")
-
-        def row(label, s):
-            ratio = pct(s, 50) / base50
-            L.append("| %s | %s | %s | %s× |" % (label, fmt_ms(pct(s, 50)), fmt_ms(pct(s, 99)),
-                                               "%.2f" % ratio if ratio >= 0.1 else "%.3f" % ratio))
-        for c in configs:
-            kinds = lampyr[c][rt]["kinds"]
-            note = "" if set(kinds) == {"cold"} else " (%s)" % ", ".join("%s %d" % kv for kv in sorted(kinds.items()))
-            row("lampyr cold (%s)%s" % (c, note), lampyr[c][rt]["cold"])
-        row("bare interpreter baseline", bare[rt])
-        for c in configs:
-            row("lampyr warm (%s)" % c, lampyr[c][rt]["warm"])
-        L.append("")
-    L.append("Server-Timing phases of the cold starts, p50 / p99 ms (`—`: the phase was not reported):")
+    others = [c for c in configs if c != warm_cfg]
+    if others:
+        L.append("Warm requests in the other configurations, p50 / p99 ms: " + "; ".join(
+            "%s %s" % (RUNTIME_LABEL[rt], ", ".join(
+                "%s %s / %s" % (c, fmt_ms(pct(lampyr[c][rt]["warm"], 50)), fmt_ms(pct(lampyr[c][rt]["warm"], 99)))
+                for c in others)) for rt in FUNCTIONS) + ".")
+    if "pooled" in configs:
+        L.append("Pool refill (pooled cold response → first `/api/v1/pools` poll, after the warm request, showing "
+                 "`ready ≥ 1`), p50 / max ms: " + "; ".join(
+                     "%s %s / %s" % (RUNTIME_LABEL[rt], fmt_ms(pct(lampyr["pooled"][rt]["refill"], 50)),
+                                     fmt_ms(max(lampyr["pooled"][rt]["refill"]))) for rt in FUNCTIONS) + ".")
+    L.append("")
+    L.append("Server-Timing phases of the cold starts, p50 / p99 ms (`—`: the phase was not reported; for "
+             "pooled starts `sandbox` is the specialisation of the pre-started instance and there is no "
+             "`runtime` phase):")
     L.append("")
     L.append("| configuration | runtime | " + " | ".join(PHASES) + " |")
     L.append("| --- | --- |" + " ---: |" * len(PHASES))
@@ -622,7 +738,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"),
                     help="report file whose coldstart section is rewritten (default docs/benchmarks.md)")
     ap.add_argument("--no-build", action="store_true", help="use the existing target/release/lampyr")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) on exit")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, samples.json) on exit")
     args = ap.parse_args()
     if args.iterations < 1:
         ap.error("--iterations must be at least 1")
@@ -666,10 +782,12 @@ def main():
 
         lampyr, warns = {}, {}
         for c in configs:
-            lampyr[c], warns[c] = bench_config(procs, work, c, CONFIGS[c][0], fn_dirs, args.iterations)
+            lampyr[c], warns[c] = bench_config(procs, work, c, fn_dirs, args.iterations)
         bare = bench_baselines(procs, work, interp, fn_dirs, args.iterations)
         ns = bench_namespaces(args.iterations)
 
+        with open(os.path.join(work, "samples.json"), "w") as f:
+            json.dump({"lampyr": lampyr, "baseline": bare, "namespaces": ns}, f, indent=1)
         section = render(args, configs, interp, lampyr, warns, bare, ns)
         write_section(args.out, section)
         log("wrote the coldstart section of %s:" % args.out)

@@ -170,8 +170,21 @@ function sendReply(type, id, json) {
   b[4] = type;
   b.writeUInt32BE(id, 5);
   b.write(json, 9, n, 'utf8');
+  // Replies produced in the same turn of the event loop (several
+  // invocations in flight) leave in one write.
+  if (!corked) {
+    corked = true;
+    sock.cork();
+    process.nextTick(uncork);
+  }
   sock.write(b);
   return true;
+}
+
+let corked = false;
+function uncork() {
+  corked = false;
+  sock.uncork();
 }
 
 // ---------------------------------------------------------------- state

@@ -169,3 +169,110 @@ pub struct PoolStatus {
     pub min: usize,
     pub max: usize,
 }
+
+/// What happened to one invocation (`GET /api/v1/invocations/REQUEST_ID`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InvocationRecord {
+    pub request_id: String,
+    pub function: String,
+    pub version: u64,
+    /// `http` (the HTTP trigger) or `api` (`lampyr invoke`, the Invoke API).
+    pub trigger: String,
+    /// RFC 3339 start time.
+    pub start_time: String,
+    /// `cold`, `pooled` or `warm`.
+    pub start: String,
+    /// Cold-start and execution phases in milliseconds; absent phases did not happen.
+    pub phases: PhaseTimes,
+    /// Wall-clock time of the whole invocation in the platform, in ms.
+    pub duration_ms: f64,
+    /// The handler's execution time rounded up to the next millisecond.
+    pub billed_ms: u64,
+    /// memory_mb / 1024 × billed seconds.
+    pub gb_seconds: f64,
+    pub memory_mb: u32,
+    /// The instance's peak memory use, where the kernel reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_used_mb: Option<f64>,
+    /// `ok`, `error`, `timeout`, `out_of_memory`, `crashed` or `throttled`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    /// The HTTP status sent to the caller.
+    pub http_status: u16,
+    pub response_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+/// Phase durations in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PhaseTimes {
+    pub queue: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<f64>,
+    pub exec: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InvocationList {
+    pub invocations: Vec<InvocationRecord>,
+}
+
+/// Percentiles of one measure, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// `GET /api/v1/functions/NAME/stats?since=1h`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FunctionStats {
+    pub function: String,
+    /// RFC 3339 start of the window.
+    pub since: String,
+    pub count: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub cold_starts: u64,
+    /// (cold + pooled) / count.
+    pub cold_start_rate: f64,
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    pub by_start: std::collections::BTreeMap<String, u64>,
+    pub duration: Percentiles,
+    /// Per cold-start phase (queue, code, sandbox, runtime, init, exec).
+    pub phases: std::collections::BTreeMap<String, Percentiles>,
+    pub gb_seconds: f64,
+}
+
+/// One point of a function's time series (`GET /api/v1/functions/NAME/series`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SeriesPoint {
+    /// RFC 3339 start of the bucket.
+    pub t: String,
+    pub invocations: u64,
+    pub errors: u64,
+    pub cold: u64,
+    pub warm_p50_ms: Option<f64>,
+    pub warm_p99_ms: Option<f64>,
+    pub cold_p50_ms: Option<f64>,
+    pub cold_p99_ms: Option<f64>,
+    /// Live instances at the end of the bucket, when sampled.
+    pub instances: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Series {
+    pub function: String,
+    pub step_seconds: u64,
+    pub points: Vec<SeriesPoint>,
+}

@@ -10,6 +10,7 @@
 pub mod error;
 pub mod server;
 mod trigger;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -102,6 +103,10 @@ pub fn router(app: AppState) -> Router {
         .route("/fn/{name}/", any(trigger::invoke_root))
         .route("/fn/{name}/{*rest}", any(trigger::invoke_rest))
         .route("/healthz", get(health))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/style.css", get(ui::style_css))
         .nest("/api/v1", api)
         .fallback(|| async {
             ApiError::new(
@@ -129,6 +134,14 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// A new request id: a random (version 4) UUID from the thread's fast
+/// generator, with no system call per request.
+pub(crate) fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 /// The bearer token in `Authorization`, if any.
@@ -269,7 +282,7 @@ async fn invoke_raw(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = new_request_id();
     let event = if body.is_empty() {
         Bytes::from_static(b"{}")
     } else {

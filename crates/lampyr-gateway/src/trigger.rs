@@ -49,7 +49,7 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Body>,
 ) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = crate::new_request_id();
     let mut resp = match run(&app, &name, &rest, peer, req, &request_id).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -125,7 +125,7 @@ struct HttpEvent<'a> {
     raw_query_string: &'a str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     cookies: Vec<&'a str>,
-    headers: BTreeMap<String, String>,
+    headers: JoinedHeaders<'a>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     query_string_parameters: BTreeMap<String, String>,
     request_context: RequestContext<'a>,
@@ -172,21 +172,12 @@ pub(crate) fn build_event(
     peer: SocketAddr,
     request_id: &str,
 ) -> Vec<u8> {
-    let mut hdrs: BTreeMap<String, String> = BTreeMap::new();
-    let mut cookies = Vec::new();
-    for (k, v) in headers {
-        let Ok(v) = v.to_str() else { continue };
-        if k == "cookie" {
-            cookies.extend(v.split(';').map(str::trim).filter(|c| !c.is_empty()));
-            continue;
-        }
-        hdrs.entry(k.as_str().to_string())
-            .and_modify(|e| {
-                e.push(',');
-                e.push_str(v);
-            })
-            .or_insert_with(|| v.to_string());
-    }
+    let cookies: Vec<&str> = headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';').map(str::trim).filter(|c| !c.is_empty()))
+        .collect();
     let query = uri.query().unwrap_or("");
     let mut params: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -225,7 +216,7 @@ pub(crate) fn build_event(
         raw_path: &raw_path,
         raw_query_string: query,
         cookies,
-        headers: hdrs,
+        headers: JoinedHeaders(headers),
         query_string_parameters: params,
         request_context: RequestContext {
             account_id: "anonymous",
@@ -253,6 +244,37 @@ pub(crate) fn build_event(
         is_base64_encoded: b64,
     };
     serde_json::to_vec(&event).expect("event serialises")
+}
+
+/// The request's headers as payload 2.0 wants them: lower-case names,
+/// repeated values joined with commas, cookies left out (they have their own
+/// field). Serialised straight from the `HeaderMap`, without copying it.
+struct JoinedHeaders<'a>(&'a HeaderMap);
+
+impl Serialize for JoinedHeaders<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = ser.serialize_map(None)?;
+        for name in self.0.keys() {
+            if name == "cookie" {
+                continue;
+            }
+            let mut values = self.0.get_all(name).iter().filter_map(|v| v.to_str().ok());
+            let Some(first) = values.next() else { continue };
+            match values.next() {
+                None => map.serialize_entry(name.as_str(), first)?,
+                Some(second) => {
+                    let mut joined = format!("{first},{second}");
+                    for v in values {
+                        joined.push(',');
+                        joined.push_str(v);
+                    }
+                    map.serialize_entry(name.as_str(), &joined)?;
+                }
+            }
+        }
+        map.end()
+    }
 }
 
 /// Formats a time as `12/Mar/2020:19:03:58 +0000`.
@@ -291,7 +313,10 @@ pub(crate) fn server_timing(inv: &Invocation) -> String {
         if !s.is_empty() {
             s.push_str(", ");
         }
-        let _ = write!(s, "{name};dur={:.3}", d.as_secs_f64() * 1000.0);
+        // Milliseconds with three decimals, from integer microseconds
+        // (float formatting is needlessly slow on every response).
+        let us = d.as_micros();
+        let _ = write!(s, "{name};dur={}.{:03}", us / 1000, us % 1000);
     };
     add("queue", p.queue);
     for (name, d) in [

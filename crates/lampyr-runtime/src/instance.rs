@@ -156,7 +156,7 @@ impl Shared {
 /// A running runtime instance.
 pub struct Instance {
     shared: Arc<Shared>,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    outbox: Arc<Outbox>,
     control: tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>,
     next_id: AtomicU32,
     pid: u32,
@@ -221,6 +221,8 @@ impl Instance {
             logs: cfg.logs,
         });
         let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let outbox = Arc::new(Outbox::default());
+        tokio::spawn(write_frames(shared.clone(), outbox.clone(), writer));
         let pid = sandbox.pid();
         tokio::spawn(read_frames(shared.clone(), reader, control_tx));
         tokio::spawn(read_logs(shared.clone(), io.stdout, Stream::Stdout));
@@ -228,7 +230,7 @@ impl Instance {
         tokio::spawn(watch_exit(shared.clone(), sandbox));
         let inst = Arc::new(Instance {
             shared,
-            writer: tokio::sync::Mutex::new(writer),
+            outbox: outbox.clone(),
             control: tokio::sync::Mutex::new(control_rx),
             next_id: AtomicU32::new(1),
             pid,
@@ -321,15 +323,23 @@ impl Instance {
         }
     }
 
+    /// Queues a frame for the instance. Frames queued while a write is in
+    /// progress leave together in the next one.
     async fn send(&self, frame: &[u8], stage: &'static str) -> Result<(), InstanceError> {
-        let mut w = self.writer.lock().await;
-        if w.write_all(frame).await.is_err() {
-            drop(w);
-            self.shared.kill.notify_one();
+        if self.outbox.broken.load(Ordering::Acquire) {
             return Err(InstanceError::Exited {
                 stage,
                 reason: self.wait_exit().await.reason,
             });
+        }
+        let was_empty = {
+            let mut buf = self.outbox.buf.lock();
+            let was_empty = buf.is_empty();
+            buf.extend_from_slice(frame);
+            was_empty
+        };
+        if was_empty {
+            self.outbox.ready.notify_one();
         }
         Ok(())
     }
@@ -440,6 +450,44 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.kill("stopped");
+    }
+}
+
+/// Frames waiting to be written to the instance.
+#[derive(Default)]
+struct Outbox {
+    buf: Mutex<Vec<u8>>,
+    ready: Notify,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+/// Writes queued frames to the instance, as many per system call as have
+/// accumulated, until the instance exits or the socket breaks.
+async fn write_frames(shared: Arc<Shared>, outbox: Arc<Outbox>, mut writer: OwnedWriteHalf) {
+    let mut exit = shared.exit.subscribe();
+    let mut out = Vec::with_capacity(16 * 1024);
+    loop {
+        tokio::select! {
+            _ = outbox.ready.notified() => {}
+            _ = async { exit.wait_for(|e| e.is_some()).await.map(|_| ()) } => return,
+        }
+        // Let the other requests that are ready now queue their frames too.
+        tokio::task::yield_now().await;
+        loop {
+            {
+                let mut buf = outbox.buf.lock();
+                if buf.is_empty() {
+                    break;
+                }
+                std::mem::swap(&mut *buf, &mut out);
+            }
+            if writer.write_all(&out).await.is_err() {
+                outbox.broken.store(true, Ordering::Release);
+                shared.kill.notify_one();
+                return;
+            }
+            out.clear();
+        }
     }
 }
 
