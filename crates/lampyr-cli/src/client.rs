@@ -135,6 +135,37 @@ impl Client {
         })
     }
 
+    /// A GET whose body is read as it arrives (server-sent events).
+    pub fn stream(&self, path: &str) -> Result<Box<dyn std::io::Read + Send>, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .agent
+            .get(&url)
+            .config()
+            .timeout_global(None)
+            .build()
+            .header("accept", "text/event-stream");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = req.call().map_err(|e| ClientError::Connect {
+            url: self.base.clone(),
+            detail: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let mut resp = resp;
+            let body = resp.body_mut().read_to_vec().unwrap_or_default();
+            let reply = Reply {
+                status,
+                headers: Vec::new(),
+                body,
+            };
+            return Err(server_error(&reply, self.token.is_none()));
+        }
+        Ok(Box::new(resp.into_body().into_reader()))
+    }
+
     pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call("GET", path, None)?.json()
     }

@@ -5,7 +5,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use lampyr_api::{DeployResult, FunctionInfo, FunctionList, FunctionSpec, LogList, LogRecord};
+use lampyr_api::{
+    DeployResult, FunctionInfo, FunctionList, FunctionSpec, FunctionStats, InvocationList, LogList,
+    LogRecord,
+};
 
 use crate::client::{Client, ClientError};
 
@@ -296,6 +299,135 @@ pub fn remove(client: &Client, name: &str, json: bool) -> Result<(), CommandErro
         print_json(&v);
     } else {
         let _ = writeln!(out(), "deleted {name}");
+    }
+    Ok(())
+}
+
+/// `lampyr logs NAME --follow`: prints records as the server streams them.
+pub fn follow_logs(
+    client: &Client,
+    name: &str,
+    request_id: Option<&str>,
+    tail: usize,
+    json: bool,
+) -> Result<(), CommandError> {
+    use std::io::BufRead;
+    let mut q = format!("/api/v1/functions/{name}/logs?follow=1&tail={tail}");
+    if let Some(r) = request_id {
+        q.push_str(&format!("&request_id={r}"));
+    }
+    let body = client.stream(&q)?;
+    for line in std::io::BufReader::new(body).lines() {
+        let line = line.map_err(|e| CommandError::Input(format!("the log stream broke: {e}")))?;
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let data = data.trim_start();
+        let mut o = out();
+        if json {
+            let _ = writeln!(o, "{data}");
+        } else if let Ok(r) = serde_json::from_str::<LogRecord>(data) {
+            let _ = writeln!(o, "{}", format_record(&r));
+        } else {
+            let _ = writeln!(o, "{data}");
+        }
+        let _ = o.flush();
+    }
+    Ok(())
+}
+
+/// `lampyr invocations NAME`.
+pub fn invocations(
+    client: &Client,
+    name: &str,
+    limit: usize,
+    status: Option<&str>,
+    since: Option<&str>,
+    json: bool,
+) -> Result<(), CommandError> {
+    let mut q = format!("/api/v1/functions/{name}/invocations?limit={limit}");
+    if let Some(s) = status {
+        q.push_str(&format!("&status={s}"));
+    }
+    if let Some(s) = since {
+        q.push_str(&format!("&since={s}"));
+    }
+    let list: InvocationList = client.get_json(&q)?;
+    if json {
+        print_json(&list);
+        return Ok(());
+    }
+    let mut o = out();
+    let _ = writeln!(
+        o,
+        "{:<24}  {:<36}  {:<6}  {:<13}  {:>10}  {:>6}  {:>7}",
+        "START", "REQUEST ID", "KIND", "STATUS", "DURATION", "BILLED", "MEMORY"
+    );
+    for r in &list.invocations {
+        let mem = r
+            .max_memory_used_mb
+            .map(|m| format!("{m:.0} MB"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            o,
+            "{:<24}  {:<36}  {:<6}  {:<13}  {:>7.2} ms  {:>3} ms  {:>7}",
+            r.start_time, r.request_id, r.start, r.status, r.duration_ms, r.billed_ms, mem
+        );
+    }
+    Ok(())
+}
+
+/// `lampyr stats NAME`.
+pub fn stats(client: &Client, name: &str, since: &str, json: bool) -> Result<(), CommandError> {
+    let s: FunctionStats =
+        client.get_json(&format!("/api/v1/functions/{name}/stats?since={since}"))?;
+    if json {
+        print_json(&s);
+        return Ok(());
+    }
+    let mut o = out();
+    let _ = writeln!(o, "{name} since {} ({since})", s.since);
+    let _ = writeln!(
+        o,
+        "invocations:  {}  (errors {}, {:.1}%)",
+        s.count,
+        s.errors,
+        s.error_rate * 100.0
+    );
+    let _ = writeln!(
+        o,
+        "cold starts:  {}  ({:.1}% of invocations)",
+        s.cold_starts,
+        s.cold_start_rate * 100.0
+    );
+    let kinds: Vec<String> = s.by_start.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let statuses: Vec<String> = s
+        .by_status
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let _ = writeln!(o, "start kinds:  {}", kinds.join(", "));
+    let _ = writeln!(o, "statuses:     {}", statuses.join(", "));
+    let _ = writeln!(o, "billed:       {:.6} GB-s", s.gb_seconds);
+    let _ = writeln!(
+        o,
+        "\n{:<10} {:>7} {:>10} {:>10} {:>10}",
+        "ms", "count", "p50", "p95", "p99"
+    );
+    let row = |o: &mut std::io::StdoutLock<'_>, label: &str, p: &lampyr_api::Percentiles| {
+        if p.count > 0 {
+            let _ = writeln!(
+                o,
+                "{:<10} {:>7} {:>10.3} {:>10.3} {:>10.3}",
+                label, p.count, p.p50, p.p95, p.p99
+            );
+        }
+    };
+    row(&mut o, "duration", &s.duration);
+    for phase in ["queue", "code", "sandbox", "runtime", "init", "exec"] {
+        if let Some(p) = s.phases.get(phase) {
+            row(&mut o, phase, p);
+        }
     }
     Ok(())
 }

@@ -94,6 +94,10 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/functions/{name}/invoke", post(invoke_raw))
         .route("/functions/{name}/logs", get(function_logs))
+        .route("/functions/{name}/invocations", get(function_invocations))
+        .route("/functions/{name}/stats", get(function_stats))
+        .route("/functions/{name}/series", get(function_series))
+        .route("/invocations/{request_id}", get(get_invocation))
         .route("/doctor", get(doctor))
         .route("/pools", get(pools))
         .layer(DefaultBodyLimit::max(app.limits.max_package))
@@ -103,6 +107,7 @@ pub fn router(app: AppState) -> Router {
         .route("/fn/{name}/", any(trigger::invoke_root))
         .route("/fn/{name}/{*rest}", any(trigger::invoke_rest))
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
         .route("/ui", get(ui::index))
         .route("/ui/", get(ui::index))
         .route("/ui/app.js", get(ui::app_js))
@@ -134,6 +139,62 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Runs an invocation and hands its record to the function service: what
+/// every trigger shares. Requests refused before a handler ran (throttled,
+/// or an instance that failed to start) are recorded too.
+pub(crate) async fn invoke_and_record(
+    app: &AppState,
+    name: &str,
+    request_id: &str,
+    event: Vec<u8>,
+    trigger: &str,
+    respond: impl FnOnce(&lampyr_scheduler::Invocation) -> Response,
+) -> Response {
+    use hyper::body::Body as _;
+    let started_at = std::time::SystemTime::now();
+    let waited = std::time::Instant::now();
+    match app.sched.invoke(name, request_id.to_string(), event).await {
+        Ok(inv) => {
+            let resp = respond(&inv);
+            let bytes = resp.body().size_hint().exact().unwrap_or(0);
+            app.sched
+                .record(&inv, trigger, resp.status().as_u16(), bytes);
+            resp
+        }
+        Err(e) => {
+            use lampyr_scheduler::SchedulerError as E;
+            let kind = match &e {
+                E::QueueFull { .. } | E::QueueTimeout { .. } => Some(("throttled", None)),
+                E::InitFailed { error, .. } => Some((
+                    "error",
+                    error
+                        .get("errorType")
+                        .and_then(|t| t.as_str())
+                        .map(str::to_string),
+                )),
+                E::StartFailed { .. } | E::RuntimeUnavailable { .. } => {
+                    Some(("crashed", Some("Runtime.StartError".to_string())))
+                }
+                _ => None,
+            };
+            let resp = ApiError::from(e).into_response();
+            if let Some((status, error_type)) = kind {
+                app.sched.record_rejected(lampyr_scheduler::Rejected {
+                    function: name,
+                    request_id,
+                    trigger,
+                    status,
+                    error_type,
+                    http_status: resp.status().as_u16(),
+                    started_at,
+                    waited: waited.elapsed(),
+                });
+            }
+            resp
+        }
+    }
 }
 
 /// A new request id: a random (version 4) UUID from the thread's fast
@@ -267,9 +328,13 @@ async fn delete_function(
     app.sched.remove(&name);
     let store = app.sched.store().clone();
     let n = name.clone();
-    tokio::task::spawn_blocking(move || store.delete(&n))
-        .await
-        .map_err(ApiError::internal)??;
+    let records = app.sched.records().clone();
+    tokio::task::spawn_blocking(move || {
+        store.delete(&n)?;
+        records.delete_function(&n)
+    })
+    .await
+    .map_err(ApiError::internal)??;
     Ok(Json(serde_json::json!({ "name": name, "deleted": true })))
 }
 
@@ -295,14 +360,17 @@ async fn invoke_raw(
             format!("the event is not valid JSON: {e}"),
         )
         .into_response(),
-        Ok(_) => match app
-            .sched
-            .invoke(&name, request_id.clone(), event.to_vec())
+        Ok(_) => {
+            invoke_and_record(
+                &app,
+                &name,
+                &request_id,
+                event.to_vec(),
+                "api",
+                trigger::respond_raw,
+            )
             .await
-        {
-            Err(e) => ApiError::from(e).into_response(),
-            Ok(inv) => trigger::respond_raw(&inv),
-        },
+        }
     };
     if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-lampyr-request-id", v);
@@ -320,16 +388,15 @@ struct LogParams {
     /// A duration back from now, e.g. `10m`.
     #[serde(default)]
     since: Option<String>,
+    /// Keep the connection open and stream new records as server-sent events.
+    #[serde(default)]
+    follow: Option<String>,
 }
 
-async fn function_logs(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    Query(p): Query<LogParams>,
-) -> Result<Json<LogList>, ApiError> {
-    app.sched.store().get(&name)?;
-    let since = match p.since.as_deref() {
-        None => None,
+/// Parses a `since` parameter (a duration back from now, e.g. `10m`).
+fn since_param(since: Option<&str>) -> Result<Option<std::time::SystemTime>, ApiError> {
+    match since {
+        None => Ok(None),
         Some(s) => {
             let d = lampyr_api::manifest::parse_duration(s).map_err(|m| {
                 ApiError::new(
@@ -338,9 +405,27 @@ async fn function_logs(
                     format!("since: {m}"),
                 )
             })?;
-            Some(rfc3339(std::time::SystemTime::now() - d))
+            Ok(Some(std::time::SystemTime::now() - d))
         }
-    };
+    }
+}
+
+async fn function_logs(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(p): Query<LogParams>,
+) -> Result<Response, ApiError> {
+    app.sched.store().get(&name)?;
+    let since = since_param(p.since.as_deref())?.map(rfc3339);
+    if matches!(p.follow.as_deref(), Some("1") | Some("true")) {
+        return Ok(follow_logs(
+            app,
+            name,
+            p.request_id,
+            since,
+            p.tail.unwrap_or(50),
+        ));
+    }
     let q = LogQuery {
         request_id: p.request_id,
         since,
@@ -351,5 +436,196 @@ async fn function_logs(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    Ok(Json(LogList { records }))
+    Ok(Json(LogList { records }).into_response())
+}
+
+/// Streams a function's log as server-sent events: the last `tail` records,
+/// then every new one as it is written.
+fn follow_logs(
+    app: AppState,
+    name: String,
+    request_id: Option<String>,
+    since: Option<String>,
+    tail: usize,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    // Subscribe before reading the backlog, so nothing falls in between.
+    let rx = app.sched.logs().subscribe();
+    let hub = app.sched.logs().clone();
+    let q = LogQuery {
+        request_id: request_id.clone(),
+        since,
+        tail,
+    };
+    let backlog = hub.query(&name, &q).unwrap_or_default();
+    let event = |r: &lampyr_api::LogRecord| {
+        Ok::<_, std::convert::Infallible>(
+            Event::default().data(serde_json::to_string(r).expect("record serialises")),
+        )
+    };
+    let first: Vec<_> = backlog.iter().map(event).collect();
+    let live = futures_util::stream::unfold(rx, move |mut rx| {
+        let name = name.clone();
+        let request_id = request_id.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(r) => {
+                        if r.function == name
+                            && request_id
+                                .as_deref()
+                                .is_none_or(|id| r.request_id.as_deref() == Some(id))
+                        {
+                            let ev = Event::default()
+                                .data(serde_json::to_string(&*r).expect("record serialises"));
+                            return Some((Ok(ev), rx));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let ev = Event::default()
+                            .event("lagged")
+                            .data(format!("{n} records were skipped"));
+                        return Some((Ok(ev), rx));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(first), live);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvocationParams {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+async fn function_invocations(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(p): Query<InvocationParams>,
+) -> Result<Json<lampyr_api::InvocationList>, ApiError> {
+    app.sched.store().get(&name)?;
+    const STATUSES: &[&str] = &[
+        "ok",
+        "error",
+        "timeout",
+        "out_of_memory",
+        "crashed",
+        "throttled",
+    ];
+    if let Some(s) = p.status.as_deref() {
+        if !STATUSES.contains(&s) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                format!("status: '{s}' is not one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    let q = lampyr_store::RecordQuery {
+        limit: p.limit.unwrap_or(50).min(10_000),
+        since: since_param(p.since.as_deref())?,
+        status: p.status,
+    };
+    let records = app.sched.records().clone();
+    let invocations = tokio::task::spawn_blocking(move || records.list(&name, &q))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(lampyr_api::InvocationList { invocations }))
+}
+
+async fn get_invocation(
+    State(app): State<AppState>,
+    Path(request_id): Path<String>,
+) -> Result<Json<lampyr_api::InvocationRecord>, ApiError> {
+    let records = app.sched.records().clone();
+    let id = request_id.clone();
+    let rec = tokio::task::spawn_blocking(move || records.get(&id))
+        .await
+        .map_err(ApiError::internal)??;
+    rec.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invocation_not_found",
+            format!("no invocation with request id '{request_id}' (records are written within a second, and pruned after the retention period)"),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowParams {
+    #[serde(default)]
+    since: Option<String>,
+    /// Bucket size in seconds (series only).
+    #[serde(default)]
+    step: Option<u64>,
+}
+
+/// Records of a function in a window, for summaries (at most 100 000).
+async fn window(
+    app: &AppState,
+    name: &str,
+    since: Option<&str>,
+) -> Result<(std::time::SystemTime, Vec<lampyr_api::InvocationRecord>), ApiError> {
+    app.sched.store().get(name)?;
+    let since = since_param(Some(since.unwrap_or("1h")))?.expect("a window start");
+    let records = app.sched.records().clone();
+    let n = name.to_string();
+    let q = lampyr_store::RecordQuery {
+        limit: 100_000,
+        since: Some(since),
+        status: None,
+    };
+    let list = tokio::task::spawn_blocking(move || records.list(&n, &q))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok((since, list))
+}
+
+async fn function_stats(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(p): Query<WindowParams>,
+) -> Result<Json<lampyr_api::FunctionStats>, ApiError> {
+    let (since, list) = window(&app, &name, p.since.as_deref()).await?;
+    Ok(Json(lampyr_scheduler::stats::stats(&name, since, &list)))
+}
+
+async fn function_series(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(p): Query<WindowParams>,
+) -> Result<Json<lampyr_api::Series>, ApiError> {
+    let (since, list) = window(&app, &name, p.since.as_deref()).await?;
+    let step = std::time::Duration::from_secs(p.step.unwrap_or(60).clamp(1, 86_400));
+    let samples = app.sched.instance_samples(&name);
+    Ok(Json(lampyr_scheduler::stats::series(
+        &name,
+        since,
+        std::time::SystemTime::now(),
+        step,
+        &list,
+        &samples,
+    )))
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(app): State<AppState>) -> Response {
+    let mut r = app.sched.metrics_text().into_response();
+    r.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }

@@ -38,6 +38,35 @@ pub struct ServerConfig {
     pub sandbox: SandboxSection,
     #[serde(default)]
     pub pools: PoolsSection,
+    #[serde(default)]
+    pub records: RecordsSection,
+}
+
+/// `[records]`: how long invocation records are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsSection {
+    pub max_age: String,
+    pub max_count: u64,
+}
+
+impl Default for RecordsSection {
+    fn default() -> Self {
+        RecordsSection {
+            max_age: "7d".into(),
+            max_count: lampyr_store::Retention::default().max_count,
+        }
+    }
+}
+
+impl RecordsSection {
+    pub fn to_retention(&self) -> Result<lampyr_store::Retention, String> {
+        Ok(lampyr_store::Retention {
+            max_age: lampyr_api::manifest::parse_duration(&self.max_age)
+                .map_err(|e| format!("records.max_age: {e}"))?,
+            max_count: self.max_count,
+        })
+    }
 }
 
 /// `[pools]`: generic instances started ahead of demand.
@@ -292,15 +321,27 @@ impl Server {
             },
         )
         .map_err(dd)?;
+        let records = Arc::new(lampyr_store::RecordStore::open(
+            &data_dir.join("lampyr.db"),
+        )?);
+        let retention = cfg
+            .records
+            .to_retention()
+            .map_err(|message| ServerError::Config {
+                path: "[records]".into(),
+                message,
+            })?;
         let sched = Scheduler::start(
             store,
             log_store,
+            records,
             SchedulerConfig {
                 runtimes: runtimes.clone(),
                 bootstrap_dir,
                 sandboxer: sandboxer.clone(),
                 reap_interval: Duration::from_millis(100),
                 pools,
+                retention,
             },
         )?;
         let addr = cfg

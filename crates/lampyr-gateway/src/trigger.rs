@@ -97,11 +97,13 @@ async fn run(
         peer,
         request_id,
     );
-    let inv = app
-        .sched
-        .invoke(name, request_id.to_string(), event)
-        .await?;
-    respond(&inv, app.limits.max_response_body)
+    let max = app.limits.max_response_body;
+    Ok(
+        crate::invoke_and_record(app, name, request_id, event, "http", |inv| {
+            respond(inv, max).unwrap_or_else(IntoResponse::into_response)
+        })
+        .await,
+    )
 }
 
 fn too_large(name: &str, limit: usize) -> ApiError {

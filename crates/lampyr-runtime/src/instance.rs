@@ -433,6 +433,11 @@ impl Instance {
         Ok(root)
     }
 
+    /// The host's handle on the instance's sandbox (limits, memory use).
+    pub fn sandbox(&self) -> Arc<SandboxControl> {
+        self.sandbox.clone()
+    }
+
     /// Current memory use, in bytes, where measured.
     pub fn memory_current(&self) -> Option<u64> {
         self.sandbox.memory_current()

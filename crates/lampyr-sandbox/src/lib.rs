@@ -632,6 +632,11 @@ impl SandboxControl {
         self.cgroup.as_ref()?.memory_current()
     }
 
+    /// The most memory the instance has used, in bytes, where measured.
+    pub fn memory_peak(&self) -> Option<u64> {
+        self.cgroup.as_ref()?.memory_peak()
+    }
+
     fn kill_all(&self) {
         if let Some(cg) = &self.cgroup {
             cg.kill_all();

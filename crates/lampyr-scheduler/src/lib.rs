@@ -20,8 +20,11 @@
 #![forbid(unsafe_code)]
 
 mod logs;
+mod metrics;
 mod pool;
+mod records;
 mod state;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -148,6 +151,25 @@ pub struct Invocation {
     pub phases: Phases,
     pub outcome: Outcome,
     pub memory_mb: u32,
+    /// When the request reached the function service.
+    pub started_at: SystemTime,
+    /// The instance that ran it.
+    pub instance: String,
+    sandbox: Arc<lampyr_sandbox::SandboxControl>,
+}
+
+/// How a request that never produced an [`Invocation`] ended, for its record.
+#[derive(Debug, Clone)]
+pub struct Rejected<'a> {
+    pub function: &'a str,
+    pub request_id: &'a str,
+    pub trigger: &'a str,
+    /// `throttled`, `error` or `crashed`.
+    pub status: &'a str,
+    pub error_type: Option<String>,
+    pub http_status: u16,
+    pub started_at: SystemTime,
+    pub waited: Duration,
 }
 
 /// Settings of the function service.
@@ -162,6 +184,8 @@ pub struct SchedulerConfig {
     pub reap_interval: Duration,
     /// Pre-started instance pools.
     pub pools: PoolConfig,
+    /// How long invocation records are kept.
+    pub retention: lampyr_store::Retention,
 }
 
 /// The function service. Cheap to clone.
@@ -177,6 +201,11 @@ pub(crate) struct Inner {
     logs: LogHub,
     instance_seq: AtomicU64,
     pools: pool::Pools,
+    records: Arc<lampyr_store::RecordStore>,
+    recorder: records::Recorder,
+    metrics: Arc<metrics::Metrics>,
+    /// Instance counts over time per function, sampled every few seconds.
+    samples: parking_lot::Mutex<HashMap<String, std::collections::VecDeque<(SystemTime, u64)>>>,
 }
 
 /// A resolved, runnable version of a function.
@@ -208,10 +237,18 @@ impl Scheduler {
     pub fn start(
         store: Arc<Store>,
         log_store: LogStore,
+        records: Arc<lampyr_store::RecordStore>,
         config: SchedulerConfig,
     ) -> Result<Self, SchedulerError> {
         let logs = LogHub::start(log_store);
         let pools = pool::Pools::new(config.pools.clone());
+        let metrics = Arc::new(metrics::Metrics::new());
+        let recorder = records::Recorder::start(
+            records.clone(),
+            config.retention,
+            logs.clone(),
+            metrics.clone(),
+        );
         let inner = Arc::new(Inner {
             store: store.clone(),
             config,
@@ -219,6 +256,10 @@ impl Scheduler {
             logs,
             instance_seq: AtomicU64::new(1),
             pools,
+            records,
+            recorder,
+            metrics,
+            samples: parking_lot::Mutex::new(HashMap::new()),
         });
         inner.pools.start(&inner);
         let sched = Scheduler { inner };
@@ -287,6 +328,169 @@ impl Scheduler {
             }
         }
         self.inner.logs.remove(name);
+    }
+
+    /// Records how many instances each function has, every few seconds,
+    /// keeping an hour of samples.
+    fn sample(&self, states: &[Arc<FunctionState>]) {
+        const EVERY: Duration = Duration::from_secs(5);
+        const KEEP: Duration = Duration::from_secs(3600);
+        let now = SystemTime::now();
+        let mut samples = self.inner.samples.lock();
+        for st in states {
+            let ring = samples.entry(st.name.clone()).or_default();
+            if ring
+                .back()
+                .is_some_and(|(t, _)| now.duration_since(*t).unwrap_or_default() < EVERY)
+            {
+                continue;
+            }
+            let c = st.counts();
+            ring.push_back((now, (c.starting + c.idle + c.busy + c.draining) as u64));
+            while ring
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t).unwrap_or_default() > KEEP)
+            {
+                ring.pop_front();
+            }
+        }
+        samples.retain(|name, _| states.iter().any(|s| &s.name == name));
+    }
+
+    /// Hands a finished invocation to the record writer (off the request
+    /// path): its record, END/REPORT log lines and metrics.
+    pub fn record(&self, inv: &Invocation, trigger: &str, http_status: u16, response_bytes: u64) {
+        let p = &inv.phases;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let exec_ms = ms(p.exec);
+        let billed_ms = (exec_ms.ceil() as u64).max(1);
+        let (status, error_type) = match &inv.outcome {
+            Outcome::Ok(_) => ("ok", None),
+            Outcome::FunctionError(e) => (
+                "error",
+                serde_json::from_slice::<serde_json::Value>(e)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("errorType")
+                            .and_then(|t| t.as_str())
+                            .map(str::to_string)
+                    }),
+            ),
+            Outcome::Timeout { .. } => ("timeout", Some("Runtime.Timeout".to_string())),
+            Outcome::OutOfMemory { .. } => {
+                ("out_of_memory", Some("Runtime.OutOfMemory".to_string()))
+            }
+            Outcome::Crashed { .. } => ("crashed", Some("Runtime.ExitError".to_string())),
+        };
+        let record = lampyr_api::InvocationRecord {
+            request_id: inv.request_id.clone(),
+            function: inv.function.clone(),
+            version: inv.version,
+            trigger: trigger.to_string(),
+            start_time: lampyr_store::rfc3339(inv.started_at),
+            start: inv.start.as_str().to_string(),
+            phases: lampyr_api::PhaseTimes {
+                queue: ms(p.queue),
+                code: p.code.map(ms),
+                sandbox: p.sandbox.map(ms),
+                runtime: p.runtime.map(ms),
+                init: p.init.map(ms),
+                exec: exec_ms,
+            },
+            duration_ms: exec_ms,
+            billed_ms,
+            gb_seconds: f64::from(inv.memory_mb) / 1024.0 * billed_ms as f64 / 1000.0,
+            memory_mb: inv.memory_mb,
+            max_memory_used_mb: None,
+            status: status.to_string(),
+            error_type,
+            http_status,
+            response_bytes,
+            instance: Some(inv.instance.clone()),
+        };
+        self.inner.recorder.record(records::Draft {
+            record,
+            instance: Some(inv.sandbox.clone()),
+            report: true,
+        });
+    }
+
+    /// Records a request that never reached a handler (throttled, or its
+    /// instance failed to start).
+    pub fn record_rejected(&self, r: Rejected<'_>) {
+        let Some(version) = self.current(r.function) else {
+            return;
+        };
+        let record = lampyr_api::InvocationRecord {
+            request_id: r.request_id.to_string(),
+            function: r.function.to_string(),
+            version: version.version,
+            trigger: r.trigger.to_string(),
+            start_time: lampyr_store::rfc3339(r.started_at),
+            start: "cold".into(),
+            phases: lampyr_api::PhaseTimes {
+                queue: r.waited.as_secs_f64() * 1000.0,
+                ..Default::default()
+            },
+            duration_ms: 0.0,
+            billed_ms: 0,
+            gb_seconds: 0.0,
+            memory_mb: version.spec.memory_mb,
+            max_memory_used_mb: None,
+            status: r.status.to_string(),
+            error_type: r.error_type,
+            http_status: r.http_status,
+            response_bytes: 0,
+            instance: None,
+        };
+        self.inner.recorder.record(records::Draft {
+            record,
+            instance: None,
+            report: false,
+        });
+    }
+
+    /// The invocation records store.
+    pub fn records(&self) -> &Arc<lampyr_store::RecordStore> {
+        &self.inner.records
+    }
+
+    /// A function's instance counts over time.
+    pub fn instance_samples(&self, name: &str) -> Vec<(SystemTime, u64)> {
+        self.inner
+            .samples
+            .lock()
+            .get(name)
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The Prometheus metrics, with the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.inner.metrics;
+        for (name, state) in self.inner.functions.read().iter() {
+            let c = state.counts();
+            for (st, n) in [
+                ("starting", c.starting),
+                ("idle", c.idle),
+                ("busy", c.busy),
+                ("draining", c.draining),
+            ] {
+                m.instances.with_label_values(&[name, st]).set(n as i64);
+            }
+            m.queue_depth
+                .with_label_values(&[name])
+                .set(c.queued as i64);
+            m.reserved
+                .with_label_values(&[name])
+                .set(i64::from(state.current().spec().min_instances));
+        }
+        for p in self.inner.pools.status() {
+            m.pooled
+                .with_label_values(&[&p.runtime])
+                .set(p.ready as i64);
+        }
+        m.render()
     }
 
     /// The runtime pools.
@@ -374,6 +578,7 @@ impl Scheduler {
             .get(name)
             .cloned()
             .ok_or_else(|| SchedulerError::NotFound(name.to_string()))?;
+        let started_at = SystemTime::now();
         let queued_at = Instant::now();
         let mut phases = Phases::default();
         let (lease, start) = self.acquire(&state, &mut phases).await?;
@@ -384,6 +589,17 @@ impl Scheduler {
         let spec = version.spec();
         let timeout = spec.timeout();
         let deadline = SystemTime::now() + timeout;
+        self.inner.logs.platform(
+            name,
+            version.record.version,
+            lease.instance.id(),
+            Some(&request_id),
+            "INFO",
+            format!(
+                "START RequestId: {request_id} Version: {}",
+                version.record.version
+            ),
+        );
         let exec_started = Instant::now();
         let outcome = tokio::time::timeout(
             timeout,
@@ -456,6 +672,9 @@ impl Scheduler {
             phases,
             outcome,
             memory_mb: spec.memory_mb,
+            started_at,
+            instance: lease.instance.id().to_string(),
+            sandbox: lease.instance.sandbox(),
         })
     }
 
@@ -744,6 +963,7 @@ impl Scheduler {
     fn reap(&self) {
         let states: Vec<Arc<FunctionState>> =
             self.inner.functions.read().values().cloned().collect();
+        self.sample(&states);
         for state in states {
             for inst in state.reap_idle(Instant::now()) {
                 inst.kill("idle timeout");

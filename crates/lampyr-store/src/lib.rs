@@ -15,6 +15,7 @@
 
 pub mod logs;
 mod package;
+pub mod records;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 pub use logs::{LogLimits, LogQuery, LogStore};
 pub use package::{pack_dir, PackageError};
+pub use records::{RecordQuery, RecordStore, Retention};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

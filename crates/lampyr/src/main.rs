@@ -113,7 +113,33 @@ enum Command {
         /// At most this many of the newest lines.
         #[arg(long, default_value_t = 200)]
         tail: usize,
+        /// Keep printing new lines as they are written.
+        #[arg(long, short)]
+        follow: bool,
     },
+    /// List a function's recent invocations: start kind, status, duration, billing.
+    Invocations {
+        name: String,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only this status: ok, error, timeout, out_of_memory, crashed, throttled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only invocations newer than this, e.g. 10m or 2h.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Summarise a function's invocations: counts, error and cold-start
+    /// rates, p50/p95/p99 of duration and of each cold-start phase, GB-s.
+    Stats {
+        name: String,
+        /// The window, back from now.
+        #[arg(long, default_value = "1h")]
+        since: String,
+    },
+    /// Print the web dashboard's address, with the token to open it.
+    Ui,
     /// Report the runtimes found, the isolation available and the data directory.
     Doctor,
 }
@@ -208,8 +234,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs {
             name,
             request_id,
+            tail,
+            follow: true,
+            ..
+        } => Ok(lampyr_cli::follow_logs(
+            &client(),
+            name,
+            request_id.as_deref(),
+            *tail,
+            cli.json,
+        )?),
+        Command::Invocations {
+            name,
+            limit,
+            status,
+            since,
+        } => Ok(lampyr_cli::invocations(
+            &client(),
+            name,
+            *limit,
+            status.as_deref(),
+            since.as_deref(),
+            cli.json,
+        )?),
+        Command::Stats { name, since } => Ok(lampyr_cli::stats(&client(), name, since, cli.json)?),
+        Command::Ui => {
+            let token = cli.token.clone().or_else(|| {
+                std::fs::read_to_string(data_dir.join(lampyr_cli::paths::TOKEN_FILE))
+                    .ok()
+                    .map(|t| t.trim().to_string())
+            });
+            let Some(token) = token else {
+                anyhow::bail!("no API token found in {}: run this on the server's host as the same user, pass --data-dir, or set LAMPYR_TOKEN", data_dir.display());
+            };
+            let url = format!("{}/ui#token={token}", cli.url.trim_end_matches('/'));
+            if cli.json {
+                println!("{}", serde_json::json!({ "url": url }));
+            } else {
+                println!("{url}");
+            }
+            Ok(())
+        }
+        Command::Logs {
+            name,
+            request_id,
             since,
             tail,
+            follow: false,
         } => Ok(lampyr_cli::logs(
             &client(),
             name,

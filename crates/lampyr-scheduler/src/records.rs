@@ -1,0 +1,196 @@
+//! Invocation records, off the request path.
+//!
+//! The request path hands a finished invocation to [`Recorder::record`] (a
+//! channel send). A writer thread then, in batches: reads the instance's
+//! peak memory from its cgroup, writes the Lambda-style `END` and `REPORT`
+//! lines to the function's log, updates the Prometheus metrics, and stores
+//! the records in the database. It also prunes old records.
+
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use lampyr_api::{InvocationRecord, Percentiles};
+use lampyr_sandbox::SandboxControl;
+use lampyr_store::{RecordStore, Retention};
+
+use crate::logs::LogHub;
+use crate::metrics::Metrics;
+
+/// A finished invocation waiting to be written.
+pub(crate) struct Draft {
+    pub(crate) record: InvocationRecord,
+    /// For the instance's peak memory, read by the writer.
+    pub(crate) instance: Option<Arc<SandboxControl>>,
+    /// Whether to write the END and REPORT log lines (not for requests that
+    /// never reached an instance).
+    pub(crate) report: bool,
+}
+
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    tx: Sender<Draft>,
+}
+
+impl Recorder {
+    pub(crate) fn start(
+        store: Arc<RecordStore>,
+        retention: Retention,
+        logs: LogHub,
+        metrics: Arc<Metrics>,
+    ) -> Recorder {
+        let (tx, rx) = channel::<Draft>();
+        std::thread::Builder::new()
+            .name("lampyr-records".into())
+            .spawn(move || {
+                let mut last_prune = Instant::now();
+                let mut batch = Vec::with_capacity(256);
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(1)) {
+                        Ok(d) => batch.push(d),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                    while batch.len() < 512 {
+                        match rx.try_recv() {
+                            Ok(d) => batch.push(d),
+                            Err(_) => break,
+                        }
+                    }
+                    if !batch.is_empty() {
+                        let records: Vec<InvocationRecord> = batch
+                            .drain(..)
+                            .map(|d| finish(d, &logs, &metrics))
+                            .collect();
+                        if let Err(e) = store.insert(&records) {
+                            tracing::warn!(
+                                "cannot store {} invocation records: {e}",
+                                records.len()
+                            );
+                        }
+                    }
+                    if last_prune.elapsed() > Duration::from_secs(5) {
+                        last_prune = Instant::now();
+                        match store.prune(retention, SystemTime::now()) {
+                            Ok(n) if n > 0 => {
+                                tracing::debug!(pruned = n, "old invocation records removed")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!("cannot prune invocation records: {e}"),
+                        }
+                    }
+                }
+            })
+            .expect("spawn the record writer thread");
+        Recorder { tx }
+    }
+
+    pub(crate) fn record(&self, d: Draft) {
+        let _ = self.tx.send(d);
+    }
+}
+
+/// Completes one record and publishes its log lines and metrics.
+fn finish(d: Draft, logs: &LogHub, metrics: &Metrics) -> InvocationRecord {
+    let mut r = d.record;
+    if r.max_memory_used_mb.is_none() {
+        r.max_memory_used_mb = d
+            .instance
+            .as_ref()
+            .and_then(|c| c.memory_peak())
+            .map(|b| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0);
+    }
+    let f = r.function.as_str();
+    metrics
+        .invocations
+        .with_label_values(&[f, &r.status, &r.start])
+        .inc();
+    match r.status.as_str() {
+        "throttled" => metrics.throttles.with_label_values(&[f]).inc(),
+        "timeout" => metrics.timeouts.with_label_values(&[f]).inc(),
+        "out_of_memory" => metrics.oom_kills.with_label_values(&[f]).inc(),
+        _ => {}
+    }
+    if d.report {
+        metrics
+            .duration
+            .with_label_values(&[f])
+            .observe(r.duration_ms / 1000.0);
+        metrics
+            .gb_seconds
+            .with_label_values(&[f])
+            .inc_by(r.gb_seconds);
+        let p = &r.phases;
+        for (phase, v) in [
+            ("queue", Some(p.queue)),
+            ("code", p.code),
+            ("sandbox", p.sandbox),
+            ("runtime", p.runtime),
+            ("init", p.init),
+        ] {
+            if let Some(v) = v {
+                if r.start != "warm" {
+                    metrics
+                        .phases
+                        .with_label_values(&[f, phase])
+                        .observe(v / 1000.0);
+                }
+            }
+        }
+        let instance = r.instance.clone().unwrap_or_default();
+        logs.platform(
+            f,
+            r.version,
+            &instance,
+            Some(&r.request_id),
+            "INFO",
+            format!("END RequestId: {}", r.request_id),
+        );
+        let mut report = format!(
+            "REPORT RequestId: {}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB",
+            r.request_id, r.duration_ms, r.billed_ms, r.memory_mb
+        );
+        if let Some(m) = r.max_memory_used_mb {
+            report.push_str(&format!("\tMax Memory Used: {} MB", m.ceil() as u64));
+        }
+        let init: f64 = [p.sandbox, p.runtime, p.init].iter().flatten().sum();
+        if r.start != "warm" && init > 0.0 {
+            report.push_str(&format!("\tInit Duration: {init:.2} ms"));
+        }
+        logs.platform(f, r.version, &instance, Some(&r.request_id), "INFO", report);
+    }
+    r
+}
+
+/// Nearest-rank percentiles of `values` (milliseconds).
+pub fn percentiles(values: &mut [f64]) -> Percentiles {
+    if values.is_empty() {
+        return Percentiles::default();
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| {
+        let rank = ((p / 100.0) * values.len() as f64).ceil().max(1.0) as usize;
+        values[rank.min(values.len()) - 1]
+    };
+    Percentiles {
+        count: values.len() as u64,
+        p50: at(50.0),
+        p95: at(95.0),
+        p99: at(99.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        let p = percentiles(&mut v);
+        assert_eq!((p.count, p.p50, p.p95, p.p99), (100, 50.0, 95.0, 99.0));
+        let mut one = vec![7.0];
+        assert_eq!(percentiles(&mut one).p99, 7.0);
+        assert_eq!(percentiles(&mut []).count, 0);
+    }
+}
