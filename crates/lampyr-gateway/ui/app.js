@@ -55,6 +55,7 @@
   }
   function fmtMs(v) {
     if (v == null || Number.isNaN(v)) return '—';
+    if (v < 0.1) return `${+(v * 1000).toFixed(v < 0.01 ? 1 : 0)} µs`;
     if (v < 1) return `${v.toFixed(2)} ms`;
     if (v < 10) return `${v.toFixed(1)} ms`;
     if (v < 1000) return `${Math.round(v)} ms`;

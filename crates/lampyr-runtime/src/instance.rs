@@ -196,6 +196,7 @@ impl Instance {
             code_dir: cfg.code_dir.as_deref(),
             memory_mb: cfg.memory_mb,
             host_network: cfg.host_network,
+            background: cfg.code_dir.is_none(),
         };
         let (sandbox, io) = cfg.sandboxer.spawn(&spec)?;
         let mut sandbox_time = started.elapsed();
@@ -476,8 +477,6 @@ async fn write_frames(shared: Arc<Shared>, outbox: Arc<Outbox>, mut writer: Owne
             _ = outbox.ready.notified() => {}
             _ = async { exit.wait_for(|e| e.is_some()).await.map(|_| ()) } => return,
         }
-        // Let the other requests that are ready now queue their frames too.
-        tokio::task::yield_now().await;
         loop {
             {
                 let mut buf = outbox.buf.lock();

@@ -38,6 +38,10 @@ pub enum Cgroups {
 pub struct CgroupLimits {
     pub memory_mb: u32,
     pub pids_max: u32,
+    /// Background work (a pooled instance starting ahead of demand): the
+    /// smallest CPU weight, so it never slows instances serving requests.
+    /// Specialising the instance gives it its function's weight.
+    pub background: bool,
 }
 
 /// Megabytes of memory per full CPU.
@@ -166,7 +170,12 @@ impl Cgroups {
                 if swappiness.exists() {
                     let _ = write(&swappiness, "0");
                 }
-                write(&c.join("cpu.shares"), &limits.memory_mb.max(2).to_string())?;
+                let shares = if limits.background {
+                    2
+                } else {
+                    limits.memory_mb.max(2)
+                };
+                write(&c.join("cpu.shares"), &shares.to_string())?;
                 write(&c.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                 write(&c.join("cpu.cfs_quota_us"), &quota.to_string())?;
                 write(&p.join("pids.max"), &limits.pids_max.to_string())?;
@@ -182,7 +191,11 @@ impl Cgroups {
                 if group.exists() {
                     write(&group, "1")?;
                 }
-                let weight = (u64::from(limits.memory_mb) * 100 / 1024).clamp(1, 10_000);
+                let weight = if limits.background {
+                    1
+                } else {
+                    (u64::from(limits.memory_mb) * 100 / 1024).clamp(1, 10_000)
+                };
                 write(&d.join("cpu.weight"), &weight.to_string())?;
                 write(&d.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                 write(&d.join("pids.max"), &limits.pids_max.to_string())?;
@@ -462,6 +475,7 @@ mod tests {
                 CgroupLimits {
                     memory_mb: 128,
                     pids_max: 64,
+                    background: false,
                 },
             )
             .unwrap();
@@ -493,6 +507,39 @@ mod tests {
     }
 
     #[test]
+    fn a_pooled_instance_waits_at_the_lowest_weight_until_specialised() {
+        let d = tempfile::tempdir().unwrap();
+        fake_v1(d.path());
+        let cgs =
+            Cgroups::setup(d.path(), "4:memory:/srv\n2:cpu:/srv\n9:pids:/srv\n", "t").unwrap();
+        let cg = cgs
+            .create(
+                "pool-1",
+                CgroupLimits {
+                    memory_mb: 256,
+                    pids_max: 64,
+                    background: true,
+                },
+            )
+            .unwrap();
+        let cpu = d.path().join("cpu/srv/lampyr-t/pool-1");
+        let mem = d.path().join("memory/srv/lampyr-t/pool-1");
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("cpu.shares")).unwrap(),
+            "2"
+        );
+        cg.update_memory(128).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("cpu.shares")).unwrap(),
+            "128"
+        );
+        assert_eq!(
+            std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
+            (128u64 << 20).to_string()
+        );
+    }
+
+    #[test]
     fn v2_limits_and_controllers() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -512,6 +559,7 @@ mod tests {
                 CgroupLimits {
                     memory_mb: 4096,
                     pids_max: 10,
+                    background: false,
                 },
             )
             .unwrap();

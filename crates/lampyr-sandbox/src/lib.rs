@@ -182,6 +182,9 @@ pub struct InstanceSpec<'a> {
     pub code_dir: Option<&'a Path>,
     pub memory_mb: u32,
     pub host_network: bool,
+    /// A generic instance started ahead of demand: lowest CPU weight until
+    /// it is specialised.
+    pub background: bool,
 }
 
 fn namespaces_work() -> Result<(), String> {
@@ -513,6 +516,7 @@ impl Sandboxer {
                 CgroupLimits {
                     memory_mb: spec.memory_mb,
                     pids_max: self.cfg.pids_max,
+                    background: spec.background,
                 },
             )?),
             None => None,
@@ -901,6 +905,7 @@ mod tests {
             code_dir: Some(code),
             memory_mb: 128,
             host_network: false,
+            background: false,
         }
     }
 

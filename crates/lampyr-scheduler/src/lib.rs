@@ -607,6 +607,10 @@ impl Scheduler {
         )
         .await;
         phases.exec = exec_started.elapsed();
+        if start == StartKind::Pooled {
+            // Refill the pool now that this cold start is served.
+            self.inner.pools.replenish(spec.runtime);
+        }
         let outcome = match outcome {
             Ok(InvokeOutcome::Ok(b)) => Outcome::Ok(b),
             Ok(InvokeOutcome::Error(b)) => {
@@ -859,7 +863,11 @@ impl Scheduler {
         };
         // Init code gets the function's timeout, as on Lambda, but at least 10 s.
         let init_limit = spec.timeout().max(Duration::from_secs(10));
-        match inst.load(&load, init_limit).await {
+        let loaded = inst.load(&load, init_limit).await;
+        if kind == StartKind::Pooled && loaded.is_err() {
+            self.inner.pools.replenish(spec.runtime);
+        }
+        match loaded {
             Ok(d) => phases.init = Some(d),
             Err(InstanceError::LoadFailed(error)) => {
                 self.inner.logs.platform(

@@ -155,8 +155,17 @@ impl Pools {
                     (t < pool.bounds.max).then_some(t + 1)
                 });
         }
-        pool.wake.notify_one();
+        if taken.is_none() {
+            pool.wake.notify_one();
+        }
         taken
+    }
+
+    /// Starts refilling a runtime's pool. Called once a taken instance has
+    /// loaded its function, so the refill does not compete with that cold
+    /// start for the CPU (the refill task also checks every second).
+    pub(crate) fn replenish(&self, rt: Runtime) {
+        self.pool(rt).wake.notify_one();
     }
 
     pub(crate) fn status(&self) -> Vec<PoolStatus> {

@@ -1,0 +1,97 @@
+//! The web dashboard end to end: a real headless Chromium (Debian's
+//! `chromium`, driven by npm `playwright-core` from `tests/ui`) opens `/ui`
+//! on a live server and checks the function list, the detail view, the
+//! recent invocations, a request's logs and the live log tail
+//! (`tests/ui/dashboard.mjs` says exactly what it checks).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Fixture, Server};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/ui/dashboard.mjs");
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+const HANDLER: &str = "exports.handler = async (event) => {
+  console.log('hello from ' + event.rawQueryString);
+  return { statusCode: 200, headers: { 'content-type': 'text/plain' }, body: 'Hello ' + event.rawQueryString + '\\n' };
+};
+";
+
+fn on_path(cmd: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(cmd))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn dashboard_in_a_real_browser() {
+    // What the test needs besides Rust: fail (not skip) and say how to get it.
+    let ui = Path::new(SCRIPT).parent().unwrap();
+    let node = on_path("node");
+    let mut missing = Vec::new();
+    if node.is_none() {
+        missing.push("Node.js (`apt-get install -y nodejs`)");
+    }
+    if !Path::new(CHROMIUM).is_file() {
+        missing.push("Chromium at /usr/bin/chromium (`apt-get install -y chromium`)");
+    }
+    if !ui
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        missing.push("playwright-core in tests/ui/node_modules (`npm ci --prefix tests/ui`)");
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard test needs {}",
+        missing.join(", and ")
+    );
+
+    let server = Server::start();
+    let fixture = Fixture::node("dash", "", HANDLER);
+    server.deploy(fixture.path());
+    // A new instance first (cold, or pooled when the pools are on), then warm ones.
+    let first = server.get("dash?n=1");
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.text(), "Hello n=1\n");
+    assert!(
+        common::fresh(&first),
+        "the first call starts an instance: {:?}",
+        first.header("x-lampyr-start")
+    );
+    for i in 2..=4 {
+        let r = server.get(&format!("dash?n={i}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-lampyr-start"), Some("warm"));
+    }
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = Command::new(node.unwrap())
+        .arg(SCRIPT)
+        .args(["--url", &server.url, "--token", &server.token()])
+        .args(["--function", "dash", "--screenshot"])
+        .arg(&shot)
+        .output()
+        .expect("run node tests/ui/dashboard.mjs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "the dashboard test failed ({}):\n{stdout}{stderr}",
+        out.status
+    );
+    let png =
+        std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000,
+        "the screenshot {} is not a real page ({} bytes)",
+        shot.display(),
+        png.len()
+    );
+    eprintln!("screenshot: {}", shot.display());
+}

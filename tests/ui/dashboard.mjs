@@ -1,0 +1,235 @@
+#!/usr/bin/env node
+// End-to-end test of the lampyr dashboard in a real headless Chromium
+// (Debian's /usr/bin/chromium driven by playwright-core; no browser download).
+//
+//   node tests/ui/dashboard.mjs --url URL --token TOKEN --function NAME --screenshot PATH
+//
+// The function must have been invoked at least 3 times (a cold or pooled
+// start, then warm ones) and must log something for each request. The
+// script invokes it itself too (`URL/fn/NAME?from=ui-test`). It prints each
+// check and exits non-zero with a clear message on the first failure.
+import { mkdtempSync, rmSync, statSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+
+const { values: args } = parseArgs({
+  options: {
+    url: { type: 'string' },
+    token: { type: 'string' },
+    function: { type: 'string' },
+    screenshot: { type: 'string' },
+    chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
+    timeout: { type: 'string', default: '20' },
+  },
+});
+for (const k of ['url', 'token', 'function', 'screenshot']) {
+  if (!args[k]) {
+    console.error(`usage: node dashboard.mjs --url URL --token TOKEN --function NAME --screenshot PATH (missing --${k})`);
+    process.exit(2);
+  }
+}
+const BASE = args.url.replace(/\/+$/, '');
+const NAME = args.function;
+const WAIT = Number(args.timeout) * 1000;
+
+class Failure extends Error {}
+const fail = (msg) => { throw new Failure(msg); };
+const ok = (msg) => console.log(`ok   ${msg}`);
+
+if (!existsSync(args.chromium)) {
+  console.error(`FAIL: no Chromium at ${args.chromium}: install it with \`apt-get install chromium\``);
+  process.exit(1);
+}
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch (e) {
+  console.error(`FAIL: playwright-core is not installed (${e.code || e.message}): run \`npm ci --prefix tests/ui\``);
+  process.exit(1);
+}
+
+// Polls `fn` in the page until it returns a truthy value, or fails with
+// `what` (and the last value `fn` described) after `limit` ms.
+async function until(page, what, fn, arg, limit = WAIT) {
+  try {
+    const h = await page.waitForFunction(fn, arg, { timeout: limit, polling: 200 });
+    return await h.jsonValue();
+  } catch (e) {
+    if (e.name === 'TimeoutError' || /Timeout/.test(e.message)) fail(`timed out after ${limit / 1000} s waiting for ${what}`);
+    throw e;
+  }
+}
+
+// Invokes the function from Node (not from the page) and returns the request id.
+async function invoke(query) {
+  const r = await fetch(`${BASE}/fn/${encodeURIComponent(NAME)}?${query}`);
+  const body = await r.text();
+  if (r.status !== 200) fail(`GET /fn/${NAME}?${query} answered ${r.status}: ${body}`);
+  const id = r.headers.get('x-lampyr-request-id');
+  if (!id) fail(`GET /fn/${NAME}?${query} has no x-lampyr-request-id header`);
+  return id;
+}
+
+const profile = mkdtempSync(path.join(tmpdir(), 'lampyr-ui-chromium-'));
+const consoleErrors = [];
+let context;
+let page;
+const timer = setTimeout(() => {
+  console.error('FAIL: the whole test took more than 3 minutes');
+  process.exit(1);
+}, 180000);
+
+try {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: args.chromium,
+    headless: true,
+    viewport: { width: 1360, height: 900 },
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  page = context.pages()[0] || (await context.newPage());
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`console: ${m.text()} (${m.location().url || ''})`); });
+  page.on('pageerror', (e) => consoleErrors.push(`uncaught: ${e.message}`));
+
+  // 1. The token from the fragment signs in, then leaves the visible URL.
+  await page.goto(`${BASE}/ui#token=${encodeURIComponent(args.token)}`);
+  await until(page, `the function list to show ${NAME}`,
+    (n) => !!document.querySelector(`[data-testid="function-row"][data-name="${CSS.escape(n)}"]`), NAME);
+  ok(`function list shows ${NAME}`);
+  if (page.url().includes(args.token)) fail(`the token is still in the URL: ${page.url()}`);
+  if (!(await page.evaluate(() => !!sessionStorage.getItem('lampyr.token')))) fail('the token was not kept in sessionStorage');
+  ok('token moved from the URL fragment to sessionStorage');
+  const row = page.locator(`[data-testid="function-row"][data-name="${NAME}"]`);
+  const cells = (await row.locator('td').allInnerTexts()).map((s) => s.trim());
+  if (!cells.some((c) => c.includes(`/fn/${NAME}`))) fail(`the function row has no URL: ${JSON.stringify(cells)}`);
+  ok(`function row: ${cells.join(' | ')}`);
+  await until(page, 'the runtime pools', () => document.querySelectorAll('[data-testid="pool"]').length > 0
+    || !!document.querySelector('#pools .empty'));
+  ok(`runtime pools: ${(await page.locator('[data-testid="pool"]').allInnerTexts()).map((s) => s.replace(/\s+/g, ' ')).join('; ') || 'none'}`);
+
+  // 2. The detail view.
+  await row.click();
+  await until(page, 'the detail header', (n) => document.querySelector('[data-testid="detail-name"]')?.textContent === n
+    && !!document.querySelector('[data-testid="detail-runtime"]')?.textContent
+    && !!document.querySelector('[data-testid="state-idle"]'), NAME);
+  const header = await page.evaluate(() => {
+    const t = (id) => (document.querySelector(`[data-testid="${id}"] b`) || document.querySelector(`[data-testid="${id}"]`))?.textContent.trim();
+    const states = {};
+    for (const k of ['starting', 'idle', 'busy', 'draining', 'queued']) states[k] = Number(document.querySelector(`[data-testid="state-${k}"]`)?.dataset.count);
+    return { runtime: t('detail-runtime'), version: t('detail-version'), memory: t('detail-memory'), timeout: t('detail-timeout'), url: t('detail-url'), states };
+  });
+  if (!/MB/.test(header.memory || '') || !header.timeout || !header.url.includes(`/fn/${NAME}`)) fail(`incomplete detail header: ${JSON.stringify(header)}`);
+  if (Object.values(header.states).some((v) => !Number.isFinite(v))) fail(`instance states missing: ${JSON.stringify(header.states)}`);
+  ok(`detail header: ${header.runtime}, ${header.version}, memory ${header.memory}, timeout ${header.timeout}, states ${JSON.stringify(header.states)}`);
+
+  // 3. Recent invocations: >= 3 rows, a fresh start and a warm one.
+  let rows;
+  try {
+    rows = await until(page, 'at least 3 recent invocations including a cold/pooled and a warm one', () => {
+      const rs = [...document.querySelectorAll('[data-testid="invocation-row"]')].map((r) => ({ id: r.dataset.requestId, start: r.dataset.start, status: r.dataset.status }));
+      const fresh = rs.some((r) => r.start === 'cold' || r.start === 'pooled');
+      const warm = rs.some((r) => r.start === 'warm');
+      return rs.length >= 3 && fresh && warm ? rs : false;
+    });
+  } catch (e) {
+    const seen = await page.evaluate(() => ({
+      rows: [...document.querySelectorAll('[data-testid="invocation-row"]')].map((r) => r.dataset.start),
+      empty: document.getElementById('invocations-empty')?.textContent,
+    }));
+    throw new Failure(`${e.message}; the table shows ${JSON.stringify(seen)}`);
+  }
+  const kinds = await page.evaluate(() => [...document.querySelectorAll('[data-testid="invocation-row"] [data-testid="start-kind"]')]
+    .map((p) => `${p.textContent}:${getComputedStyle(p).color}`));
+  const colours = new Map(kinds.map((k) => k.split(/:(.*)/s).slice(0, 2)));
+  if (colours.size >= 2 && new Set(colours.values()).size < 2) fail(`start kinds are not colour-coded: ${kinds.join(', ')}`);
+  const byKind = {};
+  for (const r of rows) byKind[r.start] = (byKind[r.start] || 0) + 1;
+  ok(`recent invocations: ${rows.length} rows ${JSON.stringify(byKind)}, start kinds colour-coded`);
+
+  // 4. Charts and statistics from the stats and series endpoints.
+  await until(page, 'the charts', () => ['chart-invocations', 'chart-latency', 'chart-phases', 'chart-instances']
+    .every((id) => document.querySelector(`[data-testid="${id}"] svg`))
+    && document.querySelectorAll('[data-testid="chart-invocations"] svg rect[fill]').length > 1
+    && document.querySelectorAll('[data-testid="chart-phases"] svg rect').length > 0);
+  const count = await page.locator('[data-testid="tile-count"] b').innerText();
+  if (!(Number(count.replace(/,/g, '')) >= 3)) fail(`the invocation count tile says ${count}`);
+  ok(`charts drawn (invocations, latency, instances, cold-start phases); ${count} invocations in the last hour`);
+
+  // 5. An invocation's log link shows the lines of that request.
+  const pick = rows.find((r) => r.start === 'warm') || rows[0];
+  await page.locator(`[data-testid="invocation-row"][data-request-id="${pick.id}"] [data-testid="invocation-logs-link"]`).click();
+  const lines = await until(page, `the log lines of request ${pick.id}`, (id) => {
+    const panel = document.querySelector('[data-testid="request-logs"]');
+    if (!panel || panel.hidden || panel.dataset.requestId !== id) return false;
+    const ls = [...panel.querySelectorAll('[data-testid="log-line"]')];
+    return ls.length ? ls.map((l) => ({ id: l.dataset.requestId, text: l.textContent })) : false;
+  }, pick.id);
+  const foreign = lines.filter((l) => l.id !== pick.id);
+  if (foreign.length) fail(`the request's log panel shows lines of other requests: ${JSON.stringify(foreign)}`);
+  if (!lines.some((l) => l.text.includes('hello from'))) fail(`the request's log lines lack the handler's output: ${JSON.stringify(lines)}`);
+  ok(`log link of ${pick.id} (${pick.start}) shows ${lines.length} line(s) tagged with it`);
+
+  // 6. The live log tail follows the log: a new invocation appears.
+  await until(page, 'the live log to connect (state "live")', () => document.querySelector('[data-testid="live-state"]')?.textContent === 'live');
+  const live1 = await invoke('from=ui-test');
+  await until(page, `a live log line of the new request ${live1}`, (id) => [...document.querySelectorAll(`[data-testid="live-log"] [data-testid="log-line"]`)]
+    .some((l) => l.dataset.requestId === id && l.textContent.includes('from=ui-test')), live1);
+  ok(`live log received the line of a new invocation (${live1})`);
+
+  // 7. Pause holds new lines back; resume shows them.
+  await page.locator('[data-testid="live-log-pause"]').click();
+  const live2 = await invoke('from=ui-test&paused=1');
+  await until(page, 'the pause button to count a held-back line', () => /Resume \(\d+ new\)/.test(document.querySelector('[data-testid="live-log-pause"]')?.textContent || ''));
+  const shown = await page.evaluate((id) => !!document.querySelector(`[data-testid="live-log"] [data-testid="log-line"][data-request-id="${id}"]`), live2);
+  if (shown) fail('the live log showed a line while paused');
+  await page.locator('[data-testid="live-log-pause"]').click();
+  await until(page, 'the held-back line after resuming', (id) => !!document.querySelector(`[data-testid="live-log"] [data-testid="log-line"][data-request-id="${id}"]`), live2);
+  ok('pause holds lines back, resume shows them');
+
+  // 8. Let the tables and charts catch up, then the screenshot.
+  await until(page, 'the new invocations in the table', (id) => !!document.querySelector(`[data-testid="invocation-row"][data-request-id="${id}"]`), live2);
+  await page.locator(`[data-testid="invocation-row"][data-request-id="${pick.id}"] [data-testid="invocation-logs-link"]`).click();
+  await until(page, 'the request log panel again', (id) => document.querySelector('[data-testid="request-logs"]')?.dataset.requestId === id
+    && !!document.querySelector('[data-testid="request-logs"] [data-testid="log-line"]'), pick.id);
+  await page.mouse.move(0, 0);
+  await until(page, 'the page to scroll to the top', () => { window.scrollTo(0, 0); return window.scrollY === 0; });
+  await page.screenshot({ path: args.screenshot, fullPage: true });
+  const size = statSync(args.screenshot).size;
+  ok(`screenshot saved: ${args.screenshot} (${size} bytes)`);
+
+  // 9. No console errors on the page.
+  if (consoleErrors.length) fail(`the page logged ${consoleErrors.length} console error(s):\n  ${consoleErrors.join('\n  ')}`);
+  ok('no console errors');
+
+  // 10. A wrong token brings the sign-in form back with the server's message.
+  const other = await context.newPage();
+  await other.goto(`${BASE}/ui#token=not-the-token`);
+  const msg = await until(other, 'the sign-in form after a wrong token', () => {
+    const f = document.querySelector('[data-testid="login-form"]');
+    const e = document.querySelector('[data-testid="login-error"]');
+    return f && f.offsetParent !== null && e && !e.hidden && e.textContent;
+  });
+  await other.close();
+  ok(`a wrong token shows the sign-in form: "${msg}"`);
+
+  console.log('PASS: dashboard end-to-end test');
+  await context.close();
+  clearTimeout(timer);
+  rmSync(profile, { recursive: true, force: true });
+  process.exit(0);
+} catch (e) {
+  const msg = e instanceof Failure ? e.message : (e.stack || String(e));
+  console.error(`FAIL: ${msg}`);
+  if (consoleErrors.length && !msg.includes('console error')) console.error(`page console errors so far:\n  ${consoleErrors.join('\n  ')}`);
+  if (page) {
+    const shot = args.screenshot.replace(/(\.png)?$/i, '.failed.png');
+    try {
+      await page.screenshot({ path: shot, fullPage: true });
+      console.error(`screenshot of the failure: ${shot}`);
+    } catch (_) { /* the page is gone */ }
+  }
+  if (context) await context.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+  process.exit(1);
+}
