@@ -47,6 +47,8 @@ pub const PROTOCOL_FD: i32 = 3;
 pub const GUEST_TASK_ROOT: &str = "/var/task";
 /// Where the runtime's bootstrap appears inside a jail.
 pub const GUEST_RUNTIME_DIR: &str = "/var/runtime";
+/// Where a runtime installed outside `/usr` appears inside a jail.
+pub const GUEST_RUNTIME_PREFIX: &str = "/opt/lampyr/runtime";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -531,13 +533,26 @@ impl Sandboxer {
             j.slots.fill(&slot, code)?;
         }
         let mut binds = j.base_binds.clone();
+        // A runtime installed outside /usr (say a pyenv Python under /root)
+        // appears at /opt/lampyr/runtime, so nothing else of its home
+        // directory is visible; its libraries are found through
+        // LD_LIBRARY_PATH.
+        let mut program = spec.program.to_path_buf();
+        let mut env = spec.env.clone();
         if let Some(prefix) = spec.program_prefix {
             if !prefix.starts_with("/usr") && prefix.is_dir() {
-                binds.push(Bind {
-                    src: prefix.into(),
-                    dst: prefix.into(),
-                    is_dir: true,
-                });
+                if let Ok(rel) = spec.program.strip_prefix(prefix) {
+                    binds.push(Bind {
+                        src: prefix.into(),
+                        dst: GUEST_RUNTIME_PREFIX.into(),
+                        is_dir: true,
+                    });
+                    program = Path::new(GUEST_RUNTIME_PREFIX).join(rel);
+                    env.push((
+                        "LD_LIBRARY_PATH".into(),
+                        format!("{GUEST_RUNTIME_PREFIX}/lib").into(),
+                    ));
+                }
             }
         }
         binds.push(Bind {
@@ -590,9 +605,9 @@ impl Sandboxer {
                 .as_ref()
                 .map(|c| c.procs_files())
                 .unwrap_or_default(),
-            program: spec.program.to_path_buf(),
+            program,
             args: spec.args.clone(),
-            env: spec.env.clone(),
+            env,
             cwd: "/".into(),
         };
         let json = serde_json::to_string(&jail_spec).expect("jail spec serialises");

@@ -91,7 +91,7 @@ fn functions_cannot_read_other_code_the_data_dir_or_secrets() {
             .unwrap()
             .to_string();
         let code = format!(
-        "{TRY_OPEN}\nq = event['queryStringParameters']\nresult = {{p: attempt(p) for p in q['paths'].split(',')}}\nresult['task'] = sorted(os.listdir('/var/task'))\nresult['root_exists'] = os.path.exists('/root/.local')\nresult['home'] = os.path.exists('/home')\nresult['etc'] = sorted(os.listdir('/etc'))"
+        "{TRY_OPEN}\nq = event['queryStringParameters']\nresult = {{p: attempt(p) for p in q['paths'].split(',')}}\nresult['task'] = sorted(os.listdir('/var/task'))\nresult['root_exists'] = os.path.exists('/root')\nresult['home'] = os.path.exists('/home')\nresult['etc'] = sorted(os.listdir('/etc'))"
     );
         let f = py_probe("snoop", "", &code);
         server.deploy(f.path());
