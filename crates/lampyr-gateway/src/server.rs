@@ -81,6 +81,8 @@ pub struct PoolsSection {
     pub memory_budget_mb: u64,
     pub instance_memory_mb: u32,
     pub shrink_after: String,
+    /// Fork Python instances from a pre-initialised zygote.
+    pub python_zygote: bool,
 }
 
 impl Default for PoolsSection {
@@ -95,6 +97,7 @@ impl Default for PoolsSection {
             memory_budget_mb: d.memory_budget_mb,
             instance_memory_mb: d.instance_memory_mb,
             shrink_after: "60s".into(),
+            python_zygote: true,
         }
     }
 }
@@ -306,6 +309,20 @@ impl Server {
                     tracing::info!(runtime = %rt, path = %info.path.display(), version = %info.version, "runtime found")
                 }
                 Err(e) => tracing::warn!(runtime = %rt, "runtime not available: {e}"),
+            }
+        }
+        if pools.enabled && cfg.pools.python_zygote && sandboxer.is_jailed() {
+            if let Ok(py) = runtimes.get(Runtime::Python) {
+                let dir = bootstrap_dir.join(Runtime::Python.as_str());
+                let bootstrap = lampyr_runtime::bootstrap::path(&bootstrap_dir, Runtime::Python);
+                match sandboxer.start_zygote(&py.path, &py.prefix, &dir, &bootstrap) {
+                    Ok(()) => {
+                        tracing::info!("python instances are forked from a pre-initialised zygote")
+                    }
+                    Err(e) => tracing::warn!(
+                        "python zygote unavailable, instances start from scratch: {e}"
+                    ),
+                }
             }
         }
         let store_limits = StoreLimits {

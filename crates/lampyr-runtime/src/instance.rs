@@ -198,7 +198,8 @@ impl Instance {
             host_network: cfg.host_network,
             background: cfg.code_dir.is_none(),
         };
-        let (sandbox, io) = cfg.sandboxer.spawn(&spec)?;
+        let (sandbox, mut io) = cfg.sandboxer.spawn(&spec)?;
+        let mut adoption = io.adoption.take();
         let mut sandbox_time = started.elapsed();
         let task_root = cfg
             .code_dir
@@ -242,7 +243,24 @@ impl Instance {
             let frame = inst.next_control("start", START_TIMEOUT).await?;
             match frame.kind {
                 protocol::HELLO => break,
-                protocol::SANDBOX_READY => sandbox_time = started.elapsed(),
+                protocol::SANDBOX_READY => {
+                    sandbox_time = started.elapsed();
+                    // A Python runtime forked from the zygote into the jail.
+                    if let Some(a) = adoption.take() {
+                        let forked = tokio::task::spawn_blocking(move || a.complete()).await;
+                        match forked {
+                            Ok(Ok(_pid)) => {}
+                            Ok(Err(e)) => {
+                                inst.kill("the zygote could not fork the runtime");
+                                return Err(e.into());
+                            }
+                            Err(e) => {
+                                inst.kill("the zygote could not fork the runtime");
+                                return Err(InstanceError::Protocol(e.to_string()));
+                            }
+                        }
+                    }
+                }
                 protocol::SANDBOX_ERROR => {
                     inst.kill("sandbox set-up failed");
                     return Err(InstanceError::SandboxSetup(

@@ -132,6 +132,68 @@ fn exit_like(status: i32) -> ! {
     })
 }
 
+/// PID 1 holds no copy of the protocol socket or the log pipes, so the host
+/// sees them close when the runtime's processes are gone.
+fn release_descriptors() {
+    let _ = nix::unistd::close(crate::PROTOCOL_FD);
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in [0, 1, 2] {
+            // SAFETY: dup2 onto the standard descriptors of this process.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+        }
+    }
+}
+
+/// Adopt mode: the runtime is forked by the zygote into this namespace as
+/// PID 2. Its parent (the zygote's helper, outside) waits for it and writes
+/// its wait status to fd 4. Meanwhile PID 1 reaps the orphans of the
+/// namespace; it ends when the status arrives (or the helper is gone).
+fn adopt_and_wait(status_w: &std::os::fd::OwnedFd) -> ! {
+    use std::os::fd::{AsFd, BorrowedFd};
+    // SAFETY: fd 4 was placed here by the host for exactly this purpose.
+    let adopt = unsafe { BorrowedFd::borrow_raw(crate::ADOPT_STATUS_FD) };
+    let mut raw = [0u8; 4];
+    let mut got = 0;
+    loop {
+        let mut fds = [nix::poll::PollFd::new(
+            adopt.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16));
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid(-1, WNOHANG) reaps any exited child into `status`.
+            if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
+                break;
+            }
+        }
+        let ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        if !ready {
+            continue;
+        }
+        match nix::unistd::read(adopt, &mut raw[got..]) {
+            Ok(0) | Err(_) if got < 4 => {
+                // The helper died without a report: the runtime was killed.
+                let status = libc::SIGKILL;
+                let _ = nix::unistd::write(status_w, &status.to_ne_bytes());
+                std::process::exit(0);
+            }
+            Ok(n) => {
+                got += n;
+                if got == 4 {
+                    let _ = nix::unistd::write(status_w, &raw);
+                    std::process::exit(0);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// PID 1 of the new PID namespace: builds the jail, starts the runtime as
 /// its child, reaps every orphan, and ends when the runtime ends.
 fn pid1(spec: &JailSpec, status_w: std::os::fd::OwnedFd) -> ! {
@@ -164,6 +226,10 @@ fn pid1(spec: &JailSpec, status_w: std::os::fd::OwnedFd) -> ! {
     if let Err(e) = jail::enter(&mut LinuxSys, spec) {
         fail(&e.to_string(), 125);
     }
+    if spec.adopt {
+        release_descriptors();
+        adopt_and_wait(&status_w);
+    }
     // SAFETY: single-threaded, as above.
     let runtime = match unsafe { fork() } {
         Err(e) => fail(&format!("fork: {e}"), 125),
@@ -173,19 +239,7 @@ fn pid1(spec: &JailSpec, status_w: std::os::fd::OwnedFd) -> ! {
         }
         Ok(ForkResult::Parent { child }) => child,
     };
-    // PID 1 holds no copy of the protocol socket or the log pipes, so the
-    // host sees them close when the runtime's processes are gone.
-    let _ = nix::unistd::close(crate::PROTOCOL_FD);
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in [0, 1, 2] {
-            // SAFETY: dup2 onto the standard descriptors of this process.
-            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
-        }
-    }
+    release_descriptors();
     loop {
         let mut status: libc::c_int = 0;
         // SAFETY: waitpid(-1) reaps any child of this process into `status`.

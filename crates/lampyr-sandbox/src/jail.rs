@@ -41,6 +41,10 @@ pub struct JailSpec {
     pub seccomp: bool,
     /// `cgroup.procs` files to join before the namespaces are made.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The runtime is not exec'd here: the Python zygote forks it into the
+    /// finished jail, and PID 1 adopts it.
+    #[serde(default)]
+    pub adopt: bool,
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
@@ -360,6 +364,7 @@ pub(crate) mod tests {
             max_open_files: 1024,
             seccomp: true,
             cgroup_procs: vec![],
+            adopt: false,
             program: "/usr/bin/node".into(),
             args: vec!["/var/runtime/bootstrap.js".into()],
             env: vec![],

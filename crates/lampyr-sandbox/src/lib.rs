@@ -23,6 +23,7 @@ pub mod jail;
 pub mod seccomp;
 pub mod slots;
 pub mod sys;
+pub mod zygote;
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -34,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::net::unix::pipe;
+use tokio::process::{Child, Command};
 
 use cgroup::{CgroupLimits, Cgroups, InstanceCgroup};
 use jail::{Bind, JailSpec};
@@ -64,6 +66,8 @@ pub enum SandboxError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error("--isolation strict: full isolation is not available on this host: {0}")]
     NotIsolated(String),
+    #[error("python zygote: {0}")]
+    Zygote(String),
     #[error("code slot: {0}")]
     Slot(#[from] slots::SlotError),
     #[error("sandbox state directory {path}: {source}")]
@@ -164,6 +168,7 @@ pub struct Sandboxer {
     cfg: SandboxConfig,
     jail: Option<JailSupport>,
     features: Vec<Feature>,
+    zygote: parking_lot::Mutex<Option<Arc<zygote::Zygote>>>,
 }
 
 /// What one instance runs and with which limits.
@@ -302,6 +307,7 @@ impl Sandboxer {
                 cfg,
                 jail: None,
                 features,
+                zygote: parking_lot::Mutex::new(None),
             });
         }
         let mut missing = Vec::new();
@@ -426,7 +432,50 @@ impl Sandboxer {
             cfg,
             jail,
             features,
+            zygote: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Starts the Python zygote for `python` (jailed instances only): its
+    /// script is written to `dir`, and it imports `bootstrap` once. Python
+    /// instances are then forked from it instead of exec'd.
+    pub fn start_zygote(
+        &self,
+        python: &Path,
+        prefix: &Path,
+        dir: &Path,
+        bootstrap: &Path,
+    ) -> Result<(), SandboxError> {
+        if self.jail.is_none() {
+            return Ok(());
+        }
+        let script = dir.join("zygote.py");
+        std::fs::write(&script, zygote::SCRIPT).map_err(|source| SandboxError::State {
+            path: script.display().to_string(),
+            source,
+        })?;
+        let z = zygote::Zygote::start(python, prefix, &script, bootstrap)?;
+        *self.zygote.lock() = Some(Arc::new(z));
+        Ok(())
+    }
+
+    /// True when Python instances are forked from a zygote.
+    pub fn has_zygote(&self) -> bool {
+        self.zygote.lock().as_ref().is_some_and(|z| z.alive())
+    }
+
+    /// The zygote to use for `program`, if there is a live one.
+    fn zygote_for(&self, program: &Path) -> Option<Arc<zygote::Zygote>> {
+        let z = self.zygote.lock().clone()?;
+        if z.program != program {
+            return None;
+        }
+        if !z.alive() {
+            tracing::warn!("the Python zygote died; Python instances are started from scratch");
+            *self.zygote.lock() = None;
+            return None;
+        }
+        Some(z)
     }
 
     /// Removes instance cgroups (and kills their processes) that an earlier
@@ -509,7 +558,7 @@ impl Sandboxer {
                 slots: None,
                 cgroup: None,
             };
-            return spawn_with(cmd, spec.program, control, started);
+            return spawn_with(cmd, spec.program, control, started, None);
         };
         let name = cgroup_name(spec.id);
         let cgroup = match &j.cgroups {
@@ -605,18 +654,48 @@ impl Sandboxer {
                 .as_ref()
                 .map(|c| c.procs_files())
                 .unwrap_or_default(),
+            adopt: false,
             program,
             args: spec.args.clone(),
             env,
             cwd: "/".into(),
         };
+        let zygote = self.zygote_for(spec.program);
+        let mut jail_spec = jail_spec;
+        jail_spec.adopt = zygote.is_some();
+        let adopt = zygote.map(|z| {
+            let seccomp: Vec<String> = if j.seccomp {
+                seccomp::compile()
+                    .map(|progs| progs.iter().map(bpf_hex).collect())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let env: serde_json::Map<String, serde_json::Value> = jail_spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned().into()))
+                .collect();
+            let request = serde_json::json!({
+                "cgroup_procs": jail_spec.cgroup_procs,
+                "uid": jail_spec.uid,
+                "gid": jail_spec.gid,
+                "max_open_files": jail_spec.max_open_files,
+                "seccomp": seccomp,
+                "env": env,
+                "prefix": z.prefix,
+                "guest_prefix": if jail_spec.program == spec.program { z.prefix.display().to_string() } else { GUEST_RUNTIME_PREFIX.to_string() },
+                "program": jail_spec.program,
+            });
+            (z, request)
+        });
         let json = serde_json::to_string(&jail_spec).expect("jail spec serialises");
         let mut cmd = Command::new(&self.cfg.init_exe);
         cmd.arg(init::INIT_ARG)
             .env_clear()
             .env(init::SPEC_ENV, json)
             .current_dir("/");
-        spawn_with(cmd, &self.cfg.init_exe, control, started)
+        spawn_with(cmd, &self.cfg.init_exe, control, started, adopt)
     }
 }
 
@@ -676,27 +755,78 @@ fn cgroup_name(id: &str) -> String {
         .collect()
 }
 
+/// A BPF program as the hex of its `sock_filter` array, for the zygote.
+fn bpf_hex(p: &seccompiler::BpfProgram) -> String {
+    let mut out = String::with_capacity(p.len() * 16);
+    for f in p {
+        let mut b = Vec::with_capacity(8);
+        b.extend_from_slice(&f.code.to_ne_bytes());
+        b.push(f.jt);
+        b.push(f.jf);
+        b.extend_from_slice(&f.k.to_ne_bytes());
+        for x in b {
+            out.push_str(&format!("{x:02x}"));
+        }
+    }
+    out
+}
+
+fn pipe_pair() -> Result<(pipe::Receiver, OwnedFd), SandboxError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SandboxError::Socket(e.into()))?;
+    let r = pipe::Receiver::from_owned_fd(r).map_err(SandboxError::Socket)?;
+    Ok((r, w))
+}
+
 fn spawn_with(
     mut cmd: Command,
     program: &Path,
     control: SandboxControl,
     started: Instant,
+    adopt: Option<(Arc<zygote::Zygote>, serde_json::Value)>,
 ) -> Result<(Sandbox, SandboxIo), SandboxError> {
     let (host, guest) = StdUnixStream::pair().map_err(SandboxError::Socket)?;
     let guest: OwnedFd = guest.into();
     let guest_fd = guest.as_raw_fd();
+    let (stdout, out_w) = pipe_pair()?;
+    let (stderr, err_w) = pipe_pair()?;
+    // For a zygote-forked runtime: the instance's ends of its channels, and
+    // a pipe on which the runtime's wait status reaches the sandbox's PID 1
+    // (at fd 4), since PID 1 is not the runtime's parent.
+    let mut status_r: Option<OwnedFd> = None;
+    let adopt_fds = match &adopt {
+        Some(_) => {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| SandboxError::Socket(e.into()))?;
+            status_r = Some(r);
+            Some(vec![
+                guest.try_clone().map_err(SandboxError::Socket)?,
+                out_w.try_clone().map_err(SandboxError::Socket)?,
+                err_w.try_clone().map_err(SandboxError::Socket)?,
+                w,
+            ])
+        }
+        None => None,
+    };
+    let status_fd = status_r.as_ref().map(|f| f.as_raw_fd());
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only
     // calls async-signal-safe functions (dup2, fcntl, setsid, prctl,
     // setrlimit, getppid, _exit); it allocates nothing and takes no locks.
     unsafe {
-        cmd.pre_exec(move || child_setup(guest_fd));
+        cmd.pre_exec(move || {
+            child_setup(guest_fd)?;
+            if let Some(fd) = status_fd {
+                inherit_at(fd, ADOPT_STATUS_FD)?;
+            }
+            Ok(())
+        });
     }
     let control = Arc::new(control);
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(source) => {
             control.kill_all();
@@ -708,9 +838,19 @@ fn spawn_with(
         }
     };
     drop(guest);
+    drop(status_r);
+    // The write ends now live in the child (and the adoption); dropping
+    // the command closes ours, so the pipes end when the instance does.
+    drop(cmd);
     let pid = child.id().unwrap_or(0);
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
+    let adoption = adopt
+        .zip(adopt_fds)
+        .map(|((zygote, request), fds)| zygote::Adoption {
+            zygote,
+            outer_pid: pid,
+            fds,
+            request,
+        });
     Ok((
         Sandbox {
             pid,
@@ -722,6 +862,7 @@ fn spawn_with(
             socket: host,
             stdout,
             stderr,
+            adoption,
         },
     ))
 }
@@ -740,8 +881,11 @@ pub struct Sandbox {
 #[derive(Debug)]
 pub struct SandboxIo {
     pub socket: StdUnixStream,
-    pub stdout: ChildStdout,
-    pub stderr: ChildStderr,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+    /// Set when the runtime comes from the Python zygote: complete it once
+    /// the sandbox is ready.
+    pub adoption: Option<zygote::Adoption>,
 }
 
 /// How a sandbox ended.
@@ -825,6 +969,22 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Where PID 1 of an adopting sandbox reads its runtime's wait status.
+pub(crate) const ADOPT_STATUS_FD: i32 = 4;
+
+/// Places `fd` at `target` across exec. Runs between fork and exec.
+fn inherit_at(fd: i32, target: i32) -> std::io::Result<()> {
+    // SAFETY: dup2 on a descriptor this process owns; async-signal-safe.
+    if unsafe { libc::dup2(fd, target) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fcntl on a valid descriptor; async-signal-safe.
+    if unsafe { libc::fcntl(target, libc::F_SETFD, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs in the child between fork and exec.

@@ -149,3 +149,40 @@ fn reserved_instances_and_host_network_functions() {
         "host-network functions never take pooled instances"
     );
 }
+
+#[test]
+fn python_instances_are_forked_from_the_zygote_with_fresh_state() {
+    let server = Server::start();
+    let code = "import os, random\nSEED = random.random()\ndef handler(e, c):\n    if e['rawPath'] == '/exit':\n        os._exit(3)\n    if e['rawPath'] == '/kill':\n        os.kill(os.getpid(), 9)\n    cmd = open('/proc/self/cmdline').read().split('\\0')\n    return {'cmd': cmd, 'pid': os.getpid(), 'uid': os.getuid(), 'seed': SEED, 'now': random.random()}\n";
+    let mut seeds = Vec::new();
+    for i in 0..2 {
+        let name = format!("forked-{i}");
+        server.deploy(Fixture::python(&name, "", code).path());
+        server.wait_pools_ready();
+        let r = server.get(&name);
+        assert_eq!(r.header("x-lampyr-start"), Some("pooled"));
+        let v = r.json();
+        let cmd = v["cmd"].as_array().unwrap();
+        assert!(
+            cmd.iter()
+                .any(|a| a.as_str().unwrap().ends_with("zygote.py")),
+            "forked from the zygote: {v}"
+        );
+        assert_eq!(v["pid"], 2, "PID 2 of its own sandbox");
+        assert_ne!(v["uid"], 0);
+        seeds.push(v["now"].as_f64().unwrap());
+    }
+    assert_ne!(
+        seeds[0], seeds[1],
+        "random state is reseeded in every instance"
+    );
+    // A forked instance's end is reported like any other's.
+    server.deploy(Fixture::python("forked-exit", "", code).path());
+    for (path, reason) in [("exit", "exit code 3"), ("kill", "signal 9")] {
+        server.wait_pools_ready();
+        let r = server.get(&format!("forked-exit/{path}"));
+        assert_eq!(r.status, 502, "{}", r.text());
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(reason), "{msg}");
+    }
+}
