@@ -163,6 +163,7 @@ function sendFrame(type, json, cb) {
 // RESULT / ERROR: u32 id followed by JSON. Returns false if the frame would
 // exceed the protocol's maximum size (nothing is sent then).
 function sendReply(type, id, json) {
+  if (warming) return true;
   const n = Buffer.byteLength(json, 'utf8');
   if (n + 5 > MAX_FRAME) return false;
   const b = Buffer.allocUnsafe(9 + n);
@@ -179,6 +180,56 @@ function sendReply(type, id, json) {
   }
   sock.write(b);
   return true;
+}
+
+// ---------------------------------------------------------------- warm-up
+
+// A pooled instance waits for its function; its first request should not
+// pay for compiling the invocation path. Before saying HELLO, run that path
+// a few times against a built-in handler, with the replies discarded.
+let warming = false;
+function warmUp(done) {
+  warming = true;
+  handler = async (event, context) => ({
+    statusCode: 200,
+    headers: { 'content-type': 'text/plain' },
+    body: event.rawPath + String(context.getRemainingTimeInMillis() > 0),
+  });
+  const event = JSON.stringify({
+    version: '2.0', routeKey: '$default', rawPath: '/warm-up', rawQueryString: '',
+    headers: { 'user-agent': 'lampyr' }, requestContext: { http: { method: 'GET', path: '/warm-up' } },
+    isBase64Encoded: false,
+  });
+  for (let i = 0; i < 20; i++) invoke(0, Date.now() + 1000, '-', event);
+  // The loading path too: a throwaway module in the temporary directory.
+  let dir = null;
+  let loading = Promise.resolve();
+  try {
+    new Date().toISOString();
+    process.env.LAMPYR_WARM_UP = '1';
+    delete process.env.LAMPYR_WARM_UP;
+    dir = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', 'lampyr-warm-up-'));
+    const file = path.join(dir, 'warm.js');
+    fs.writeFileSync(file, 'exports.handler = async () => 1;\n');
+    if (isFile(file) && packageType(file) !== 'module') loading = loadModule(file, dir);
+  } catch (_) {
+    // Warming up is an optimisation; a read-only or missing /tmp is fine.
+  }
+  loading.catch(() => {}).finally(() => {
+    if (dir !== null) {
+      for (const k of Object.keys(require.cache)) if (k.startsWith(dir)) delete require.cache[k];
+      try {
+        fs.rmSync(dir, { recursive: true, force: true });
+      } catch (_) {
+        // Left in the instance's own /tmp, which goes with it.
+      }
+    }
+    setImmediate(() => {
+      handler = null;
+      warming = false;
+      done();
+    });
+  });
 }
 
 let corked = false;
@@ -552,4 +603,4 @@ sock.on('data', (chunk) => {
   }
 });
 
-sendFrame(T_HELLO, JSON.stringify({ runtime: 'nodejs', version: process.version, pid: process.pid }));
+warmUp(() => sendFrame(T_HELLO, JSON.stringify({ runtime: 'nodejs', version: process.version, pid: process.pid })));
