@@ -186,3 +186,31 @@ fn python_instances_are_forked_from_the_zygote_with_fresh_state() {
         assert!(msg.contains(reason), "{msg}");
     }
 }
+
+#[test]
+fn a_reserved_instance_that_dies_is_replaced_at_once() {
+    let server = Server::start();
+    server.deploy(
+        Fixture::node(
+            "keeper",
+            "min_instances = 1\n",
+            "exports.handler = async (e) => { if (e.rawPath === '/die') process.exit(7); return 'kept'; };",
+        )
+        .path(),
+    );
+    server.wait_until("the reserved instance", Duration::from_secs(20), || {
+        server.info("keeper")["instance_states"]["idle"] == 1
+    });
+    let r = server.get("keeper/die");
+    assert_eq!(r.status, 502);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("exit code 7"));
+    server.wait_until(
+        "a replacement reserved instance",
+        Duration::from_secs(20),
+        || server.info("keeper")["instance_states"]["idle"] == 1,
+    );
+    assert_eq!(server.get("keeper").header("x-lampyr-start"), Some("warm"));
+}
