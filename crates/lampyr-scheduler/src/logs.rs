@@ -12,6 +12,9 @@ use lampyr_store::{rfc3339, LogQuery, LogStore};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc};
 
+/// How often the writer looks for new lines.
+const POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 #[derive(Clone)]
 pub struct LogHub {
     tx: LogSender,
@@ -32,16 +35,27 @@ impl LogHub {
         std::thread::Builder::new()
             .name("lampyr-logs".into())
             .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
-                    let mut batch = vec![first];
-                    while let Ok(more) = rx.try_recv() {
-                        batch.push(more);
-                        if batch.len() >= 1024 {
+                // The writer polls every few milliseconds instead of
+                // sleeping on the channel: a sender then never has to wake
+                // it, which keeps logging off the request path's CPU.
+                let mut batch = Vec::with_capacity(1024);
+                loop {
+                    loop {
+                        match rx.try_recv() {
+                            Ok(line) => batch.push(line),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => return,
+                        }
+                        if batch.len() >= 4096 {
                             break;
                         }
                     }
+                    if batch.is_empty() {
+                        std::thread::sleep(POLL);
+                        continue;
+                    }
                     let mut s = store.lock();
-                    for line in batch {
+                    for line in batch.drain(..) {
                         let Some(rec) = to_record(line) else { continue };
                         if let Err(e) = s.append(&rec) {
                             tracing::warn!(function = %rec.function, "cannot write function log: {e}");

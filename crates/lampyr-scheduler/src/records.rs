@@ -6,7 +6,7 @@
 //! lines to the function's log, updates the Prometheus metrics, and stores
 //! the records in the database. It also prunes old records.
 
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -46,21 +46,36 @@ impl Recorder {
                 let mut last_prune = Instant::now();
                 let mut batch = Vec::with_capacity(256);
                 loop {
-                    match rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok(d) => batch.push(d),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                    while batch.len() < 512 {
+                    // Poll rather than sleep on the channel: senders never
+                    // have to wake this thread, and each poll writes one
+                    // batch in one transaction.
+                    std::thread::sleep(Duration::from_millis(20));
+                    loop {
                         match rx.try_recv() {
                             Ok(d) => batch.push(d),
-                            Err(_) => break,
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => return,
+                        }
+                        if batch.len() >= 8192 {
+                            break;
                         }
                     }
                     if !batch.is_empty() {
+                        // One cgroup read per instance and batch, not per record.
+                        let mut peaks: std::collections::HashMap<
+                            *const SandboxControl,
+                            Option<u64>,
+                        > = std::collections::HashMap::new();
                         let records: Vec<InvocationRecord> = batch
                             .drain(..)
-                            .map(|d| finish(d, &logs, &metrics))
+                            .map(|d| {
+                                let peak = d.instance.as_ref().and_then(|c| {
+                                    *peaks
+                                        .entry(Arc::as_ptr(c))
+                                        .or_insert_with(|| c.memory_peak())
+                                });
+                                finish(d, peak, &logs, &metrics)
+                            })
                             .collect();
                         if let Err(e) = store.insert(&records) {
                             tracing::warn!(
@@ -91,14 +106,10 @@ impl Recorder {
 }
 
 /// Completes one record and publishes its log lines and metrics.
-fn finish(d: Draft, logs: &LogHub, metrics: &Metrics) -> InvocationRecord {
+fn finish(d: Draft, peak: Option<u64>, logs: &LogHub, metrics: &Metrics) -> InvocationRecord {
     let mut r = d.record;
     if r.max_memory_used_mb.is_none() {
-        r.max_memory_used_mb = d
-            .instance
-            .as_ref()
-            .and_then(|c| c.memory_peak())
-            .map(|b| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0);
+        r.max_memory_used_mb = peak.map(|b| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0);
     }
     let f = r.function.as_str();
     metrics

@@ -2,6 +2,8 @@
 //! arguments, sets up logging, and hands over to the gateway (`serve`) or the
 //! CLI crate (every other command).
 
+#![forbid(unsafe_code)]
+
 mod demo;
 
 /// The request path allocates small, short-lived buffers on every
