@@ -197,10 +197,15 @@ pub(crate) async fn invoke_and_record(
     }
 }
 
-/// A new request id: a random (version 4) UUID from the thread's fast
-/// generator, with no system call per request.
+/// A new request id: a time-ordered (version 7) UUID, random bits from the
+/// thread's fast generator (no system call per request). Being ordered by
+/// time, ids sort like the requests did and index cheaply.
 pub(crate) fn new_request_id() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random())
         .into_uuid()
         .to_string()
 }
