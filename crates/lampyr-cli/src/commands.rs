@@ -308,6 +308,7 @@ pub fn follow_logs(
     client: &Client,
     name: &str,
     request_id: Option<&str>,
+    since: Option<&str>,
     tail: usize,
     json: bool,
 ) -> Result<(), CommandError> {
@@ -315,6 +316,9 @@ pub fn follow_logs(
     let mut q = format!("/api/v1/functions/{name}/logs?follow=1&tail={tail}");
     if let Some(r) = request_id {
         q.push_str(&format!("&request_id={r}"));
+    }
+    if let Some(s) = since {
+        q.push_str(&format!("&since={s}"));
     }
     let body = client.stream(&q)?;
     for line in std::io::BufReader::new(body).lines() {

@@ -558,7 +558,14 @@ impl Sandboxer {
                 slots: None,
                 cgroup: None,
             };
-            return spawn_with(cmd, spec.program, control, started, None);
+            return spawn_with(
+                cmd,
+                spec.program,
+                control,
+                started,
+                None,
+                self.cfg.max_open_files,
+            );
         };
         let name = cgroup_name(spec.id);
         let cgroup = match &j.cgroups {
@@ -695,7 +702,14 @@ impl Sandboxer {
             .env_clear()
             .env(init::SPEC_ENV, json)
             .current_dir("/");
-        spawn_with(cmd, &self.cfg.init_exe, control, started, adopt)
+        spawn_with(
+            cmd,
+            &self.cfg.init_exe,
+            control,
+            started,
+            adopt,
+            self.cfg.max_open_files,
+        )
     }
 }
 
@@ -784,6 +798,7 @@ fn spawn_with(
     control: SandboxControl,
     started: Instant,
     adopt: Option<(Arc<zygote::Zygote>, serde_json::Value)>,
+    max_open_files: u64,
 ) -> Result<(Sandbox, SandboxIo), SandboxError> {
     let (host, guest) = StdUnixStream::pair().map_err(SandboxError::Socket)?;
     let guest: OwnedFd = guest.into();
@@ -819,6 +834,8 @@ fn spawn_with(
     unsafe {
         cmd.pre_exec(move || {
             child_setup(guest_fd)?;
+            // Plain processes get rlimits; a jail sets its own again.
+            limit_open_files(max_open_files);
             if let Some(fd) = status_fd {
                 inherit_at(fd, ADOPT_STATUS_FD)?;
             }
@@ -969,6 +986,16 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sets RLIMIT_NOFILE. Runs between fork and exec.
+fn limit_open_files(n: u64) {
+    let nofile = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct; async-signal-safe.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &nofile) };
 }
 
 /// Where PID 1 of an adopting sandbox reads its runtime's wait status.

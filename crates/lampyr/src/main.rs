@@ -236,13 +236,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs {
             name,
             request_id,
+            since,
             tail,
             follow: true,
-            ..
         } => Ok(lampyr_cli::follow_logs(
             &client(),
             name,
             request_id.as_deref(),
+            since.as_deref(),
             *tail,
             cli.json,
         )?),
