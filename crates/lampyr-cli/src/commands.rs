@@ -303,43 +303,6 @@ pub fn remove(client: &Client, name: &str, json: bool) -> Result<(), CommandErro
     Ok(())
 }
 
-/// `lampyr logs NAME --follow`: prints records as the server streams them.
-pub fn follow_logs(
-    client: &Client,
-    name: &str,
-    request_id: Option<&str>,
-    since: Option<&str>,
-    tail: usize,
-    json: bool,
-) -> Result<(), CommandError> {
-    use std::io::BufRead;
-    let mut q = format!("/api/v1/functions/{name}/logs?follow=1&tail={tail}");
-    if let Some(r) = request_id {
-        q.push_str(&format!("&request_id={r}"));
-    }
-    if let Some(s) = since {
-        q.push_str(&format!("&since={s}"));
-    }
-    let body = client.stream(&q)?;
-    for line in std::io::BufReader::new(body).lines() {
-        let line = line.map_err(|e| CommandError::Input(format!("the log stream broke: {e}")))?;
-        let Some(data) = line.strip_prefix("data:") else {
-            continue;
-        };
-        let data = data.trim_start();
-        let mut o = out();
-        if json {
-            let _ = writeln!(o, "{data}");
-        } else if let Ok(r) = serde_json::from_str::<LogRecord>(data) {
-            let _ = writeln!(o, "{}", format_record(&r));
-        } else {
-            let _ = writeln!(o, "{data}");
-        }
-        let _ = o.flush();
-    }
-    Ok(())
-}
-
 /// `lampyr invocations NAME`.
 pub fn invocations(
     client: &Client,
@@ -436,13 +399,16 @@ pub fn stats(client: &Client, name: &str, since: &str, json: bool) -> Result<(),
     Ok(())
 }
 
-/// `lampyr logs NAME`.
+/// `lampyr logs NAME`: the stored records, or with `follow` a stream of
+/// them as the server writes them.
+#[allow(clippy::too_many_arguments)]
 pub fn logs(
     client: &Client,
     name: &str,
     request_id: Option<&str>,
     since: Option<&str>,
     tail: usize,
+    follow: bool,
     json: bool,
 ) -> Result<(), CommandError> {
     let mut q = format!("/api/v1/functions/{name}/logs?tail={tail}");
@@ -452,6 +418,10 @@ pub fn logs(
     if let Some(s) = since {
         q.push_str(&format!("&since={s}"));
     }
+    if follow {
+        q.push_str("&follow=1");
+        return follow_logs(client, &q, json);
+    }
     let list: LogList = client.get_json(&q)?;
     if json {
         print_json(&list);
@@ -460,6 +430,29 @@ pub fn logs(
     let mut o = out();
     for r in &list.records {
         let _ = writeln!(o, "{}", format_record(r));
+    }
+    Ok(())
+}
+
+/// Prints records as the server streams them (server-sent events).
+fn follow_logs(client: &Client, q: &str, json: bool) -> Result<(), CommandError> {
+    use std::io::BufRead;
+    let body = client.stream(q)?;
+    for line in std::io::BufReader::new(body).lines() {
+        let line = line.map_err(|e| CommandError::Input(format!("the log stream broke: {e}")))?;
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let data = data.trim_start();
+        let mut o = out();
+        if json {
+            let _ = writeln!(o, "{data}");
+        } else if let Ok(r) = serde_json::from_str::<LogRecord>(data) {
+            let _ = writeln!(o, "{}", format_record(&r));
+        } else {
+            let _ = writeln!(o, "{data}");
+        }
+        let _ = o.flush();
     }
     Ok(())
 }

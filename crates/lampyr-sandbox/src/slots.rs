@@ -112,18 +112,8 @@ impl Slots {
         mount(none, &slots, none, MsFlags::MS_SHARED, none).map_err(err("sharing", &slots))?;
         mount(Some(code_store), &code_ro, none, MsFlags::MS_BIND, none)
             .map_err(err("bind-mounting", &code_ro))?;
-        mount(
-            none,
-            &code_ro,
-            none,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV,
-            none,
-        )
-        .map_err(err("making read-only", &code_ro))?;
+        mount(none, &code_ro, none, crate::sys::READ_ONLY_REMOUNT, none)
+            .map_err(err("making read-only", &code_ro))?;
         Ok(Slots { slots, code_ro })
     }
 

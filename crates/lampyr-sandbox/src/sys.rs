@@ -41,6 +41,13 @@ pub fn send_frame(kind: u8, payload: &[u8]) {
     );
 }
 
+/// Remounts a bind mount read-only, without set-uid programs or devices.
+pub(crate) const READ_ONLY_REMOUNT: MsFlags = MsFlags::MS_REMOUNT
+    .union(MsFlags::MS_BIND)
+    .union(MsFlags::MS_RDONLY)
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV);
+
 /// The Linux implementation.
 pub struct LinuxSys;
 
@@ -84,17 +91,7 @@ impl Sys for LinuxSys {
             MountKind::BindRecursive => {
                 mount(src, target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
             }
-            MountKind::RemountReadOnly => mount(
-                none,
-                target,
-                none,
-                MsFlags::MS_REMOUNT
-                    | MsFlags::MS_BIND
-                    | MsFlags::MS_RDONLY
-                    | MsFlags::MS_NOSUID
-                    | MsFlags::MS_NODEV,
-                none,
-            ),
+            MountKind::RemountReadOnly => mount(none, target, none, READ_ONLY_REMOUNT, none),
         };
         r.map_err(err("mount", Some(target)))
     }

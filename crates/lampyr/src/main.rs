@@ -183,14 +183,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(lampyr_cli::paths::default_data_dir);
-    let client = || {
-        let token = cli.token.clone().or_else(|| {
+    // The API token: --token / LAMPYR_TOKEN, else the server's token file.
+    let token = || {
+        cli.token.clone().or_else(|| {
             std::fs::read_to_string(data_dir.join(lampyr_cli::paths::TOKEN_FILE))
                 .ok()
                 .map(|t| t.trim().to_string())
-        });
-        Client::new(&cli.url, token)
+        })
     };
+    let client = || Client::new(&cli.url, token());
     match &cli.command {
         Command::Serve {
             listen,
@@ -233,20 +234,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls => Ok(lampyr_cli::list(&client(), cli.json)?),
         Command::Info { name } => Ok(lampyr_cli::info(&client(), name, cli.json)?),
         Command::Rm { name } => Ok(lampyr_cli::remove(&client(), name, cli.json)?),
-        Command::Logs {
-            name,
-            request_id,
-            since,
-            tail,
-            follow: true,
-        } => Ok(lampyr_cli::follow_logs(
-            &client(),
-            name,
-            request_id.as_deref(),
-            since.as_deref(),
-            *tail,
-            cli.json,
-        )?),
         Command::Invocations {
             name,
             limit,
@@ -262,12 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )?),
         Command::Stats { name, since } => Ok(lampyr_cli::stats(&client(), name, since, cli.json)?),
         Command::Ui => {
-            let token = cli.token.clone().or_else(|| {
-                std::fs::read_to_string(data_dir.join(lampyr_cli::paths::TOKEN_FILE))
-                    .ok()
-                    .map(|t| t.trim().to_string())
-            });
-            let Some(token) = token else {
+            let Some(token) = token() else {
                 anyhow::bail!("no API token found in {}: run this on the server's host as the same user, pass --data-dir, or set LAMPYR_TOKEN", data_dir.display());
             };
             let url = format!("{}/ui#token={token}", cli.url.trim_end_matches('/'));
@@ -283,13 +265,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             request_id,
             since,
             tail,
-            follow: false,
+            follow,
         } => Ok(lampyr_cli::logs(
             &client(),
             name,
             request_id.as_deref(),
             since.as_deref(),
             *tail,
+            *follow,
             cli.json,
         )?),
         Command::Doctor => {
