@@ -145,6 +145,9 @@ struct Shared {
     kill: Notify,
     kill_reason: Mutex<Option<String>>,
     logs: LogSender,
+    /// Set once the handler is loaded: from then on only RESULT and ERROR
+    /// frames are legitimate.
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -221,6 +224,7 @@ impl Instance {
             kill: Notify::new(),
             kill_reason: Mutex::new(None),
             logs: cfg.logs,
+            loaded: std::sync::atomic::AtomicBool::new(false),
         });
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let outbox = Arc::new(Outbox::default());
@@ -299,7 +303,10 @@ impl Instance {
             .await?;
         let frame = self.next_control("load the handler", limit).await?;
         match frame.kind {
-            protocol::LOADED => Ok(started.elapsed()),
+            protocol::LOADED => {
+                self.shared.loaded.store(true, Ordering::Release);
+                Ok(started.elapsed())
+            }
             protocol::LOAD_ERROR => {
                 let err = serde_json::from_slice(&frame.payload).unwrap_or_else(|_| {
                     serde_json::json!({"errorType": "Runtime.InitError", "errorMessage": String::from_utf8_lossy(&frame.payload)})
@@ -585,6 +592,15 @@ async fn read_frames(
                             let _ = p.reply.send(outcome);
                         }
                     }
+                    _ if shared.loaded.load(Ordering::Acquire) => {
+                        // Nothing but replies may follow LOADED.
+                        tracing::warn!(instance = %shared.id, "unexpected frame type {:#04x} from a loaded runtime", frame.kind);
+                        *shared.kill_reason.lock() = Some(format!(
+                            "protocol error: unexpected frame type {:#04x}",
+                            frame.kind
+                        ));
+                        break 'outer;
+                    }
                     _ => {
                         let _ = control.send(frame);
                     }
@@ -659,9 +675,23 @@ async fn read_logs(shared: Arc<Shared>, pipe: impl AsyncRead + Unpin, stream: St
             Ok(n) => n,
         };
         if n == MAX_LOG_LINE && line.last() != Some(&b'\n') {
-            // Cut: skip the rest of this overlong line.
-            let mut rest = Vec::new();
-            let _ = reader.read_until(b'\n', &mut rest).await;
+            // Cut: skip the rest of this overlong line without holding it.
+            loop {
+                let buf = match reader.fill_buf().await {
+                    Ok(b) if !b.is_empty() => b,
+                    _ => break,
+                };
+                match buf.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        reader.consume(i + 1);
+                        break;
+                    }
+                    None => {
+                        let n = buf.len();
+                        reader.consume(n);
+                    }
+                }
+            }
             line.extend_from_slice(b" [line truncated]");
         }
         while matches!(line.last(), Some(b'\n')) {

@@ -100,6 +100,8 @@ pub trait Sys {
     fn reset_oom_score(&mut self) -> JailResult;
     fn drop_capability_bounding_set(&mut self) -> JailResult;
     fn set_ids(&mut self, uid: u32, gid: u32) -> JailResult;
+    /// Re-arms the parent-death signal, which changing uid clears.
+    fn die_with_parent(&mut self) -> JailResult;
     fn no_new_privs(&mut self) -> JailResult;
     fn seccomp(&mut self) -> JailResult;
     fn notify_ready(&mut self) -> JailResult;
@@ -125,7 +127,8 @@ fn inside(root: &Path, p: &Path) -> PathBuf {
 /// 9. the root itself read-only;
 /// 10. hostname, and loopback up in a private network namespace;
 /// 11. resource limits: open files, no core dumps, default OOM score;
-/// 12. privileges: empty capability bounding set, unprivileged uid/gid,
+/// 12. privileges: empty capability bounding set, unprivileged uid/gid
+///     (then the parent-death signal again, which the uid change cleared),
 ///     `no_new_privs`;
 /// 13. the seccomp filter (last: it forbids the mounts above);
 /// 14. tell the host the sandbox is ready, `chdir` to the working directory.
@@ -230,6 +233,7 @@ pub fn enter(sys: &mut dyn Sys, spec: &JailSpec) -> JailResult {
 
     sys.drop_capability_bounding_set()?;
     sys.set_ids(spec.uid, spec.gid)?;
+    sys.die_with_parent()?;
     sys.no_new_privs()?;
     if spec.seccomp {
         sys.seccomp()?;
@@ -320,6 +324,9 @@ pub(crate) mod tests {
         fn set_ids(&mut self, uid: u32, gid: u32) -> JailResult {
             self.rec(format!("setids {uid}:{gid}"), "setids")
         }
+        fn die_with_parent(&mut self) -> JailResult {
+            self.rec("pdeathsig".into(), "pdeathsig")
+        }
         fn no_new_privs(&mut self) -> JailResult {
             self.rec("no_new_privs".into(), "no_new_privs")
         }
@@ -400,6 +407,10 @@ pub(crate) mod tests {
         assert!(r.position("loopback_up") < caps);
         assert!(r.position("oom_score_adj") < caps);
         assert!(caps < ids && ids < nnp && nnp < sec);
+        assert!(
+            ids < r.position("pdeathsig"),
+            "the parent-death signal is re-armed after the uid change"
+        );
         assert!(sec < r.position("ready"));
         assert_eq!(r.calls.last().unwrap(), "chdir /var/task");
         // Only the five devices.

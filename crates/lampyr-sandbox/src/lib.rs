@@ -672,6 +672,8 @@ impl Sandboxer {
         jail_spec.adopt = zygote.is_some();
         let adopt = zygote.map(|z| {
             let seccomp: Vec<String> = if j.seccomp {
+                // Compiled when the sandboxer started, so this cannot fail
+                // now; if it did, the zygote refuses an empty filter list.
                 seccomp::compile()
                     .map(|progs| progs.iter().map(bpf_hex).collect())
                     .unwrap_or_default()
@@ -688,6 +690,7 @@ impl Sandboxer {
                 "uid": jail_spec.uid,
                 "gid": jail_spec.gid,
                 "max_open_files": jail_spec.max_open_files,
+                "seccomp_required": j.seccomp,
                 "seccomp": seccomp,
                 "env": env,
                 "prefix": z.prefix,
@@ -871,6 +874,7 @@ fn spawn_with(
     Ok((
         Sandbox {
             pid,
+            reaped: false,
             child,
             control,
             spawn: started.elapsed(),
@@ -888,6 +892,8 @@ fn spawn_with(
 #[derive(Debug)]
 pub struct Sandbox {
     pid: u32,
+    /// Set once the process is reaped: its pid may belong to another by then.
+    reaped: bool,
     child: Child,
     control: Arc<SandboxControl>,
     /// Time to create the cgroup and start the first process.
@@ -945,7 +951,7 @@ impl Sandbox {
 
     /// Kills every process of the sandbox. Safe to call more than once.
     pub fn kill(&self) {
-        if self.pid != 0 {
+        if self.pid != 0 && !self.reaped {
             // The instance leads its own process group (setsid), so this
             // reaches the whole tree outside a PID namespace; inside one,
             // the death of its PID 1 takes the rest with it.
@@ -958,6 +964,7 @@ impl Sandbox {
     /// slot.
     pub async fn wait(&mut self) -> ExitInfo {
         let status = self.child.wait().await;
+        self.reaped = status.is_ok();
         let (oom_killed, memory_peak) = match &self.control.cgroup {
             Some(cg) => {
                 let oom = cg.oom_kills() > 0;

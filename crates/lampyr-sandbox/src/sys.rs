@@ -225,6 +225,27 @@ impl Sys for LinuxSys {
         Ok(())
     }
 
+    fn die_with_parent(&mut self) -> JailResult {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
+        if unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        } < 0
+        {
+            return Err(JailError {
+                step: "parent-death signal",
+                path: None,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     fn no_new_privs(&mut self) -> JailResult {
         nix::sys::prctl::set_no_new_privs().map_err(err("no_new_privs", None))
     }

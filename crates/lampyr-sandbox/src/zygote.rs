@@ -78,6 +78,8 @@ impl Zygote {
         let child = cmd.spawn().map_err(spawn_err)?;
         drop(guest);
         let mut ctl = host;
+        ctl.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .map_err(spawn_err)?;
         let ready = read_msg(&mut ctl).map_err(spawn_err)?;
         if ready.get("ready") != Some(&serde_json::Value::Bool(true)) {
             return Err(spawn_err(std::io::Error::other(format!(
@@ -105,7 +107,15 @@ impl Zygote {
             ctl.write_all(&[&hdr[..], &body[..]].concat()[sent..])
                 .map_err(|e| e.to_string())?;
         }
-        let answer = read_msg(&mut ctl).map_err(|e| format!("the zygote did not answer: {e}"))?;
+        let answer = match read_msg(&mut ctl) {
+            Ok(a) => a,
+            Err(e) => {
+                // Its state is unknown now: stop it, Python instances then
+                // start from scratch.
+                let _ = self.child.lock().kill();
+                return Err(format!("the zygote did not answer: {e}"));
+            }
+        };
         match answer.get("pid").and_then(|p| p.as_u64()) {
             Some(pid) => Ok(pid as u32),
             None => Err(answer

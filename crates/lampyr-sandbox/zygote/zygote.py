@@ -105,6 +105,9 @@ def become_instance(req, fds):
     os.dup2(err_fd, 2)
     os.dup2(sock_fd, 3)
     os.closerange(4, 1 << 16)
+    # Its own session and process group: no signal to the zygote's group
+    # can reach it, and it can signal no other instance's.
+    os.setsid()
     os.chdir("/")
     # The runtime's prefix is at a different path inside the jail.
     host, guest = req["prefix"], req["guest_prefix"]
@@ -126,6 +129,8 @@ def become_instance(req, fds):
     if os.geteuid() == 0:
         raise OSError("still root after dropping privileges")
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    if req.get("seccomp_required") and not req["seccomp"]:
+        raise OSError("no seccomp filter was given")
     for prog in req["seccomp"]:
         code = bytes.fromhex(prog)
         buf = ctypes.create_string_buffer(code, len(code))
@@ -185,8 +190,12 @@ def main():
             try:
                 fork_instance(req, fds, w)
             except BaseException as e:
-                os.write(w, struct.pack(">i", -1) + str(e).encode()[:500])
-            os._exit(1)
+                try:
+                    os.write(w, struct.pack(">i", -1) + str(e).encode()[:500])
+                except BaseException:
+                    pass
+            finally:
+                os._exit(1)
         os.close(w)
         for fd in fds:
             os.close(fd)

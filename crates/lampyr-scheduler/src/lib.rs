@@ -565,7 +565,30 @@ impl Scheduler {
     }
 
     /// Runs one invocation of `name` with `event` (JSON bytes).
+    ///
+    /// The invocation runs in its own task: if the caller goes away (the
+    /// client disconnected), it still finishes or times out and gives its
+    /// slot back properly, and a cold start it began still completes.
     pub async fn invoke(
+        &self,
+        name: &str,
+        request_id: String,
+        event: Vec<u8>,
+    ) -> Result<Invocation, SchedulerError> {
+        let sched = self.clone();
+        let name = name.to_string();
+        match tokio::spawn(async move { sched.run_invocation(&name, request_id, event).await })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => Err(SchedulerError::StartFailed {
+                function: String::new(),
+                source: InstanceError::Protocol(format!("the invocation task failed: {e}")),
+            }),
+        }
+    }
+
+    async fn run_invocation(
         &self,
         name: &str,
         request_id: String,
@@ -715,19 +738,26 @@ impl Scheduler {
                     let version = state.current();
                     let spec = version.spec();
                     let left = spec.queue_timeout().saturating_sub(started.elapsed());
-                    match tokio::time::timeout(left, rx).await {
+                    let mut rx = rx;
+                    match tokio::time::timeout(left, &mut rx).await {
                         Ok(Ok(Grant::Slot(g))) => {
                             return Ok((Lease::new(state.clone(), g), StartKind::Warm))
                         }
                         Ok(Ok(Grant::Retry)) => continue,
                         Ok(Err(_)) => return Err(SchedulerError::Deleted(state.name.clone())),
                         Err(_) => {
+                            // A slot handed over just as the wait ran out is
+                            // used, not lost.
+                            rx.close();
+                            if let Ok(Grant::Slot(g)) = rx.try_recv() {
+                                return Ok((Lease::new(state.clone(), g), StartKind::Warm));
+                            }
                             return Err(SchedulerError::QueueTimeout {
                                 function: state.name.clone(),
                                 max_instances: spec.max_instances,
                                 concurrency: spec.concurrency,
                                 waited_ms: started.elapsed().as_millis() as u64,
-                            })
+                            });
                         }
                     }
                 }

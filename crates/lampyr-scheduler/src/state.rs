@@ -144,7 +144,11 @@ impl FunctionState {
                 .slots
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| inner.is_live(s) && s.inflight < spec.concurrency)
+                .filter(|(_, s)| {
+                    inner.is_live(s)
+                        && s.inflight < spec.concurrency
+                        && s.instance.exit_report().is_none()
+                })
                 .max_by_key(|(_, s)| s.last_used)
                 .map(|(i, _)| i)
         };
@@ -190,10 +194,17 @@ impl FunctionState {
             instance.kill("function deleted");
             return Err(SchedulerError::Deleted(self.name.clone()));
         }
+        let stale = !Arc::ptr_eq(&version, &g.current);
+        if stale && !claim {
+            // A reserved instance of a version replaced while it started:
+            // nobody will use it.
+            drop(g);
+            instance.kill("replaced by a new version");
+            return Ok(None);
+        }
         let id = g.next_slot;
         g.next_slot += 1;
-        let drain =
-            (!Arc::ptr_eq(&version, &g.current)).then(|| "replaced by a new version".to_string());
+        let drain = stale.then(|| "replaced by a new version".to_string());
         g.slots.push(Slot {
             id,
             instance: instance.clone(),
@@ -250,12 +261,19 @@ impl FunctionState {
         }
     }
 
-    /// Drops an instance that exited on its own.
+    /// Drops an instance that exited on its own. One still running
+    /// invocations stays until they end (they fail with its exit), but takes
+    /// no new work.
     pub(crate) fn forget(&self, instance: &Arc<Instance>) {
         let mut g = self.inner.lock();
         let before = g.slots.len();
-        g.slots
-            .retain(|s| !Arc::ptr_eq(&s.instance, instance) || s.inflight > 0);
+        g.slots.retain_mut(|s| {
+            if !Arc::ptr_eq(&s.instance, instance) {
+                return true;
+            }
+            s.drain.get_or_insert_with(|| "exited".into());
+            s.inflight > 0
+        });
         if g.slots.len() < before {
             g.wake_one();
         }

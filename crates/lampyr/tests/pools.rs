@@ -153,7 +153,7 @@ fn reserved_instances_and_host_network_functions() {
 #[test]
 fn python_instances_are_forked_from_the_zygote_with_fresh_state() {
     let server = Server::start();
-    let code = "import os, random\nSEED = random.random()\ndef handler(e, c):\n    if e['rawPath'] == '/exit':\n        os._exit(3)\n    if e['rawPath'] == '/kill':\n        os.kill(os.getpid(), 9)\n    cmd = open('/proc/self/cmdline').read().split('\\0')\n    return {'cmd': cmd, 'pid': os.getpid(), 'uid': os.getuid(), 'seed': SEED, 'now': random.random()}\n";
+    let code = "import os, random\nSEED = random.random()\ndef handler(e, c):\n    if e['rawPath'] == '/exit':\n        os._exit(3)\n    if e['rawPath'] == '/kill':\n        os.kill(os.getpid(), 9)\n    cmd = open('/proc/self/cmdline').read().split('\\0')\n    return {'cmd': cmd, 'pid': os.getpid(), 'uid': os.getuid(), 'seed': SEED, 'now': random.random(), 'own_group': os.getpgid(0) == os.getpid() and os.getsid(0) == os.getpid()}\n";
     let mut seeds = Vec::new();
     for i in 0..2 {
         let name = format!("forked-{i}");
@@ -170,6 +170,10 @@ fn python_instances_are_forked_from_the_zygote_with_fresh_state() {
         );
         assert_eq!(v["pid"], 2, "PID 2 of its own sandbox");
         assert_ne!(v["uid"], 0);
+        assert_eq!(
+            v["own_group"], true,
+            "its own session: no group signal reaches other instances"
+        );
         seeds.push(v["now"].as_f64().unwrap());
     }
     assert_ne!(

@@ -213,3 +213,34 @@ fn identical_redeploys_make_no_new_version() {
         (Some(false), Some(1))
     );
 }
+
+#[test]
+fn an_abandoned_request_still_holds_its_slot_until_it_finishes() {
+    let server = Server::start();
+    server.deploy(
+        Fixture::node(
+            "patient",
+            "max_instances = 1\nqueue_timeout = \"20s\"\n",
+            SLEEPER,
+        )
+        .path(),
+    );
+    assert_eq!(server.get("patient").status, 200);
+    // A client that gives up after 100 ms on a 1.5 s invocation.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_millis(100)))
+        .build()
+        .into();
+    assert!(agent
+        .get(&format!("{}/fn/patient?ms=1500", server.url))
+        .call()
+        .is_err());
+    // The invocation goes on, holding the instance's only slot, so the next
+    // request waits for it instead of sharing the instance past its
+    // concurrency of 1.
+    assert_eq!(server.info("patient")["instance_states"]["busy"], 1);
+    let r = server.get("patient");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-lampyr-start"), Some("warm"));
+    assert_eq!(server.instances("patient"), 1);
+}
