@@ -162,7 +162,6 @@ pub struct Instance {
     outbox: Arc<Outbox>,
     control: tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>,
     next_id: AtomicU32,
-    pid: u32,
     sandbox: Arc<SandboxControl>,
     task_root: Mutex<Option<PathBuf>>,
 }
@@ -229,7 +228,6 @@ impl Instance {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let outbox = Arc::new(Outbox::default());
         tokio::spawn(write_frames(shared.clone(), outbox.clone(), writer));
-        let pid = sandbox.pid();
         tokio::spawn(read_frames(shared.clone(), reader, control_tx));
         tokio::spawn(read_logs(shared.clone(), io.stdout, Stream::Stdout));
         tokio::spawn(read_logs(shared.clone(), io.stderr, Stream::Stderr));
@@ -239,7 +237,6 @@ impl Instance {
             outbox: outbox.clone(),
             control: tokio::sync::Mutex::new(control_rx),
             next_id: AtomicU32::new(1),
-            pid,
             sandbox: sandbox_control,
             task_root: Mutex::new(task_root),
         });
@@ -471,10 +468,6 @@ impl Instance {
 
     pub fn id(&self) -> &str {
         &self.shared.id
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
     }
 }
 

@@ -31,7 +31,6 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -459,11 +458,6 @@ impl Sandboxer {
         Ok(())
     }
 
-    /// True when Python instances are forked from a zygote.
-    pub fn has_zygote(&self) -> bool {
-        self.zygote.lock().as_ref().is_some_and(|z| z.alive())
-    }
-
     /// The zygote to use for `program`, if there is a live one.
     fn zygote_for(&self, program: &Path) -> Option<Arc<zygote::Zygote>> {
         let z = self.zygote.lock().clone()?;
@@ -519,11 +513,6 @@ impl Sandboxer {
         self.jail.is_some()
     }
 
-    /// True when instances get a cgroup with limits.
-    pub fn has_cgroups(&self) -> bool {
-        self.jail.as_ref().is_some_and(|j| j.cgroups.is_some())
-    }
-
     /// Where the runtime's bootstrap directory is, as the instance sees it.
     pub fn guest_runtime_dir(&self, host: &Path) -> PathBuf {
         if self.is_jailed() {
@@ -546,7 +535,6 @@ impl Sandboxer {
     /// before the runtime starts; without, the instance is generic until
     /// [`SandboxControl::specialise`] gives it a function.
     pub fn spawn(&self, spec: &InstanceSpec<'_>) -> Result<(Sandbox, SandboxIo), SandboxError> {
-        let started = Instant::now();
         let Some(j) = &self.jail else {
             let mut cmd = Command::new(spec.program);
             cmd.args(&spec.args)
@@ -558,14 +546,7 @@ impl Sandboxer {
                 slots: None,
                 cgroup: None,
             };
-            return spawn_with(
-                cmd,
-                spec.program,
-                control,
-                started,
-                None,
-                self.cfg.max_open_files,
-            );
+            return spawn_with(cmd, spec.program, control, None, self.cfg.max_open_files);
         };
         let name = cgroup_name(spec.id);
         let cgroup = match &j.cgroups {
@@ -709,7 +690,6 @@ impl Sandboxer {
             cmd,
             &self.cfg.init_exe,
             control,
-            started,
             adopt,
             self.cfg.max_open_files,
         )
@@ -799,7 +779,6 @@ fn spawn_with(
     mut cmd: Command,
     program: &Path,
     control: SandboxControl,
-    started: Instant,
     adopt: Option<(Arc<zygote::Zygote>, serde_json::Value)>,
     max_open_files: u64,
 ) -> Result<(Sandbox, SandboxIo), SandboxError> {
@@ -877,7 +856,6 @@ fn spawn_with(
             reaped: false,
             child,
             control,
-            spawn: started.elapsed(),
         },
         SandboxIo {
             socket: host,
@@ -896,8 +874,6 @@ pub struct Sandbox {
     reaped: bool,
     child: Child,
     control: Arc<SandboxControl>,
-    /// Time to create the cgroup and start the first process.
-    pub spawn: Duration,
 }
 
 /// The host's ends of a sandbox's channels.

@@ -387,7 +387,8 @@ impl Scheduler {
             function: inv.function.clone(),
             version: inv.version,
             trigger: trigger.to_string(),
-            start_time: lampyr_store::rfc3339(inv.started_at),
+            // Formatted by the record writer, off the request path.
+            start_time: String::new(),
             start: inv.start.as_str().to_string(),
             phases: lampyr_api::PhaseTimes {
                 queue: ms(p.queue),
@@ -410,6 +411,7 @@ impl Scheduler {
         };
         self.inner.recorder.record(records::Draft {
             record,
+            started_at: inv.started_at,
             instance: Some(inv.sandbox.clone()),
             report: true,
         });
@@ -426,7 +428,7 @@ impl Scheduler {
             function: r.function.to_string(),
             version: version.version,
             trigger: r.trigger.to_string(),
-            start_time: lampyr_store::rfc3339(r.started_at),
+            start_time: String::new(),
             start: "cold".into(),
             phases: lampyr_api::PhaseTimes {
                 queue: r.waited.as_secs_f64() * 1000.0,
@@ -445,6 +447,7 @@ impl Scheduler {
         };
         self.inner.recorder.record(records::Draft {
             record,
+            started_at: r.started_at,
             instance: None,
             report: false,
         });

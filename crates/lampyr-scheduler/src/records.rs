@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 /// A finished invocation waiting to be written.
 pub(crate) struct Draft {
     pub(crate) record: InvocationRecord,
+    pub(crate) started_at: SystemTime,
     /// For the instance's peak memory, read by the writer.
     pub(crate) instance: Option<Arc<SandboxControl>>,
     /// Whether to write the END and REPORT log lines (not for requests that
@@ -108,6 +109,7 @@ impl Recorder {
 /// Completes one record and publishes its log lines and metrics.
 fn finish(d: Draft, peak: Option<u64>, logs: &LogHub, metrics: &Metrics) -> InvocationRecord {
     let mut r = d.record;
+    r.start_time = lampyr_store::rfc3339(d.started_at);
     if r.max_memory_used_mb.is_none() {
         r.max_memory_used_mb = peak.map(|b| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0);
     }

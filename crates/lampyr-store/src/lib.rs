@@ -176,10 +176,6 @@ impl Store {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn blob_path(&self, sha: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(&sha[..2]).join(sha)
     }
