@@ -119,6 +119,11 @@ NODE_FILES = {
     "broken.js": r"""
         throw new Error('module exploded');
     """,
+    "slowinit.js": r"""
+        const until = Date.now() + 300;
+        while (Date.now() < until) {}
+        exports.handler = async (event, context) => ({ rem: context.getRemainingTimeInMillis() });
+    """,
 }
 
 PY_FILES = {
@@ -218,6 +223,15 @@ PY_FILES = {
     """,
     "broken.py": r"""
         raise RuntimeError('module exploded')
+    """,
+    "slowinit.py": r"""
+        import time
+
+        time.sleep(0.3)
+
+
+        def handler(event, context):
+            return {"rem": context.get_remaining_time_in_millis()}
     """,
 }
 
@@ -731,6 +745,58 @@ def module_throws_on_load(kind, root):
         check(any("broken" in l for l in err.get("stackTrace", [])), "stack: %r" % err)
         eq(rt.wait_exit(), 1, "exit status")
         rt.find_record("err", rid="-", level="ERROR", contains="module exploded")
+    finally:
+        rt.close()
+
+
+def load_cfg(root, handler, timeout_ms):
+    return json.dumps({
+        "handler": handler, "task_root": root, "function_name": "fixture-fn",
+        "function_version": "7", "memory_mb": 256, "timeout_ms": timeout_ms,
+        "concurrency": 1, "env": {},
+    }).encode()
+
+
+@test()
+def invoke_sent_with_load(kind, root):
+    # A cold start sends the INVOKE right behind the LOAD: the runtime holds
+    # it until the handler is loaded (300 ms of module init here), runs it,
+    # and moves its deadline on by the time it was held.
+    rt = Runtime(kind)
+    try:
+        rt.hello()
+        load = load_cfg(root, "slowinit.handler", 1000)
+        rt.host.sendall(struct.pack(">IB", len(load) + 1, T_LOAD) + load
+                        + rt.invoke_frame(1, {}, "with-load", timeout_ms=1000))
+        rt.expect(T_LOADED, timeout=15)
+        t, inv_id, value = rt.reply()
+        eq((t, inv_id), (T_RESULT, 1), "reply to the held INVOKE")
+        # Held without the shift, ~700 ms would be left; with it, close to 1000.
+        check(850 < value["rem"] <= 1000, "remaining time after a 300 ms load: %r" % value)
+    finally:
+        rt.close()
+    # A load that fails leaves the held INVOKE unanswered: LOAD_ERROR, exit.
+    rt = Runtime(kind)
+    try:
+        rt.hello()
+        load = load_cfg(root, "broken.handler", 1000)
+        rt.host.sendall(struct.pack(">IB", len(load) + 1, T_LOAD) + load
+                        + rt.invoke_frame(1, {}, "with-broken-load"))
+        err = json.loads(rt.expect(T_LOAD_ERROR, timeout=15))
+        eq(err.get("errorType"), "Runtime.ImportModuleError", "errorType")
+        eq(rt.wait_exit(), 1, "exit status")
+    finally:
+        rt.close()
+
+
+@test("nodejs")
+def hello_without_warm_up(kind, root):
+    # LAMPYR_WARM_UP=0 (a request is waiting): HELLO at once, and the
+    # instance works the same.
+    rt = Runtime(kind, env_extra={"LAMPYR_WARM_UP": "0"})
+    try:
+        rt.start(root, "index.obj")
+        eq(rt.call({"a": 1}), {"ok": True, "echo": {"a": 1}}, "result")
     finally:
         rt.close()
 

@@ -26,7 +26,6 @@ and for `unshare`. Exits non-zero on any failure.
 
 import argparse
 import datetime
-import http.client
 import json
 import math
 import os
@@ -219,19 +218,84 @@ def free_port():
 # ------------------------------------------------------------------ HTTP
 
 
+class HttpError(Exception):
+    pass
+
+
+def http_get(host, port, path, timeout):
+    """One GET on a fresh connection with a minimal HTTP/1.1 client (a raw
+    socket, one prebuilt request, headers parsed only as far as needed), so
+    that client-side overhead stays small next to what is measured and is the
+    same for lampyr and the baseline. Returns (status, headers, body)."""
+    s = socket.create_connection((host, port), timeout=timeout)
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n"
+                   % (path, host, port)).encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise HttpError("connection closed before the response headers")
+            buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(body) < n:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise HttpError("connection closed inside the response body")
+                body += chunk
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            while not (body.endswith(b"0\r\n\r\n") and chunked_complete(body)):
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise HttpError("connection closed inside a chunked response body")
+                body += chunk
+            body = dechunk(body)
+        else:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+        return status, headers, body
+    finally:
+        s.close()
+
+
+def dechunk(raw):
+    """The payload of a complete chunked body (no trailers expected)."""
+    out, i = b"", 0
+    while True:
+        j = raw.index(b"\r\n", i)
+        size = int(raw[i:j].split(b";")[0], 16)
+        if size == 0:
+            return out
+        out += raw[j + 2:j + 2 + size]
+        i = j + 2 + size + 2
+
+
+def chunked_complete(raw):
+    try:
+        dechunk(raw)
+        return True
+    except (ValueError, IndexError):
+        return False
+
+
 def get(base, path, timeout=30.0):
     """One GET on a fresh connection: (status, headers dict lower-case, body, seconds)."""
     host, port = base
     t0 = time.perf_counter()
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        body = r.read()
-        dt = time.perf_counter() - t0
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, body, dt
-    finally:
-        conn.close()
+    status, headers, body = http_get(host, port, path, timeout)
+    return status, headers, body, time.perf_counter() - t0
 
 
 def parse_server_timing(value):
@@ -444,17 +508,12 @@ def bare_once(procs, argv, work):
     try:
         deadline = t0 + BASELINE_DEADLINE_S
         while True:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=BASELINE_DEADLINE_S)
             try:
-                conn.request("GET", "/")
-                r = conn.getresponse()
-                body = r.read()
+                status, _, body = http_get("127.0.0.1", port, "/", BASELINE_DEADLINE_S)
                 dt = time.perf_counter() - t0
                 break
             except ConnectionRefusedError:
                 pass
-            finally:
-                conn.close()
             if time.perf_counter() > deadline:
                 raise BenchError("baseline %s did not answer within %.0f s" % (" ".join(args), BASELINE_DEADLINE_S))
             if p.poll() is not None:
@@ -463,8 +522,8 @@ def bare_once(procs, argv, work):
                     err = f.read().decode("utf-8", "replace")
                 raise BenchError("baseline %s exited with code %d:\n%s" % (" ".join(args), p.returncode, err))
             time.sleep(0.0002)
-        if r.status != 200 or body != BODY:
-            raise BenchError("baseline %s answered %d %r" % (" ".join(args), r.status, body[:500]))
+        if status != 200 or body != BODY:
+            raise BenchError("baseline %s answered %d %r" % (" ".join(args), status, body[:500]))
         return dt * 1000.0
     finally:
         procs.kill_group(p)
@@ -612,7 +671,8 @@ def render(args, configs, interp, lampyr, warns, bare, ns):
         "`idle_timeout = \"100ms\"`. Before each cold start the script polls the management API until the "
         "function has no instance and, with pools on, until `GET /api/v1/pools` shows a ready instance for the "
         "runtime; then it times one `GET /fn/NAME` on a fresh connection from the client (connect, request, full "
-        "response) and checks `x-lampyr-start` (`pooled` with pools on, `cold` with pools off: every sample here "
+        "response; the client is a raw socket sending one prebuilt request, the same for lampyr and the "
+        "baseline, so that its own overhead stays small) and checks `x-lampyr-start` (`pooled` with pools on, `cold` with pools off: every sample here "
         "did); right after it, one warm request on a fresh connection. "
         "The baseline spawns the same interpreter running a minimal HTTP server on the same handler file "
         "(`bench/coldstart/bare-node-server.js`, `bare-python-server.py`, an `http.server`, under `python3 -s -B` as lampyr "
@@ -795,7 +855,7 @@ def main():
         ok = True
     except BenchError as e:
         log("error: %s" % e)
-    except (OSError, http.client.HTTPException, subprocess.SubprocessError) as e:
+    except (OSError, HttpError, subprocess.SubprocessError) as e:
         log("error: %s: %s" % (type(e).__name__, e))
     except KeyboardInterrupt:
         log("interrupted")

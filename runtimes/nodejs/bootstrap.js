@@ -152,6 +152,7 @@ sock.on('close', hostGone);
 sock.on('error', hostGone);
 
 function sendFrame(type, json, cb) {
+  if (warming) return;
   const n = Buffer.byteLength(json, 'utf8');
   const b = Buffer.allocUnsafe(5 + n);
   b.writeUInt32BE(n + 1, 0);
@@ -211,7 +212,16 @@ function warmUp(done) {
     dir = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', 'lampyr-warm-up-'));
     const file = path.join(dir, 'warm.js');
     fs.writeFileSync(file, 'exports.handler = async () => 1;\n');
-    if (isFile(file) && packageType(file) !== 'module') loading = loadModule(file, dir);
+    // The whole LOAD path (environment, handler resolution, require), as
+    // a real LOAD runs it; its LOADED frame is discarded like the replies.
+    loading = load({
+      handler: 'warm.handler',
+      task_root: dir,
+      function_name: 'warm-up',
+      function_version: '0',
+      memory_mb: 128,
+      env: {},
+    });
   } catch (_) {
     // Warming up is an optimisation; a read-only or missing /tmp is fine.
   }
@@ -226,6 +236,8 @@ function warmUp(done) {
     }
     setImmediate(() => {
       handler = null;
+      isCallbackHandler = false;
+      fnName = fnVersion = fnArn = memoryMb = logGroup = logStream = '';
       warming = false;
       done();
     });
@@ -414,27 +426,24 @@ function isFile(p) {
   }
 }
 
-// "module" if the nearest package.json above `file` says "type": "module".
-function packageType(file) {
+// "module" if the nearest package.json above `file`, looking no higher
+// than the task root, says "type": "module". Missing files are checked with
+// stat, not by catching a failed read: the cold path stays free of errors.
+function packageType(file, taskRoot) {
+  const top = path.resolve(taskRoot);
   let dir = path.dirname(file);
   for (;;) {
     const pj = path.join(dir, 'package.json');
-    let text = null;
-    try {
-      text = fs.readFileSync(pj, 'utf8');
-    } catch (_) {
-      text = null;
-    }
-    if (text !== null) {
+    if (isFile(pj)) {
       try {
-        const t = JSON.parse(text).type;
+        const t = JSON.parse(fs.readFileSync(pj, 'utf8')).type;
         return t === 'module' ? 'module' : 'commonjs';
       } catch (_) {
         return 'commonjs';
       }
     }
     const parent = path.dirname(dir);
-    if (parent === dir) return 'commonjs';
+    if (dir === top || parent === dir) return 'commonjs';
     dir = parent;
   }
 }
@@ -442,7 +451,7 @@ function packageType(file) {
 async function loadModule(file, taskRoot) {
   const importIt = () => import(pathToFileURL(file).href);
   if (file.endsWith('.mjs')) return importIt();
-  if (file.endsWith('.js') && packageType(file) === 'module') return importIt();
+  if (file.endsWith('.js') && packageType(file, taskRoot) === 'module') return importIt();
   const req = createRequire(path.join(taskRoot, 'x.js'));
   try {
     return req(file);
@@ -544,11 +553,18 @@ async function load(cfg) {
   handler = fn;
   isCallbackHandler = fn.length >= 3;
   sendFrame(T_LOADED, '{}');
+  const now = Date.now();
+  for (const [id, deadline, rid, eventStr, at] of queued.splice(0)) {
+    invoke(id, deadline + (now - at), rid, eventStr);
+  }
 }
 
 // ---------------------------------------------------------------- frames
 
-function onFrame(type, buf, start, end) {
+// INVOKE frames that arrived while the handler was loading.
+const queued = [];
+
+function onFrame(type, buf, start, end, arrived) {
   if (type === T_INVOKE) {
     if (end - start < 13) throw new Error('malformed INVOKE frame (' + (end - start) + ' bytes)');
     const id = buf.readUInt32BE(start);
@@ -557,7 +573,14 @@ function onFrame(type, buf, start, end) {
     const evStart = start + 13 + ridLen;
     if (evStart > end) throw new Error('malformed INVOKE frame (request id overruns frame)');
     const rid = buf.toString('latin1', start + 13, evStart);
-    invoke(id, deadline, rid, buf.toString('utf8', evStart, end));
+    const eventStr = buf.toString('utf8', evStart, end);
+    if (handler === null && loading) {
+      // Sent right behind the LOAD (a cold start): runs once the handler
+      // is loaded, its deadline moved on by the time it waited for that.
+      queued.push([id, deadline, rid, eventStr, arrived]);
+      return;
+    }
+    invoke(id, deadline, rid, eventStr);
   } else if (type === T_LOAD) {
     if (loading) {
       record(2, 'WARN', 'ignoring a second LOAD frame');
@@ -579,6 +602,9 @@ let pendingLen = 0;
 let pendingNeed = 0;
 
 sock.on('data', (chunk) => {
+  // When these bytes arrived: a LOAD in this chunk may then run the
+  // module's init code before the INVOKE behind it is looked at.
+  const arrived = Date.now();
   if (pending !== null) {
     pending.push(chunk);
     pendingLen += chunk.length;
@@ -593,7 +619,7 @@ sock.on('data', (chunk) => {
     if (flen < 1 || flen > MAX_FRAME) throw new Error('invalid frame length ' + flen);
     const end = off + 4 + flen;
     if (end > len) break;
-    onFrame(chunk[off + 4], chunk, off + 5, end);
+    onFrame(chunk[off + 4], chunk, off + 5, end, arrived);
     off = end;
   }
   if (off < len) {
@@ -603,4 +629,9 @@ sock.on('data', (chunk) => {
   }
 });
 
-warmUp(() => sendFrame(T_HELLO, JSON.stringify({ runtime: 'nodejs', version: process.version, pid: process.pid })));
+const sayHello = () =>
+  sendFrame(T_HELLO, JSON.stringify({ runtime: 'nodejs', version: process.version, pid: process.pid }));
+// An instance started for a request that is waiting (LAMPYR_WARM_UP=0)
+// says HELLO at once; a pooled one warms up first.
+if (process.env.LAMPYR_WARM_UP === '0') sayHello();
+else warmUp(sayHello);

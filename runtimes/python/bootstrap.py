@@ -643,6 +643,9 @@ def _serve():
         buf += view[:n]
         blen = len(buf)
         pos = 0
+        # INVOKE frames that came with the LOAD (a cold start) waited for
+        # the handler to load: their deadlines move on by that time.
+        waited_ms = 0
         while blen - pos >= 4:
             (flen,) = _unpack_len(buf, pos)
             if flen < 1 or flen > MAX_FRAME:
@@ -661,6 +664,7 @@ def _serve():
                     raise ValueError("malformed INVOKE frame (request id overruns frame)")
                 rid = buf[rs:es].decode("ascii", "replace")
                 event = bytes(buf[es:end])
+                deadline += waited_ms
                 if _executor is not None:
                     _executor.submit(_invoke_in_worker, inv_id, deadline, rid, event)
                 else:
@@ -670,7 +674,9 @@ def _serve():
                     _emit(2, "-", "WARN", "ignoring a second LOAD frame")
                 else:
                     loaded = True
+                    t0 = time.monotonic()
                     _load(json.loads(bytes(buf[pos + 5 : end]).decode("utf-8")))
+                    waited_ms = int((time.monotonic() - t0) * 1000)
             else:
                 _emit(2, "-", "WARN", "ignoring unexpected frame type 0x%02x" % ftype)
             pos = end

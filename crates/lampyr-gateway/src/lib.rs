@@ -15,7 +15,7 @@ mod ui;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -156,12 +156,20 @@ pub(crate) async fn invoke_and_record(
     let started_at = std::time::SystemTime::now();
     let waited = std::time::Instant::now();
     match app.sched.invoke(name, request_id.to_string(), event).await {
-        Ok(inv) => {
+        Ok(mut inv) => {
             let resp = respond(&inv);
             let bytes = resp.body().size_hint().exact().unwrap_or(0);
             app.sched
                 .record(&inv, trigger, resp.status().as_u16(), bytes);
-            resp
+            match inv.after_response() {
+                Some(guard) => resp.map(|body| {
+                    Body::new(AfterSent {
+                        body,
+                        _guard: guard,
+                    })
+                }),
+                None => resp,
+            }
         }
         Err(e) => {
             use lampyr_scheduler::SchedulerError as E;
@@ -194,6 +202,33 @@ pub(crate) async fn invoke_and_record(
             }
             resp
         }
+    }
+}
+
+/// A response body that holds a guard until the response has been sent
+/// (the server drops the body then).
+struct AfterSent<G> {
+    body: Body,
+    _guard: G,
+}
+
+impl<G: Unpin> hyper::body::Body for AfterSent<G> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

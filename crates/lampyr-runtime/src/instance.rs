@@ -154,6 +154,18 @@ impl Shared {
     fn exit_report(&self) -> Option<ExitReport> {
         self.exit.borrow().clone()
     }
+
+    async fn wait_exit(&self) -> ExitReport {
+        let mut rx = self.exit.subscribe();
+        let r = rx.wait_for(|e| e.is_some()).await.map(|v| v.clone());
+        match r {
+            Ok(v) => v.unwrap_or_default(),
+            Err(_) => ExitReport {
+                reason: "exited".into(),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// A running runtime instance.
@@ -290,6 +302,15 @@ impl Instance {
         req: &LoadRequest,
         limit: Duration,
     ) -> Result<Duration, InstanceError> {
+        let started = self.send_load(req).await?;
+        self.loaded(started, limit).await
+    }
+
+    /// Sends the LOAD message without waiting for the handler to load. The
+    /// first invocation may follow at once ([`Instance::start_invoke`]):
+    /// the runtime runs it as soon as the handler is loaded, which saves a
+    /// round trip on a cold start. Finish with [`Instance::loaded`].
+    pub async fn send_load(&self, req: &LoadRequest) -> Result<Instant, InstanceError> {
         let started = Instant::now();
         *self.shared.function.lock() = Some((
             req.function_name.as_str().into(),
@@ -298,6 +319,16 @@ impl Instance {
         let body = serde_json::to_vec(req).expect("load request serialises");
         self.send(&protocol::encode(protocol::LOAD, &body), "load the handler")
             .await?;
+        Ok(started)
+    }
+
+    /// Waits until the handler sent with [`Instance::send_load`] (at
+    /// `started`) has loaded. Returns how long loading took.
+    pub async fn loaded(
+        &self,
+        started: Instant,
+        limit: Duration,
+    ) -> Result<Duration, InstanceError> {
         let frame = self.next_control("load the handler", limit).await?;
         match frame.kind {
             protocol::LOADED => {
@@ -355,6 +386,11 @@ impl Instance {
                 reason: self.wait_exit().await.reason,
             });
         }
+        self.queue(frame);
+        Ok(())
+    }
+
+    fn queue(&self, frame: &[u8]) {
         let was_empty = {
             let mut buf = self.outbox.buf.lock();
             let was_empty = buf.is_empty();
@@ -364,7 +400,6 @@ impl Instance {
         if was_empty {
             self.outbox.ready.notify_one();
         }
-        Ok(())
     }
 
     /// Runs one invocation. Dropping the returned future abandons it (the
@@ -375,6 +410,19 @@ impl Instance {
         deadline: SystemTime,
         event: &[u8],
     ) -> InvokeOutcome {
+        self.start_invoke(request_id, deadline, event)
+            .outcome()
+            .await
+    }
+
+    /// Sends one invocation; its outcome comes from the returned handle.
+    /// Dropping the handle abandons the invocation.
+    pub fn start_invoke(
+        &self,
+        request_id: &str,
+        deadline: SystemTime,
+        event: &[u8],
+    ) -> PendingInvoke {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared.pending.lock().insert(
@@ -384,29 +432,19 @@ impl Instance {
                 reply: tx,
             },
         );
-        let guard = PendingGuard {
-            shared: &self.shared,
+        let pending = PendingInvoke {
+            shared: self.shared.clone(),
             id,
+            rx,
         };
-        // The exit watcher records the exit before it drains `pending`, so
-        // checking after inserting cannot miss an exit.
-        if let Some(report) = self.shared.exit_report() {
-            return InvokeOutcome::Exited(report);
-        }
         let deadline_ms = deadline
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let frame = protocol::encode_invoke(id, deadline_ms, request_id, event);
-        if self.send(&frame, "invoke").await.is_err() {
-            return InvokeOutcome::Exited(self.wait_exit().await);
-        }
-        let out = match rx.await {
-            Ok(outcome) => outcome,
-            Err(_) => InvokeOutcome::Exited(self.wait_exit().await),
-        };
-        std::mem::forget(guard);
-        out
+        // A broken socket is noticed by the writer, which kills the
+        // instance; its exit watcher then fails this invocation.
+        self.queue(&protocol::encode_invoke(id, deadline_ms, request_id, event));
+        pending
     }
 
     /// Kills the instance; `reason` becomes its exit reason.
@@ -427,15 +465,7 @@ impl Instance {
 
     /// Waits until the instance has exited and returns how.
     pub async fn wait_exit(&self) -> ExitReport {
-        let mut rx = self.shared.exit.subscribe();
-        let r = rx.wait_for(|e| e.is_some()).await.map(|v| v.clone());
-        match r {
-            Ok(v) => v.unwrap_or_default(),
-            Err(_) => ExitReport {
-                reason: "exited".into(),
-                ..Default::default()
-            },
-        }
+        self.shared.wait_exit().await
     }
 
     /// Where the function's code is, as the instance sees it, once it has
@@ -513,13 +543,33 @@ async fn write_frames(shared: Arc<Shared>, outbox: Arc<Outbox>, mut writer: Owne
     }
 }
 
-/// Removes an abandoned invocation from the pending table.
-struct PendingGuard<'a> {
-    shared: &'a Shared,
+/// An invocation sent to an instance, waiting for its outcome. Dropped
+/// unfinished, it is abandoned: removed from the pending table.
+pub struct PendingInvoke {
+    shared: Arc<Shared>,
     id: u32,
+    rx: oneshot::Receiver<InvokeOutcome>,
 }
 
-impl Drop for PendingGuard<'_> {
+impl PendingInvoke {
+    /// Waits for the runtime's answer, or the instance's exit.
+    pub async fn outcome(mut self) -> InvokeOutcome {
+        // The exit watcher records the exit before it drains `pending`, so
+        // an exit before the entry was made is seen here.
+        if let Some(report) = self.shared.exit_report() {
+            if let Ok(out) = self.rx.try_recv() {
+                return out;
+            }
+            return InvokeOutcome::Exited(report);
+        }
+        match (&mut self.rx).await {
+            Ok(outcome) => outcome,
+            Err(_) => InvokeOutcome::Exited(self.shared.wait_exit().await),
+        }
+    }
+}
+
+impl Drop for PendingInvoke {
     fn drop(&mut self) {
         self.shared.pending.lock().remove(&self.id);
     }
@@ -533,6 +583,12 @@ fn command_line(cfg: &InstanceConfig<'_>) -> (Vec<OsString>, Vec<(OsString, OsSt
         args.push("-s".into());
         args.push("-B".into());
     }
+    if cfg.runtime.runtime == lampyr_api::Runtime::Nodejs {
+        // V8 drops the bytecode of functions that have not run for a while;
+        // in a pooled instance that would undo the warm-up before the
+        // instance is ever used.
+        args.push("--no-flush-bytecode".into());
+    }
     let (file, _) = crate::bootstrap::source(cfg.runtime.runtime);
     args.push(
         cfg.sandboxer
@@ -540,7 +596,7 @@ fn command_line(cfg: &InstanceConfig<'_>) -> (Vec<OsString>, Vec<(OsString, OsSt
             .join(file)
             .into(),
     );
-    let env: Vec<(OsString, OsString)> = vec![
+    let mut env: Vec<(OsString, OsString)> = vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("LANG".into(), "C.UTF-8".into()),
         ("TZ".into(), "UTC".into()),
@@ -554,6 +610,11 @@ fn command_line(cfg: &InstanceConfig<'_>) -> (Vec<OsString>, Vec<(OsString, OsSt
         ("PYTHONUNBUFFERED".into(), "1".into()),
         ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
     ];
+    if cfg.code_dir.is_some() {
+        // Started for one request with its code: warming the invocation
+        // path up before HELLO would only delay that request.
+        env.push(("LAMPYR_WARM_UP".into(), "0".into()));
+    }
     (args, env)
 }
 

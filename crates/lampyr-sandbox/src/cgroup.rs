@@ -323,9 +323,18 @@ impl InstanceCgroup {
         Ok(())
     }
 
-    /// The `cgroup.procs` files a process writes itself into to join.
+    /// The files a single-threaded process writes `0` into to join.
+    ///
+    /// On v1 that is `tasks`: moving the calling thread itself is exempt
+    /// from the global threadgroup lock, whereas a write to `cgroup.procs`
+    /// takes it and waits for an RCU grace period (about 10 ms here, the
+    /// largest cost of building a sandbox). The process is single-threaded
+    /// when it joins, so moving its one thread moves the process, and every
+    /// process it forks afterwards starts in the cgroup. v2 has no such
+    /// exemption across domain cgroups, so it uses `cgroup.procs`.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+        let file = if self.v2 { "cgroup.procs" } else { "tasks" };
+        self.dirs.iter().map(|d| d.join(file)).collect()
     }
 
     fn memory_dir(&self) -> &Path {
@@ -497,7 +506,11 @@ mod tests {
             std::fs::read_to_string(d.path().join("pids/srv/lampyr-t/fn-1/pids.max")).unwrap(),
             "64"
         );
-        assert_eq!(cg.procs_files().len(), 3);
+        // v1: a single-threaded process joins through `tasks`, which skips
+        // the global threadgroup lock that `cgroup.procs` takes.
+        let files = cg.procs_files();
+        assert_eq!(files.len(), 3);
+        assert!(files.iter().all(|f| f.ends_with("tasks")), "{files:?}");
         std::fs::write(
             mem.join("memory.oom_control"),
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
@@ -582,6 +595,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(big.oom_kills(), 1);
+        // v2 has no single-thread exemption across domain cgroups.
+        assert_eq!(big.procs_files(), vec![dir.join("cgroup.procs")]);
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub struct JailSpec {
     pub gid: u32,
     pub max_open_files: u64,
     pub seccomp: bool,
-    /// `cgroup.procs` files to join before the namespaces are made.
+    /// cgroup files (`tasks` on v1, `cgroup.procs` on v2) the init process
+    /// writes `0` into, while single-threaded, before the namespaces are made.
     pub cgroup_procs: Vec<PathBuf>,
     /// The runtime is not exec'd here: the Python zygote forks it into the
     /// finished jail, and PID 1 adopts it.

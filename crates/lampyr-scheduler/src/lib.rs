@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use lampyr_api::{FunctionSpec, InstanceCounts};
 use lampyr_runtime::{
-    Instance, InstanceConfig, InstanceError, InvokeOutcome, LoadRequest, Runtimes,
+    Instance, InstanceConfig, InstanceError, InvokeOutcome, LoadRequest, PendingInvoke, Runtimes,
 };
 use lampyr_store::{FunctionRecord, LogStore, Store, VersionRecord};
 use parking_lot::RwLock;
@@ -141,6 +141,13 @@ pub enum Outcome {
     OutOfMemory { limit_mb: u32 },
 }
 
+/// The invocation that caused a cold start, sent along with its LOAD.
+#[derive(Clone, Copy)]
+struct FirstInvoke<'a> {
+    request_id: &'a str,
+    event: &'a [u8],
+}
+
 /// The result of [`Scheduler::invoke`].
 #[derive(Debug, Clone)]
 pub struct Invocation {
@@ -156,6 +163,40 @@ pub struct Invocation {
     /// The instance that ran it.
     pub instance: String,
     sandbox: Arc<lampyr_sandbox::SandboxControl>,
+    refill: Option<Arc<RefillOnDrop>>,
+}
+
+impl Invocation {
+    /// Work that should wait until the response has been sent, as a guard
+    /// that does it when dropped: a trigger drops it after writing the
+    /// response (otherwise it goes with the invocation).
+    pub fn after_response(&mut self) -> Option<AfterResponse> {
+        self.refill.take().map(|r| AfterResponse { _refill: r })
+    }
+}
+
+/// See [`Invocation::after_response`].
+#[derive(Debug)]
+pub struct AfterResponse {
+    _refill: Arc<RefillOnDrop>,
+}
+
+/// Refills a runtime pool when dropped.
+struct RefillOnDrop {
+    sched: Scheduler,
+    runtime: lampyr_api::Runtime,
+}
+
+impl std::fmt::Debug for RefillOnDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RefillOnDrop({})", self.runtime)
+    }
+}
+
+impl Drop for RefillOnDrop {
+    fn drop(&mut self) {
+        self.sched.inner.pools.replenish(self.runtime);
+    }
 }
 
 /// How a request that never produced an [`Invocation`] ended, for its record.
@@ -607,36 +648,44 @@ impl Scheduler {
         let started_at = SystemTime::now();
         let queued_at = Instant::now();
         let mut phases = Phases::default();
-        let (lease, start) = self.acquire(&state, &mut phases).await?;
+        let first = FirstInvoke {
+            request_id: &request_id,
+            event: &event,
+        };
+        let (lease, start, sent) = self.acquire(&state, &mut phases, first).await?;
         if phases.code.is_none() {
             phases.queue = queued_at.elapsed();
         }
         let version = lease.version.clone();
         let spec = version.spec();
         let timeout = spec.timeout();
-        let deadline = SystemTime::now() + timeout;
-        self.inner.logs.platform(
-            name,
-            version.record.version,
-            lease.instance.id(),
-            Some(&request_id),
-            "INFO",
-            format!(
-                "START RequestId: {request_id} Version: {}",
-                version.record.version
-            ),
-        );
         let exec_started = Instant::now();
-        let outcome = tokio::time::timeout(
-            timeout,
-            lease.instance.invoke(&request_id, deadline, &event),
-        )
-        .await;
+        let pending = match sent {
+            // A cold start sent this invocation along with its LOAD.
+            Some(p) => p,
+            None => {
+                self.log_start(
+                    &lease.state.name,
+                    &version,
+                    lease.instance.id(),
+                    &request_id,
+                );
+                lease
+                    .instance
+                    .start_invoke(&request_id, SystemTime::now() + timeout, &event)
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, pending.outcome()).await;
         phases.exec = exec_started.elapsed();
-        if start == StartKind::Pooled {
-            // Refill the pool now that this cold start is served.
-            self.inner.pools.replenish(spec.runtime);
-        }
+        // A pooled start refills its pool once its response is out (see
+        // [`Invocation::after_response`]): starting an instance forks the
+        // server, which would delay that very response.
+        let refill = (start == StartKind::Pooled).then(|| {
+            Arc::new(RefillOnDrop {
+                sched: self.clone(),
+                runtime: spec.runtime,
+            })
+        });
         let outcome = match outcome {
             Ok(InvokeOutcome::Ok(b)) => Outcome::Ok(b),
             Ok(InvokeOutcome::Error(b)) => {
@@ -705,7 +754,22 @@ impl Scheduler {
             started_at,
             instance: lease.instance.id().to_string(),
             sandbox: lease.instance.sandbox(),
+            refill,
         })
+    }
+
+    fn log_start(&self, function: &str, version: &Version, instance: &str, request_id: &str) {
+        self.inner.logs.platform(
+            function,
+            version.record.version,
+            instance,
+            Some(request_id),
+            "INFO",
+            format!(
+                "START RequestId: {request_id} Version: {}",
+                version.record.version
+            ),
+        );
     }
 
     fn platform_log(&self, lease: &Lease, request_id: &str, level: &str, message: String) {
@@ -720,22 +784,25 @@ impl Scheduler {
     }
 
     /// Takes a slot: warm if possible, else a cold start, else a place in line.
+    /// A cold start sends `first` along with the LOAD and returns it sent.
     async fn acquire(
         &self,
         state: &Arc<FunctionState>,
         phases: &mut Phases,
-    ) -> Result<(Lease, StartKind), SchedulerError> {
+        first: FirstInvoke<'_>,
+    ) -> Result<(Lease, StartKind, Option<PendingInvoke>), SchedulerError> {
         let started = Instant::now();
         loop {
             match state.try_acquire()? {
                 state::Acquire::Slot(grant) => {
-                    return Ok((Lease::new(state.clone(), grant), StartKind::Warm))
+                    return Ok((Lease::new(state.clone(), grant), StartKind::Warm, None))
                 }
                 state::Acquire::Start(version) => {
                     phases.queue = started.elapsed();
-                    let (grant, kind) = self.cold_start(state, version, phases, true).await?;
+                    let (grant, kind, sent) =
+                        self.cold_start(state, version, phases, Some(first)).await?;
                     let grant = grant.expect("a claimed start returns a slot");
-                    return Ok((Lease::new(state.clone(), grant), kind));
+                    return Ok((Lease::new(state.clone(), grant), kind, sent));
                 }
                 state::Acquire::Wait(rx) => {
                     let version = state.current();
@@ -744,7 +811,7 @@ impl Scheduler {
                     let mut rx = rx;
                     match tokio::time::timeout(left, &mut rx).await {
                         Ok(Ok(Grant::Slot(g))) => {
-                            return Ok((Lease::new(state.clone(), g), StartKind::Warm))
+                            return Ok((Lease::new(state.clone(), g), StartKind::Warm, None))
                         }
                         Ok(Ok(Grant::Retry)) => continue,
                         Ok(Err(_)) => return Err(SchedulerError::Deleted(state.name.clone())),
@@ -753,7 +820,7 @@ impl Scheduler {
                             // used, not lost.
                             rx.close();
                             if let Ok(Grant::Slot(g)) = rx.try_recv() {
-                                return Ok((Lease::new(state.clone(), g), StartKind::Warm));
+                                return Ok((Lease::new(state.clone(), g), StartKind::Warm, None));
                             }
                             return Err(SchedulerError::QueueTimeout {
                                 function: state.name.clone(),
@@ -768,21 +835,23 @@ impl Scheduler {
         }
     }
 
-    /// Starts and specialises one instance of `version`. With `claim`, the
-    /// new instance comes back with one slot taken for the caller; without,
-    /// it joins the function's pool idle (a reserved instance).
+    /// Starts and specialises one instance of `version`. With `first`, the
+    /// new instance comes back with one slot taken for the caller and that
+    /// invocation already sent; without, it joins the function's pool idle
+    /// (a reserved instance).
     async fn cold_start(
         &self,
         state: &Arc<FunctionState>,
         version: Arc<Version>,
         phases: &mut Phases,
-        claim: bool,
-    ) -> Result<(Option<SlotGrant>, StartKind), SchedulerError> {
-        let result = self.start_instance(&version, phases).await;
+        first: Option<FirstInvoke<'_>>,
+    ) -> Result<(Option<SlotGrant>, StartKind, Option<PendingInvoke>), SchedulerError> {
+        let claim = first.is_some();
+        let result = self.start_instance(&version, phases, first).await;
         match result {
-            Ok((inst, kind)) => {
+            Ok((inst, kind, sent)) => {
                 self.watch_instance(state, &inst);
-                Ok((state.started(inst, version, claim)?, kind))
+                Ok((state.started(inst, version, claim)?, kind, sent))
             }
             Err(e) => {
                 state.start_failed();
@@ -834,7 +903,8 @@ impl Scheduler {
         &self,
         version: &Arc<Version>,
         phases: &mut Phases,
-    ) -> Result<(Arc<Instance>, StartKind), SchedulerError> {
+        first: Option<FirstInvoke<'_>>,
+    ) -> Result<(Arc<Instance>, StartKind, Option<PendingInvoke>), SchedulerError> {
         let spec = version.spec();
         let function = spec.name.clone();
         let code_started = Instant::now();
@@ -896,7 +966,19 @@ impl Scheduler {
         };
         // Init code gets the function's timeout, as on Lambda, but at least 10 s.
         let init_limit = spec.timeout().max(Duration::from_secs(10));
-        let loaded = inst.load(&load, init_limit).await;
+        let mut sent = None;
+        let loaded = match inst.send_load(&load).await {
+            Ok(load_started) => {
+                // The first invocation follows the LOAD at once: the runtime
+                // runs it as soon as the handler is loaded.
+                sent = first.map(|f| {
+                    self.log_start(&spec.name, version, inst.id(), f.request_id);
+                    inst.start_invoke(f.request_id, SystemTime::now() + spec.timeout(), f.event)
+                });
+                inst.loaded(load_started, init_limit).await
+            }
+            Err(e) => Err(e),
+        };
         if kind == StartKind::Pooled && loaded.is_err() {
             self.inner.pools.replenish(spec.runtime);
         }
@@ -915,7 +997,7 @@ impl Scheduler {
             }
             Err(source) => return Err(SchedulerError::StartFailed { function, source }),
         }
-        Ok((inst, kind))
+        Ok((inst, kind, sent))
     }
 
     /// Starts an instance of `version` from scratch, its code in place.
@@ -990,7 +1072,7 @@ impl Scheduler {
             let state = state.clone();
             tokio::spawn(async move {
                 let mut phases = Phases::default();
-                match sched.cold_start(&state, version, &mut phases, false).await {
+                match sched.cold_start(&state, version, &mut phases, None).await {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(function = %state.name, "reserved instance failed to start: {e}");
