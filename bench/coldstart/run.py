@@ -437,8 +437,11 @@ class Server:
         return out
 
 
-def bench_config(procs, work, cname, fn_dirs, n):
-    """Cold and warm samples for every function under one server configuration."""
+def bench_config(procs, work, cname, fn_dirs, n, bare_argvs, bare):
+    """Cold and warm samples for every function under one server configuration.
+    After each cold start it also times one baseline start (appended to
+    bare[runtime]), so that lampyr and the baseline are sampled side by side
+    and a drift in the machine's speed affects both alike."""
     flags, _, expect, pools_on = CONFIGS[cname]
     srv = Server(procs, work, cname, flags)
     results = {}
@@ -476,6 +479,7 @@ def bench_config(procs, work, cname, fn_dirs, n):
                     # Upper bound on the refill: cold response -> first poll seeing ready >= 1.
                     srv.wait_pool_ready(rt)
                     refill.append((time.monotonic() - t_cold) * 1000.0)
+                bare[rt].append(bare_once(procs, bare_argvs[rt], work))
             results[rt] = {"cold": cold, "warm": warm, "phases": phases, "kinds": kinds, "refill": refill}
             log("[%s] %s: cold p50 %s ms p99 %s ms (%s); warm p50 %s ms; phases p50: %s%s" % (
                 cname, name, fmt_ms(pct(cold, 50)), fmt_ms(pct(cold, 99)),
@@ -531,19 +535,13 @@ def bare_once(procs, argv, work):
         errf.close()
 
 
-def bench_baselines(procs, work, interp, fn_dirs, n):
-    out = {}
-    for rt, (name, hfile, _) in FUNCTIONS.items():
-        handler = os.path.join(fn_dirs[rt], hfile)
-        if rt == "nodejs":
-            argv = [interp["nodejs"][0], os.path.join(HERE, "bare-node-server.js"), "{PORT}", handler]
-        else:
-            # The same flags lampyr starts its Python bootstrap with.
-            argv = [interp["python"][0], "-s", "-B", os.path.join(HERE, "bare-python-server.py"), "{PORT}", handler]
-        bare_once(procs, argv, work)  # untimed, like lampyr's first cold start
-        out[rt] = [bare_once(procs, argv, work) for _ in range(n)]
-        log("baseline %s: p50 %s ms p99 %s ms" % (rt, fmt_ms(pct(out[rt], 50)), fmt_ms(pct(out[rt], 99))))
-    return out
+def baseline_argv(interp, fn_dirs, rt):
+    """The bare interpreter serving the same handler file over HTTP."""
+    handler = os.path.join(fn_dirs[rt], FUNCTIONS[rt][1])
+    if rt == "nodejs":
+        return [interp["nodejs"][0], os.path.join(HERE, "bare-node-server.js"), "{PORT}", handler]
+    # The same flags lampyr starts its Python bootstrap with.
+    return [interp["python"][0], "-s", "-B", os.path.join(HERE, "bare-python-server.py"), "{PORT}", handler]
 
 
 # ------------------------------------------------------------------ namespaces
@@ -677,11 +675,14 @@ def render(args, configs, interp, lampyr, warns, bare, ns):
         "The baseline spawns the same interpreter running a minimal HTTP server on the same handler file "
         "(`bench/coldstart/bare-node-server.js`, `bare-python-server.py`, an `http.server`, under `python3 -s -B` as lampyr "
         "starts Python) with the environment lampyr gives its instances, and times spawn → first successful "
-        "response, polling `connect` every 0.2 ms.")
+        "response, polling `connect` every 0.2 ms. One baseline start is timed right after each lampyr cold start, "
+        "in every configuration, so that both are sampled side by side and a drift in the machine's speed "
+        "affects them alike; row (c) holds all of them.")
     L.append("")
     L.append("Server configurations: " + "; ".join("**%s** = %s" % (c, CONFIGS[c][1]) for c in configs) + ".")
-    L.append("%d samples per row after one untimed run; percentiles are nearest-rank on the sorted samples "
-             "(the ⌈p/100·n⌉-th smallest%s)." % (n, ", so with %d samples p99 is the maximum" % n if n <= 100 else ""))
+    L.append("%d samples per lampyr row (%d for the baseline) after one untimed run; percentiles are nearest-rank "
+             "on the sorted samples (the ⌈p/100·n⌉-th smallest%s)."
+             % (n, n * len(configs), ", so with %d samples p99 is the maximum" % n if n <= 100 else ""))
     L.append("")
     L.append(machine_line(interp))
     L.append("")
@@ -840,10 +841,16 @@ def main():
                 f.write(src)
             fn_dirs[rt] = d
 
+        bare_argvs = {rt: baseline_argv(interp, fn_dirs, rt) for rt in FUNCTIONS}
+        bare = {rt: [] for rt in FUNCTIONS}
+        for rt in FUNCTIONS:
+            bare_once(procs, bare_argvs[rt], work)  # untimed, like lampyr's first cold start
         lampyr, warns = {}, {}
         for c in configs:
-            lampyr[c], warns[c] = bench_config(procs, work, c, fn_dirs, args.iterations)
-        bare = bench_baselines(procs, work, interp, fn_dirs, args.iterations)
+            lampyr[c], warns[c] = bench_config(procs, work, c, fn_dirs, args.iterations, bare_argvs, bare)
+        for rt in FUNCTIONS:
+            log("baseline %s: p50 %s ms p99 %s ms (%d samples)"
+                % (rt, fmt_ms(pct(bare[rt], 50)), fmt_ms(pct(bare[rt], 99)), len(bare[rt])))
         ns = bench_namespaces(args.iterations)
 
         with open(os.path.join(work, "samples.json"), "w") as f:

@@ -583,12 +583,6 @@ fn command_line(cfg: &InstanceConfig<'_>) -> (Vec<OsString>, Vec<(OsString, OsSt
         args.push("-s".into());
         args.push("-B".into());
     }
-    if cfg.runtime.runtime == lampyr_api::Runtime::Nodejs {
-        // V8 drops the bytecode of functions that have not run for a while;
-        // in a pooled instance that would undo the warm-up before the
-        // instance is ever used.
-        args.push("--no-flush-bytecode".into());
-    }
     let (file, _) = crate::bootstrap::source(cfg.runtime.runtime);
     args.push(
         cfg.sandboxer
