@@ -5,9 +5,11 @@
 //! (phases `sandbox` and `runtime`, ending at HELLO); [`Instance::load`]
 //! specialises it with one function's code (phase `init`, ending at LOADED);
 //! [`Instance::invoke`] then runs invocations, several at once if the function
-//! allows. Three background tasks serve each instance: a frame reader, a log
-//! reader per output pipe, and an exit watcher that owns the sandbox, reaps
-//! it, and fails every invocation still in flight with the exit reason.
+//! allows. Frames go out from the sending task when the socket takes them
+//! at once; a writer task sends what could not be written then. Background
+//! tasks also serve each instance: a frame reader, a log reader per output
+//! pipe, and an exit watcher that owns the sandbox, reaps it, and fails
+//! every invocation still in flight with the exit reason.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -20,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use lampyr_sandbox::{InstanceSpec, Sandbox, SandboxControl, SandboxError, Sandboxer};
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
@@ -238,8 +240,13 @@ impl Instance {
             loaded: std::sync::atomic::AtomicBool::new(false),
         });
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let outbox = Arc::new(Outbox::default());
-        tokio::spawn(write_frames(shared.clone(), outbox.clone(), writer));
+        let outbox = Arc::new(Outbox {
+            writer,
+            state: Mutex::new(OutState::default()),
+            ready: Notify::new(),
+            broken: std::sync::atomic::AtomicBool::new(false),
+        });
+        tokio::spawn(write_frames(shared.clone(), outbox.clone()));
         tokio::spawn(read_frames(shared.clone(), reader, control_tx));
         tokio::spawn(read_logs(shared.clone(), io.stdout, Stream::Stdout));
         tokio::spawn(read_logs(shared.clone(), io.stderr, Stream::Stderr));
@@ -390,16 +397,28 @@ impl Instance {
         Ok(())
     }
 
+    /// Writes a frame at once when nothing is queued or being written
+    /// (no hand-off to the writer task), else queues it for that task.
     fn queue(&self, frame: &[u8]) {
-        let was_empty = {
-            let mut buf = self.outbox.buf.lock();
-            let was_empty = buf.is_empty();
-            buf.extend_from_slice(frame);
-            was_empty
-        };
-        if was_empty {
-            self.outbox.ready.notify_one();
+        let mut st = self.outbox.state.lock();
+        if st.writing || !st.buf.is_empty() {
+            st.buf.extend_from_slice(frame);
+            return;
         }
+        let rest = match self.outbox.writer.try_write(frame) {
+            Ok(n) if n == frame.len() => return,
+            Ok(n) => &frame[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => frame,
+            Err(_) => {
+                drop(st);
+                self.outbox.broken.store(true, Ordering::Release);
+                self.shared.kill.notify_one();
+                return;
+            }
+        };
+        st.buf.extend_from_slice(rest);
+        drop(st);
+        self.outbox.ready.notify_one();
     }
 
     /// Runs one invocation. Dropping the returned future abandons it (the
@@ -507,17 +526,25 @@ impl Drop for Instance {
     }
 }
 
-/// Frames waiting to be written to the instance.
-#[derive(Default)]
+/// The instance's socket for writing, and frames waiting to be written.
 struct Outbox {
-    buf: Mutex<Vec<u8>>,
+    writer: OwnedWriteHalf,
+    state: Mutex<OutState>,
     ready: Notify,
     broken: std::sync::atomic::AtomicBool,
 }
 
+#[derive(Default)]
+struct OutState {
+    buf: Vec<u8>,
+    /// The writer task holds bytes it has not finished writing: new frames
+    /// must queue behind them.
+    writing: bool,
+}
+
 /// Writes queued frames to the instance, as many per system call as have
 /// accumulated, until the instance exits or the socket breaks.
-async fn write_frames(shared: Arc<Shared>, outbox: Arc<Outbox>, mut writer: OwnedWriteHalf) {
+async fn write_frames(shared: Arc<Shared>, outbox: Arc<Outbox>) {
     let mut exit = shared.exit.subscribe();
     let mut out = Vec::with_capacity(16 * 1024);
     loop {
@@ -527,13 +554,15 @@ async fn write_frames(shared: Arc<Shared>, outbox: Arc<Outbox>, mut writer: Owne
         }
         loop {
             {
-                let mut buf = outbox.buf.lock();
-                if buf.is_empty() {
+                let mut st = outbox.state.lock();
+                if st.buf.is_empty() {
+                    st.writing = false;
                     break;
                 }
-                std::mem::swap(&mut *buf, &mut out);
+                std::mem::swap(&mut st.buf, &mut out);
+                st.writing = true;
             }
-            if writer.write_all(&out).await.is_err() {
+            if write_all(&outbox.writer, &out).await.is_err() {
                 outbox.broken.store(true, Ordering::Release);
                 shared.kill.notify_one();
                 return;
@@ -541,6 +570,18 @@ async fn write_frames(shared: Arc<Shared>, outbox: Arc<Outbox>, mut writer: Owne
             out.clear();
         }
     }
+}
+
+async fn write_all(w: &OwnedWriteHalf, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        w.writable().await?;
+        match w.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// An invocation sent to an instance, waiting for its outcome. Dropped

@@ -107,6 +107,53 @@ fn binary_bodies_work_both_ways() {
 }
 
 #[test]
+fn large_and_small_events_share_an_instance_intact() {
+    // Events larger than the instance socket's buffer are written in parts
+    // while small ones queue behind them: every handler must still see its
+    // own request, whole.
+    let server = Server::start();
+    let f = Fixture::node(
+        "sizes",
+        "concurrency = 8\nmax_instances = 1\n",
+        r#"exports.handler = async (e) => {
+  let sum = 0;
+  for (let i = 0; i < e.body.length; i++) sum = (sum + e.body.charCodeAt(i) * (i % 7 + 1)) % 1000000007;
+  return { len: e.body.length, sum, tag: e.rawQueryString };
+};"#,
+    );
+    server.deploy(f.path());
+    let checksum = |b: &[u8]| {
+        b.iter().enumerate().fold(0u64, |s, (i, &c)| {
+            (s + u64::from(c) * (i as u64 % 7 + 1)) % 1_000_000_007
+        })
+    };
+    std::thread::scope(|scope| {
+        for t in 0..8u8 {
+            let server = &server;
+            scope.spawn(move || {
+                for round in 0..3 {
+                    let size = if (t + round) % 2 == 0 {
+                        3 << 20
+                    } else {
+                        10 + t as usize
+                    };
+                    let body: Vec<u8> = (0..size)
+                        .map(|i| b'a' + ((i + t as usize) % 26) as u8)
+                        .collect();
+                    let tag = format!("t{t}r{round}");
+                    let r = server.call("POST", &format!("sizes?{tag}"), Some(&body));
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    let v = r.json();
+                    assert_eq!(v["tag"], tag.as_str());
+                    assert_eq!(v["len"], size as u64, "{tag}");
+                    assert_eq!(v["sum"], checksum(&body), "{tag}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
 fn results_follow_the_proxy_rules() {
     let server = Server::start();
     let f = Fixture::node(
