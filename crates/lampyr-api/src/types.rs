@@ -37,7 +37,8 @@ pub struct FunctionInfo {
     pub handler: String,
     /// The current (newest) version number; versions count up from 1.
     pub version: u64,
-    /// Live instances right now, of any version (starting, idle, busy or draining).
+    /// Instances right now, of any version (starting, idle, busy, draining,
+    /// or stopping: killed, its processes not yet gone).
     pub instances: usize,
     /// Live instances split by state.
     pub instance_states: InstanceCounts,
@@ -61,9 +62,20 @@ pub struct InstanceCounts {
     pub idle: usize,
     pub busy: usize,
     pub draining: usize,
+    /// Killed (idle too long, replaced, or deleted) and not yet gone: its
+    /// processes still exit and its cgroup is still being removed.
+    #[serde(default)]
+    pub stopping: usize,
     /// Requests waiting for a free instance (not instances).
     #[serde(default)]
     pub queued: usize,
+}
+
+impl InstanceCounts {
+    /// Every instance that exists, whatever its state.
+    pub fn total(&self) -> usize {
+        self.starting + self.idle + self.busy + self.draining + self.stopping
+    }
 }
 
 /// One line of `GET /api/v1/functions`.

@@ -265,8 +265,8 @@ pub fn info(client: &Client, name: &str, json: bool) -> Result<(), CommandError>
     );
     let _ = writeln!(
         o,
-        "instances:     {} (starting {}, idle {}, busy {}, draining {})",
-        f.instances, c.starting, c.idle, c.busy, c.draining
+        "instances:     {} (starting {}, idle {}, busy {}, draining {}, stopping {})",
+        f.instances, c.starting, c.idle, c.busy, c.draining, c.stopping
     );
     let _ = writeln!(
         o,

@@ -295,7 +295,7 @@ fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
         runtime: spec.runtime.to_string(),
         handler: spec.handler.clone(),
         version: rec.current.version,
-        instances: counts.starting + counts.idle + counts.busy + counts.draining,
+        instances: counts.total(),
         instance_states: counts,
         url: app.url_of(&rec.name),
         code_sha256: rec.current.code_sha256.clone(),
@@ -320,7 +320,7 @@ async fn list_functions(State(app): State<AppState>) -> Result<Json<FunctionList
                 name: rec.name.clone(),
                 runtime: rec.current.spec.runtime.to_string(),
                 version: rec.current.version,
-                instances: c.starting + c.idle + c.busy + c.draining,
+                instances: c.total(),
                 url: app.url_of(&rec.name),
                 updated_at: rfc3339(rec.updated_at),
             }

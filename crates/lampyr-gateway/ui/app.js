@@ -11,7 +11,7 @@
     pooled: '#ffb547', violet: '#b69cff', teal: '#4fd1c5', grey: '#6d7c8e',
   };
   const PHASES = ['queue', 'code', 'sandbox', 'runtime', 'init', 'exec'];
-  const STATES = ['starting', 'idle', 'busy', 'draining', 'queued'];
+  const STATES = ['starting', 'idle', 'busy', 'draining', 'stopping', 'queued'];
   const MAX_LIVE = 1000;
 
   const $ = (id) => document.getElementById(id);

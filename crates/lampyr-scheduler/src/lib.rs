@@ -387,7 +387,7 @@ impl Scheduler {
                 continue;
             }
             let c = st.counts();
-            ring.push_back((now, (c.starting + c.idle + c.busy + c.draining) as u64));
+            ring.push_back((now, c.total() as u64));
             while ring
                 .front()
                 .is_some_and(|(t, _)| now.duration_since(*t).unwrap_or_default() > KEEP)
@@ -519,6 +519,7 @@ impl Scheduler {
                 ("idle", c.idle),
                 ("busy", c.busy),
                 ("draining", c.draining),
+                ("stopping", c.stopping),
             ] {
                 m.instances.with_label_values(&[name, st]).set(n as i64);
             }
@@ -583,10 +584,7 @@ impl Scheduler {
             .functions
             .read()
             .values()
-            .map(|s| {
-                let c = s.counts();
-                c.starting + c.idle + c.busy + c.draining
-            })
+            .map(|s| s.counts().total())
             .sum()
     }
 
@@ -1047,6 +1045,7 @@ impl Scheduler {
         let weak_state = Arc::downgrade(state);
         let weak_inst = Arc::downgrade(inst);
         let exit = inst.clone();
+        let id = inst.id().to_string();
         let sched = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let reason = exit.wait_exit().await.reason;
@@ -1054,6 +1053,7 @@ impl Scheduler {
             let Some(state) = weak_state.upgrade() else {
                 return;
             };
+            state.gone(&id);
             if let Some(inst) = weak_inst.upgrade() {
                 tracing::debug!(function = %state.name, instance = inst.id(), %reason, "instance exited");
                 state.forget(&inst);

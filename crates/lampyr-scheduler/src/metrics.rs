@@ -96,7 +96,7 @@ impl Metrics {
             instances: reg!(IntGaugeVec::new(
                 Opts::new(
                     "lampyr_instances",
-                    "Live instances by function and state (starting, idle, busy, draining)."
+                    "Instances by function and state (starting, idle, busy, draining, stopping)."
                 ),
                 &["function", "state"]
             )),

@@ -56,6 +56,9 @@ struct Inner {
     waiters: VecDeque<oneshot::Sender<Grant>>,
     deleted: bool,
     next_slot: SlotId,
+    /// Ids of instances taken out of service and killed whose processes
+    /// have not exited yet.
+    stopping: std::collections::HashSet<String>,
 }
 
 pub(crate) struct FunctionState {
@@ -121,6 +124,7 @@ impl FunctionState {
                 waiters: VecDeque::new(),
                 deleted: false,
                 next_slot: 1,
+                stopping: Default::default(),
             }),
         }
     }
@@ -240,6 +244,7 @@ impl FunctionState {
         if !live {
             if s.inflight == 0 {
                 let s = g.slots.remove(idx);
+                g.stopping.insert(s.instance.id().to_string());
                 g.wake_one();
                 return Some((
                     s.instance,
@@ -259,6 +264,11 @@ impl FunctionState {
         if let Some(s) = g.slots.iter_mut().find(|s| s.id == slot) {
             s.drain.get_or_insert_with(|| reason.to_string());
         }
+    }
+
+    /// An instance's processes are gone (whatever ended them).
+    pub(crate) fn gone(&self, id: &str) {
+        self.inner.lock().stopping.remove(id);
     }
 
     /// Drops an instance that exited on its own. One still running
@@ -298,6 +308,7 @@ impl FunctionState {
                 true
             }
         });
+        g.stopping.extend(idle.iter().map(|i| i.id().to_string()));
         g.wake_all();
         idle
     }
@@ -352,7 +363,9 @@ impl FunctionState {
                 break;
             }
             if let Some(idx) = g.slots.iter().position(|s| s.id == id) {
-                out.push(g.slots.remove(idx).instance);
+                let inst = g.slots.remove(idx).instance;
+                g.stopping.insert(inst.id().to_string());
+                out.push(inst);
                 live -= 1;
             }
         }
@@ -381,6 +394,7 @@ impl FunctionState {
         let g = self.inner.lock();
         let mut c = InstanceCounts {
             starting: g.starting as usize,
+            stopping: g.stopping.len(),
             queued: g.waiters.iter().filter(|w| !w.is_closed()).count(),
             ..Default::default()
         };

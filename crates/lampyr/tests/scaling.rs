@@ -24,6 +24,47 @@ fn busy(server: &Server, name: &str) -> u64 {
         .unwrap()
 }
 
+/// The parent of process `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "pid (comm) state ": the comm may hold spaces, so split after ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Processes of `server` whose sandbox specification names instance `id`'s
+/// code slot (instance ids are only unique within one server).
+fn instance_processes(server: &Server, id: &str) -> usize {
+    let needle = format!("/slots/{id}\"");
+    let descends = |mut pid: u32| {
+        while pid > 1 {
+            match parent_of(pid) {
+                Some(p) if p == server.pid() => return true,
+                Some(p) => pid = p,
+                None => return false,
+            }
+        }
+        false
+    };
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+                .filter(|&pid| {
+                    std::fs::read(format!("/proc/{pid}/environ"))
+                        .map(|env| String::from_utf8_lossy(&env).contains(&needle))
+                        .unwrap_or(false)
+                        && descends(pid)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn idle_instances_stop_and_the_function_scales_to_zero() {
     let server = Server::start();
@@ -42,11 +83,36 @@ fn idle_instances_stop_and_the_function_scales_to_zero() {
             0,
             "no instances before the first request"
         );
-        assert_eq!(server.get(name).status, 200);
+        let first = server.get(name);
+        assert_eq!(first.status, 200);
         assert_eq!(server.instances(name), 1);
+        // The instance that served it, from its invocation record.
+        let rid = first.header("x-lampyr-request-id").unwrap().to_string();
+        let mut instance = String::new();
+        server.wait_until("the invocation record", Duration::from_secs(10), || {
+            let r = server.api("GET", &format!("/invocations/{rid}"), None);
+            if r.status != 200 {
+                return false;
+            }
+            instance = r.json()["instance"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            true
+        });
+        let alive_before = instance_processes(&server, &instance);
         server.wait_until("scale to zero", Duration::from_secs(15), || {
             server.instances(name) == 0
         });
+        // Zero means gone: no process of the instance is left (where its
+        // processes can be told apart: jailed instances name their code slot).
+        if alive_before > 0 {
+            assert_eq!(
+                instance_processes(&server, &instance),
+                0,
+                "instance {instance} still has processes at zero instances"
+            );
+        }
         let r = server.get(name);
         assert!(
             common::fresh(&r),
