@@ -97,6 +97,10 @@ NODE_FILES = {
         exports.late = async () => { setTimeout(() => { throw new Error('late boom'); }, 20); return 'ok'; };
         exports.echo = async (event) => event;
         exports.notAFunction = 42;
+        exports.moduleInfo = async () => ({
+          filename: __filename, dirname: __dirname, id: module.id, loaded: module.loaded,
+          cached: require.cache[__filename] === module, leftpad: require.resolve('leftpad'),
+        });
     """,
     "node_modules/leftpad/package.json": '{"name": "leftpad", "main": "lib.js"}\n',
     "node_modules/leftpad/lib.js": r"""
@@ -797,6 +801,22 @@ def hello_without_warm_up(kind, root):
     try:
         rt.start(root, "index.obj")
         eq(rt.call({"a": 1}), {"ok": True, "echo": {"a": 1}}, "result")
+    finally:
+        rt.close()
+
+
+@test("nodejs")
+def commonjs_module_like_require(kind, root):
+    # The handler module is loaded as require() would load it.
+    rt = Runtime(kind)
+    try:
+        rt.start(root, "index.moduleInfo")
+        v = rt.call({})
+        eq(v["filename"], os.path.join(root, "index.js"), "__filename")
+        eq(v["dirname"], root, "__dirname")
+        eq(v["id"], os.path.join(root, "index.js"), "module.id")
+        eq((v["loaded"], v["cached"]), (True, True), "module.loaded, in require.cache")
+        eq(v["leftpad"], os.path.join(root, "node_modules", "leftpad", "lib.js"), "require.resolve from the handler")
     finally:
         rt.close()
 
