@@ -195,11 +195,28 @@ pub struct InstanceConfig<'a> {
     pub logs: LogSender,
 }
 
+/// An instance spawned by [`Instance::spawn`] whose runtime has not said
+/// HELLO yet.
+pub struct Starting {
+    started: Instant,
+    sandbox_time: Duration,
+    adoption: Option<lampyr_sandbox::zygote::Adoption>,
+}
+
 impl Instance {
     /// Starts a runtime instance in a sandbox and waits for its HELLO.
     pub async fn start(
         cfg: InstanceConfig<'_>,
     ) -> Result<(Arc<Instance>, StartTimings), InstanceError> {
+        let (inst, starting) = Instance::spawn(cfg)?;
+        let timings = inst.started(starting).await?;
+        Ok((inst, timings))
+    }
+
+    /// Builds the sandbox and starts the bootstrap, without waiting for it.
+    /// Frames may be sent at once (a LOAD, an INVOKE): the runtime reads
+    /// them once it is up. Finish with [`Instance::started`].
+    pub fn spawn(cfg: InstanceConfig<'_>) -> Result<(Arc<Instance>, Starting), InstanceError> {
         let started = Instant::now();
         let (args, env) = command_line(&cfg);
         let spec = InstanceSpec {
@@ -215,8 +232,8 @@ impl Instance {
             background: cfg.code_dir.is_none(),
         };
         let (sandbox, mut io) = cfg.sandboxer.spawn(&spec)?;
-        let mut adoption = io.adoption.take();
-        let mut sandbox_time = started.elapsed();
+        let adoption = io.adoption.take();
+        let sandbox_time = started.elapsed();
         let task_root = cfg
             .code_dir
             .as_deref()
@@ -259,6 +276,24 @@ impl Instance {
             sandbox: sandbox_control,
             task_root: Mutex::new(task_root),
         });
+        Ok((
+            inst,
+            Starting {
+                started,
+                sandbox_time,
+                adoption,
+            },
+        ))
+    }
+
+    /// Waits for the HELLO of an instance from [`Instance::spawn`].
+    pub async fn started(&self, starting: Starting) -> Result<StartTimings, InstanceError> {
+        let Starting {
+            started,
+            mut sandbox_time,
+            mut adoption,
+        } = starting;
+        let inst = self;
         loop {
             let frame = inst.next_control("start", START_TIMEOUT).await?;
             match frame.kind {
@@ -295,11 +330,10 @@ impl Instance {
                 }
             }
         }
-        let timings = StartTimings {
+        Ok(StartTimings {
             sandbox: sandbox_time,
             runtime: started.elapsed() - sandbox_time,
-        };
-        Ok((inst, timings))
+        })
     }
 
     /// Specialises the instance with a function's code and waits until the

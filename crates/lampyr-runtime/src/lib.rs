@@ -18,5 +18,5 @@ pub mod protocol;
 pub use discover::{RuntimeInfo, Runtimes};
 pub use instance::{
     ExitReport, Instance, InstanceConfig, InstanceError, InvokeOutcome, LoadRequest, LogLine,
-    LogSender, PendingInvoke, StartTimings, Stream,
+    LogSender, PendingInvoke, StartTimings, Starting, Stream,
 };

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use lampyr_api::{FunctionSpec, InstanceCounts};
 use lampyr_runtime::{
     Instance, InstanceConfig, InstanceError, InvokeOutcome, LoadRequest, PendingInvoke, Runtimes,
+    Starting,
 };
 use lampyr_store::{FunctionRecord, LogStore, Store, VersionRecord};
 use parking_lot::RwLock;
@@ -929,27 +930,27 @@ impl Scheduler {
         } else {
             None
         };
-        let (inst, kind) = match pooled {
+        let (inst, kind, starting) = match pooled {
             Some(inst) => {
                 let t = Instant::now();
                 match inst.specialise(&code_dir, spec.memory_mb) {
                     Ok(_) => {
                         phases.sandbox = Some(t.elapsed());
-                        (inst, StartKind::Pooled)
+                        (inst, StartKind::Pooled, None)
                     }
                     Err(e) => {
                         // E.g. the runtime already uses more than the
                         // function's memory limit: start from scratch.
                         tracing::debug!(function = %function, "pooled instance unusable: {e}");
                         inst.kill("could not be specialised");
-                        let fresh = self.start_fresh(version, &code_dir, phases).await?;
-                        (fresh, StartKind::Cold)
+                        let (fresh, starting) = self.spawn_fresh(version, &code_dir)?;
+                        (fresh, StartKind::Cold, Some(starting))
                     }
                 }
             }
             None => {
-                let fresh = self.start_fresh(version, &code_dir, phases).await?;
-                (fresh, StartKind::Cold)
+                let (fresh, starting) = self.spawn_fresh(version, &code_dir)?;
+                (fresh, StartKind::Cold, Some(starting))
             }
         };
         let load = LoadRequest {
@@ -968,12 +969,27 @@ impl Scheduler {
         let loaded = match inst.send_load(&load).await {
             Ok(load_started) => {
                 // The first invocation follows the LOAD at once: the runtime
-                // runs it as soon as the handler is loaded.
+                // runs it as soon as the handler is loaded. A runtime still
+                // starting finds both waiting when it is up.
                 sent = first.map(|f| {
                     self.log_start(&spec.name, version, inst.id(), f.request_id);
                     inst.start_invoke(f.request_id, SystemTime::now() + spec.timeout(), f.event)
                 });
-                inst.loaded(load_started, init_limit).await
+                match starting {
+                    Some(starting) => match inst.started(starting).await {
+                        Ok(t) => {
+                            phases.sandbox = Some(t.sandbox);
+                            phases.runtime = Some(t.runtime);
+                            // Loading starts when the runtime is up.
+                            inst.loaded(Instant::now(), init_limit).await
+                        }
+                        Err(source) => {
+                            inst.kill("did not start");
+                            return Err(SchedulerError::StartFailed { function, source });
+                        }
+                    },
+                    None => inst.loaded(load_started, init_limit).await,
+                }
             }
             Err(e) => Err(e),
         };
@@ -998,13 +1014,13 @@ impl Scheduler {
         Ok((inst, kind, sent))
     }
 
-    /// Starts an instance of `version` from scratch, its code in place.
-    async fn start_fresh(
+    /// Spawns an instance of `version` from scratch, its code in place; its
+    /// runtime is still starting (see [`Instance::started`]).
+    fn spawn_fresh(
         &self,
         version: &Arc<Version>,
         code_dir: &std::path::Path,
-        phases: &mut Phases,
-    ) -> Result<Arc<Instance>, SchedulerError> {
+    ) -> Result<(Arc<Instance>, Starting), SchedulerError> {
         let spec = version.spec();
         let function = spec.name.clone();
         let runtime = self
@@ -1032,12 +1048,7 @@ impl Scheduler {
             host_network: spec.network == lampyr_api::Network::Host,
             logs: self.inner.logs.sender(),
         };
-        let (inst, timings) = Instance::start(cfg)
-            .await
-            .map_err(|source| SchedulerError::StartFailed { function, source })?;
-        phases.sandbox = Some(timings.sandbox);
-        phases.runtime = Some(timings.runtime);
-        Ok(inst)
+        Instance::spawn(cfg).map_err(|source| SchedulerError::StartFailed { function, source })
     }
 
     /// Removes an instance from its function when it exits, whatever the cause.

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lampyr_api::{FunctionSpec, ManifestError};
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 pub use logs::{LogLimits, LogQuery, LogStore};
@@ -252,7 +252,11 @@ impl Store {
         let now = now_ms();
         let spec_json = serde_json::to_string(&spec).expect("spec serialises");
         let mut db = self.db.lock();
-        let tx = db.transaction()?;
+        // IMMEDIATE: take the write lock now. A deferred transaction that
+        // reads first cannot wait for the lock when the record writer (its
+        // own connection) commits in between: SQLite fails it with "database
+        // is locked" at once instead of applying the busy timeout.
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let prev: Option<i64> = tx
             .query_row(
                 "SELECT MAX(version) FROM versions WHERE name = ?1",
@@ -342,7 +346,7 @@ impl Store {
     /// Deletes a function, all its versions, and code no version still uses.
     pub fn delete(&self, name: &str) -> Result<()> {
         let mut db = self.db.lock();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute("DELETE FROM functions WHERE name = ?1", params![name])?;
         tx.execute("DELETE FROM versions WHERE name = ?1", params![name])?;
         tx.commit()?;

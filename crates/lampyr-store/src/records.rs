@@ -98,7 +98,7 @@ impl RecordStore {
     /// Stores a batch of records in one transaction.
     pub fn insert(&self, records: &[InvocationRecord]) -> Result<()> {
         let mut db = self.db.lock();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO invocations (request_id, function, version, trigger, start_ms, start_kind, phases,
@@ -241,6 +241,60 @@ mod tests {
             response_bytes: 12,
             instance: Some("f-1".into()),
         }
+    }
+
+    #[test]
+    fn deploys_and_record_batches_share_the_database() {
+        // The record writer commits on its own connection while deploys
+        // read then write on theirs: neither may fail with "database is
+        // locked".
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(root.path(), crate::StoreLimits::default()).unwrap();
+        let records = RecordStore::open(&root.path().join("lampyr.db")).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(
+            src.path().join("lampyr.toml"),
+            "name = \"busy\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n",
+        )
+        .unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let batch: Vec<_> = (0..50)
+                        .map(|j| InvocationRecord {
+                            request_id: format!("r-{i}-{j}"),
+                            ..rec(j, "ok", SystemTime::now())
+                        })
+                        .collect();
+                    records.insert(&batch).unwrap();
+                    i += 1;
+                    // About the writer's own pace (it batches every 20 ms),
+                    // only faster.
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            });
+            // Stops the writer however this thread leaves (a failed deploy
+            // panics), so that the scope can end.
+            struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for StopOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let _stop = StopOnDrop(&stop);
+            for v in 0..30 {
+                std::fs::write(
+                    src.path().join("index.js"),
+                    format!("exports.handler = async () => {v};"),
+                )
+                .unwrap();
+                let pkg = crate::pack_dir(src.path()).unwrap();
+                let d = store.deploy("busy", &pkg).unwrap();
+                assert_eq!(d.record.current.version, v + 1);
+            }
+        });
     }
 
     #[test]
