@@ -293,9 +293,8 @@ impl Instance {
             mut sandbox_time,
             mut adoption,
         } = starting;
-        let inst = self;
         loop {
-            let frame = inst.next_control("start", START_TIMEOUT).await?;
+            let frame = self.next_control("start", START_TIMEOUT).await?;
             match frame.kind {
                 protocol::HELLO => break,
                 protocol::SANDBOX_READY => {
@@ -306,24 +305,24 @@ impl Instance {
                         match forked {
                             Ok(Ok(_pid)) => {}
                             Ok(Err(e)) => {
-                                inst.kill("the zygote could not fork the runtime");
+                                self.kill("the zygote could not fork the runtime");
                                 return Err(e.into());
                             }
                             Err(e) => {
-                                inst.kill("the zygote could not fork the runtime");
+                                self.kill("the zygote could not fork the runtime");
                                 return Err(InstanceError::Protocol(e.to_string()));
                             }
                         }
                     }
                 }
                 protocol::SANDBOX_ERROR => {
-                    inst.kill("sandbox set-up failed");
+                    self.kill("sandbox set-up failed");
                     return Err(InstanceError::SandboxSetup(
                         String::from_utf8_lossy(&frame.payload).into_owned(),
                     ));
                 }
                 other => {
-                    inst.kill("protocol error");
+                    self.kill("protocol error");
                     return Err(InstanceError::Protocol(format!(
                         "expected HELLO, got frame type {other:#04x}"
                     )));

@@ -327,8 +327,8 @@ impl InstanceCgroup {
     ///
     /// On v1 that is `tasks`: moving the calling thread itself is exempt
     /// from the global threadgroup lock, whereas a write to `cgroup.procs`
-    /// takes it and waits for an RCU grace period (about 10 ms here, the
-    /// largest cost of building a sandbox). The process is single-threaded
+    /// takes it and waits for an RCU grace period (once the largest cost of
+    /// building a sandbox). The process is single-threaded
     /// when it joins, so moving its one thread moves the process, and every
     /// process it forks afterwards starts in the cgroup. v2 has no such
     /// exemption across domain cgroups, so it uses `cgroup.procs`.
@@ -356,25 +356,17 @@ impl InstanceCgroup {
 
     /// The most memory the instance used, in bytes, where the kernel says.
     pub fn memory_peak(&self) -> Option<u64> {
-        let file = if self.v2 {
-            "memory.peak"
-        } else {
-            "memory.max_usage_in_bytes"
-        };
-        std::fs::read_to_string(self.memory_dir().join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        self.read_memory_bytes("memory.max_usage_in_bytes", "memory.peak")
     }
 
     /// Current memory use, in bytes.
     pub fn memory_current(&self) -> Option<u64> {
-        let file = if self.v2 {
-            "memory.current"
-        } else {
-            "memory.usage_in_bytes"
-        };
+        self.read_memory_bytes("memory.usage_in_bytes", "memory.current")
+    }
+
+    /// A byte count from the memory controller: file `v1` or `v2`.
+    fn read_memory_bytes(&self, v1: &str, v2: &str) -> Option<u64> {
+        let file = if self.v2 { v2 } else { v1 };
         std::fs::read_to_string(self.memory_dir().join(file))
             .ok()?
             .trim()

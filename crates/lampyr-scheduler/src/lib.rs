@@ -966,33 +966,28 @@ impl Scheduler {
         // Init code gets the function's timeout, as on Lambda, but at least 10 s.
         let init_limit = spec.timeout().max(Duration::from_secs(10));
         let mut sent = None;
-        let loaded = match inst.send_load(&load).await {
-            Ok(load_started) => {
-                // The first invocation follows the LOAD at once: the runtime
-                // runs it as soon as the handler is loaded. A runtime still
-                // starting finds both waiting when it is up.
-                sent = first.map(|f| {
-                    self.log_start(&spec.name, version, inst.id(), f.request_id);
-                    inst.start_invoke(f.request_id, SystemTime::now() + spec.timeout(), f.event)
-                });
-                match starting {
-                    Some(starting) => match inst.started(starting).await {
-                        Ok(t) => {
-                            phases.sandbox = Some(t.sandbox);
-                            phases.runtime = Some(t.runtime);
-                            // Loading starts when the runtime is up.
-                            inst.loaded(Instant::now(), init_limit).await
-                        }
-                        Err(source) => {
-                            inst.kill("did not start");
-                            return Err(SchedulerError::StartFailed { function, source });
-                        }
-                    },
-                    None => inst.loaded(load_started, init_limit).await,
+        let loaded = async {
+            let load_started = inst.send_load(&load).await?;
+            // The first invocation follows the LOAD at once: the runtime
+            // runs it as soon as the handler is loaded. A runtime still
+            // starting finds both waiting when it is up.
+            sent = first.map(|f| {
+                self.log_start(&spec.name, version, inst.id(), f.request_id);
+                inst.start_invoke(f.request_id, SystemTime::now() + spec.timeout(), f.event)
+            });
+            let init_from = match starting {
+                Some(starting) => {
+                    let t = inst.started(starting).await?;
+                    phases.sandbox = Some(t.sandbox);
+                    phases.runtime = Some(t.runtime);
+                    // Loading starts when the runtime is up.
+                    Instant::now()
                 }
-            }
-            Err(e) => Err(e),
-        };
+                None => load_started,
+            };
+            inst.loaded(init_from, init_limit).await
+        }
+        .await;
         if kind == StartKind::Pooled && loaded.is_err() {
             self.inner.pools.replenish(spec.runtime);
         }
