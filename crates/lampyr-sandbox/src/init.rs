@@ -1,13 +1,17 @@
 //! `lampyr __sandbox-init`: the first process of every jailed instance.
 //!
-//! The host starts it (in the instance's session, with the protocol socket
-//! at fd 3) and passes the [`JailSpec`] in the environment. It:
+//! The host starts it with the protocol socket as stdin and passes the
+//! [`JailSpec`] in the environment. It:
 //!
-//! 1. joins the instance's cgroups, so everything it starts is counted;
-//! 2. protects itself from the OOM killer (the runtime is the one to kill);
-//! 3. `unshare`s the mount, PID, IPC, UTS, cgroup and (unless the function
+//! 1. moves the socket to fd 3, makes its own session, dies with the
+//!    server (`PR_SET_PDEATHSIG`) and forbids core dumps: the set-up a
+//!    plain process gets between fork and exec, done here so that the host
+//!    can start this process with `posix_spawn`;
+//! 2. joins the instance's cgroups, so everything it starts is counted;
+//! 3. protects itself from the OOM killer (the runtime is the one to kill);
+//! 4. `unshare`s the mount, PID, IPC, UTS, cgroup and (unless the function
 //!    uses the host's) network namespaces;
-//! 4. forks: the child is PID 1 of the new PID namespace. It builds the
+//! 5. forks: the child is PID 1 of the new PID namespace. It builds the
 //!    jail ([`crate::jail::enter`]), forks the runtime (PID 2, so signals
 //!    and orphans behave as on any Linux host), reaps orphans, and exits
 //!    when the runtime does, passing on its wait status. This process stays
@@ -30,6 +34,9 @@ use crate::sys::{send_frame, LinuxSys, FRAME_SANDBOX_ERROR};
 
 /// The argument that selects this entry point in the `lampyr` binary.
 pub const INIT_ARG: &str = "__sandbox-init";
+/// The dedicated executable with only this entry point, installed beside
+/// `lampyr` (see [`crate::default_init_exe`]).
+pub const INIT_EXE: &str = "lampyr-init";
 /// The environment variable carrying the JSON [`JailSpec`].
 pub const SPEC_ENV: &str = "LAMPYR_JAIL_SPEC";
 
@@ -41,6 +48,7 @@ fn fail(msg: &str, code: i32) -> ! {
 
 /// Runs the sandbox init; never returns.
 pub fn main() -> ! {
+    take_socket_from_stdin();
     let spec: JailSpec = match std::env::var(SPEC_ENV)
         .map_err(|e| e.to_string())
         .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
@@ -51,6 +59,7 @@ pub fn main() -> ! {
             125,
         ),
     };
+    detach_from_host(spec.host_pid);
     for procs in &spec.cgroup_procs {
         if let Err(e) = std::fs::write(procs, "0") {
             fail(&format!("joining cgroup {}: {e}", procs.display()), 125);
@@ -96,6 +105,50 @@ pub fn main() -> ! {
             exit_like(status)
         }
     }
+}
+
+/// Moves the protocol socket from stdin to fd 3 and puts `/dev/null` on
+/// stdin. Exits if there is no socket: nothing can be reported then.
+fn take_socket_from_stdin() {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: fd 0 is open for the lifetime of this process (the host gave
+    // it); it is only borrowed for the dup.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    // SAFETY: fd 3 is not in use: the host passes only fds 0, 1 and 2 (and
+    // 4 for a zygote-forked runtime); dup2 onto it owns it from now on.
+    let moved = unsafe { libc::dup2(stdin.as_raw_fd(), crate::PROTOCOL_FD) };
+    if moved != crate::PROTOCOL_FD {
+        eprintln!("lampyr sandbox: no protocol socket on stdin");
+        std::process::exit(125);
+    }
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        // SAFETY: both descriptors are open; dup2 replaces fd 0.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+}
+
+/// Leaves the server's session and process group, so that the host can
+/// signal the whole instance at once, and ties this process's life to the
+/// server's.
+fn detach_from_host(host_pid: u32) {
+    if let Err(e) = nix::unistd::setsid() {
+        fail(&format!("setsid: {e}"), 125);
+    }
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            Signal::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    // The server may have died before the death signal was armed.
+    if nix::unistd::getppid().as_raw() as u32 != host_pid {
+        std::process::exit(125);
+    }
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
 }
 
 /// Waits for `pid` and returns its raw wait status.

@@ -38,7 +38,10 @@ pub struct JailSpec {
     pub uid: u32,
     pub gid: u32,
     pub max_open_files: u64,
-    pub seccomp: bool,
+    /// The seccomp filters to install, compiled once by the host, each the
+    /// hex of its `sock_filter` array ([`crate::seccomp::to_hex`]); empty
+    /// for none.
+    pub seccomp: Vec<String>,
     /// cgroup files (`tasks` on v1, `cgroup.procs` on v2) the init process
     /// writes `0` into, while single-threaded, before the namespaces are made.
     pub cgroup_procs: Vec<PathBuf>,
@@ -46,6 +49,9 @@ pub struct JailSpec {
     /// finished jail, and PID 1 adopts it.
     #[serde(default)]
     pub adopt: bool,
+    /// The server's process id: the init process ends at once if its parent
+    /// is no longer the server (the server died while it started).
+    pub host_pid: u32,
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
@@ -104,7 +110,7 @@ pub trait Sys {
     /// Re-arms the parent-death signal, which changing uid clears.
     fn die_with_parent(&mut self) -> JailResult;
     fn no_new_privs(&mut self) -> JailResult;
-    fn seccomp(&mut self) -> JailResult;
+    fn seccomp(&mut self, filters: &[String]) -> JailResult;
     fn notify_ready(&mut self) -> JailResult;
     fn chdir(&mut self, path: &Path) -> JailResult;
 }
@@ -236,8 +242,8 @@ pub fn enter(sys: &mut dyn Sys, spec: &JailSpec) -> JailResult {
     sys.set_ids(spec.uid, spec.gid)?;
     sys.die_with_parent()?;
     sys.no_new_privs()?;
-    if spec.seccomp {
-        sys.seccomp()?;
+    if !spec.seccomp.is_empty() {
+        sys.seccomp(&spec.seccomp)?;
     }
     sys.notify_ready()?;
     sys.chdir(&spec.cwd)?;
@@ -331,7 +337,7 @@ pub(crate) mod tests {
         fn no_new_privs(&mut self) -> JailResult {
             self.rec("no_new_privs".into(), "no_new_privs")
         }
-        fn seccomp(&mut self) -> JailResult {
+        fn seccomp(&mut self, _filters: &[String]) -> JailResult {
             self.rec("seccomp".into(), "seccomp")
         }
         fn notify_ready(&mut self) -> JailResult {
@@ -345,6 +351,7 @@ pub(crate) mod tests {
     pub fn spec() -> JailSpec {
         JailSpec {
             root_dir: "/data/sandbox/root".into(),
+            host_pid: 1,
             binds: vec![
                 Bind {
                     src: "/usr".into(),
@@ -370,7 +377,7 @@ pub(crate) mod tests {
             uid: 65534,
             gid: 65534,
             max_open_files: 1024,
-            seccomp: true,
+            seccomp: vec!["00".into()],
             cgroup_procs: vec![],
             adopt: false,
             program: "/usr/bin/node".into(),
@@ -427,7 +434,7 @@ pub(crate) mod tests {
     fn host_network_skips_loopback_and_seccomp_can_be_off() {
         let mut s = spec();
         s.private_network = false;
-        s.seccomp = false;
+        s.seccomp = Vec::new();
         let mut r = Recorder::default();
         enter(&mut r, &s).unwrap();
         assert!(!r.calls.iter().any(|c| c == "loopback_up" || c == "seccomp"));

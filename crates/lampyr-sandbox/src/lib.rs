@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
@@ -120,7 +120,7 @@ pub struct SandboxConfig {
     pub tmp_mb: u32,
     /// Most open files per process.
     pub max_open_files: u64,
-    /// The executable that implements `__sandbox-init` (lampyr itself).
+    /// The executable that implements `__sandbox-init`: [`default_init_exe`].
     pub init_exe: PathBuf,
     /// The directory holding every version's unpacked code (`DATA/code`).
     pub code_store: PathBuf,
@@ -137,9 +137,23 @@ impl SandboxConfig {
             pids_max: 256,
             tmp_mb: 64,
             max_open_files: 1024,
-            init_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            init_exe: default_init_exe(),
             code_store: PathBuf::from("/nonexistent"),
         }
+    }
+}
+
+/// The small `lampyr-init` executable installed beside the running one, or
+/// else the running executable itself (`lampyr` also answers
+/// `__sandbox-init`). Both run [`init::main`]; the small one starts faster,
+/// since every jailed instance begins by executing it.
+pub fn default_init_exe() -> PathBuf {
+    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let lean = me.with_file_name(init::INIT_EXE);
+    if lean.is_file() {
+        lean
+    } else {
+        me
     }
 }
 
@@ -155,7 +169,9 @@ pub struct Feature {
 struct JailSupport {
     root_dir: PathBuf,
     cgroups: Option<Cgroups>,
-    seccomp: bool,
+    /// The compiled seccomp filters ([`seccomp::to_hex`]), compiled once
+    /// here; empty where the kernel has no seccomp.
+    seccomp: Vec<String>,
     base_binds: Vec<Bind>,
     base_symlinks: Vec<(PathBuf, PathBuf)>,
     slots: Arc<slots::Slots>,
@@ -222,10 +238,12 @@ fn namespaces_work() -> Result<(), String> {
     }
 }
 
-fn seccomp_supported() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
-        && seccomp::compile().is_ok()
+/// The seccomp filters, compiled, if this kernel has seccomp.
+fn seccomp_filters() -> Option<Vec<String>> {
+    let supported = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")));
+    let progs = seccomp::compile().ok().filter(|_| supported)?;
+    Some(progs.iter().map(seccomp::to_hex).collect())
 }
 
 /// The parts of the host's root every runtime needs, read-only.
@@ -331,7 +349,8 @@ impl Sandboxer {
         if let Err(e) = &cgroups {
             missing.push(format!("cgroups: {e}"));
         }
-        let seccomp = seccomp_supported();
+        let seccomp_filters = seccomp_filters();
+        let seccomp = seccomp_filters.is_some();
         if !seccomp {
             missing.push("seccomp is not supported by this kernel".into());
         }
@@ -360,7 +379,7 @@ impl Sandboxer {
                 Some(JailSupport {
                     root_dir,
                     cgroups: cgroups.as_ref().ok().cloned(),
-                    seccomp,
+                    seccomp: seccomp_filters.unwrap_or_default(),
                     base_binds,
                     base_symlinks,
                     slots: Arc::new(slots),
@@ -546,7 +565,13 @@ impl Sandboxer {
                 slots: None,
                 cgroup: None,
             };
-            return spawn_with(cmd, spec.program, control, None, self.cfg.max_open_files);
+            return spawn_with(
+                cmd,
+                spec.program,
+                control,
+                None,
+                Some(self.cfg.max_open_files),
+            );
         };
         let name = cgroup_name(spec.id);
         let cgroup = match &j.cgroups {
@@ -636,13 +661,14 @@ impl Sandboxer {
             uid,
             gid,
             max_open_files: self.cfg.max_open_files,
-            seccomp: j.seccomp,
+            seccomp: j.seccomp.clone(),
             cgroup_procs: control
                 .cgroup
                 .as_ref()
                 .map(|c| c.procs_files())
                 .unwrap_or_default(),
             adopt: false,
+            host_pid: std::process::id(),
             program,
             args: spec.args.clone(),
             env,
@@ -652,15 +678,6 @@ impl Sandboxer {
         let mut jail_spec = jail_spec;
         jail_spec.adopt = zygote.is_some();
         let adopt = zygote.map(|z| {
-            let seccomp: Vec<String> = if j.seccomp {
-                // Compiled when the sandboxer started, so this cannot fail
-                // now; if it did, the zygote refuses an empty filter list.
-                seccomp::compile()
-                    .map(|progs| progs.iter().map(bpf_hex).collect())
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            };
             let env: serde_json::Map<String, serde_json::Value> = jail_spec
                 .env
                 .iter()
@@ -671,8 +688,8 @@ impl Sandboxer {
                 "uid": jail_spec.uid,
                 "gid": jail_spec.gid,
                 "max_open_files": jail_spec.max_open_files,
-                "seccomp_required": j.seccomp,
-                "seccomp": seccomp,
+                "seccomp_required": !j.seccomp.is_empty(),
+                "seccomp": j.seccomp,
                 "env": env,
                 "prefix": z.prefix,
                 "guest_prefix": if jail_spec.program == spec.program { z.prefix.display().to_string() } else { GUEST_RUNTIME_PREFIX.to_string() },
@@ -686,13 +703,7 @@ impl Sandboxer {
             .env_clear()
             .env(init::SPEC_ENV, json)
             .current_dir("/");
-        spawn_with(
-            cmd,
-            &self.cfg.init_exe,
-            control,
-            adopt,
-            self.cfg.max_open_files,
-        )
+        spawn_with(cmd, &self.cfg.init_exe, control, adopt, None)
     }
 }
 
@@ -752,22 +763,6 @@ fn cgroup_name(id: &str) -> String {
         .collect()
 }
 
-/// A BPF program as the hex of its `sock_filter` array, for the zygote.
-fn bpf_hex(p: &seccompiler::BpfProgram) -> String {
-    let mut out = String::with_capacity(p.len() * 16);
-    for f in p {
-        let mut b = Vec::with_capacity(8);
-        b.extend_from_slice(&f.code.to_ne_bytes());
-        b.push(f.jt);
-        b.push(f.jf);
-        b.extend_from_slice(&f.k.to_ne_bytes());
-        for x in b {
-            out.push_str(&format!("{x:02x}"));
-        }
-    }
-    out
-}
-
 fn pipe_pair() -> Result<(pipe::Receiver, OwnedFd), SandboxError> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| SandboxError::Socket(e.into()))?;
@@ -775,12 +770,18 @@ fn pipe_pair() -> Result<(pipe::Receiver, OwnedFd), SandboxError> {
     Ok((r, w))
 }
 
+/// Starts `cmd` with the protocol socket and log pipes. A plain process
+/// (`plain_open_files` is its open-file limit) gets the socket at fd 3 and
+/// is set up between fork and exec. The sandbox init gets the socket as
+/// its stdin and sets itself up ([`init::main`]): without a `pre_exec` step
+/// the standard library starts it with `posix_spawn`, which does not copy
+/// the server's page tables as `fork` does.
 fn spawn_with(
     mut cmd: Command,
     program: &Path,
     control: SandboxControl,
     adopt: Option<(Arc<zygote::Zygote>, serde_json::Value)>,
-    max_open_files: u64,
+    plain_open_files: Option<u64>,
 ) -> Result<(Sandbox, SandboxIo), SandboxError> {
     let (host, guest) = StdUnixStream::pair().map_err(SandboxError::Socket)?;
     let guest: OwnedFd = guest.into();
@@ -806,23 +807,32 @@ fn spawn_with(
         None => None,
     };
     let status_fd = status_r.as_ref().map(|f| f.as_raw_fd());
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
+    cmd.stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
         .kill_on_drop(true);
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls async-signal-safe functions (dup2, fcntl, setsid, prctl,
-    // setrlimit, getppid, _exit); it allocates nothing and takes no locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            child_setup(guest_fd)?;
-            // Plain processes get rlimits; a jail sets its own again.
-            limit_open_files(max_open_files);
-            if let Some(fd) = status_fd {
-                inherit_at(fd, ADOPT_STATUS_FD)?;
+    let mut guest = Some(guest);
+    match plain_open_files {
+        Some(max_open_files) => {
+            cmd.stdin(Stdio::null());
+            // SAFETY: the closure runs in the forked child before exec and
+            // only calls async-signal-safe functions (dup2, fcntl, setsid,
+            // prctl, setrlimit, getppid, _exit); it allocates nothing and
+            // takes no locks.
+            unsafe {
+                cmd.pre_exec(move || {
+                    child_setup(guest_fd)?;
+                    limit_open_files(max_open_files);
+                    Ok(())
+                });
             }
-            Ok(())
-        });
+        }
+        None => {
+            cmd.stdin(Stdio::from(guest.take().expect("the guest end is here")));
+            if let Some(fd) = status_fd {
+                // SAFETY: as above; dup2 and fcntl only.
+                unsafe { cmd.pre_exec(move || inherit_at(fd, ADOPT_STATUS_FD)) };
+            }
+        }
     }
     let control = Arc::new(control);
     let child = match cmd.spawn() {
@@ -932,6 +942,9 @@ impl Sandbox {
             // reaches the whole tree outside a PID namespace; inside one,
             // the death of its PID 1 takes the rest with it.
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            // A sandbox init that has not yet made its session: killing it
+            // is enough, its PID 1 dies with it.
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         }
         self.control.kill_all();
     }

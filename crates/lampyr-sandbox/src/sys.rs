@@ -250,15 +250,15 @@ impl Sys for LinuxSys {
         nix::sys::prctl::set_no_new_privs().map_err(err("no_new_privs", None))
     }
 
-    fn seccomp(&mut self) -> JailResult {
+    fn seccomp(&mut self, filters: &[String]) -> JailResult {
         let e = |m: String| JailError {
             step: "seccomp",
             path: None,
             source: std::io::Error::other(m),
         };
-        let progs = crate::seccomp::compile().map_err(|x| e(x.to_string()))?;
-        for p in &progs {
-            seccompiler::apply_filter(p).map_err(|x| e(x.to_string()))?;
+        for hex in filters {
+            let prog = crate::seccomp::from_hex(hex).map_err(|x| e(x.to_string()))?;
+            seccompiler::apply_filter(&prog).map_err(|x| e(x.to_string()))?;
         }
         Ok(())
     }

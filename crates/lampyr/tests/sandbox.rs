@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{request, Fixture, Server};
+use common::{children_of, request, Fixture, Server};
 
 fn require_full_isolation(server: &Server) {
     let doctor = server.api("GET", "/doctor", None).json();
@@ -428,4 +428,44 @@ fn strict_isolation_starts_here_and_off_is_reported_as_off() {
         .path(),
     );
     assert_eq!(plain.get("plain-fn").text(), "0");
+}
+
+/// Every jailed instance begins as the small `lampyr-init` installed beside
+/// `lampyr`. A `lampyr` without it (as `cargo run` builds it) starts its
+/// instances as `lampyr __sandbox-init`, jailed just the same.
+#[test]
+fn instances_start_from_lampyr_init_or_else_from_lampyr_itself() {
+    let alone = tempfile::tempdir().unwrap();
+    let copy = alone.path().join("lampyr");
+    std::fs::copy(common::BIN, &copy).unwrap();
+    let installed = std::path::PathBuf::from(common::BIN);
+    let init = std::path::PathBuf::from(common::INIT_BIN);
+    assert_eq!(
+        init.parent(),
+        installed.parent(),
+        "lampyr-init is built beside lampyr"
+    );
+    let code = "const os = require('os');\nexports.handler = async () => ({ hostname: os.hostname(), uid: process.getuid() });\n";
+    for (exe, expected_init) in [(installed, init), (copy.clone(), copy)] {
+        let server = Server::start_exe(&exe, &["--pools", "off"]);
+        require_full_isolation(&server);
+        server.deploy(Fixture::node("who", "idle_timeout = \"1m\"\n", code).path());
+        let r = server.get("who");
+        assert_eq!(r.status, 200, "{}: {}", exe.display(), r.text());
+        let v = r.json();
+        assert_eq!(v["hostname"], "lampyr", "{}: jailed", exe.display());
+        assert_ne!(v["uid"], 0, "{}: unprivileged", exe.display());
+        // The instance's outer init process stays the server's child for
+        // the instance's lifetime.
+        let inits: Vec<std::path::PathBuf> = children_of(server.pid())
+            .into_iter()
+            .filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+            .collect();
+        assert!(
+            inits.contains(&expected_init),
+            "{}: an instance runs {} (the server's children run {inits:?})",
+            exe.display(),
+            expected_init.display()
+        );
+    }
 }

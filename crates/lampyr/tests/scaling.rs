@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Fixture, Server};
+use common::{parent_of, Fixture, Server};
 
 /// A Node.js handler that sleeps for `?ms=N` and reports its instance.
 const SLEEPER: &str = r#"
@@ -22,18 +22,6 @@ fn busy(server: &Server, name: &str) -> u64 {
     server.info(name)["instance_states"]["busy"]
         .as_u64()
         .unwrap()
-}
-
-/// The parent of process `pid`.
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After "pid (comm) state ": the comm may hold spaces, so split after ')'.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Processes of `server` whose sandbox specification names instance `id`'s

@@ -9,6 +9,32 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lampyr");
+/// The sandbox init executable built beside [`BIN`].
+pub const INIT_BIN: &str = env!("CARGO_BIN_EXE_lampyr-init");
+
+/// The parent of process `pid`, while it exists.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "pid (comm) state ": the comm may hold spaces, so split after ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+                .filter(|&p| parent_of(p) == Some(pid))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 pub struct Server {
     pub url: String,
@@ -102,9 +128,15 @@ impl Server {
 
     /// Starts a server with a fresh data directory and extra arguments.
     pub fn start_with(extra: &[&str]) -> Server {
+        Server::start_exe(Path::new(BIN), extra)
+    }
+
+    /// Starts the `lampyr` executable `exe` with a fresh data directory and
+    /// extra arguments.
+    pub fn start_exe(exe: &Path, extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let mut s = Server::start_in(&data, extra);
+        let mut s = Server::start_exe_in(exe, &data, extra);
         s._tmp = Some(tmp);
         s
     }
@@ -112,7 +144,11 @@ impl Server {
     /// Starts a server on `data` with extra arguments, waiting until it
     /// announces its address.
     pub fn start_in(data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+        Server::start_exe_in(Path::new(BIN), data, extra)
+    }
+
+    fn start_exe_in(exe: &Path, data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(exe)
             .args([
                 "serve",
                 "--listen",
