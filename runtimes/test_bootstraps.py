@@ -806,6 +806,31 @@ def hello_without_warm_up(kind, root):
 
 
 @test("nodejs")
+def warm_up_leaves_no_trace(kind, root):
+    # The warm-up runs a cold start against a module of its own through a
+    # socket of its own: none of its frames reach the host, and its
+    # directory, socket and handler are gone once HELLO is sent.
+    tmp = tempfile.mkdtemp(prefix="lampyr-test-tmp-")
+    rt = Runtime(kind, env_extra={"TMPDIR": tmp})
+    try:
+        rt.hello()
+        eq(os.listdir(tmp), [], "the warm-up's temporary files")
+        fds = os.listdir("/proc/%d/fd" % rt.proc.pid)
+        sockets = [f for f in fds if os.readlink("/proc/%d/fd/%s" % (rt.proc.pid, f)).startswith("socket:")]
+        eq(sockets, ["3"], "sockets open after the warm-up")
+        # No handler is left loaded: an INVOKE before LOAD is refused.
+        rt.send_invoke(1, {}, "before-load")
+        t, payload = rt.recv()
+        eq(t, T_ERROR, "frame for an INVOKE before LOAD")
+        eq(json.loads(payload[4:]).get("errorType"), "Runtime.NotLoaded", "errorType")
+        eq(rt.load(root, "index.obj"), {}, "LOADED")
+        eq(rt.call({"a": 1}), {"ok": True, "echo": {"a": 1}}, "result")
+    finally:
+        rt.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@test("nodejs")
 def commonjs_module_like_require(kind, root):
     # The handler module is loaded as require() would load it.
     rt = Runtime(kind)

@@ -152,20 +152,21 @@ sock.on('end', hostGone);
 sock.on('close', hostGone);
 sock.on('error', hostGone);
 
+// Where frames go: the host's socket, or during the warm-up its stand-in.
+let out = sock;
+
 function sendFrame(type, json, cb) {
-  if (warming) return;
   const n = Buffer.byteLength(json, 'utf8');
   const b = Buffer.allocUnsafe(5 + n);
   b.writeUInt32BE(n + 1, 0);
   b[4] = type;
   b.write(json, 5, n, 'utf8');
-  sock.write(b, cb);
+  out.write(b, cb);
 }
 
 // RESULT / ERROR: u32 id followed by JSON. Returns false if the frame would
 // exceed the protocol's maximum size (nothing is sent then).
 function sendReply(type, id, json) {
-  if (warming) return true;
   const n = Buffer.byteLength(json, 'utf8');
   if (n + 5 > MAX_FRAME) return false;
   const b = Buffer.allocUnsafe(9 + n);
@@ -177,57 +178,41 @@ function sendReply(type, id, json) {
   // invocations in flight) leave in one write.
   if (!corked) {
     corked = true;
-    sock.cork();
+    corkedSock = out;
+    out.cork();
     process.nextTick(uncork);
   }
-  sock.write(b);
+  out.write(b);
   return true;
 }
 
 // ---------------------------------------------------------------- warm-up
 
 // A pooled instance waits for its function; its first request should not
-// pay for compiling the invocation path. Before saying HELLO, run that path
-// a few times against a built-in handler, with the replies discarded.
-let warming = false;
+// pay for compiling the invocation path. Before saying HELLO, run a whole
+// cold start against a throwaway module, through a Unix socket of its own
+// standing in for the host's: LOAD with INVOKEs right behind it, then more
+// INVOKEs, read and answered by the same code as the host's frames (the
+// first read and the first corked write of a socket are slow too).
 function warmUp(done) {
-  warming = true;
   const startCwd = process.cwd();
-  handler = async (event, context) => ({
-    statusCode: 200,
-    headers: { 'content-type': 'text/plain' },
-    body: event.rawPath + String(context.getRemainingTimeInMillis() > 0),
-  });
-  const event = JSON.stringify({
-    version: '2.0', routeKey: '$default', rawPath: '/warm-up', rawQueryString: '',
-    headers: { 'user-agent': 'lampyr' }, requestContext: { http: { method: 'GET', path: '/warm-up' } },
-    isBase64Encoded: false,
-  });
-  for (let i = 0; i < 20; i++) invoke(0, Date.now() + 1000, '-', event);
-  // The loading path too: a throwaway module in the temporary directory.
   let dir = null;
-  let loading = Promise.resolve();
-  try {
-    new Date().toISOString();
-    process.env.LAMPYR_WARM_UP = '1';
-    delete process.env.LAMPYR_WARM_UP;
-    dir = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', 'lampyr-warm-up-'));
-    const file = path.join(dir, 'warm.js');
-    fs.writeFileSync(file, 'exports.handler = async () => 1;\n');
-    // The whole LOAD path (environment, handler resolution, require), as
-    // a real LOAD runs it; its LOADED frame is discarded like the replies.
-    loading = load({
-      handler: 'warm.handler',
-      task_root: dir,
-      function_name: 'warm-up',
-      function_version: '0',
-      memory_mb: 128,
-      env: {},
-    });
-  } catch (_) {
-    // Warming up is an optimisation; a read-only or missing /tmp is fine.
-  }
-  loading.catch(() => {}).finally(() => {
+  let server = null;
+  let host = null;
+  let conn = null;
+  let finished = false;
+  const finish = () => {
+    if (finished) return;
+    finished = true;
+    clearTimeout(guard);
+    out = sock;
+    try {
+      if (host !== null) host.destroy();
+      if (conn !== null) conn.destroy();
+      if (server !== null) server.close();
+    } catch (_) {
+      // Already closed.
+    }
     if (dir !== null) {
       for (const k of Object.keys(require.cache)) if (k.startsWith(dir)) delete require.cache[k];
       try {
@@ -247,17 +232,94 @@ function warmUp(done) {
     setImmediate(() => {
       handler = null;
       isCallbackHandler = false;
+      loading = false;
+      queued.length = 0;
       fnName = fnVersion = fnArn = memoryMb = logGroup = logStream = '';
-      warming = false;
       done();
     });
-  });
+  };
+  // Warming up is an optimisation: whatever goes wrong, say HELLO anyway.
+  const guard = setTimeout(finish, 2000);
+  try {
+    new Date().toISOString();
+    process.env.LAMPYR_WARM_UP = '1';
+    delete process.env.LAMPYR_WARM_UP;
+    dir = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', 'lampyr-warm-up-'));
+    fs.writeFileSync(path.join(dir, 'warm.js'), [
+      'exports.handler = async (event, context) => ({',
+      "  statusCode: 200, headers: { 'content-type': 'text/plain' },",
+      '  body: event.rawPath + String(context.getRemainingTimeInMillis() > 0),',
+      '});',
+    ].join('\n'));
+    const event = Buffer.from(JSON.stringify({
+      version: '2.0', routeKey: '$default', rawPath: '/warm-up', rawQueryString: '',
+      headers: { 'user-agent': 'lampyr' }, requestContext: { http: { method: 'GET', path: '/warm-up' } },
+      isBase64Encoded: false,
+    }));
+    const frame = (type, body) => {
+      const b = Buffer.allocUnsafe(5 + body.length);
+      b.writeUInt32BE(body.length + 1, 0);
+      b[4] = type;
+      body.copy(b, 5);
+      return b;
+    };
+    const invokeFrame = (id) => {
+      const head = Buffer.alloc(14);
+      head.writeUInt32BE(id, 0);
+      const deadline = Date.now() + 60000;
+      head.writeUInt32BE(Math.floor(deadline / 4294967296), 4);
+      head.writeUInt32BE(deadline % 4294967296, 8);
+      head[12] = 1;
+      head[13] = 0x2d; // request id '-'
+      return frame(T_INVOKE, Buffer.concat([head, event]));
+    };
+    const ROUNDS = [8, 16];
+    let expected = 1 + ROUNDS[0];
+    let round = 0;
+    server = net.createServer((c) => {
+      conn = c;
+      c.on('error', finish);
+      out = c;
+      c.on('data', frameReader(onFrame));
+    });
+    server.on('error', finish);
+    server.listen(path.join(dir, 'host.sock'), () => {
+      host = net.connect(path.join(dir, 'host.sock'));
+      host.on('error', finish);
+      // The host's side: count the replies; send the next round when one is in.
+      host.on('data', frameReader(() => {
+        if (--expected > 0) return;
+        round += 1;
+        if (round === ROUNDS.length) {
+          finish();
+          return;
+        }
+        expected = ROUNDS[round];
+        const frames = [];
+        for (let i = 0; i < ROUNDS[round]; i++) frames.push(invokeFrame(i));
+        host.write(Buffer.concat(frames));
+      }));
+      const first = [frame(T_LOAD, Buffer.from(JSON.stringify({
+        handler: 'warm.handler',
+        task_root: dir,
+        function_name: 'warm-up',
+        function_version: '0',
+        memory_mb: 128,
+        env: {},
+      })))];
+      for (let i = 0; i < ROUNDS[0]; i++) first.push(invokeFrame(i));
+      host.write(Buffer.concat(first));
+    });
+  } catch (_) {
+    finish();
+  }
 }
 
 let corked = false;
+let corkedSock = null;
 function uncork() {
   corked = false;
-  sock.uncork();
+  corkedSock.uncork();
 }
 
 // ---------------------------------------------------------------- state
@@ -634,38 +696,41 @@ function onFrame(type, buf, start, end, arrived) {
 
 // Incoming chunks: complete frames are parsed straight out of the chunk; an
 // incomplete tail is kept as a list of chunks and joined once (linear) when
-// enough bytes for the pending frame have arrived.
-let pending = null;
-let pendingLen = 0;
-let pendingNeed = 0;
+// enough bytes for the pending frame have arrived. One reader per socket.
+function frameReader(deliver) {
+  let pending = null;
+  let pendingLen = 0;
+  let pendingNeed = 0;
+  return (chunk) => {
+    // When these bytes arrived: a LOAD in this chunk may then run the
+    // module's init code before the INVOKE behind it is looked at.
+    const arrived = Date.now();
+    if (pending !== null) {
+      pending.push(chunk);
+      pendingLen += chunk.length;
+      if (pendingLen < pendingNeed) return;
+      chunk = Buffer.concat(pending, pendingLen);
+      pending = null;
+    }
+    const len = chunk.length;
+    let off = 0;
+    while (len - off >= 4) {
+      const flen = chunk.readUInt32BE(off);
+      if (flen < 1 || flen > MAX_FRAME) throw new Error('invalid frame length ' + flen);
+      const end = off + 4 + flen;
+      if (end > len) break;
+      deliver(chunk[off + 4], chunk, off + 5, end, arrived);
+      off = end;
+    }
+    if (off < len) {
+      pending = [off === 0 ? chunk : chunk.subarray(off)];
+      pendingLen = len - off;
+      pendingNeed = pendingLen >= 4 ? 4 + chunk.readUInt32BE(off) : 4;
+    }
+  };
+}
 
-sock.on('data', (chunk) => {
-  // When these bytes arrived: a LOAD in this chunk may then run the
-  // module's init code before the INVOKE behind it is looked at.
-  const arrived = Date.now();
-  if (pending !== null) {
-    pending.push(chunk);
-    pendingLen += chunk.length;
-    if (pendingLen < pendingNeed) return;
-    chunk = Buffer.concat(pending, pendingLen);
-    pending = null;
-  }
-  const len = chunk.length;
-  let off = 0;
-  while (len - off >= 4) {
-    const flen = chunk.readUInt32BE(off);
-    if (flen < 1 || flen > MAX_FRAME) throw new Error('invalid frame length ' + flen);
-    const end = off + 4 + flen;
-    if (end > len) break;
-    onFrame(chunk[off + 4], chunk, off + 5, end, arrived);
-    off = end;
-  }
-  if (off < len) {
-    pending = [off === 0 ? chunk : chunk.subarray(off)];
-    pendingLen = len - off;
-    pendingNeed = pendingLen >= 4 ? 4 + chunk.readUInt32BE(off) : 4;
-  }
-});
+sock.on('data', frameReader(onFrame));
 
 const sayHello = () =>
   sendFrame(T_HELLO, JSON.stringify({ runtime: 'nodejs', version: process.version, pid: process.pid }));
