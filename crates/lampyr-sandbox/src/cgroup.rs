@@ -147,6 +147,18 @@ impl Cgroups {
         }
     }
 
+    /// The files through which a process joins instance `id`'s cgroup, as
+    /// [`InstanceCgroup::procs_files`] of [`Cgroups::create`] will name them:
+    /// known before the cgroup exists, so that the instance's init can be
+    /// started while it is created.
+    pub fn procs_files(&self, id: &str) -> Vec<PathBuf> {
+        InstanceCgroup {
+            dirs: self.parents().iter().map(|p| p.join(id)).collect(),
+            v2: matches!(self, Cgroups::V2 { .. }),
+        }
+        .procs_files()
+    }
+
     /// Creates an instance's cgroup with its limits.
     pub fn create(&self, id: &str, limits: CgroupLimits) -> Result<InstanceCgroup, CgroupError> {
         let mem = u64::from(limits.memory_mb) << 20;
@@ -409,7 +421,7 @@ impl InstanceCgroup {
         }
     }
 
-    fn try_remove(&self) -> bool {
+    pub(crate) fn try_remove(&self) -> bool {
         let mut all = true;
         for d in &self.dirs {
             if d.exists() && std::fs::remove_dir(d).is_err() {
@@ -503,6 +515,7 @@ mod tests {
         let files = cg.procs_files();
         assert_eq!(files.len(), 3);
         assert!(files.iter().all(|f| f.ends_with("tasks")), "{files:?}");
+        assert_eq!(cgs.procs_files("fn-1"), files, "known before creation");
         std::fs::write(
             mem.join("memory.oom_control"),
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
@@ -569,6 +582,8 @@ mod tests {
             )
             .unwrap();
         let dir = parent.join("fn-2");
+        assert_eq!(cgs.procs_files("fn-2"), vec![dir.join("cgroup.procs")]);
+        assert_eq!(big.procs_files(), cgs.procs_files("fn-2"));
         assert_eq!(
             std::fs::read_to_string(dir.join("memory.swap.max")).unwrap(),
             "0"

@@ -60,6 +60,7 @@ pub fn main() -> ! {
         ),
     };
     detach_from_host(spec.host_pid);
+    wait_for_go();
     for procs in &spec.cgroup_procs {
         if let Err(e) = std::fs::write(procs, "0") {
             fail(&format!("joining cgroup {}: {e}", procs.display()), 125);
@@ -124,6 +125,32 @@ fn take_socket_from_stdin() {
     if let Ok(null) = std::fs::File::open("/dev/null") {
         // SAFETY: both descriptors are open; dup2 replaces fd 0.
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+}
+
+/// Waits until the host has made the instance's cgroup and code slot: it
+/// sends SANDBOX_GO then. Ends quietly if the host closes the socket first
+/// (it could not make them, and reports that itself).
+fn wait_for_go() {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: fd 3 is the protocol socket this process holds (moved there
+    // by `take_socket_from_stdin`); it is only borrowed for the reads.
+    let socket = unsafe { BorrowedFd::borrow_raw(crate::PROTOCOL_FD) };
+    let mut frame = [0u8; 5];
+    let mut got = 0;
+    while got < frame.len() {
+        match nix::unistd::read(socket, &mut frame[got..]) {
+            Ok(0) => std::process::exit(125),
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => std::process::exit(125),
+        }
+    }
+    if frame != crate::sys::GO_FRAME {
+        fail(
+            &format!("expected SANDBOX_GO from the host, got {frame:02x?}"),
+            125,
+        );
     }
 }
 

@@ -40,7 +40,7 @@ use tokio::process::{Child, Command};
 use cgroup::{CgroupLimits, Cgroups, InstanceCgroup};
 use jail::{Bind, JailSpec};
 
-pub use sys::{FRAME_SANDBOX_ERROR, FRAME_SANDBOX_READY};
+pub use sys::{FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO, FRAME_SANDBOX_READY};
 
 /// The file descriptor at which an instance finds its protocol socket.
 pub const PROTOCOL_FD: i32 = 3;
@@ -568,32 +568,49 @@ impl Sandboxer {
             return spawn_with(
                 cmd,
                 spec.program,
-                control,
+                || Ok(control),
                 None,
                 Some(self.cfg.max_open_files),
             );
         };
+        // The instance's cgroup and code slot are made while its init starts
+        // (see `spawn_with`); their paths are known now.
         let name = cgroup_name(spec.id);
-        let cgroup = match &j.cgroups {
-            Some(c) => Some(c.create(
-                &name,
-                CgroupLimits {
-                    memory_mb: spec.memory_mb,
-                    pids_max: self.cfg.pids_max,
-                    background: spec.background,
-                },
-            )?),
-            None => None,
+        let slot = j.slots.path(&name);
+        let cgroup_procs = j
+            .cgroups
+            .as_ref()
+            .map(|c| c.procs_files(&name))
+            .unwrap_or_default();
+        let prepare = || -> Result<SandboxControl, SandboxError> {
+            let limits = CgroupLimits {
+                memory_mb: spec.memory_mb,
+                pids_max: self.cfg.pids_max,
+                background: spec.background,
+            };
+            let cgroup = match &j.cgroups {
+                Some(c) => Some(c.create(&name, limits)?),
+                None => None,
+            };
+            let control = SandboxControl {
+                slot: Some(slot.clone()),
+                slots: Some(j.slots.clone()),
+                cgroup,
+            };
+            let filled = j.slots.create(&name).and_then(|slot| match spec.code_dir {
+                Some(code) => j.slots.fill(&slot, code),
+                None => Ok(()),
+            });
+            if let Err(e) = filled {
+                control.release();
+                // Nothing has joined it: the init waits for SANDBOX_GO.
+                if let Some(cg) = &control.cgroup {
+                    cg.try_remove();
+                }
+                return Err(e.into());
+            }
+            Ok(control)
         };
-        let slot = j.slots.create(&name)?;
-        let control = SandboxControl {
-            slot: Some(slot.clone()),
-            slots: Some(j.slots.clone()),
-            cgroup,
-        };
-        if let Some(code) = spec.code_dir {
-            j.slots.fill(&slot, code)?;
-        }
         let mut binds = j.base_binds.clone();
         // A runtime installed outside /usr (say a pyenv Python under /root)
         // appears at /opt/lampyr/runtime, so nothing else of its home
@@ -623,7 +640,7 @@ impl Sandboxer {
             is_dir: true,
         });
         binds.push(Bind {
-            src: slot,
+            src: slot.clone(),
             dst: GUEST_TASK_ROOT.into(),
             is_dir: true,
         });
@@ -662,11 +679,7 @@ impl Sandboxer {
             gid,
             max_open_files: self.cfg.max_open_files,
             seccomp: j.seccomp.clone(),
-            cgroup_procs: control
-                .cgroup
-                .as_ref()
-                .map(|c| c.procs_files())
-                .unwrap_or_default(),
+            cgroup_procs,
             adopt: false,
             host_pid: std::process::id(),
             program,
@@ -703,7 +716,7 @@ impl Sandboxer {
             .env_clear()
             .env(init::SPEC_ENV, json)
             .current_dir("/");
-        spawn_with(cmd, &self.cfg.init_exe, control, adopt, None)
+        spawn_with(cmd, &self.cfg.init_exe, prepare, adopt, None)
     }
 }
 
@@ -770,16 +783,20 @@ fn pipe_pair() -> Result<(pipe::Receiver, OwnedFd), SandboxError> {
     Ok((r, w))
 }
 
-/// Starts `cmd` with the protocol socket and log pipes. A plain process
-/// (`plain_open_files` is its open-file limit) gets the socket at fd 3 and
-/// is set up between fork and exec. The sandbox init gets the socket as
-/// its stdin and sets itself up ([`init::main`]): without a `pre_exec` step
-/// the standard library starts it with `posix_spawn`, which does not copy
-/// the server's page tables as `fork` does.
+/// Starts `cmd` with the protocol socket and log pipes, then runs `prepare`
+/// for the instance's cgroup and code slot.
+///
+/// A plain process (`plain_open_files` is its open-file limit) gets the
+/// socket at fd 3 and is set up between fork and exec. The sandbox init gets
+/// the socket as its stdin and sets itself up ([`init::main`]): without a
+/// `pre_exec` step the standard library starts it with `posix_spawn`, which
+/// does not copy the server's page tables as `fork` does. While the init
+/// loads, `prepare` makes the cgroup and the slot; then the host sends
+/// SANDBOX_GO, which the init waits for before it joins the cgroup.
 fn spawn_with(
     mut cmd: Command,
     program: &Path,
-    control: SandboxControl,
+    prepare: impl FnOnce() -> Result<SandboxControl, SandboxError>,
     adopt: Option<(Arc<zygote::Zygote>, serde_json::Value)>,
     plain_open_files: Option<u64>,
 ) -> Result<(Sandbox, SandboxIo), SandboxError> {
@@ -834,23 +851,30 @@ fn spawn_with(
             }
         }
     }
-    let control = Arc::new(control);
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(source) => {
-            control.kill_all();
-            control.release();
-            return Err(SandboxError::Spawn {
-                program: program.display().to_string(),
-                source,
-            });
-        }
-    };
+    let jailed = plain_open_files.is_none();
+    let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+        program: program.display().to_string(),
+        source,
+    })?;
     drop(guest);
     drop(status_r);
     // The write ends now live in the child (and the adoption); dropping
     // the command closes ours, so the pipes end when the instance does.
     drop(cmd);
+    let control = match prepare() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            // A sandbox init still waits for SANDBOX_GO: it goes with the
+            // socket, and is killed here in any case.
+            let _ = child.start_kill();
+            return Err(e);
+        }
+    };
+    if jailed {
+        // A failed write means the init is gone already; the instance
+        // then reports that, as for any init that dies.
+        let _ = std::io::Write::write_all(&mut &host, &sys::GO_FRAME);
+    }
     let pid = child.id().unwrap_or(0);
     let adoption = adopt
         .zip(adopt_fds)

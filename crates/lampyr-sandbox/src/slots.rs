@@ -119,9 +119,14 @@ impl Slots {
 
     /// Creates an instance's empty slot.
     pub fn create(&self, id: &str) -> Result<PathBuf, SlotError> {
-        let p = self.slots.join(id);
+        let p = self.path(id);
         std::fs::create_dir_all(&p).map_err(ioerr("creating", &p))?;
         Ok(p)
+    }
+
+    /// Where [`Slots::create`] puts instance `id`'s slot.
+    pub fn path(&self, id: &str) -> PathBuf {
+        self.slots.join(id)
     }
 
     /// Mounts a version's code (a directory of the code store) on a slot,

@@ -12,6 +12,11 @@ use crate::jail::{JailError, JailResult, MountKind, Sys};
 pub const FRAME_SANDBOX_READY: u8 = 0x06;
 /// The instance-protocol frame a sandbox sends when building it failed.
 pub const FRAME_SANDBOX_ERROR: u8 = 0x05;
+/// The instance-protocol frame the host sends a sandbox init once the
+/// instance's cgroup and code slot exist.
+pub const FRAME_SANDBOX_GO: u8 = 0x07;
+/// SANDBOX_GO as it is sent: length 1, the type, no payload.
+pub const GO_FRAME: [u8; 5] = [0, 0, 0, 1, FRAME_SANDBOX_GO];
 
 fn err(step: &'static str, path: Option<&Path>) -> impl FnOnce(nix::Error) -> JailError {
     let path = path.map(Path::to_path_buf);
