@@ -805,6 +805,35 @@ def hello_without_warm_up(kind, root):
         rt.close()
 
 
+@test()
+def cold_start_frames_before_hello(kind, root):
+    # A cold start from scratch: the host sends LOAD and the request's
+    # INVOKE before the runtime is up (the Node.js bootstrap then answers
+    # them with blocking reads and writes before it opens its socket). A
+    # LOAD larger than one read, then later INVOKEs on the opened socket.
+    rt = Runtime(kind, env_extra={"LAMPYR_WARM_UP": "0"})
+    try:
+        big = "x" * (300 * 1024)
+        load = json.dumps({
+            "handler": mod(kind) + ".ctx", "task_root": root, "function_name": "fixture-fn",
+            "function_version": "7", "memory_mb": 256, "timeout_ms": 10000,
+            "concurrency": 1, "env": {"MY_SETTING": big},
+        }).encode()
+        rt.timeout_ms = 10000
+        rt.host.sendall(struct.pack(">IB", len(load) + 1, T_LOAD) + load
+                        + rt.invoke_frame(1, {}, "first-request"))
+        rt.hello()
+        rt.expect(T_LOADED, timeout=15)
+        t, inv_id, value = rt.reply()
+        eq((t, inv_id), (T_RESULT, 1), "reply to the INVOKE sent with the LOAD")
+        eq(value["rid"], "first-request", "request id")
+        eq(value["env"]["MY_SETTING"], big, "the LOAD's environment, read across reads")
+        for i in range(2, 5):
+            eq(rt.call({}, inv_id=i, rid="later-%d" % i)["rid"], "later-%d" % i, "a later request")
+    finally:
+        rt.close()
+
+
 @test("nodejs")
 def warm_up_leaves_no_trace(kind, root):
     # The warm-up runs a cold start against a module of its own through a

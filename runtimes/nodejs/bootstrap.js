@@ -11,7 +11,6 @@
 'use strict';
 
 const fs = require('node:fs');
-const net = require('node:net');
 const path = require('node:path');
 const util = require('node:util');
 const Module = require('node:module');
@@ -143,17 +142,67 @@ process.on('unhandledRejection', (reason) => fatal('Unhandled Promise Rejection'
 // ---------------------------------------------------------------- socket
 
 const FD = Number(process.env.LAMPYR_FD || 3);
-const sock = new net.Socket({ fd: FD, readable: true, writable: true });
 
 function hostGone() {
   process.exit(0);
 }
-sock.on('end', hostGone);
-sock.on('close', hostGone);
-sock.on('error', hostGone);
 
-// Where frames go: the host's socket, or during the warm-up its stand-in.
-let out = sock;
+// The host's socket as a net.Socket, once opened. An instance that a
+// request is waiting for (LAMPYR_WARM_UP=0) first talks to the host with
+// blocking reads and writes (`syncOut`, `readFirstFrames`) and opens it
+// afterwards: loading node:net takes a few milliseconds, which the first
+// response need not wait for.
+let sock = null;
+let net = null;
+
+function openSocket() {
+  if (sock !== null) return;
+  if (net === null) net = require('node:net');
+  sock = new net.Socket({ fd: FD, readable: true, writable: true });
+  sock.on('end', hostGone);
+  sock.on('close', hostGone);
+  sock.on('error', hostGone);
+  sock.on('data', hostReader);
+  if (out === syncOut) out = sock;
+}
+
+function writeAllSync(b) {
+  let off = 0;
+  while (off < b.length) {
+    try {
+      off += fs.writeSync(FD, b, off, b.length - off);
+    } catch (e) {
+      if (e.code !== 'EAGAIN' && e.code !== 'EINTR') hostGone();
+    }
+  }
+}
+
+// Frames written with blocking writes until the socket is opened; corked
+// frames leave in one write, as on the socket.
+const syncOut = {
+  corks: 0,
+  held: [],
+  write(b, cb) {
+    if (this.corks > 0) this.held.push(b);
+    else writeAllSync(b);
+    if (cb) process.nextTick(cb);
+    return true;
+  },
+  cork() {
+    this.corks += 1;
+  },
+  uncork() {
+    if (this.corks > 0 && --this.corks === 0 && this.held.length > 0) {
+      const b = Buffer.concat(this.held);
+      this.held = [];
+      writeAllSync(b);
+    }
+  },
+};
+
+// Where frames go: the host's socket, syncOut before it is opened, or
+// during the warm-up the host's stand-in.
+let out = syncOut;
 
 function sendFrame(type, json, cb) {
   const n = Buffer.byteLength(json, 'utf8');
@@ -730,11 +779,44 @@ function frameReader(deliver) {
   };
 }
 
-sock.on('data', frameReader(onFrame));
+// The host's frames, whichever way they are read.
+let framesSeen = 0;
+const hostReader = frameReader((type, buf, start, end, arrived) => {
+  framesSeen += 1;
+  onFrame(type, buf, start, end, arrived);
+});
+
+// Reads with blocking reads until at least one whole frame (the LOAD, sent
+// right after the instance was started) has been handled; false if the
+// socket turns out to be non-blocking.
+function readFirstFrames() {
+  while (framesSeen === 0) {
+    const b = Buffer.allocUnsafe(64 * 1024);
+    let n;
+    try {
+      n = fs.readSync(FD, b, 0, b.length, null);
+    } catch (e) {
+      if (e.code === 'EINTR') continue;
+      if (e.code === 'EAGAIN') return false;
+      hostGone();
+    }
+    if (n === 0) hostGone();
+    hostReader(b.subarray(0, n));
+  }
+  return true;
+}
 
 const sayHello = () =>
   sendFrame(T_HELLO, JSON.stringify({ runtime: 'nodejs', version: process.version, pid: process.pid }));
-// An instance started for a request that is waiting (LAMPYR_WARM_UP=0)
-// says HELLO at once; a pooled one warms up first.
-if (process.env.LAMPYR_WARM_UP === '0') sayHello();
-else warmUp(sayHello);
+if (process.env.LAMPYR_WARM_UP === '0') {
+  // A request is waiting: HELLO at once, then the LOAD and the INVOKE
+  // behind it, answered before the socket is opened (after this turn's
+  // promises, so after the reply of a handler that does not wait on I/O).
+  sayHello();
+  readFirstFrames();
+  setImmediate(openSocket);
+} else {
+  // A pooled instance warms up first.
+  openSocket();
+  warmUp(sayHello);
+}
