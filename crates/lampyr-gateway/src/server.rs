@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lampyr_api::{DoctorReport, IsolationFeature, Runtime, RuntimeReport};
+use lampyr_runtime::prebuild::Prepared;
 use lampyr_runtime::Runtimes;
 use lampyr_sandbox::{SandboxConfig, Sandboxer};
 use lampyr_scheduler::{PoolBounds, PoolConfig, Scheduler, SchedulerConfig};
@@ -329,7 +330,20 @@ impl Server {
             max_package_bytes: cfg.limits.max_package as u64,
             max_unpacked_bytes: cfg.limits.max_unpacked,
         };
-        let store = Arc::new(Store::open(&data_dir, store_limits)?);
+        // Code is prepared for its runtime when it is deployed (Python
+        // bytecode), so the first request does not compile it.
+        let prepare_with = runtimes.clone();
+        let store = Arc::new(Store::open(&data_dir, store_limits)?.with_code_preparer(Arc::new(
+            move |dir, spec| match lampyr_runtime::prebuild::prepare(&prepare_with, spec.runtime, dir) {
+                Prepared::Skipped(why) => {
+                    tracing::warn!(function = %spec.name, "code not prepared for its runtime: {why}")
+                }
+                Prepared::Compiled { modules } => {
+                    tracing::debug!(function = %spec.name, modules, "python modules compiled")
+                }
+                Prepared::Nothing => {}
+            },
+        )));
         let log_store = LogStore::new(
             &data_dir.join("logs"),
             LogLimits {

@@ -8,11 +8,14 @@
 //! * [`instance`] starts one runtime in a sandbox and drives it: HELLO, LOAD
 //!   (specialise with a function's code), INVOKE; it captures the instance's
 //!   log lines and reports how it exited.
+//! * [`prebuild`] prepares a function's code for its runtime when it is
+//!   deployed (Python bytecode).
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
 pub mod discover;
 pub mod instance;
+pub mod prebuild;
 pub mod protocol;
 
 pub use discover::{RuntimeInfo, Runtimes};

@@ -18,6 +18,7 @@ mod package;
 pub mod records;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lampyr_api::{FunctionSpec, ManifestError};
@@ -110,10 +111,16 @@ impl Default for StoreLimits {
     }
 }
 
+/// Prepares a version's unpacked code for its runtime (for example,
+/// compiles Python modules to bytecode) while it is still writable, before
+/// it is sealed. Best effort: it cannot fail a deploy.
+pub type CodePreparer = Arc<dyn Fn(&Path, &FunctionSpec) + Send + Sync>;
+
 pub struct Store {
     root: PathBuf,
     db: Mutex<Connection>,
     limits: StoreLimits,
+    prepare: Option<CodePreparer>,
 }
 
 const SCHEMA: &str = r#"
@@ -173,7 +180,14 @@ impl Store {
             root: root.to_path_buf(),
             db: Mutex::new(conn),
             limits,
+            prepare: None,
         })
+    }
+
+    /// Runs `prepare` on every version's code when it is unpacked.
+    pub fn with_code_preparer(mut self, prepare: CodePreparer) -> Self {
+        self.prepare = Some(prepare);
+        self
     }
 
     fn blob_path(&self, sha: &str) -> PathBuf {
@@ -245,6 +259,9 @@ impl Store {
         if code.is_dir() {
             let _ = std::fs::remove_dir_all(&scratch);
         } else {
+            if let Some(prepare) = &self.prepare {
+                prepare(&scratch, &spec);
+            }
             package::seal(&scratch)?;
             std::fs::rename(&scratch, &code).map_err(StoreError::io("storing unpacked code"))?;
         }
@@ -392,6 +409,14 @@ impl Store {
             .map_err(StoreError::io(format!("reading package blob {sha}")))?;
         let scratch = tempdir_in(&self.root.join("tmp"))?;
         package::unpack(&blob, &scratch, u64::MAX)?;
+        if let Some(prepare) = &self.prepare {
+            let spec = std::fs::read_to_string(scratch.join("lampyr.toml"))
+                .ok()
+                .and_then(|m| FunctionSpec::from_toml(&m).ok());
+            if let Some(spec) = spec {
+                prepare(&scratch, &spec);
+            }
+        }
         package::seal(&scratch)?;
         std::fs::rename(&scratch, &code).map_err(StoreError::io("storing unpacked code"))?;
         Ok(code)

@@ -246,6 +246,36 @@ fn handler_forms_and_dependencies() {
     assert_eq!(server.get("py-deps").text(), "DEPS!");
 }
 
+/// A Python function's modules are compiled to bytecode when it is deployed:
+/// its imports read `.pyc` files that skip the source check (the code never
+/// changes), and a module that does not compile does not stop the deploy.
+#[test]
+fn python_code_is_compiled_when_deployed() {
+    let server = Server::start();
+    let f = Fixture::new(
+        "name = \"py-bytecode\"\nruntime = \"python\"\nhandler = \"main.handler\"\n",
+        &[
+            (
+                "main.py",
+                "import sys\nimport vendored_pkg.util\n\ndef handler(e, c):\n    out = {}\n    for name in ('main', 'vendored_pkg.util'):\n        cached = sys.modules[name].__spec__.cached\n        with open(cached, 'rb') as f:\n            out[name] = [cached, f.read(8)[4:8].hex()]\n    return out\n",
+            ),
+            ("vendored_pkg/__init__.py", ""),
+            ("vendored_pkg/util.py", "VALUE = 1\n"),
+            ("legacy_py2.py", "print 'not Python 3'\n"),
+        ],
+    );
+    server.deploy(f.path());
+    let r = server.get("py-bytecode");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    for name in ["main", "vendored_pkg.util"] {
+        let cached = v[name][0].as_str().unwrap();
+        assert!(cached.contains("/__pycache__/"), "{name}: {cached}");
+        // PEP 552 flags: hash-based (bit 0), source not checked (bit 1 clear).
+        assert_eq!(v[name][1], "01000000", "{name}: an unchecked-hash .pyc");
+    }
+}
+
 #[test]
 fn environment_from_the_manifest() {
     let server = Server::start();

@@ -114,7 +114,8 @@ fn functions_cannot_read_other_code_the_data_dir_or_secrets() {
         }
         assert_eq!(
             v["task"],
-            serde_json::json!(["index.py", "lampyr.toml"]),
+            // With its bytecode, compiled when it was deployed.
+            serde_json::json!(["__pycache__", "index.py", "lampyr.toml"]),
             "only its own code is at /var/task"
         );
         assert_eq!(v["root_exists"], false);
