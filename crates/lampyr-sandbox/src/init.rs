@@ -37,6 +37,32 @@ pub const INIT_ARG: &str = "__sandbox-init";
 /// The dedicated executable with only this entry point, installed beside
 /// `lampyr` (see [`crate::default_init_exe`]).
 pub const INIT_EXE: &str = "lampyr-init";
+/// The argument that makes an init print its [`BUILD_ID`] and exit.
+pub const BUILD_ID_ARG: &str = "--build-id";
+
+/// Identifies the sandbox code an init was built from: a hash of the
+/// sources that define the jail specification and what the init does with
+/// it. The server uses a `lampyr-init` only if its id is the server's own,
+/// so a stale one (say, left by an earlier build) is never given a
+/// specification it does not understand.
+pub const BUILD_ID: u64 = {
+    const fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+        let mut i = 0;
+        while i < bytes.len() {
+            h ^= bytes[i] as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+            i += 1;
+        }
+        h
+    }
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    h = fnv1a(h, env!("CARGO_PKG_VERSION").as_bytes());
+    h = fnv1a(h, include_bytes!("init.rs"));
+    h = fnv1a(h, include_bytes!("jail.rs"));
+    h = fnv1a(h, include_bytes!("sys.rs"));
+    h = fnv1a(h, include_bytes!("seccomp.rs"));
+    fnv1a(h, include_bytes!("seccomp.json"))
+};
 /// The environment variable carrying the JSON [`JailSpec`].
 pub const SPEC_ENV: &str = "LAMPYR_JAIL_SPEC";
 
@@ -48,6 +74,10 @@ fn fail(msg: &str, code: i32) -> ! {
 
 /// Runs the sandbox init; never returns.
 pub fn main() -> ! {
+    if std::env::args_os().skip(1).any(|a| a == BUILD_ID_ARG) {
+        println!("{BUILD_ID:016x}");
+        std::process::exit(0);
+    }
     take_socket_from_stdin();
     let spec: JailSpec = match std::env::var(SPEC_ENV)
         .map_err(|e| e.to_string())

@@ -147,12 +147,33 @@ impl SandboxConfig {
 /// else the running executable itself (`lampyr` also answers
 /// `__sandbox-init`). Both run [`init::main`]; the small one starts faster,
 /// since every jailed instance begins by executing it.
+///
+/// A `lampyr-init` from another build (its [`init::BUILD_ID`] differs) is
+/// not used: the running executable is, with a warning.
 pub fn default_init_exe() -> PathBuf {
     let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let lean = me.with_file_name(init::INIT_EXE);
-    if lean.is_file() {
+    if !lean.is_file() {
+        return me;
+    }
+    let id = std::process::Command::new(&lean)
+        .arg(init::BUILD_ID_ARG)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if id.as_deref() == Some(format!("{:016x}", init::BUILD_ID).as_str()) {
         lean
     } else {
+        tracing::warn!(
+            init = %lean.display(),
+            "{} is not from this build of lampyr; instances start from {} instead (rebuild both, e.g. `cargo build --release`)",
+            init::INIT_EXE,
+            me.display()
+        );
         me
     }
 }

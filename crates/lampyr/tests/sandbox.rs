@@ -432,13 +432,21 @@ fn strict_isolation_starts_here_and_off_is_reported_as_off() {
 }
 
 /// Every jailed instance begins as the small `lampyr-init` installed beside
-/// `lampyr`. A `lampyr` without it (as `cargo run` builds it) starts its
-/// instances as `lampyr __sandbox-init`, jailed just the same.
+/// `lampyr`. A `lampyr` without it (as `cargo run` builds it), or with one
+/// from another build, starts its instances as `lampyr __sandbox-init`,
+/// jailed just the same.
 #[test]
 fn instances_start_from_lampyr_init_or_else_from_lampyr_itself() {
+    use std::os::unix::fs::PermissionsExt;
     let alone = tempfile::tempdir().unwrap();
     let copy = alone.path().join("lampyr");
     std::fs::copy(common::BIN, &copy).unwrap();
+    let stale_dir = tempfile::tempdir().unwrap();
+    let beside_stale = stale_dir.path().join("lampyr");
+    std::fs::copy(common::BIN, &beside_stale).unwrap();
+    let stale = stale_dir.path().join("lampyr-init");
+    std::fs::write(&stale, "#!/bin/sh\necho 0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o755)).unwrap();
     let installed = std::path::PathBuf::from(common::BIN);
     let init = std::path::PathBuf::from(common::INIT_BIN);
     assert_eq!(
@@ -447,7 +455,11 @@ fn instances_start_from_lampyr_init_or_else_from_lampyr_itself() {
         "lampyr-init is built beside lampyr"
     );
     let code = "const os = require('os');\nexports.handler = async () => ({ hostname: os.hostname(), uid: process.getuid() });\n";
-    for (exe, expected_init) in [(installed, init), (copy.clone(), copy)] {
+    for (exe, expected_init) in [
+        (installed, init),
+        (copy.clone(), copy),
+        (beside_stale.clone(), beside_stale),
+    ] {
         let server = Server::start_exe(&exe, &["--pools", "off"]);
         require_full_isolation(&server);
         server.deploy(Fixture::node("who", "idle_timeout = \"1m\"\n", code).path());
