@@ -1,4 +1,5 @@
-//! `lampyr __sandbox-init`: the first process of every jailed instance.
+//! The sandbox init (`lampyr-init`, or `lampyr __sandbox-init`): the first
+//! process of every jailed instance.
 //!
 //! The host starts it with the protocol socket as stdin and passes the
 //! [`JailSpec`] in the environment. It:
