@@ -287,7 +287,13 @@ impl Server {
                     message,
                 })?;
         let sandboxer = Arc::new(Sandboxer::new(sandbox_cfg)?);
-        sandboxer.cleanup_stale();
+        let stale = sandboxer.cleanup_stale();
+        if stale > 0 {
+            tracing::warn!(
+                count = stale,
+                "removed instance cgroups left behind by a previous run"
+            );
+        }
         for f in sandboxer.features() {
             tracing::info!(
                 feature = f.name,
@@ -426,7 +432,10 @@ impl Server {
         sched.shutdown(Duration::from_secs(5)).await;
         // Instances still starting when the signal came are not known to
         // the scheduler yet: their cgroups find them.
-        sandboxer.cleanup_stale();
+        let n = sandboxer.cleanup_stale();
+        if n > 0 {
+            tracing::debug!(count = n, "stopped instances that were still starting");
+        }
         sandboxer.teardown();
         served
     }

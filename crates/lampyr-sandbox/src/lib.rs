@@ -515,21 +515,13 @@ impl Sandboxer {
     /// Removes instance cgroups (and kills their processes) that an earlier
     /// run of this server left behind, e.g. after it was SIGKILLed, or that
     /// are still there at shutdown. Only the server that owns the data
-    /// directory may call this.
+    /// directory may call this. Returns how many it removed.
     pub fn cleanup_stale(&self) -> usize {
-        let n = self
-            .jail
+        self.jail
             .as_ref()
             .and_then(|j| j.cgroups.as_ref())
             .map(|c| c.cleanup_stale())
-            .unwrap_or(0);
-        if n > 0 {
-            tracing::warn!(
-                count = n,
-                "removed instance cgroups left behind by a previous run"
-            );
-        }
-        n
+            .unwrap_or(0)
     }
 
     /// Removes this server's (empty) parent cgroups and its slot mounts,

@@ -238,6 +238,11 @@ async fn refill(pool: Arc<Pool>, inner: Weak<Inner>, cfg: PoolConfig) {
                         inst.kill("pool shrank");
                     }
                 }
+                Ok(Err(e)) if pool.target.load(Ordering::Relaxed) == 0 => {
+                    // The pool was drained (the server is stopping) while
+                    // the instance started: its end is expected.
+                    tracing::debug!(runtime = %pool.runtime, "pooled instance stopped while starting: {e}");
+                }
                 Ok(Err(e)) => {
                     failures += 1;
                     tracing::warn!(runtime = %pool.runtime, "could not start a pooled instance: {e}");
