@@ -79,6 +79,14 @@ pub fn main() -> ! {
         println!("{BUILD_ID:016x}");
         std::process::exit(0);
     }
+    if std::env::var_os(SPEC_ENV).is_none() {
+        eprintln!(
+            "{INIT_EXE}: the first process of a lampyr instance's sandbox. lampyr starts it, \
+             with the sandbox's specification in {SPEC_ENV}, for every sandboxed instance; \
+             it is not meant to be run by hand (see docs/sandbox.md)."
+        );
+        std::process::exit(2);
+    }
     take_socket_from_stdin();
     let spec: JailSpec = match std::env::var(SPEC_ENV)
         .map_err(|e| e.to_string())
