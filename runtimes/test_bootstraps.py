@@ -832,6 +832,18 @@ def cold_start_frames_before_hello(kind, root):
             eq(rt.call({}, inv_id=i, rid="later-%d" % i)["rid"], "later-%d" % i, "a later request")
     finally:
         rt.close()
+    # A module that fails to load: LOAD_ERROR, then the runtime exits.
+    rt = Runtime(kind, env_extra={"LAMPYR_WARM_UP": "0"})
+    try:
+        load = load_cfg(root, "broken.handler", 1000)
+        rt.host.sendall(struct.pack(">IB", len(load) + 1, T_LOAD) + load
+                        + rt.invoke_frame(1, {}, "with-broken-load"))
+        rt.hello()
+        err = json.loads(rt.expect(T_LOAD_ERROR, timeout=15))
+        eq(err.get("errorType"), "Runtime.ImportModuleError", "errorType")
+        eq(rt.wait_exit(), 1, "exit status")
+    finally:
+        rt.close()
 
 
 @test("nodejs")
