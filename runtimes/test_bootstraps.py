@@ -779,13 +779,20 @@ def invoke_sent_with_load(kind, root):
         check(850 < value["rem"] <= 1000, "remaining time after a 300 ms load: %r" % value)
     finally:
         rt.close()
-    # A load that fails leaves the held INVOKE unanswered: LOAD_ERROR, exit.
-    rt = Runtime(kind)
+    check_broken_load_with_invoke(Runtime(kind), root, hello_first=True)
+
+
+def check_broken_load_with_invoke(rt, root, hello_first):
+    # A load that fails leaves the INVOKE sent with it unanswered:
+    # LOAD_ERROR, then the runtime exits.
     try:
-        rt.hello()
+        if hello_first:
+            rt.hello()
         load = load_cfg(root, "broken.handler", 1000)
         rt.host.sendall(struct.pack(">IB", len(load) + 1, T_LOAD) + load
                         + rt.invoke_frame(1, {}, "with-broken-load"))
+        if not hello_first:
+            rt.hello()
         err = json.loads(rt.expect(T_LOAD_ERROR, timeout=15))
         eq(err.get("errorType"), "Runtime.ImportModuleError", "errorType")
         eq(rt.wait_exit(), 1, "exit status")
@@ -832,18 +839,8 @@ def cold_start_frames_before_hello(kind, root):
             eq(rt.call({}, inv_id=i, rid="later-%d" % i)["rid"], "later-%d" % i, "a later request")
     finally:
         rt.close()
-    # A module that fails to load: LOAD_ERROR, then the runtime exits.
-    rt = Runtime(kind, env_extra={"LAMPYR_WARM_UP": "0"})
-    try:
-        load = load_cfg(root, "broken.handler", 1000)
-        rt.host.sendall(struct.pack(">IB", len(load) + 1, T_LOAD) + load
-                        + rt.invoke_frame(1, {}, "with-broken-load"))
-        rt.hello()
-        err = json.loads(rt.expect(T_LOAD_ERROR, timeout=15))
-        eq(err.get("errorType"), "Runtime.ImportModuleError", "errorType")
-        eq(rt.wait_exit(), 1, "exit status")
-    finally:
-        rt.close()
+    check_broken_load_with_invoke(Runtime(kind, env_extra={"LAMPYR_WARM_UP": "0"}), root,
+                                  hello_first=False)
 
 
 @test("nodejs")

@@ -204,13 +204,17 @@ const syncOut = {
 // during the warm-up the host's stand-in.
 let out = syncOut;
 
-function sendFrame(type, json, cb) {
-  const n = Buffer.byteLength(json, 'utf8');
-  const b = Buffer.allocUnsafe(5 + n);
-  b.writeUInt32BE(n + 1, 0);
+// One frame: u32 length, the type, `payload` (a Buffer).
+function encodeFrame(type, payload) {
+  const b = Buffer.allocUnsafe(5 + payload.length);
+  b.writeUInt32BE(payload.length + 1, 0);
   b[4] = type;
-  b.write(json, 5, n, 'utf8');
-  out.write(b, cb);
+  payload.copy(b, 5);
+  return b;
+}
+
+function sendFrame(type, json, cb) {
+  out.write(encodeFrame(type, Buffer.from(json, 'utf8')), cb);
 }
 
 // RESULT / ERROR: u32 id followed by JSON. Returns false if the frame would
@@ -305,13 +309,6 @@ function warmUp(done) {
       headers: { 'user-agent': 'lampyr' }, requestContext: { http: { method: 'GET', path: '/warm-up' } },
       isBase64Encoded: false,
     }));
-    const frame = (type, body) => {
-      const b = Buffer.allocUnsafe(5 + body.length);
-      b.writeUInt32BE(body.length + 1, 0);
-      b[4] = type;
-      body.copy(b, 5);
-      return b;
-    };
     const invokeFrame = (id) => {
       const head = Buffer.alloc(14);
       head.writeUInt32BE(id, 0);
@@ -320,7 +317,7 @@ function warmUp(done) {
       head.writeUInt32BE(deadline % 4294967296, 8);
       head[12] = 1;
       head[13] = 0x2d; // request id '-'
-      return frame(T_INVOKE, Buffer.concat([head, event]));
+      return encodeFrame(T_INVOKE, Buffer.concat([head, event]));
     };
     const ROUNDS = [8, 16];
     let expected = 1 + ROUNDS[0];
@@ -348,7 +345,7 @@ function warmUp(done) {
         for (let i = 0; i < ROUNDS[round]; i++) frames.push(invokeFrame(i));
         host.write(Buffer.concat(frames));
       }));
-      const first = [frame(T_LOAD, Buffer.from(JSON.stringify({
+      const first = [encodeFrame(T_LOAD, Buffer.from(JSON.stringify({
         handler: 'warm.handler',
         task_root: dir,
         function_name: 'warm-up',
@@ -787,8 +784,8 @@ const hostReader = frameReader((type, buf, start, end, arrived) => {
 });
 
 // Reads with blocking reads until at least one whole frame (the LOAD, sent
-// right after the instance was started) has been handled; false if the
-// socket turns out to be non-blocking.
+// right after the instance was started) has been handled. A socket that
+// turns out to be non-blocking is left to the opened socket to read.
 function readFirstFrames() {
   while (framesSeen === 0) {
     const b = Buffer.allocUnsafe(64 * 1024);
@@ -797,13 +794,12 @@ function readFirstFrames() {
       n = fs.readSync(FD, b, 0, b.length, null);
     } catch (e) {
       if (e.code === 'EINTR') continue;
-      if (e.code === 'EAGAIN') return false;
+      if (e.code === 'EAGAIN') return;
       hostGone();
     }
     if (n === 0) hostGone();
     hostReader(b.subarray(0, n));
   }
-  return true;
 }
 
 const sayHello = () =>

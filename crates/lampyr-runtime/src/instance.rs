@@ -493,8 +493,8 @@ impl Instance {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        // A broken socket is noticed by the writer, which kills the
-        // instance; its exit watcher then fails this invocation.
+        // A broken socket kills the instance (see `queue`); its exit
+        // watcher then fails this invocation.
         self.queue(&protocol::encode_invoke(id, deadline_ms, request_id, event));
         pending
     }

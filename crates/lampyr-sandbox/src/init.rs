@@ -200,16 +200,9 @@ fn detach_from_host(host_pid: u32) {
     if let Err(e) = nix::unistd::setsid() {
         fail(&format!("setsid: {e}"), 125);
     }
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            Signal::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        fail(&format!("parent-death signal: {e}"), 125);
+    }
     // The server may have died before the death signal was armed.
     if nix::unistd::getppid().as_raw() as u32 != host_pid {
         std::process::exit(125);
@@ -316,16 +309,9 @@ fn adopt_and_wait(status_w: &std::os::fd::OwnedFd) -> ! {
 /// PID 1 of the new PID namespace: builds the jail, starts the runtime as
 /// its child, reaps every orphan, and ends when the runtime ends.
 fn pid1(spec: &JailSpec, status_w: std::os::fd::OwnedFd) -> ! {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            Signal::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        fail(&format!("parent-death signal: {e}"), 125);
+    }
     let cstr = |b: &[u8]| {
         CString::new(b).unwrap_or_else(|_| fail("a NUL byte in the runtime's command line", 125))
     };

@@ -714,7 +714,6 @@ impl Sandboxer {
                 "uid": jail_spec.uid,
                 "gid": jail_spec.gid,
                 "max_open_files": jail_spec.max_open_files,
-                "seccomp_required": !j.seccomp.is_empty(),
                 "seccomp": j.seccomp,
                 "env": env,
                 "prefix": z.prefix,
@@ -1064,20 +1063,9 @@ fn child_setup(guest_fd: i32) -> std::io::Result<()> {
     if unsafe { libc::setsid() } < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // Die with the server, whatever way it exits.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
-    if unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    } < 0
-    {
-        return Err(std::io::Error::last_os_error());
-    }
+    // Die with the server, whatever way it exits (a plain prctl; nothing
+    // is allocated).
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
     let no_core = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -231,24 +231,8 @@ impl Sys for LinuxSys {
     }
 
     fn die_with_parent(&mut self) -> JailResult {
-        // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
-        if unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        } < 0
-        {
-            return Err(JailError {
-                step: "parent-death signal",
-                path: None,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .map_err(err("parent-death signal", None))
     }
 
     fn no_new_privs(&mut self) -> JailResult {

@@ -259,11 +259,7 @@ impl Store {
         if code.is_dir() {
             let _ = std::fs::remove_dir_all(&scratch);
         } else {
-            if let Some(prepare) = &self.prepare {
-                prepare(&scratch, &spec);
-            }
-            package::seal(&scratch)?;
-            std::fs::rename(&scratch, &code).map_err(StoreError::io("storing unpacked code"))?;
+            self.install_code(&scratch, Some(&spec), &code)?;
         }
 
         let now = now_ms();
@@ -409,17 +405,21 @@ impl Store {
             .map_err(StoreError::io(format!("reading package blob {sha}")))?;
         let scratch = tempdir_in(&self.root.join("tmp"))?;
         package::unpack(&blob, &scratch, u64::MAX)?;
-        if let Some(prepare) = &self.prepare {
-            let spec = std::fs::read_to_string(scratch.join("lampyr.toml"))
-                .ok()
-                .and_then(|m| FunctionSpec::from_toml(&m).ok());
-            if let Some(spec) = spec {
-                prepare(&scratch, &spec);
-            }
-        }
-        package::seal(&scratch)?;
-        std::fs::rename(&scratch, &code).map_err(StoreError::io("storing unpacked code"))?;
+        let spec = std::fs::read_to_string(scratch.join("lampyr.toml"))
+            .ok()
+            .and_then(|m| FunctionSpec::from_toml(&m).ok());
+        self.install_code(&scratch, spec.as_ref(), &code)?;
         Ok(code)
+    }
+
+    /// Prepares unpacked code for its runtime (given its manifest), seals it
+    /// read-only and moves it to `code`.
+    fn install_code(&self, scratch: &Path, spec: Option<&FunctionSpec>, code: &Path) -> Result<()> {
+        if let (Some(prepare), Some(spec)) = (&self.prepare, spec) {
+            prepare(scratch, spec);
+        }
+        package::seal(scratch)?;
+        std::fs::rename(scratch, code).map_err(StoreError::io("storing unpacked code"))
     }
 }
 
