@@ -64,6 +64,9 @@ pub struct LogLine {
     pub stream: Stream,
     pub level: Option<String>,
     pub message: String,
+    /// Shown to followers of the live log but not stored: the lines lampyr
+    /// writes to frame an invocation, which reads rebuild from its record.
+    pub live_only: bool,
 }
 
 pub type LogSender = mpsc::UnboundedSender<LogLine>;
@@ -430,28 +433,52 @@ impl Instance {
         Ok(())
     }
 
-    /// Writes a frame at once when nothing is queued or being written
-    /// (no hand-off to the writer task), else queues it for that task.
+    /// Writes a frame at once when nothing is queued or being written (no
+    /// hand-off to the writer task), else queues it behind what is.
+    ///
+    /// The lock is never held across the system call: frames queued by other
+    /// threads while it runs leave together in the next one, written by the
+    /// caller that is writing. Only a full socket hands the rest to the
+    /// writer task.
     fn queue(&self, frame: &[u8]) {
-        let mut st = self.outbox.state.lock();
-        if st.writing || !st.buf.is_empty() {
-            st.buf.extend_from_slice(frame);
-            return;
-        }
-        let rest = match self.outbox.writer.try_write(frame) {
-            Ok(n) if n == frame.len() => return,
-            Ok(n) => &frame[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => frame,
-            Err(_) => {
-                drop(st);
-                self.outbox.broken.store(true, Ordering::Release);
-                self.shared.kill.notify_one();
+        {
+            let mut st = self.outbox.state.lock();
+            if st.writing || !st.buf.is_empty() {
+                st.buf.extend_from_slice(frame);
                 return;
             }
-        };
-        st.buf.extend_from_slice(rest);
-        drop(st);
-        self.outbox.ready.notify_one();
+            st.writing = true;
+        }
+        let mut queued: Vec<u8> = Vec::new();
+        let mut first = true;
+        loop {
+            let data: &[u8] = if first { frame } else { &queued };
+            let rest = match self.outbox.writer.try_write(data) {
+                Ok(n) => &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => data,
+                Err(_) => {
+                    // `writing` stays set: nothing more is written.
+                    self.outbox.broken.store(true, Ordering::Release);
+                    self.shared.kill.notify_one();
+                    return;
+                }
+            };
+            let mut st = self.outbox.state.lock();
+            if !rest.is_empty() {
+                // The socket is full: the writer task finishes, in order.
+                st.buf.splice(0..0, rest.iter().copied());
+                drop(st);
+                self.outbox.ready.notify_one();
+                return;
+            }
+            if st.buf.is_empty() {
+                st.writing = false;
+                return;
+            }
+            first = false;
+            queued.clear();
+            std::mem::swap(&mut st.buf, &mut queued);
+        }
     }
 
     /// Runs one invocation. Dropping the returned future abandons it (the
@@ -847,6 +874,7 @@ async fn read_logs(shared: Arc<Shared>, pipe: impl AsyncRead + Unpin, stream: St
             stream,
             level,
             message,
+            live_only: false,
         });
     }
 }

@@ -208,6 +208,8 @@ fn detach_from_host(host_pid: u32) {
         std::process::exit(125);
     }
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    // Inherited by the runtime and its threads (see `batch_scheduling`).
+    let _ = crate::batch_scheduling();
 }
 
 /// Waits for `pid` and returns its raw wait status.

@@ -40,7 +40,7 @@ use tokio::process::{Child, Command};
 use cgroup::{CgroupLimits, Cgroups, InstanceCgroup};
 use jail::{Bind, JailSpec};
 
-pub use sys::{FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO, FRAME_SANDBOX_READY};
+pub use sys::{batch_scheduling, FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO, FRAME_SANDBOX_READY};
 
 /// The file descriptor at which an instance finds its protocol socket.
 pub const PROTOCOL_FD: i32 = 3;
@@ -1063,6 +1063,7 @@ fn child_setup(guest_fd: i32) -> std::io::Result<()> {
     if unsafe { libc::setsid() } < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    let _ = batch_scheduling();
     // Die with the server, whatever way it exits (a plain prctl; nothing
     // is allocated).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;

@@ -261,3 +261,25 @@ impl Sys for LinuxSys {
         nix::unistd::chdir(path).map_err(err("chdir", Some(path)))
     }
 }
+
+/// Puts the calling thread, and the threads and processes it starts later,
+/// under the kernel's `SCHED_BATCH` policy: the same share of the CPU as
+/// before (same nice value), but its wake-ups never preempt a running task;
+/// it runs when the current one blocks or its slice ends.
+///
+/// Instances run this way: the server's write of a request wakes the
+/// instance, and with the default policy the instance would preempt the
+/// very thread that is still handling other connections, on every request.
+/// As a batch task it picks up what has queued once that thread yields, so
+/// both sides run longer and switch less. Lampyr's own background writers
+/// (invocation records, logs) run this way too. Best effort: a kernel or
+/// seccomp policy that refuses it leaves the default in place.
+pub fn batch_scheduling() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads the valid `param`; pid 0 is the
+    // calling thread. A plain system call, async-signal-safe.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

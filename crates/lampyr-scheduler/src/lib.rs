@@ -41,7 +41,7 @@ use lampyr_runtime::{
 use lampyr_store::{FunctionRecord, LogStore, Store, VersionRecord};
 use parking_lot::RwLock;
 
-pub use logs::LogHub;
+pub use logs::{Follower, LogHub};
 pub use pool::{PoolBounds, PoolConfig};
 use state::{FunctionState, Grant, SlotGrant, SlotId};
 
@@ -282,7 +282,7 @@ impl Scheduler {
         records: Arc<lampyr_store::RecordStore>,
         config: SchedulerConfig,
     ) -> Result<Self, SchedulerError> {
-        let logs = LogHub::start(log_store);
+        let logs = LogHub::start(log_store, records.clone());
         let pools = pool::Pools::new(config.pools.clone());
         let metrics = Arc::new(metrics::Metrics::new());
         let recorder = records::Recorder::start(
@@ -400,7 +400,7 @@ impl Scheduler {
     }
 
     /// Hands a finished invocation to the record writer (off the request
-    /// path): its record, END/REPORT log lines and metrics.
+    /// path): its record and metrics.
     pub fn record(&self, inv: &Invocation, trigger: &str, http_status: u16, response_bytes: u64) {
         let p = &inv.phases;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -757,18 +757,17 @@ impl Scheduler {
         })
     }
 
+    /// The START line of an invocation, for followers of the live log
+    /// (reads rebuild it from the invocation's record).
     fn log_start(&self, function: &str, version: &Version, instance: &str, request_id: &str) {
-        self.inner.logs.platform(
-            function,
-            version.record.version,
-            instance,
-            Some(request_id),
-            "INFO",
-            format!(
-                "START RequestId: {request_id} Version: {}",
-                version.record.version
-            ),
-        );
+        if self.inner.logs.following() {
+            self.inner.logs.announce([logs::start_line(
+                function,
+                version.record.version,
+                instance,
+                request_id,
+            )]);
+        }
     }
 
     fn platform_log(&self, lease: &Lease, request_id: &str, level: &str, message: String) {

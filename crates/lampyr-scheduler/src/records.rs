@@ -2,10 +2,12 @@
 //!
 //! The request path hands a finished invocation to [`Recorder::record`] (a
 //! channel send). A writer thread then, in batches: reads the instance's
-//! peak memory from its cgroup, writes the Lambda-style `END` and `REPORT`
-//! lines to the function's log, updates the Prometheus metrics, and stores
-//! the records in the database. It also prunes old records.
+//! peak memory from its cgroup, updates the Prometheus metrics, and stores
+//! the records in the database (from which the log rebuilds each
+//! invocation's `START`, `END` and `REPORT` lines). It also prunes old
+//! records.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{channel, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,7 +25,8 @@ pub(crate) struct Draft {
     pub(crate) started_at: SystemTime,
     /// For the instance's peak memory, read by the writer.
     pub(crate) instance: Option<Arc<SandboxControl>>,
-    /// Whether to write the END and REPORT log lines (not for requests that
+    /// Whether the invocation reached an instance: then its duration is
+    /// measured and it has framing log lines (not for requests that
     /// never reached an instance).
     pub(crate) report: bool,
 }
@@ -44,6 +47,7 @@ impl Recorder {
         std::thread::Builder::new()
             .name("lampyr-records".into())
             .spawn(move || {
+                let _ = lampyr_sandbox::batch_scheduling();
                 let mut last_prune = Instant::now();
                 let mut batch = Vec::with_capacity(256);
                 loop {
@@ -63,10 +67,8 @@ impl Recorder {
                     }
                     if !batch.is_empty() {
                         // One cgroup read per instance and batch, not per record.
-                        let mut peaks: std::collections::HashMap<
-                            *const SandboxControl,
-                            Option<u64>,
-                        > = std::collections::HashMap::new();
+                        let mut peaks: HashMap<*const SandboxControl, Option<u64>> = HashMap::new();
+                        let mut reported = Vec::with_capacity(batch.len());
                         let records: Vec<InvocationRecord> = batch
                             .drain(..)
                             .map(|d| {
@@ -75,9 +77,11 @@ impl Recorder {
                                         .entry(Arc::as_ptr(c))
                                         .or_insert_with(|| c.memory_peak())
                                 });
-                                finish(d, peak, &logs, &metrics)
+                                reported.push(d.report);
+                                complete(d, peak)
                             })
                             .collect();
+                        publish(&records, &reported, &logs, &metrics);
                         if let Err(e) = store.insert(&records) {
                             tracing::warn!(
                                 "cannot store {} invocation records: {e}",
@@ -106,43 +110,52 @@ impl Recorder {
     }
 }
 
-/// Completes one record and publishes its log lines and metrics.
-fn finish(d: Draft, peak: Option<u64>, logs: &LogHub, metrics: &Metrics) -> InvocationRecord {
+/// Completes one record: its start time and the instance's peak memory.
+fn complete(d: Draft, peak: Option<u64>) -> InvocationRecord {
     let mut r = d.record;
     r.start_time = lampyr_store::rfc3339(d.started_at);
     if r.max_memory_used_mb.is_none() {
         r.max_memory_used_mb = peak.map(|b| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0);
     }
-    let f = r.function.as_str();
-    metrics
-        .invocations
-        .with_label_values(&[f, &r.status, &r.start])
-        .inc();
-    match r.status.as_str() {
-        "throttled" => metrics.throttles.with_label_values(&[f]).inc(),
-        "timeout" => metrics.timeouts.with_label_values(&[f]).inc(),
-        "out_of_memory" => metrics.oom_kills.with_label_values(&[f]).inc(),
-        _ => {}
-    }
-    if d.report {
-        metrics
-            .duration
-            .with_label_values(&[f])
-            .observe(r.duration_ms / 1000.0);
-        metrics
-            .gb_seconds
-            .with_label_values(&[f])
-            .inc_by(r.gb_seconds);
-        let p = &r.phases;
-        for (phase, v) in [
-            ("queue", Some(p.queue)),
-            ("code", p.code),
-            ("sandbox", p.sandbox),
-            ("runtime", p.runtime),
-            ("init", p.init),
-        ] {
-            if let Some(v) = v {
-                if r.start != "warm" {
+    r
+}
+
+/// Publishes a batch of records' metrics (each series looked up once per
+/// batch, not per record) and, to followers of the live log, their
+/// framing lines. `reported[i]`: record `i` reached an instance.
+fn publish(records: &[InvocationRecord], reported: &[bool], logs: &LogHub, metrics: &Metrics) {
+    let mut counts: HashMap<(&str, &str, &str), u64> = HashMap::new();
+    let mut durations: HashMap<&str, (prometheus::Histogram, f64)> = HashMap::new();
+    let following = logs.following();
+    for (r, &report) in records.iter().zip(reported) {
+        let f = r.function.as_str();
+        *counts
+            .entry((f, r.status.as_str(), r.start.as_str()))
+            .or_default() += 1;
+        match r.status.as_str() {
+            "throttled" => metrics.throttles.with_label_values(&[f]).inc(),
+            "timeout" => metrics.timeouts.with_label_values(&[f]).inc(),
+            "out_of_memory" => metrics.oom_kills.with_label_values(&[f]).inc(),
+            _ => {}
+        }
+        if !report {
+            continue;
+        }
+        let (duration, gb_seconds) = durations
+            .entry(f)
+            .or_insert_with(|| (metrics.duration.with_label_values(&[f]), 0.0));
+        duration.observe(r.duration_ms / 1000.0);
+        *gb_seconds += r.gb_seconds;
+        if r.start != "warm" {
+            let p = &r.phases;
+            for (phase, v) in [
+                ("queue", Some(p.queue)),
+                ("code", p.code),
+                ("sandbox", p.sandbox),
+                ("runtime", p.runtime),
+                ("init", p.init),
+            ] {
+                if let Some(v) = v {
                     metrics
                         .phases
                         .with_label_values(&[f, phase])
@@ -150,29 +163,22 @@ fn finish(d: Draft, peak: Option<u64>, logs: &LogHub, metrics: &Metrics) -> Invo
                 }
             }
         }
-        let instance = r.instance.clone().unwrap_or_default();
-        logs.platform(
-            f,
-            r.version,
-            &instance,
-            Some(&r.request_id),
-            "INFO",
-            format!("END RequestId: {}", r.request_id),
-        );
-        let mut report = format!(
-            "REPORT RequestId: {}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB",
-            r.request_id, r.duration_ms, r.billed_ms, r.memory_mb
-        );
-        if let Some(m) = r.max_memory_used_mb {
-            report.push_str(&format!("\tMax Memory Used: {} MB", m.ceil() as u64));
+        if following {
+            logs.announce(crate::logs::framing(r, false));
         }
-        let init: f64 = [p.sandbox, p.runtime, p.init].iter().flatten().sum();
-        if r.start != "warm" && init > 0.0 {
-            report.push_str(&format!("\tInit Duration: {init:.2} ms"));
-        }
-        logs.platform(f, r.version, &instance, Some(&r.request_id), "INFO", report);
     }
-    r
+    for ((f, status, start), n) in counts {
+        metrics
+            .invocations
+            .with_label_values(&[f, status, start])
+            .inc_by(n);
+    }
+    for (f, (_, gb_seconds)) in durations {
+        metrics
+            .gb_seconds
+            .with_label_values(&[f])
+            .inc_by(gb_seconds);
+    }
 }
 
 /// Nearest-rank percentiles of `values` (milliseconds).

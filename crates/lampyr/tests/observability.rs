@@ -175,9 +175,14 @@ fn logs_are_framed_per_invocation_and_can_be_followed() {
         lines[0].starts_with(&format!("START RequestId: {rid} Version: 1")),
         "{lines:#?}"
     );
-    assert!(lines.iter().any(|l| l == "handling /one"), "{lines:#?}");
-    assert!(lines.iter().any(|l| l == &format!("END RequestId: {rid}")));
-    let report = lines.iter().find(|l| l.starts_with("REPORT")).unwrap();
+    // START, the handler's output, END, REPORT: in that order.
+    let at = |want: &dyn Fn(&str) -> bool| lines.iter().position(|l| want(l)).unwrap();
+    let handling = at(&|l| l == "handling /one");
+    let end = at(&|l| l == format!("END RequestId: {rid}"));
+    assert!(0 < handling && handling < end, "{lines:#?}");
+    assert_eq!(end + 2, lines.len(), "{lines:#?}");
+    let report = lines.last().unwrap();
+    assert!(report.starts_with("REPORT"), "{lines:#?}");
     for field in [
         "Duration: ",
         "Billed Duration: ",
@@ -204,6 +209,11 @@ fn logs_are_framed_per_invocation_and_can_be_followed() {
     });
     // `since` filters by time.
     assert!(server.logs("framed", "since=1h").len() >= 8);
+    // The framing lines are rebuilt from the invocation records: the log
+    // file holds only what the function printed.
+    let file = std::fs::read_to_string(server.data.join("logs/framed.log")).unwrap();
+    assert!(file.contains("handling /one"), "{file}");
+    assert!(!file.contains("RequestId:"), "{file}");
 
     // Follow: the stream shows a new invocation's lines as they happen.
     let url = format!(
@@ -238,19 +248,29 @@ fn logs_are_framed_per_invocation_and_can_be_followed() {
         .header("x-lampyr-request-id")
         .unwrap()
         .to_string();
+    // Its lines arrive framed, in order, the REPORT last.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut seen = false;
-    while std::time::Instant::now() < deadline && !seen {
+    let mut seen: Vec<String> = Vec::new();
+    while std::time::Instant::now() < deadline
+        && !seen.last().is_some_and(|m| m.starts_with("REPORT"))
+    {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             if let Some(data) = line.strip_prefix("data:") {
                 let rec: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
-                seen = rec["request_id"] == rid3.as_str() && rec["message"] == "handling /followed";
+                if rec["request_id"] == rid3.as_str() {
+                    seen.push(rec["message"].as_str().unwrap().to_string());
+                }
             }
         }
     }
-    assert!(
+    let seen: Vec<&str> = seen
+        .iter()
+        .map(|m| m.split(['\t', ' ']).next().unwrap())
+        .collect();
+    assert_eq!(
         seen,
-        "the followed stream delivered the new invocation's line"
+        ["START", "handling", "END", "REPORT"],
+        "the followed stream delivered the new invocation's lines"
     );
 }
 

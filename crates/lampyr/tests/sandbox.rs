@@ -482,3 +482,43 @@ fn instances_start_from_lampyr_init_or_else_from_lampyr_itself() {
         );
     }
 }
+
+/// Instances run under `SCHED_BATCH` (see `lampyr_sandbox::batch_scheduling`),
+/// every thread of them, whichever way they were started: pooled, from
+/// scratch, or as plain processes.
+#[test]
+fn instances_and_their_threads_run_as_batch_tasks() {
+    const SCHED_BATCH: &str = "3";
+    let node = r#"
+const fs = require('fs');
+exports.handler = async () => {
+  // Field 41 of /proc/PID/task/TID/stat is the scheduling policy.
+  const policy = (p) => fs.readFileSync(p, 'utf8').split(') ')[1].split(' ')[38];
+  const dir = '/proc/self/task';
+  return fs.readdirSync(dir).map((t) => policy(`${dir}/${t}/stat`));
+};
+"#;
+    let py = "import os\ndef handler(e, c):\n    return [str(os.sched_getscheduler(0))]\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = both_modes().chain(std::iter::once(Server::start_in(
+        &tmp.path().join("plain"),
+        &["--isolation", "off"],
+    )));
+    for server in servers {
+        server.deploy(Fixture::node("batch-node", "", node).path());
+        server.deploy(Fixture::python("batch-py", "", py).path());
+        for name in ["batch-node", "batch-py"] {
+            if server.pools_enabled() {
+                server.wait_pools_ready();
+            }
+            let r = server.get(name);
+            assert_eq!(r.status, 200, "{name}: {}", r.text());
+            let policies: Vec<String> = serde_json::from_slice(&r.body).unwrap();
+            assert!(
+                !policies.is_empty() && policies.iter().all(|p| p == SCHED_BATCH),
+                "{name} ({:?} start): thread policies {policies:?}",
+                r.header("x-lampyr-start")
+            );
+        }
+    }
+}
