@@ -54,12 +54,24 @@ impl Default for Limits {
 
 /// Everything a request handler can reach.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<App>);
+
+/// What every handler shares, behind one reference count: axum clones the
+/// state for every request.
+pub struct App {
     pub(crate) sched: Scheduler,
-    pub(crate) token: Arc<str>,
-    pub(crate) public_url: Arc<str>,
+    pub(crate) token: String,
+    pub(crate) public_url: String,
     pub(crate) limits: Limits,
-    pub(crate) doctor: Arc<DoctorReport>,
+    pub(crate) doctor: DoctorReport,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -70,13 +82,13 @@ impl AppState {
         limits: Limits,
         doctor: DoctorReport,
     ) -> Self {
-        AppState {
+        AppState(Arc::new(App {
             sched,
-            token: token.into(),
-            public_url: public_url.trim_end_matches('/').into(),
+            token,
+            public_url: public_url.trim_end_matches('/').to_string(),
             limits,
-            doctor: Arc::new(doctor),
-        }
+            doctor,
+        }))
     }
 
     fn url_of(&self, name: &str) -> String {
@@ -156,12 +168,11 @@ pub(crate) async fn invoke_and_record(
     let started_at = std::time::SystemTime::now();
     let waited = std::time::Instant::now();
     match app.sched.invoke(name, request_id.to_string(), event).await {
-        Ok(mut inv) => {
+        Ok(inv) => {
             let resp = respond(&inv);
             let bytes = resp.body().size_hint().exact().unwrap_or(0);
-            app.sched
-                .record(&inv, trigger, resp.status().as_u16(), bytes);
-            match inv.after_response() {
+            let status = resp.status().as_u16();
+            match app.sched.record(inv, trigger, status, bytes) {
                 Some(guard) => resp.map(|body| {
                     Body::new(AfterSent {
                         body,
@@ -284,7 +295,7 @@ async fn pools(State(app): State<AppState>) -> Json<Vec<lampyr_api::PoolStatus>>
 }
 
 async fn doctor(State(app): State<AppState>) -> Json<DoctorReport> {
-    Json((*app.doctor).clone())
+    Json(app.doctor.clone())
 }
 
 fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {

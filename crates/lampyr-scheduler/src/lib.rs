@@ -167,16 +167,7 @@ pub struct Invocation {
     refill: Option<Arc<RefillOnDrop>>,
 }
 
-impl Invocation {
-    /// Work that should wait until the response has been sent, as a guard
-    /// that does it when dropped: a trigger drops it after writing the
-    /// response (otherwise it goes with the invocation).
-    pub fn after_response(&mut self) -> Option<AfterResponse> {
-        self.refill.take().map(|r| AfterResponse { _refill: r })
-    }
-}
-
-/// See [`Invocation::after_response`].
+/// See [`Scheduler::record`].
 #[derive(Debug)]
 pub struct AfterResponse {
     _refill: Arc<RefillOnDrop>,
@@ -400,13 +391,33 @@ impl Scheduler {
     }
 
     /// Hands a finished invocation to the record writer (off the request
-    /// path): its record and metrics.
-    pub fn record(&self, inv: &Invocation, trigger: &str, http_status: u16, response_bytes: u64) {
-        let p = &inv.phases;
+    /// path): its record and metrics. Returns the work that should wait until
+    /// the response has been sent, as a guard that does it when dropped: the
+    /// trigger drops it after writing the response.
+    pub fn record(
+        &self,
+        inv: Invocation,
+        trigger: &str,
+        http_status: u16,
+        response_bytes: u64,
+    ) -> Option<AfterResponse> {
+        let Invocation {
+            request_id,
+            function,
+            version,
+            start,
+            phases: p,
+            outcome,
+            memory_mb,
+            started_at,
+            instance,
+            sandbox,
+            refill,
+        } = inv;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let exec_ms = ms(p.exec);
         let billed_ms = (exec_ms.ceil() as u64).max(1);
-        let (status, error_type) = match &inv.outcome {
+        let (status, error_type) = match &outcome {
             Outcome::Ok(_) => ("ok", None),
             Outcome::FunctionError(e) => (
                 "error",
@@ -425,13 +436,13 @@ impl Scheduler {
             Outcome::Crashed { .. } => ("crashed", Some("Runtime.ExitError".to_string())),
         };
         let record = lampyr_api::InvocationRecord {
-            request_id: inv.request_id.clone(),
-            function: inv.function.clone(),
-            version: inv.version,
+            request_id,
+            function,
+            version,
             trigger: trigger.to_string(),
             // Formatted by the record writer, off the request path.
             start_time: String::new(),
-            start: inv.start.as_str().to_string(),
+            start: start.as_str().to_string(),
             phases: lampyr_api::PhaseTimes {
                 queue: ms(p.queue),
                 code: p.code.map(ms),
@@ -442,21 +453,22 @@ impl Scheduler {
             },
             duration_ms: exec_ms,
             billed_ms,
-            gb_seconds: f64::from(inv.memory_mb) / 1024.0 * billed_ms as f64 / 1000.0,
-            memory_mb: inv.memory_mb,
+            gb_seconds: f64::from(memory_mb) / 1024.0 * billed_ms as f64 / 1000.0,
+            memory_mb,
             max_memory_used_mb: None,
             status: status.to_string(),
             error_type,
             http_status,
             response_bytes,
-            instance: Some(inv.instance.clone()),
+            instance: Some(instance),
         };
         self.inner.recorder.record(records::Draft {
             record,
-            started_at: inv.started_at,
-            instance: Some(inv.sandbox.clone()),
+            started_at,
+            instance: Some(sandbox),
             report: true,
         });
+        refill.map(|r| AfterResponse { _refill: r })
     }
 
     /// Records a request that never reached a handler (throttled, or its
