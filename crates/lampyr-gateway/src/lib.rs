@@ -587,6 +587,7 @@ async fn function_invocations(
         limit: p.limit.unwrap_or(50).min(10_000),
         since: since_param(p.since.as_deref())?,
         status: p.status,
+        ran: false,
     };
     let records = app.sched.records().clone();
     let invocations = tokio::task::spawn_blocking(move || records.list(&name, &q))
@@ -637,6 +638,7 @@ async fn window(
         limit: 100_000,
         since: Some(since),
         status: None,
+        ran: false,
     };
     let list = tokio::task::spawn_blocking(move || records.list(&n, &q))
         .await

@@ -438,9 +438,14 @@ impl Instance {
     ///
     /// The lock is never held across the system call: frames queued by other
     /// threads while it runs leave together in the next one, written by the
-    /// caller that is writing. Only a full socket hands the rest to the
-    /// writer task.
+    /// caller that is writing (each round writes only what was queued before
+    /// it began, and the socket's buffer bounds how long that goes on). Only
+    /// a full socket hands the rest to the writer task.
     fn queue(&self, frame: &[u8]) {
+        if self.outbox.broken.load(Ordering::Acquire) {
+            // The instance is being killed; its exit fails what is pending.
+            return;
+        }
         {
             let mut st = self.outbox.state.lock();
             if st.writing || !st.buf.is_empty() {
@@ -597,8 +602,9 @@ struct Outbox {
 #[derive(Default)]
 struct OutState {
     buf: Vec<u8>,
-    /// The writer task holds bytes it has not finished writing: new frames
-    /// must queue behind them.
+    /// Someone is writing (a caller of `Instance::queue`, or the writer
+    /// task once the socket was full): new frames queue behind its bytes and
+    /// it writes them too. Stays set once the socket is broken.
     writing: bool,
 }
 

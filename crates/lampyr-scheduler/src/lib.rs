@@ -689,7 +689,7 @@ impl Scheduler {
         let outcome = tokio::time::timeout(timeout, pending.outcome()).await;
         phases.exec = exec_started.elapsed();
         // A pooled start refills its pool once its response is out (see
-        // [`Invocation::after_response`]): starting an instance takes CPU
+        // [`Scheduler::record`]): starting an instance takes CPU
         // the response still needs.
         let refill = (start == StartKind::Pooled).then(|| {
             Arc::new(RefillOnDrop {

@@ -154,12 +154,20 @@ impl LogHub {
                 .list(
                     function,
                     &RecordQuery {
-                        // Each record frames with at least one line: the
-                        // newest `tail` records hold every framing line
-                        // among the newest `tail` lines.
+                        // Each of these records has framing lines, the last
+                        // two at its end: the newest `tail` of them hold the
+                        // framing lines among the newest `tail` lines, but
+                        // for an invocation that outlasted `tail` later ones.
                         limit: if q.tail == 0 { usize::MAX } else { q.tail },
-                        since: q.since.as_deref().and_then(parse_ts),
+                        // An invocation that started before `since` may end
+                        // after it; `merge` filters the lines by time.
+                        since: q
+                            .since
+                            .as_deref()
+                            .and_then(parse_ts)
+                            .map(|t| t.checked_sub(LONGEST).unwrap_or(t)),
                         status: None,
+                        ran: true,
                     },
                 )
                 .map_err(std::io::Error::other)?,
@@ -220,6 +228,10 @@ fn to_record(line: LogLine) -> Option<LogRecord> {
         message: line.message,
     })
 }
+
+/// The longest an invocation's lines can trail its start: waiting in the
+/// queue, initialisation and the handler, each at most the longest timeout.
+const LONGEST: Duration = Duration::from_secs(3 * lampyr_api::manifest::MAX_TIMEOUT.as_secs());
 
 fn parse_ts(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(s).ok()
@@ -285,18 +297,16 @@ fn handler_span(r: &InvocationRecord) -> Option<(SystemTime, SystemTime)> {
     Some((began, began + ms(p.exec)))
 }
 
-/// An invocation's framing lines, for followers.
-pub(crate) fn framing(r: &InvocationRecord, start: bool) -> Vec<LogRecord> {
-    let Some((began, ended)) = handler_span(r) else {
+/// The lines that close an invocation (END, REPORT), for followers. Its
+/// START reached them live, when it was dispatched ([`start_line`]).
+pub(crate) fn closing_lines(r: &InvocationRecord) -> Vec<LogRecord> {
+    let Some((_, ended)) = handler_span(r) else {
         return Vec::new();
     };
-    let mut out = Vec::with_capacity(3);
-    if start {
-        out.push(frame_line(r, Frame::Start, began));
-    }
-    out.push(frame_line(r, Frame::End, ended));
-    out.push(frame_line(r, Frame::Report, ended));
-    out
+    vec![
+        frame_line(r, Frame::End, ended),
+        frame_line(r, Frame::Report, ended),
+    ]
 }
 
 /// The START line of an invocation about to run, for followers.
@@ -471,7 +481,7 @@ mod tests {
     fn rejected_requests_have_no_framing_lines() {
         let r = record("t", "2026-01-01T00:00:00.000Z", 0.0, None);
         assert!(merge(Vec::new(), &[r.clone()], &LogQuery::default()).is_empty());
-        assert!(framing(&r, true).is_empty());
+        assert!(closing_lines(&r).is_empty());
     }
 
     #[test]
@@ -506,11 +516,9 @@ mod tests {
     }
 
     #[test]
-    fn live_framing_matches_the_rebuilt_lines() {
+    fn followers_get_the_closing_lines_a_read_rebuilds() {
         let r = record("a", "2026-01-01T00:00:00.000Z", 5.0, Some("i-1"));
-        let live = framing(&r, true);
         let rebuilt = merge(Vec::new(), std::slice::from_ref(&r), &LogQuery::default());
-        assert_eq!(live, rebuilt);
-        assert_eq!(framing(&r, false).len(), 2);
+        assert_eq!(closing_lines(&r), rebuilt[1..]);
     }
 }

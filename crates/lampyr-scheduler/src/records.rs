@@ -81,13 +81,16 @@ impl Recorder {
                                 complete(d, peak)
                             })
                             .collect();
-                        publish(&records, &reported, &logs, &metrics);
                         if let Err(e) = store.insert(&records) {
                             tracing::warn!(
                                 "cannot store {} invocation records: {e}",
                                 records.len()
                             );
                         }
+                        // After the insert: a follower that subscribes now
+                        // reads these records' lines in its backlog, or gets
+                        // them live; not neither.
+                        publish(&records, &reported, &logs, &metrics);
                     }
                     if last_prune.elapsed() > Duration::from_secs(5) {
                         last_prune = Instant::now();
@@ -164,7 +167,7 @@ fn publish(records: &[InvocationRecord], reported: &[bool], logs: &LogHub, metri
             }
         }
         if following {
-            logs.announce(crate::logs::framing(r, false));
+            logs.announce(crate::logs::closing_lines(r));
         }
     }
     for ((f, status, start), n) in counts {

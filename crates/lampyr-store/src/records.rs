@@ -42,6 +42,9 @@ pub struct RecordQuery {
     /// Only records that started at or after this time.
     pub since: Option<SystemTime>,
     pub status: Option<String>,
+    /// Only invocations that reached an instance (not throttled ones, nor
+    /// those whose instance failed to start).
+    pub ran: bool,
 }
 
 /// How long records are kept.
@@ -167,6 +170,7 @@ impl RecordStore {
         let db = self.db.lock();
         let sql = format!(
             "SELECT {} FROM invocations WHERE function = ?1 AND start_ms >= ?2 AND (?3 IS NULL OR status = ?3)
+             AND (?5 = 0 OR instance IS NOT NULL)
              ORDER BY start_ms DESC, rowid DESC LIMIT ?4",
             Self::COLUMNS
         );
@@ -176,7 +180,7 @@ impl RecordStore {
             0 => 100,
             n => i64::try_from(n).unwrap_or(i64::MAX),
         };
-        let rows = stmt.query_map(params![function, since, q.status, limit], Self::row)?;
+        let rows = stmt.query_map(params![function, since, q.status, limit, q.ran], Self::row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -316,6 +320,11 @@ mod tests {
             request_id: "old".into(),
             ..rec(99, "ok", old)
         });
+        batch.push(InvocationRecord {
+            request_id: "throttled".into(),
+            instance: None,
+            ..rec(98, "throttled", old)
+        });
         s.insert(&batch).unwrap();
         let all = s
             .list(
@@ -326,8 +335,19 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!(all.len(), 11);
-        assert_eq!(all.last().unwrap().request_id, "old", "newest first");
+        assert_eq!(all.len(), 12);
+        let ran = s
+            .list(
+                "f",
+                &RecordQuery {
+                    limit: 100,
+                    ran: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(ran.len(), 11);
+        assert_eq!(ran.last().unwrap().request_id, "old", "newest first");
         let errors = s
             .list(
                 "f",
@@ -363,7 +383,7 @@ mod tests {
                 now
             )
             .unwrap(),
-            1
+            2
         );
         assert_eq!(
             s.prune(
