@@ -480,7 +480,7 @@ mod tests {
     #[test]
     fn rejected_requests_have_no_framing_lines() {
         let r = record("t", "2026-01-01T00:00:00.000Z", 0.0, None);
-        assert!(merge(Vec::new(), &[r.clone()], &LogQuery::default()).is_empty());
+        assert!(merge(Vec::new(), std::slice::from_ref(&r), &LogQuery::default()).is_empty());
         assert!(closing_lines(&r).is_empty());
     }
 
