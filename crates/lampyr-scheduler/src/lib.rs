@@ -773,12 +773,15 @@ impl Scheduler {
     /// (reads rebuild it from the invocation's record).
     fn log_start(&self, function: &str, version: &Version, instance: &str, request_id: &str) {
         if self.inner.logs.following() {
-            self.inner.logs.announce([logs::start_line(
+            let version = version.record.version;
+            self.inner.logs.announce(
+                SystemTime::now(),
                 function,
-                version.record.version,
+                version,
                 instance,
                 request_id,
-            )]);
+                logs::start_message(request_id, version),
+            );
         }
     }
 

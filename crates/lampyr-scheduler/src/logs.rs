@@ -5,9 +5,9 @@
 //!
 //! The lines that frame each invocation (`START`, `END`, `REPORT`) are not
 //! stored: everything they say is in the invocation's record, so reads
-//! rebuild them from the records ([`framing`]) and merge them in by time.
-//! Followers get them live, sent only while someone follows. A function
-//! that prints nothing thus costs no log writes at all.
+//! rebuild them from the records and merge them in by time ([`merge`]).
+//! Followers get them live ([`LogHub::announce`]), sent only while someone
+//! follows. A function that prints nothing thus costs no log writes at all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -120,16 +120,15 @@ impl LogHub {
         level: &str,
         message: String,
     ) {
-        let _ = self.tx.send(LogLine {
-            ts: SystemTime::now(),
-            function: Some((function.into(), version)),
-            instance: instance.into(),
-            request_id: request_id.map(str::to_string),
-            stream: Stream::Platform,
-            level: Some(level.to_string()),
+        let _ = self.tx.send(platform_line(
+            SystemTime::now(),
+            function,
+            version,
+            instance,
+            request_id,
+            level,
             message,
-            live_only: false,
-        });
+        ));
     }
 
     /// Reads a function's log: its stored lines and, rebuilt from the
@@ -189,20 +188,47 @@ impl LogHub {
         self.followers.load(Ordering::Relaxed) > 0
     }
 
-    /// Sends lines to followers only: framing lines, which reads rebuild.
-    /// They go through the writer, behind the lines already sent to it.
-    pub(crate) fn announce(&self, lines: impl IntoIterator<Item = LogRecord>) {
-        for r in lines {
-            let _ = self.tx.send(LogLine {
-                ts: parse_ts(&r.ts).unwrap_or_else(SystemTime::now),
-                function: Some((r.function.into(), r.version)),
-                instance: r.instance.into(),
-                request_id: r.request_id,
-                stream: Stream::Platform,
-                level: r.level,
-                message: r.message,
-                live_only: true,
-            });
+    /// Sends a framing line to followers only (reads rebuild it from the
+    /// invocation's record), through the writer, behind the lines already
+    /// sent to it. Callers check [`LogHub::following`] first.
+    pub(crate) fn announce(
+        &self,
+        at: SystemTime,
+        function: &str,
+        version: u64,
+        instance: &str,
+        request_id: &str,
+        message: String,
+    ) {
+        let line = platform_line(
+            at,
+            function,
+            version,
+            instance,
+            Some(request_id),
+            "INFO",
+            message,
+        );
+        let _ = self.tx.send(LogLine {
+            live_only: true,
+            ..line
+        });
+    }
+
+    /// Sends an invocation's END and REPORT to followers (see `announce`).
+    pub(crate) fn announce_end(&self, r: &InvocationRecord) {
+        let Some((_, ended)) = handler_span(r) else {
+            return;
+        };
+        for kind in [Frame::End, Frame::Report] {
+            self.announce(
+                ended,
+                &r.function,
+                r.version,
+                r.instance.as_deref().unwrap_or_default(),
+                &r.request_id,
+                frame_message(r, kind),
+            );
         }
     }
 
@@ -229,6 +255,28 @@ fn to_record(line: LogLine) -> Option<LogRecord> {
     })
 }
 
+/// A line lampyr writes about an invocation, stored.
+fn platform_line(
+    ts: SystemTime,
+    function: &str,
+    version: u64,
+    instance: &str,
+    request_id: Option<&str>,
+    level: &str,
+    message: String,
+) -> LogLine {
+    LogLine {
+        ts,
+        function: Some((function.into(), version)),
+        instance: instance.into(),
+        request_id: request_id.map(str::to_string),
+        stream: Stream::Platform,
+        level: Some(level.to_string()),
+        message,
+        live_only: false,
+    }
+}
+
 /// The longest an invocation's lines can trail its start: waiting in the
 /// queue, initialisation and the handler, each at most the longest timeout.
 const LONGEST: Duration = Duration::from_secs(3 * lampyr_api::manifest::MAX_TIMEOUT.as_secs());
@@ -241,12 +289,25 @@ fn ms(d: f64) -> Duration {
     Duration::from_secs_f64(d.max(0.0) / 1000.0)
 }
 
-/// The framing line `kind` of an invocation: `START` when its handler
-/// began, `END` and `REPORT` when it finished. Requests that never reached
-/// an instance (throttled, or their instance failed to start) have none.
-fn frame_line(r: &InvocationRecord, kind: Frame, at: SystemTime) -> LogRecord {
-    let message = match kind {
-        Frame::Start => format!("START RequestId: {} Version: {}", r.request_id, r.version),
+/// The lines that frame an invocation: `START` when its handler began, `END`
+/// and `REPORT` when it finished. Requests that never reached an instance
+/// (throttled, or their instance failed to start) have none. The values
+/// order them among the invocation's own lines (1) at the same time.
+#[derive(Clone, Copy)]
+enum Frame {
+    Start = 0,
+    End = 2,
+    Report = 3,
+}
+
+/// The message of an invocation's START line.
+pub(crate) fn start_message(request_id: &str, version: u64) -> String {
+    format!("START RequestId: {request_id} Version: {version}")
+}
+
+fn frame_message(r: &InvocationRecord, kind: Frame) -> String {
+    match kind {
+        Frame::Start => start_message(&r.request_id, r.version),
         Frame::End => format!("END RequestId: {}", r.request_id),
         Frame::Report => {
             let p = &r.phases;
@@ -263,24 +324,7 @@ fn frame_line(r: &InvocationRecord, kind: Frame, at: SystemTime) -> LogRecord {
             }
             m
         }
-    };
-    LogRecord {
-        ts: rfc3339(at),
-        function: r.function.clone(),
-        version: r.version,
-        request_id: Some(r.request_id.clone()),
-        instance: r.instance.clone().unwrap_or_default(),
-        stream: Stream::Platform.as_str().to_string(),
-        level: Some("INFO".into()),
-        message,
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Frame {
-    Start,
-    End,
-    Report,
 }
 
 /// When an invocation's handler began and finished, from its record.
@@ -295,37 +339,6 @@ fn handler_span(r: &InvocationRecord) -> Option<(SystemTime, SystemTime)> {
             .sum::<f64>();
     let began = started + ms(before);
     Some((began, began + ms(p.exec)))
-}
-
-/// The lines that close an invocation (END, REPORT), for followers. Its
-/// START reached them live, when it was dispatched ([`start_line`]).
-pub(crate) fn closing_lines(r: &InvocationRecord) -> Vec<LogRecord> {
-    let Some((_, ended)) = handler_span(r) else {
-        return Vec::new();
-    };
-    vec![
-        frame_line(r, Frame::End, ended),
-        frame_line(r, Frame::Report, ended),
-    ]
-}
-
-/// The START line of an invocation about to run, for followers.
-pub(crate) fn start_line(
-    function: &str,
-    version: u64,
-    instance: &str,
-    request_id: &str,
-) -> LogRecord {
-    LogRecord {
-        ts: rfc3339(SystemTime::now()),
-        function: function.to_string(),
-        version,
-        request_id: Some(request_id.to_string()),
-        instance: instance.to_string(),
-        stream: Stream::Platform.as_str().to_string(),
-        level: Some("INFO".into()),
-        message: format!("START RequestId: {request_id} Version: {version}"),
-    }
 }
 
 /// Merges stored lines with the framing lines rebuilt from `records`, in
@@ -362,14 +375,17 @@ fn merge(lines: Vec<LogRecord>, records: &[InvocationRecord], q: &LogQuery) -> V
             (Frame::End, &end),
             (Frame::Report, &end),
         ] {
-            let mut line = frame_line(r, kind, began);
-            line.ts = ts.clone();
-            let order = match kind {
-                Frame::Start => 0,
-                Frame::End => 2,
-                Frame::Report => 3,
+            let line = LogRecord {
+                ts: ts.clone(),
+                function: r.function.clone(),
+                version: r.version,
+                request_id: Some(r.request_id.clone()),
+                instance: r.instance.clone().unwrap_or_default(),
+                stream: Stream::Platform.as_str().to_string(),
+                level: Some("INFO".into()),
+                message: frame_message(r, kind),
             };
-            framed.push((ts.clone(), order, line));
+            framed.push((ts.clone(), kind as u8, line));
         }
     }
     drop(seen);
@@ -481,7 +497,6 @@ mod tests {
     fn rejected_requests_have_no_framing_lines() {
         let r = record("t", "2026-01-01T00:00:00.000Z", 0.0, None);
         assert!(merge(Vec::new(), std::slice::from_ref(&r), &LogQuery::default()).is_empty());
-        assert!(closing_lines(&r).is_empty());
     }
 
     #[test]
@@ -513,12 +528,5 @@ mod tests {
         );
         assert_eq!(since.len(), 4);
         assert!(since.iter().all(|l| l.request_id.as_deref() == Some("b")));
-    }
-
-    #[test]
-    fn followers_get_the_closing_lines_a_read_rebuilds() {
-        let r = record("a", "2026-01-01T00:00:00.000Z", 5.0, Some("i-1"));
-        let rebuilt = merge(Vec::new(), std::slice::from_ref(&r), &LogQuery::default());
-        assert_eq!(closing_lines(&r), rebuilt[1..]);
     }
 }

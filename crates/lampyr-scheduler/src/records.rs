@@ -167,7 +167,7 @@ fn publish(records: &[InvocationRecord], reported: &[bool], logs: &LogHub, metri
             }
         }
         if following {
-            logs.announce(crate::logs::closing_lines(r));
+            logs.announce_end(r);
         }
     }
     for ((f, status, start), n) in counts {

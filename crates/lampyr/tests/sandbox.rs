@@ -500,10 +500,9 @@ exports.handler = async () => {
 "#;
     let py = "import os\ndef handler(e, c):\n    return [str(os.sched_getscheduler(0))]\n";
     let tmp = tempfile::tempdir().unwrap();
-    let servers = both_modes().chain(std::iter::once(Server::start_in(
-        &tmp.path().join("plain"),
-        &["--isolation", "off"],
-    )));
+    let servers = both_modes().chain(std::iter::once_with(|| {
+        Server::start_in(&tmp.path().join("plain"), &["--isolation", "off"])
+    }));
     for server in servers {
         server.deploy(Fixture::node("batch-node", "", node).path());
         server.deploy(Fixture::python("batch-py", "", py).path());
