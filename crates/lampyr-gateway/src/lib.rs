@@ -424,7 +424,7 @@ async fn invoke_raw(
         }
     };
     if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-lampyr-request-id", v);
+        resp.headers_mut().insert(trigger::X_LAMPYR_REQUEST_ID, v);
     }
     resp
 }

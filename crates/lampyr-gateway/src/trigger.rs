@@ -24,6 +24,14 @@ use crate::{bearer, AppState};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+// Header names lampyr sets on every response. Constants: a name given as a
+// string is looked up and, when it is not a standard one, copied each time.
+pub(crate) const X_LAMPYR_REQUEST_ID: HeaderName = HeaderName::from_static("x-lampyr-request-id");
+const X_LAMPYR_START: HeaderName = HeaderName::from_static("x-lampyr-start");
+const X_LAMPYR_VERSION: HeaderName = HeaderName::from_static("x-lampyr-version");
+const X_LAMPYR_FUNCTION_ERROR: HeaderName = HeaderName::from_static("x-lampyr-function-error");
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
 pub(crate) async fn invoke_root(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -55,7 +63,7 @@ async fn handle(
         Err(e) => e.into_response(),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-lampyr-request-id", v);
+        resp.headers_mut().insert(X_LAMPYR_REQUEST_ID, v);
     }
     resp
 }
@@ -123,7 +131,7 @@ fn too_large(name: &str, limit: usize) -> ApiError {
 struct HttpEvent<'a> {
     version: &'static str,
     route_key: &'static str,
-    raw_path: &'a str,
+    raw_path: RawPath<'a>,
     raw_query_string: &'a str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     cookies: Vec<&'a str>,
@@ -147,7 +155,7 @@ struct RequestContext<'a> {
     request_id: &'a str,
     route_key: &'static str,
     stage: &'static str,
-    time: String,
+    time: ClfTime,
     time_epoch: u64,
 }
 
@@ -155,9 +163,10 @@ struct RequestContext<'a> {
 #[serde(rename_all = "camelCase")]
 struct HttpContext<'a> {
     method: &'a str,
-    path: &'a str,
+    path: RawPath<'a>,
     protocol: &'static str,
-    source_ip: String,
+    #[serde(serialize_with = "serde_display")]
+    source_ip: std::net::IpAddr,
     user_agent: &'a str,
 }
 
@@ -191,7 +200,7 @@ pub(crate) fn build_event(
             })
             .or_insert_with(|| v.into_owned());
     }
-    let raw_path = format!("/{rest}");
+    let raw_path = RawPath(rest);
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
@@ -215,7 +224,7 @@ pub(crate) fn build_event(
     let event = HttpEvent {
         version: "2.0",
         route_key: "$default",
-        raw_path: &raw_path,
+        raw_path,
         raw_query_string: query,
         cookies,
         headers: JoinedHeaders(headers),
@@ -227,19 +236,19 @@ pub(crate) fn build_event(
             domain_prefix,
             http: HttpContext {
                 method: method.as_str(),
-                path: &raw_path,
+                path: raw_path,
                 protocol: match version {
                     Version::HTTP_10 => "HTTP/1.0",
                     Version::HTTP_2 => "HTTP/2.0",
                     _ => "HTTP/1.1",
                 },
-                source_ip: peer.ip().to_string(),
+                source_ip: peer.ip(),
                 user_agent,
             },
             request_id,
             route_key: "$default",
             stage: "$default",
-            time: clf_time(now),
+            time: ClfTime(now.as_secs()),
             time_epoch: now.as_millis() as u64,
         },
         body,
@@ -279,9 +288,54 @@ impl Serialize for JoinedHeaders<'_> {
     }
 }
 
-/// Formats a time as `12/Mar/2020:19:03:58 +0000`.
+/// Serialises a value as a string through its `Display`, written straight
+/// into the output (no intermediate `String`).
+fn serde_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &T,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    ser.collect_str(v)
+}
+
+/// The request's path: `/` and the rest of it after the function's name.
+#[derive(Clone, Copy)]
+struct RawPath<'a>(&'a str);
+
+impl Serialize for RawPath<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for RawPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("/")?;
+        f.write_str(self.0)
+    }
+}
+
+/// A time (Unix seconds) in the common log format of payload 2.0's
+/// `requestContext.time`: `12/Mar/2020:19:03:58 +0000`.
+struct ClfTime(u64);
+
+impl Serialize for ClfTime {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for ClfTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_clf_time(f, self.0)
+    }
+}
+
+#[cfg(test)]
 fn clf_time(since_epoch: Duration) -> String {
-    let secs = since_epoch.as_secs();
+    ClfTime(since_epoch.as_secs()).to_string()
+}
+
+fn write_clf_time(out: &mut impl std::fmt::Write, secs: u64) -> std::fmt::Result {
     let (days, rem) = ((secs / 86400) as i64, secs % 86400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -296,7 +350,8 @@ fn clf_time(since_epoch: Duration) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    format!(
+    write!(
+        out,
         "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
         day,
         MONTHS[(month - 1) as usize],
@@ -337,14 +392,12 @@ pub(crate) fn server_timing(inv: &Invocation) -> String {
 
 fn platform_headers(resp: &mut Response, inv: &Invocation) {
     let h = resp.headers_mut();
-    h.insert(
-        "x-lampyr-start",
-        HeaderValue::from_static(inv.start.as_str()),
-    );
-    if let Ok(v) = HeaderValue::from_str(&server_timing(inv)) {
-        h.insert("server-timing", v);
+    h.insert(X_LAMPYR_START, HeaderValue::from_static(inv.start.as_str()));
+    // From the string's own buffer, not a copy of it.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(server_timing(inv))) {
+        h.insert(SERVER_TIMING, v);
     }
-    h.insert("x-lampyr-version", HeaderValue::from(inv.version));
+    h.insert(X_LAMPYR_VERSION, HeaderValue::from(inv.version));
 }
 
 /// Turns an invocation into the HTTP response.
@@ -424,7 +477,7 @@ fn function_error(err: &[u8]) -> Response {
     resp.headers_mut()
         .insert("content-type", HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(
-        "x-lampyr-function-error",
+        X_LAMPYR_FUNCTION_ERROR,
         HeaderValue::from_static("Unhandled"),
     );
     resp
@@ -438,9 +491,113 @@ fn bad_result(function: &str, what: String) -> ApiError {
     )
 }
 
+/// A string, borrowed from the JSON text when it has no escapes.
+#[derive(serde::Deserialize)]
+struct Text<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+/// A JSON object of strings, in document order.
+struct TextPairs<'a>(Vec<(Text<'a>, Text<'a>)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for TextPairs<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = TextPairs<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(m.size_hint().unwrap_or(2));
+                while let Some(kv) = m.next_entry()? {
+                    v.push(kv);
+                }
+                Ok(TextPairs(v))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// The usual shape of a proxy result, read without building a JSON tree: a
+/// numeric `statusCode`, string `headers`, a string `body`, string
+/// `cookies`, no `multiValueHeaders`. A result of any other shape fails to
+/// read as this and takes the general path, which gives it the same
+/// meaning.
+#[derive(serde::Deserialize)]
+struct PlainProxyResult<'a> {
+    #[serde(rename = "statusCode")]
+    status_code: u16,
+    #[serde(default, borrow)]
+    headers: Option<TextPairs<'a>>,
+    #[serde(default, borrow)]
+    body: Option<Text<'a>>,
+    #[serde(default, rename = "isBase64Encoded")]
+    is_base64_encoded: Option<bool>,
+    #[serde(default, borrow)]
+    cookies: Option<Vec<Text<'a>>>,
+    #[serde(default, rename = "multiValueHeaders")]
+    multi_value_headers: Option<serde::de::IgnoredAny>,
+}
+
+/// The response for a result of the usual shape, or `None` to take the
+/// general path (which then also reports what is wrong with it).
+fn plain_proxy_result(result: &[u8]) -> Option<Response> {
+    let r: PlainProxyResult<'_> = serde_json::from_slice(result).ok()?;
+    if r.multi_value_headers.is_some() {
+        return None;
+    }
+    let status = StatusCode::from_u16(r.status_code).ok()?;
+    let body = match r.body {
+        None => Vec::new(),
+        Some(Text(s)) if r.is_base64_encoded == Some(true) => B64.decode(s.as_bytes()).ok()?,
+        Some(Text(s)) => s.into_owned().into_bytes(),
+    };
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    let mut has_type = false;
+    for (Text(k), Text(v)) in r.headers.map(|p| p.0).unwrap_or_default() {
+        let name = HeaderName::from_bytes(k.as_bytes()).ok()?;
+        let value = HeaderValue::from_str(&v).ok()?;
+        has_type |= name == axum::http::header::CONTENT_TYPE;
+        // A repeated key: the last one counts, as on the general path.
+        h.insert(name, value);
+    }
+    for Text(c) in r.cookies.unwrap_or_default() {
+        h.append(
+            axum::http::header::SET_COOKIE,
+            HeaderValue::from_str(&c).ok()?,
+        );
+    }
+    if !has_type {
+        h.insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    Some(resp)
+}
+
 /// Applies the proxy-result rules to a handler's result.
 fn proxy_result(function: &str, result: &[u8]) -> Result<Response, ApiError> {
     let first = result.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first == Some(b'{') {
+        if let Some(resp) = plain_proxy_result(result) {
+            return Ok(resp);
+        }
+    }
+    general_proxy_result(function, result, first)
+}
+
+/// Applies the proxy-result rules to a result of any shape.
+fn general_proxy_result(
+    function: &str,
+    result: &[u8],
+    first: Option<u8>,
+) -> Result<Response, ApiError> {
     let obj = if first == Some(b'{') {
         match serde_json::from_slice::<serde_json::Value>(result) {
             Ok(serde_json::Value::Object(m)) if m.contains_key("statusCode") => Some(m),
@@ -554,7 +711,7 @@ pub(crate) fn respond_raw(inv: &Invocation) -> Response {
             r.headers_mut()
                 .insert("content-type", HeaderValue::from_static("application/json"));
             r.headers_mut().insert(
-                "x-lampyr-function-error",
+                X_LAMPYR_FUNCTION_ERROR,
                 HeaderValue::from_static("Unhandled"),
             );
             r
@@ -640,5 +797,62 @@ mod tests {
             br#"{"statusCode":200,"body":"!!","isBase64Encoded":true}"#
         )
         .is_err());
+    }
+
+    /// Status, headers (sorted) and body of a response, or the error code.
+    async fn outcome(r: Result<Response, ApiError>) -> String {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => return format!("error {}", e.into_response().status()),
+        };
+        let mut headers: Vec<String> = r
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        headers.sort();
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        format!("{status} {headers:?} {body:?}")
+    }
+
+    #[tokio::test]
+    async fn the_fast_path_for_usual_results_means_what_the_general_one_does() {
+        let cases: &[&str] = &[
+            r#"{"statusCode":200,"headers":{"content-type":"text/plain"},"body":"Hello World\n"}"#,
+            r#"{"statusCode":201,"headers":{"x-a":"1","X-B":"two words"},"cookies":["c=1","d=2"],"body":"hi"}"#,
+            r#"{"statusCode":200,"body":"AAEC","isBase64Encoded":true}"#,
+            r#"{"statusCode":200,"body":"AAEC","isBase64Encoded":false}"#,
+            r#"{"statusCode":200,"body":"!!","isBase64Encoded":true}"#,
+            r#"{"statusCode":204}"#,
+            r#"{"statusCode":404,"body":null,"headers":null,"cookies":null}"#,
+            r#"{"statusCode":200,"headers":{"a":"1","a":"2"}}"#,
+            r#"{"statusCode":200,"headers":{"a":1,"b":null}}"#,
+            r#"{"statusCode":200,"headers":{"bad name":"x"}}"#,
+            r#"{"statusCode":200,"headers":{"a":"bad\nvalue"}}"#,
+            r#"{"statusCode":200,"multiValueHeaders":{"a":["1","2"]},"headers":{"b":"3"}}"#,
+            r#"{"statusCode":200,"cookies":["a=1",2]}"#,
+            r#"{"statusCode":200,"body":{"nested":true}}"#,
+            r#"{"statusCode":200,"isBase64Encoded":"yes","body":"AAEC"}"#,
+            r#"{"statusCode":"201","body":"s"}"#,
+            r#"{"statusCode":42}"#,
+            r#"{"statusCode":70000}"#,
+            r#"{"statusCode":200.5}"#,
+            r#"{"statusCode":200,"statusCode":201}"#,
+            r#"{"statusCode":200,"other":[1,2,3],"body":"\u00e9t\u00e9"}"#,
+            r#"{"no":"status"}"#,
+        ];
+        for c in cases {
+            let first = Some(b'{');
+            let general = outcome(general_proxy_result("f", c.as_bytes(), first)).await;
+            let chosen = outcome(proxy_result("f", c.as_bytes())).await;
+            assert_eq!(chosen, general, "for {c}");
+        }
+        assert!(
+            plain_proxy_result(cases[0].as_bytes()).is_some(),
+            "the usual shape takes the fast path"
+        );
     }
 }

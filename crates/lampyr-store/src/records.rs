@@ -1,37 +1,36 @@
-//! Invocation records: one row per invocation in the embedded database,
-//! written in batches by a background thread and pruned by age and count.
+//! Invocation records, stored in batches: one row per function and flush of
+//! the record writer, holding that flush's records as one JSON array. A busy
+//! function's thousand records a second cost a few row writes, not a
+//! thousand (each with its index entries, and a thousand deletes when they
+//! age out). Rows are found by function and time; a record by request id
+//! through the time in its (time-ordered) id. Old rows are pruned whole, by
+//! age and by count.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lampyr_api::{InvocationRecord, PhaseTimes};
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
 
 use crate::Result;
 
+/// `id` is the sequence number of the batch's last record: ids grow by each
+/// batch's record count, so the newest N records are those in rows with
+/// `id > MAX(id) - N` (plus the one row straddling the boundary).
 const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS invocations (
-    request_id     TEXT PRIMARY KEY,
-    function       TEXT NOT NULL,
-    version        INTEGER NOT NULL,
-    trigger        TEXT NOT NULL,
-    start_ms       INTEGER NOT NULL,
-    start_kind     TEXT NOT NULL,
-    phases         TEXT NOT NULL,
-    duration_ms    REAL NOT NULL,
-    billed_ms      INTEGER NOT NULL,
-    gb_seconds     REAL NOT NULL,
-    memory_mb      INTEGER NOT NULL,
-    max_memory_mb  REAL,
-    status         TEXT NOT NULL,
-    error_type     TEXT,
-    http_status    INTEGER NOT NULL,
-    response_bytes INTEGER NOT NULL,
-    instance       TEXT
+CREATE TABLE IF NOT EXISTS invocation_batches (
+    id        INTEGER PRIMARY KEY,
+    function  TEXT NOT NULL,
+    first_ms  INTEGER NOT NULL,
+    last_ms   INTEGER NOT NULL,
+    count     INTEGER NOT NULL,
+    records   BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function, start_ms);
-DROP INDEX IF EXISTS invocations_by_time;
+CREATE INDEX IF NOT EXISTS invocation_batches_by_function ON invocation_batches (function, last_ms);
+CREATE INDEX IF NOT EXISTS invocation_batches_by_time ON invocation_batches (last_ms, first_ms);
+CREATE INDEX IF NOT EXISTS invocation_batches_by_first ON invocation_batches (first_ms);
 "#;
 
 /// Which records to read.
@@ -77,149 +76,449 @@ fn parse_rfc3339(s: &str) -> i64 {
     humantime::parse_rfc3339(s).map(ms).unwrap_or(0)
 }
 
+/// One record inside a batch, stored as a JSON array in this field order
+/// (field names once in the code, not in every record; the function is the
+/// row's). Append fields, never reorder them.
+#[derive(Serialize, Deserialize)]
+struct Row<S>(
+    /* request_id */ S,
+    /* version */ u64,
+    /* trigger */ S,
+    /* start_ms */ i64,
+    /* start */ S,
+    /* phases: queue, code, sandbox, runtime, init, exec */
+    f64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    f64,
+    /* duration_ms */ f64,
+    /* billed_ms */ u64,
+    /* gb_seconds */ f64,
+    /* memory_mb */ u32,
+    /* max_memory_used_mb */ Option<f64>,
+    /* status */ S,
+    /* error_type */ Option<S>,
+    /* http_status */ u16,
+    /* response_bytes */ u64,
+    /* instance */ Option<S>,
+);
+
+impl<'a> Row<&'a str> {
+    fn of(r: &'a InvocationRecord) -> Self {
+        let p = &r.phases;
+        Row(
+            &r.request_id,
+            r.version,
+            &r.trigger,
+            parse_rfc3339(&r.start_time),
+            &r.start,
+            p.queue,
+            p.code,
+            p.sandbox,
+            p.runtime,
+            p.init,
+            p.exec,
+            r.duration_ms,
+            r.billed_ms,
+            r.gb_seconds,
+            r.memory_mb,
+            r.max_memory_used_mb,
+            &r.status,
+            r.error_type.as_deref(),
+            r.http_status,
+            r.response_bytes,
+            r.instance.as_deref(),
+        )
+    }
+}
+
+impl<S> Row<S> {
+    fn start_ms(&self) -> i64 {
+        self.3
+    }
+}
+
+impl Row<String> {
+    fn into_record(self, function: &str) -> InvocationRecord {
+        let r = self;
+        InvocationRecord {
+            request_id: r.0,
+            function: function.to_string(),
+            version: r.1,
+            trigger: r.2,
+            start_time: crate::rfc3339(UNIX_EPOCH + Duration::from_millis(r.3.max(0) as u64)),
+            start: r.4,
+            phases: PhaseTimes {
+                queue: r.5,
+                code: r.6,
+                sandbox: r.7,
+                runtime: r.8,
+                init: r.9,
+                exec: r.10,
+            },
+            duration_ms: r.11,
+            billed_ms: r.12,
+            gb_seconds: r.13,
+            memory_mb: r.14,
+            max_memory_used_mb: r.15,
+            status: r.16,
+            error_type: r.17,
+            http_status: r.18,
+            response_bytes: r.19,
+            instance: r.20,
+        }
+    }
+}
+
+/// The time in a time-ordered (version 7) UUID, in Unix milliseconds.
+fn uuid_v7_ms(id: &str) -> Option<i64> {
+    let b = id.as_bytes();
+    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[14] != b'7' {
+        return None;
+    }
+    let hex = |s: &[u8]| {
+        std::str::from_utf8(s)
+            .ok()
+            .and_then(|s| i64::from_str_radix(s, 16).ok())
+    };
+    Some(hex(&b[0..8])? << 16 | hex(&b[9..13])?)
+}
+
+/// A record is looked for in batches whose time span reaches within this of
+/// the time in its id (the record's start is taken right after its id is
+/// made; this allows for the clock being stepped in between).
+const ID_CLOCK_SLACK_MS: i64 = 60_000;
+
 impl RecordStore {
-    /// Opens the records table in the database at `path` (its own
+    /// Opens the records tables in the database at `path` (its own
     /// connection, so record writes never wait for metadata reads).
     pub fn open(path: &Path) -> Result<RecordStore> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Records are telemetry written at request rate: no fsync (a crash of
         // the process loses nothing; one of the machine at most the last
-        // moments) and few checkpoints. Inserts touch only the right edge of
-        // the indexes (request ids and start times grow), so a small page
-        // cache holds their working set; a large one made every commit
-        // slower, as SQLite walks its cache at the end of each transaction.
+        // moments) and few checkpoints. Writes append at the right edge of
+        // the table and its indexes, so a small page cache holds their
+        // working set; a large one made every commit slower, as SQLite walks
+        // its cache at the end of each transaction.
         conn.pragma_update(None, "synchronous", "OFF")?;
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         conn.pragma_update(None, "cache_size", -4096)?;
         conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(RecordStore {
+        let mut store = RecordStore {
             db: Mutex::new(conn),
-        })
+        };
+        store.migrate_rows()?;
+        Ok(store)
     }
 
-    /// Stores a batch of records in one transaction.
+    /// Moves records from the one-row-per-record table of earlier versions
+    /// into batches, then drops that table.
+    fn migrate_rows(&mut self) -> Result<()> {
+        let db = self.db.get_mut();
+        let old: bool = db.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'invocations')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !old {
+            return Ok(());
+        }
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let records: Vec<InvocationRecord> = {
+            let mut stmt = tx.prepare(
+                "SELECT request_id, function, version, trigger, start_ms, start_kind, phases, duration_ms,
+                 billed_ms, gb_seconds, memory_mb, max_memory_mb, status, error_type, http_status,
+                 response_bytes, instance FROM invocations ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let phases: String = r.get(6)?;
+                Ok(InvocationRecord {
+                    request_id: r.get(0)?,
+                    function: r.get(1)?,
+                    version: r.get::<_, i64>(2)? as u64,
+                    trigger: r.get(3)?,
+                    start_time: crate::rfc3339(
+                        UNIX_EPOCH + Duration::from_millis(r.get::<_, i64>(4)?.max(0) as u64),
+                    ),
+                    start: r.get(5)?,
+                    phases: serde_json::from_str::<PhaseTimes>(&phases).unwrap_or_default(),
+                    duration_ms: r.get(7)?,
+                    billed_ms: r.get::<_, i64>(8)? as u64,
+                    gb_seconds: r.get(9)?,
+                    memory_mb: r.get(10)?,
+                    max_memory_used_mb: r.get(11)?,
+                    status: r.get(12)?,
+                    error_type: r.get(13)?,
+                    http_status: r.get(14)?,
+                    response_bytes: r.get::<_, i64>(15)? as u64,
+                    instance: r.get(16)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for chunk in records.chunks(1000) {
+            insert_batches(&tx, chunk)?;
+        }
+        tx.execute_batch("DROP TABLE invocations;")?;
+        tx.commit()?;
+        tracing::info!(
+            records = records.len(),
+            "invocation records moved into batches"
+        );
+        Ok(())
+    }
+
+    /// Stores a batch of records in one transaction: one row per function.
     pub fn insert(&self, records: &[InvocationRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut db = self.db.lock();
         let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO invocations (request_id, function, version, trigger, start_ms, start_kind, phases,
-                 duration_ms, billed_ms, gb_seconds, memory_mb, max_memory_mb, status, error_type, http_status, response_bytes, instance)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            )?;
-            for r in records {
-                stmt.execute(params![
-                    r.request_id,
-                    r.function,
-                    r.version as i64,
-                    r.trigger,
-                    parse_rfc3339(&r.start_time),
-                    r.start,
-                    serde_json::to_string(&r.phases).expect("phases serialise"),
-                    r.duration_ms,
-                    r.billed_ms as i64,
-                    r.gb_seconds,
-                    r.memory_mb,
-                    r.max_memory_used_mb,
-                    r.status,
-                    r.error_type,
-                    r.http_status,
-                    r.response_bytes as i64,
-                    r.instance,
-                ])?;
-            }
-        }
+        insert_batches(&tx, records)?;
         tx.commit()?;
         Ok(())
     }
 
-    const COLUMNS: &'static str = "request_id, function, version, trigger, start_ms, start_kind, phases, duration_ms, billed_ms,
-        gb_seconds, memory_mb, max_memory_mb, status, error_type, http_status, response_bytes, instance";
-
-    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
-        let phases: String = r.get(6)?;
-        Ok(InvocationRecord {
-            request_id: r.get(0)?,
-            function: r.get(1)?,
-            version: r.get::<_, i64>(2)? as u64,
-            trigger: r.get(3)?,
-            start_time: crate::rfc3339(
-                UNIX_EPOCH + Duration::from_millis(r.get::<_, i64>(4)?.max(0) as u64),
-            ),
-            start: r.get(5)?,
-            phases: serde_json::from_str::<PhaseTimes>(&phases).unwrap_or_default(),
-            duration_ms: r.get(7)?,
-            billed_ms: r.get::<_, i64>(8)? as u64,
-            gb_seconds: r.get(9)?,
-            memory_mb: r.get(10)?,
-            max_memory_used_mb: r.get(11)?,
-            status: r.get(12)?,
-            error_type: r.get(13)?,
-            http_status: r.get(14)?,
-            response_bytes: r.get::<_, i64>(15)? as u64,
-            instance: r.get(16)?,
-        })
-    }
-
-    /// A function's records, newest first.
+    /// A function's records, newest first (by start time, then by the order
+    /// in which they were stored).
     pub fn list(&self, function: &str, q: &RecordQuery) -> Result<Vec<InvocationRecord>> {
-        let db = self.db.lock();
-        let sql = format!(
-            "SELECT {} FROM invocations WHERE function = ?1 AND start_ms >= ?2 AND (?3 IS NULL OR status = ?3)
-             AND (?5 = 0 OR instance IS NOT NULL)
-             ORDER BY start_ms DESC, rowid DESC LIMIT ?4",
-            Self::COLUMNS
-        );
-        let mut stmt = db.prepare_cached(&sql)?;
-        let since = q.since.map(ms).unwrap_or(0);
+        let since = q.since.map(ms).unwrap_or(i64::MIN);
         let limit = match q.limit {
             0 => 100,
-            n => i64::try_from(n).unwrap_or(i64::MAX),
+            n => n,
         };
-        let rows = stmt.query_map(params![function, since, q.status, limit, q.ran], Self::row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let db = self.db.lock();
+        let mut stmt = db.prepare_cached(
+            "SELECT id, last_ms, records FROM invocation_batches
+             WHERE function = ?1 AND last_ms >= ?2 ORDER BY last_ms DESC, id DESC",
+        )?;
+        let mut rows = stmt.query(params![function, since])?;
+        // (start_ms, batch id, index in batch): newest first once sorted.
+        let mut found: Vec<Found> = Vec::new();
+        let mut floor = i64::MIN;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let last_ms: i64 = row.get(1)?;
+            if last_ms < floor {
+                // Every record here and in the rows after it started before
+                // the newest `limit` found so far.
+                break;
+            }
+            let Some(batch) = row.get_ref(2)?.as_blob().ok().and_then(decode) else {
+                tracing::warn!(
+                    function,
+                    batch = id,
+                    "skipping an unreadable batch of invocation records"
+                );
+                continue;
+            };
+            for (i, r) in batch.into_iter().enumerate() {
+                if r.start_ms() < since
+                    || q.status.as_deref().is_some_and(|s| r.16 != s)
+                    || (q.ran && r.20.is_none())
+                {
+                    continue;
+                }
+                found.push(((r.start_ms(), id, i), r));
+            }
+            if found.len() >= limit.saturating_mul(2).max(1024) {
+                newest_first(&mut found, limit);
+                floor = found.last().map_or(i64::MIN, |f| f.0 .0);
+            }
+        }
+        newest_first(&mut found, limit);
+        Ok(found
+            .into_iter()
+            .map(|(_, r)| r.into_record(function))
+            .collect())
     }
 
     /// One record by request id.
     pub fn get(&self, request_id: &str) -> Result<Option<InvocationRecord>> {
         let db = self.db.lock();
-        let sql = format!(
-            "SELECT {} FROM invocations WHERE request_id = ?1",
-            Self::COLUMNS
-        );
-        Ok(db
-            .query_row(&sql, params![request_id], Self::row)
-            .optional()?)
+        // The id in JSON, quoted: a cheap test on the stored bytes before a
+        // batch is decoded.
+        let needle = serde_json::to_string(request_id).expect("a string serialises");
+        let mut stmt;
+        let mut rows = match uuid_v7_ms(request_id) {
+            Some(t) => {
+                stmt = db.prepare_cached(
+                    "SELECT function, records FROM invocation_batches
+                     WHERE last_ms >= ?1 AND first_ms <= ?2 AND instr(records, ?3) > 0
+                     ORDER BY last_ms",
+                )?;
+                stmt.query(params![
+                    t - ID_CLOCK_SLACK_MS,
+                    t + ID_CLOCK_SLACK_MS,
+                    needle.as_bytes()
+                ])?
+            }
+            // Not an id lampyr made: look everywhere.
+            None => {
+                stmt = db.prepare_cached(
+                    "SELECT function, records FROM invocation_batches
+                     WHERE instr(records, ?1) > 0 ORDER BY id DESC",
+                )?;
+                stmt.query(params![needle.as_bytes()])?
+            }
+        };
+        while let Some(row) = rows.next()? {
+            let function: String = row.get(0)?;
+            let Some(batch) = row.get_ref(1)?.as_blob().ok().and_then(decode) else {
+                continue;
+            };
+            if let Some(r) = batch.into_iter().find(|r| r.0 == request_id) {
+                return Ok(Some(r.into_record(&function)));
+            }
+        }
+        Ok(None)
     }
 
-    /// Deletes records older than the retention age and beyond its count.
+    /// Deletes records older than the retention age and beyond its count:
+    /// whole batches where it can, and the old records out of the batches
+    /// that straddle either limit. Returns the number of records deleted.
     pub fn prune(&self, retention: Retention, now: SystemTime) -> Result<usize> {
-        let db = self.db.lock();
+        let mut db = self.db.lock();
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let cutoff = ms(now) - retention.max_age.as_millis() as i64;
-        let mut n = db.execute(
-            "DELETE FROM invocations WHERE start_ms < ?1",
-            params![cutoff],
+        // Records with sequence numbers up to this one are beyond the count.
+        let keep_after: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(id), 0) - ?1 FROM invocation_batches",
+            params![i64::try_from(retention.max_count).unwrap_or(i64::MAX)],
+            |r| r.get(0),
         )?;
-        // Rows are appended in arrival order: the oldest have the smallest rowids.
-        n += db.execute(
-            "DELETE FROM invocations WHERE rowid <= (SELECT MAX(rowid) FROM invocations) - ?1",
-            params![retention.max_count as i64],
+        let mut n: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(count), 0) FROM invocation_batches WHERE last_ms < ?1 OR id <= ?2",
+            params![cutoff, keep_after],
+            |r| r.get(0),
         )?;
-        Ok(n)
+        if n > 0 {
+            tx.execute(
+                "DELETE FROM invocation_batches WHERE last_ms < ?1 OR id <= ?2",
+                params![cutoff, keep_after],
+            )?;
+        }
+        // The batches left that still hold records to delete: the first
+        // one after `keep_after` (its sequence numbers may straddle it: a
+        // batch holds those from `id - count + 1` to `id`), and those whose
+        // oldest record started before `cutoff` (their newest did not).
+        let mut partial: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+        for (sql, bound) in [
+            (
+                "SELECT id, count, records FROM invocation_batches WHERE id > ?1 ORDER BY id LIMIT 1",
+                keep_after,
+            ),
+            (
+                "SELECT id, count, records FROM invocation_batches WHERE first_ms < ?1",
+                cutoff,
+            ),
+        ] {
+            let mut stmt = tx.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![bound], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            for row in rows {
+                let row = row?;
+                if !partial.iter().any(|(id, _, _)| *id == row.0) {
+                    partial.push(row);
+                }
+            }
+        }
+        for (id, count, blob) in partial {
+            let Some(rows) = decode(&blob) else { continue };
+            let first_seq = id - count + 1;
+            let before = rows.len();
+            let kept: Vec<Row<String>> = rows
+                .into_iter()
+                .enumerate()
+                .filter(|(i, r)| first_seq + *i as i64 > keep_after && r.start_ms() >= cutoff)
+                .map(|(_, r)| r)
+                .collect();
+            n += (before - kept.len()) as i64;
+            if kept.is_empty() {
+                tx.execute("DELETE FROM invocation_batches WHERE id = ?1", params![id])?;
+            } else if kept.len() < before {
+                let first = kept.iter().map(Row::start_ms).min().unwrap_or(0);
+                let last = kept.iter().map(Row::start_ms).max().unwrap_or(0);
+                tx.execute(
+                    "UPDATE invocation_batches SET count = ?2, first_ms = ?3, last_ms = ?4, records = ?5
+                     WHERE id = ?1",
+                    params![
+                        id,
+                        kept.len() as i64,
+                        first,
+                        last,
+                        serde_json::to_vec(&kept).expect("records serialise")
+                    ],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(n as usize)
     }
 
     /// Forgets a deleted function's records.
     pub fn delete_function(&self, function: &str) -> Result<()> {
         self.db.lock().execute(
-            "DELETE FROM invocations WHERE function = ?1",
+            "DELETE FROM invocation_batches WHERE function = ?1",
             params![function],
         )?;
         Ok(())
     }
+}
+
+/// Appends `records` as one row per function, in the order they come.
+fn insert_batches(tx: &rusqlite::Transaction<'_>, records: &[InvocationRecord]) -> Result<()> {
+    let mut next: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(id), 0) FROM invocation_batches",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut groups: Vec<(&str, Vec<Row<&str>>)> = Vec::new();
+    for r in records {
+        let row = Row::of(r);
+        match groups.iter_mut().find(|(f, _)| *f == r.function) {
+            Some((_, rows)) => rows.push(row),
+            None => groups.push((&r.function, vec![row])),
+        }
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO invocation_batches (id, function, first_ms, last_ms, count, records)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (function, rows) in groups {
+        let first = rows.iter().map(Row::start_ms).min().unwrap_or(0);
+        let last = rows.iter().map(Row::start_ms).max().unwrap_or(0);
+        next += rows.len() as i64;
+        let blob = serde_json::to_vec(&rows).expect("records serialise");
+        stmt.execute(params![
+            next,
+            function,
+            first,
+            last,
+            rows.len() as i64,
+            blob
+        ])?;
+    }
+    Ok(())
+}
+
+fn decode(blob: &[u8]) -> Option<Vec<Row<String>>> {
+    serde_json::from_slice(blob).ok()
+}
+
+/// A record found by a query, with where it sorts: (start, batch id, index
+/// in the batch).
+type Found = ((i64, i64, usize), Row<String>);
+
+/// Sorts newest first and keeps the first `limit`.
+fn newest_first(found: &mut Vec<Found>, limit: usize) {
+    found.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
+    found.truncate(limit);
 }
 
 #[cfg(test)]
@@ -307,106 +606,260 @@ mod tests {
         });
     }
 
+    fn list(s: &RecordStore, function: &str, q: RecordQuery) -> Vec<InvocationRecord> {
+        s.list(function, &q).unwrap()
+    }
+
+    fn ids(v: &[InvocationRecord]) -> Vec<&str> {
+        v.iter().map(|r| r.request_id.as_str()).collect()
+    }
+
     #[test]
     fn insert_query_prune() {
         let d = tempfile::tempdir().unwrap();
         let s = RecordStore::open(&d.path().join("db")).unwrap();
         let now = SystemTime::now();
         let old = now - Duration::from_secs(3600);
-        let mut batch: Vec<_> = (0..10)
+        s.insert(&[
+            InvocationRecord {
+                request_id: "old".into(),
+                ..rec(99, "ok", old)
+            },
+            InvocationRecord {
+                request_id: "throttled".into(),
+                instance: None,
+                ..rec(98, "throttled", old)
+            },
+        ])
+        .unwrap();
+        let batch: Vec<_> = (0..10)
             .map(|i| rec(i, if i % 3 == 0 { "error" } else { "ok" }, now))
             .collect();
-        batch.push(InvocationRecord {
-            request_id: "old".into(),
-            ..rec(99, "ok", old)
-        });
-        batch.push(InvocationRecord {
-            request_id: "throttled".into(),
-            instance: None,
-            ..rec(98, "throttled", old)
-        });
         s.insert(&batch).unwrap();
-        let all = s
-            .list(
-                "f",
-                &RecordQuery {
-                    limit: 100,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let all = list(
+            &s,
+            "f",
+            RecordQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        );
         assert_eq!(all.len(), 12);
-        let ran = s
-            .list(
-                "f",
-                &RecordQuery {
-                    limit: 100,
-                    ran: true,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        assert_eq!(all[0], batch[9], "newest first, every field kept");
+        let ran = list(
+            &s,
+            "f",
+            RecordQuery {
+                limit: 100,
+                ran: true,
+                ..Default::default()
+            },
+        );
         assert_eq!(ran.len(), 11);
         assert_eq!(ran.last().unwrap().request_id, "old", "newest first");
-        let errors = s
-            .list(
-                "f",
-                &RecordQuery {
-                    limit: 100,
-                    status: Some("error".into()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(errors.len(), 4);
-        let recent = s
-            .list(
-                "f",
-                &RecordQuery {
-                    limit: 100,
-                    since: Some(now - Duration::from_secs(60)),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let errors = list(
+            &s,
+            "f",
+            RecordQuery {
+                limit: 100,
+                status: Some("error".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(ids(&errors), ["r9", "r6", "r3", "r0"]);
+        let recent = list(
+            &s,
+            "f",
+            RecordQuery {
+                limit: 100,
+                since: Some(now - Duration::from_secs(60)),
+                ..Default::default()
+            },
+        );
         assert_eq!(recent.len(), 10);
+        assert_eq!(
+            ids(&list(
+                &s,
+                "f",
+                RecordQuery {
+                    limit: 3,
+                    ..Default::default()
+                }
+            )),
+            ["r9", "r8", "r7"]
+        );
+        assert!(list(&s, "g", RecordQuery::default()).is_empty());
         let r0 = s.get("r0").unwrap().unwrap();
         assert_eq!(r0.phases.init, Some(3.0));
         assert_eq!(r0.start, "cold");
-        // Age, then count.
-        assert_eq!(
-            s.prune(
-                Retention {
-                    max_age: Duration::from_secs(600),
-                    max_count: 1000
+        assert_eq!(s.get("nope").unwrap(), None);
+        let retention = |max_count| Retention {
+            max_age: Duration::from_secs(600),
+            max_count,
+        };
+        // Age: the old batch goes whole.
+        assert_eq!(s.prune(retention(1000), now).unwrap(), 2);
+        assert_eq!(s.get("old").unwrap(), None);
+        // Count: batches go once the newer ones hold max_count records.
+        for b in 0..3 {
+            s.insert(&[
+                InvocationRecord {
+                    request_id: format!("b{b}-0"),
+                    ..rec(1, "ok", now)
                 },
-                now
-            )
-            .unwrap(),
-            2
-        );
-        assert_eq!(
-            s.prune(
-                Retention {
-                    max_age: Duration::from_secs(600),
-                    max_count: 4
+                InvocationRecord {
+                    request_id: format!("b{b}-1"),
+                    ..rec(1, "ok", now)
                 },
-                now
-            )
-            .unwrap(),
-            6
-        );
+            ])
+            .unwrap();
+        }
+        // The ten of the second batch, and the older of b0's two.
+        assert_eq!(s.prune(retention(5), now).unwrap(), 11);
         assert_eq!(
-            s.list(
-                "f",
-                &RecordQuery {
-                    limit: 100,
-                    ..Default::default()
-                }
-            )
-            .unwrap()
-            .len(),
-            4
+            ids(&list(&s, "f", RecordQuery::default())),
+            ["b2-1", "b2-0", "b1-1", "b1-0", "b0-1"]
         );
+        assert_eq!(s.prune(retention(4), now).unwrap(), 1);
+        assert_eq!(list(&s, "f", RecordQuery::default()).len(), 4);
+        assert_eq!(s.prune(retention(4), now).unwrap(), 0);
+        // Age, inside a batch: its old record goes, its new one stays.
+        s.insert(&[
+            InvocationRecord {
+                request_id: "mixed-old".into(),
+                ..rec(1, "ok", old)
+            },
+            InvocationRecord {
+                request_id: "mixed-new".into(),
+                ..rec(1, "ok", now)
+            },
+        ])
+        .unwrap();
+        assert_eq!(s.prune(retention(1000), now).unwrap(), 1);
+        assert_eq!(s.get("mixed-old").unwrap(), None);
+        assert!(s.get("mixed-new").unwrap().is_some());
+        assert_eq!(list(&s, "f", RecordQuery::default()).len(), 5);
+        s.delete_function("f").unwrap();
+        assert!(list(&s, "f", RecordQuery::default()).is_empty());
+    }
+
+    #[test]
+    fn newest_first_across_batches_that_overlap_in_time() {
+        // A long invocation is stored in a later batch than shorter ones
+        // that started after it: the order is by start, whatever the batch.
+        let d = tempfile::tempdir().unwrap();
+        let s = RecordStore::open(&d.path().join("db")).unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(100);
+        let at = |i: u64| t0 + Duration::from_secs(i);
+        let mk = |name: &str, function: &str, i: u64| InvocationRecord {
+            request_id: name.into(),
+            function: function.into(),
+            ..rec(i, "ok", at(i))
+        };
+        s.insert(&[mk("a5", "f", 5), mk("a6", "f", 6), mk("g1", "g", 1)])
+            .unwrap();
+        s.insert(&[mk("b1", "f", 1), mk("b7", "f", 7)]).unwrap();
+        for _ in 0..50 {
+            // Many batches, all older than what the first rows hold.
+            s.insert(&[mk("x", "f", 0)]).unwrap();
+        }
+        let q = |limit| RecordQuery {
+            limit,
+            ..Default::default()
+        };
+        assert_eq!(ids(&list(&s, "f", q(3))), ["b7", "a6", "a5"]);
+        assert_eq!(ids(&list(&s, "f", q(4))), ["b7", "a6", "a5", "b1"]);
+        assert_eq!(list(&s, "f", q(1000)).len(), 54);
+        assert_eq!(ids(&list(&s, "g", q(10))), ["g1"]);
+        let since = list(
+            &s,
+            "f",
+            RecordQuery {
+                limit: 100,
+                since: Some(at(6)),
+                ..Default::default()
+            },
+        );
+        assert_eq!(ids(&since), ["b7", "a6"]);
+    }
+
+    #[test]
+    fn finds_a_record_by_the_time_in_its_id() {
+        let d = tempfile::tempdir().unwrap();
+        let s = RecordStore::open(&d.path().join("db")).unwrap();
+        let now = SystemTime::now();
+        let id = |t: SystemTime| {
+            let ms = t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+            uuid::Builder::from_unix_timestamp_millis(ms, &[7; 10])
+                .into_uuid()
+                .to_string()
+        };
+        let new = id(now);
+        let old = id(now - Duration::from_secs(3600));
+        assert_eq!(
+            uuid_v7_ms(&new),
+            Some(now.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64)
+        );
+        assert_eq!(uuid_v7_ms("r1"), None);
+        assert_eq!(uuid_v7_ms(&uuid::Uuid::new_v4().to_string()), None);
+        s.insert(&[InvocationRecord {
+            request_id: old.clone(),
+            ..rec(1, "ok", now - Duration::from_secs(3600))
+        }])
+        .unwrap();
+        s.insert(&[InvocationRecord {
+            request_id: new.clone(),
+            ..rec(2, "ok", now)
+        }])
+        .unwrap();
+        assert_eq!(s.get(&new).unwrap().unwrap().request_id, new);
+        assert_eq!(s.get(&old).unwrap().unwrap().request_id, old);
+        assert_eq!(s.get(&id(now + Duration::from_secs(1))).unwrap(), None);
+    }
+
+    #[test]
+    fn moves_records_of_the_one_row_per_record_table_into_batches() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE invocations (
+                    request_id TEXT PRIMARY KEY, function TEXT NOT NULL, version INTEGER NOT NULL,
+                    trigger TEXT NOT NULL, start_ms INTEGER NOT NULL, start_kind TEXT NOT NULL,
+                    phases TEXT NOT NULL, duration_ms REAL NOT NULL, billed_ms INTEGER NOT NULL,
+                    gb_seconds REAL NOT NULL, memory_mb INTEGER NOT NULL, max_memory_mb REAL,
+                    status TEXT NOT NULL, error_type TEXT, http_status INTEGER NOT NULL,
+                    response_bytes INTEGER NOT NULL, instance TEXT);
+                 CREATE INDEX invocations_by_function ON invocations (function, start_ms);
+                 INSERT INTO invocations VALUES ('r1', 'f', 2, 'http', 1700000000000, 'cold',
+                    '{\"queue\":0.5,\"init\":3.0,\"exec\":1.5}', 1.5, 2, 0.00025, 128, 40.0,
+                    'ok', NULL, 200, 12, 'f-1');
+                 INSERT INTO invocations VALUES ('r2', 'g', 1, 'api', 1700000001000, 'warm',
+                    '{\"queue\":0.0,\"exec\":9.0}', 9.0, 9, 0.001, 128, NULL,
+                    'error', 'TypeError', 500, 80, 'g-1');",
+            )
+            .unwrap();
+        }
+        let s = RecordStore::open(&path).unwrap();
+        let r1 = s.get("r1").unwrap().unwrap();
+        assert_eq!(r1.function, "f");
+        assert_eq!(r1.version, 2);
+        assert_eq!(r1.phases.init, Some(3.0));
+        assert_eq!(r1.max_memory_used_mb, Some(40.0));
+        assert_eq!(r1.start_time, "2023-11-14T22:13:20.000Z");
+        let g = list(&s, "g", RecordQuery::default());
+        assert_eq!(g[0].error_type.as_deref(), Some("TypeError"));
+        assert_eq!(g[0].trigger, "api");
+        drop(s);
+        let c = Connection::open(&path).unwrap();
+        let left: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'invocations%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0, "the old table and its index are gone");
     }
 }
