@@ -186,9 +186,9 @@ fn uuid_v7_ms(id: &str) -> Option<i64> {
     Some(hex(&b[0..8])? << 16 | hex(&b[9..13])?)
 }
 
-/// A record is looked for in batches whose time span reaches within this of
-/// the time in its id (the record's start is taken right after its id is
-/// made; this allows for the clock being stepped in between).
+/// How far a record's start may be from the time in its id. The start is
+/// read from the same clock right after the id is made, so the two differ
+/// only if the clock is stepped in between.
 const ID_CLOCK_SLACK_MS: i64 = 60_000;
 
 impl RecordStore {
@@ -345,39 +345,39 @@ impl RecordStore {
         // The id in JSON, quoted: a cheap test on the stored bytes before a
         // batch is decoded.
         let needle = serde_json::to_string(request_id).expect("a string serialises");
-        let mut stmt;
-        let mut rows = match uuid_v7_ms(request_id) {
-            Some(t) => {
-                stmt = db.prepare_cached(
-                    "SELECT function, records FROM invocation_batches
-                     WHERE last_ms >= ?1 AND first_ms <= ?2 AND instr(records, ?3) > 0
-                     ORDER BY last_ms",
-                )?;
-                stmt.query(params![
-                    t - ID_CLOCK_SLACK_MS,
-                    t + ID_CLOCK_SLACK_MS,
-                    needle.as_bytes()
-                ])?
-            }
+        let needle = needle.as_bytes();
+        let Some(t) = uuid_v7_ms(request_id) else {
             // Not an id lampyr made: look everywhere.
-            None => {
-                stmt = db.prepare_cached(
-                    "SELECT function, records FROM invocation_batches
-                     WHERE instr(records, ?1) > 0 ORDER BY id DESC",
-                )?;
-                stmt.query(params![needle.as_bytes()])?
-            }
+            let mut stmt = db.prepare_cached(
+                "SELECT function, records FROM invocation_batches
+                 WHERE instr(records, ?1) > 0 ORDER BY id DESC",
+            )?;
+            let found = find_in(stmt.query(params![needle])?, request_id)?;
+            return Ok(found);
         };
-        while let Some(row) = rows.next()? {
-            let function: String = row.get(0)?;
-            let Some(batch) = row.get_ref(1)?.as_blob().ok().and_then(decode) else {
-                continue;
-            };
-            if let Some(r) = batch.into_iter().find(|r| r.0 == request_id) {
-                return Ok(Some(r.into_record(&function)));
-            }
+        // The record started after its id was made (once its body was
+        // read): its batch ends at or after the time in the id. Batches are
+        // looked at from that time on, each tested with the quoted id before
+        // it is decoded, so a recent request is found in the first few. Then,
+        // for a clock stepped back between the two readings, the batches
+        // that end within the slack before it.
+        let mut stmt = db.prepare_cached(
+            "SELECT function, records FROM invocation_batches
+             WHERE last_ms >= ?1 AND instr(records, ?2) > 0 ORDER BY last_ms",
+        )?;
+        let found = find_in(stmt.query(params![t, needle])?, request_id)?;
+        if found.is_some() {
+            return Ok(found);
         }
-        Ok(None)
+        let mut stmt = db.prepare_cached(
+            "SELECT function, records FROM invocation_batches
+             WHERE last_ms >= ?1 AND last_ms < ?2 AND instr(records, ?3) > 0 ORDER BY last_ms DESC",
+        )?;
+        let found = find_in(
+            stmt.query(params![t - ID_CLOCK_SLACK_MS, t, needle])?,
+            request_id,
+        )?;
+        Ok(found)
     }
 
     /// Deletes records older than the retention age and beyond its count:
@@ -505,6 +505,20 @@ fn insert_batches(tx: &rusqlite::Transaction<'_>, records: &[InvocationRecord]) 
         ])?;
     }
     Ok(())
+}
+
+/// The record with `request_id` in rows of (function, records).
+fn find_in(mut rows: rusqlite::Rows<'_>, request_id: &str) -> Result<Option<InvocationRecord>> {
+    while let Some(row) = rows.next()? {
+        let function: String = row.get(0)?;
+        let Some(batch) = row.get_ref(1)?.as_blob().ok().and_then(decode) else {
+            continue;
+        };
+        if let Some(r) = batch.into_iter().find(|r| r.0 == request_id) {
+            return Ok(Some(r.into_record(&function)));
+        }
+    }
+    Ok(None)
 }
 
 fn decode(blob: &[u8]) -> Option<Vec<Row<String>>> {
