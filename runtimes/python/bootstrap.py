@@ -26,6 +26,7 @@ T_LOAD = 0x02
 T_LOADED = 0x03
 T_LOAD_ERROR = 0x04
 T_INVOKE = 0x10
+T_POLL = 0x13
 T_RESULT = 0x11
 T_ERROR = 0x12
 MAX_FRAME = 64 * 1024 * 1024
@@ -677,6 +678,10 @@ def _serve():
                     t0 = time.monotonic()
                     _load(json.loads(bytes(buf[pos + 5 : end]).decode("utf-8")))
                     waited_ms = int((time.monotonic() - t0) * 1000)
+            elif ftype == T_POLL:
+                # A hint to poll for the next frame rather than sleep: this
+                # runtime reads with blocking calls and does not take it.
+                pass
             else:
                 _emit(2, "-", "WARN", "ignoring unexpected frame type 0x%02x" % ftype)
             pos = end

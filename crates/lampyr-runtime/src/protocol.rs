@@ -14,6 +14,9 @@ pub const SANDBOX_READY: u8 = lampyr_sandbox::FRAME_SANDBOX_READY;
 pub const INVOKE: u8 = 0x10;
 pub const RESULT: u8 = 0x11;
 pub const ERROR: u8 = 0x12;
+/// Host → runtime: how long to keep polling for the next frame after an
+/// INVOKE before sleeping (payload: `u32` microseconds, 0 for not at all).
+pub const POLL: u8 = 0x13;
 
 /// Frames larger than this are a protocol violation.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -81,6 +84,11 @@ pub fn encode_invoke(id: u32, deadline_ms: u64, request_id: &str, event: &[u8]) 
     out
 }
 
+/// Encodes a POLL frame.
+pub fn encode_poll(micros: u32) -> Vec<u8> {
+    encode(POLL, &micros.to_be_bytes())
+}
+
 /// Splits the payload of a RESULT or ERROR frame into its invocation id and body.
 pub fn split_reply(mut payload: Bytes) -> Result<(u32, Bytes), FrameError> {
     if payload.len() < 4 {
@@ -106,6 +114,15 @@ mod tests {
         assert_eq!(p.get_u64(), 1_700_000_000_000);
         assert_eq!(p.get_u8(), 3);
         assert_eq!(&p[..], b"rid{}");
+    }
+
+    #[test]
+    fn poll_frame_layout() {
+        let mut buf = BytesMut::from(&encode_poll(100)[..]);
+        let f = decode(&mut buf).unwrap().unwrap();
+        assert_eq!(f.kind, POLL);
+        assert_eq!(&f.payload[..], &100u32.to_be_bytes());
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -40,7 +40,9 @@ use tokio::process::{Child, Command};
 use cgroup::{CgroupLimits, Cgroups, InstanceCgroup};
 use jail::{Bind, JailSpec};
 
-pub use sys::{batch_scheduling, FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO, FRAME_SANDBOX_READY};
+pub use sys::{
+    batch_scheduling, ReadySet, FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO, FRAME_SANDBOX_READY,
+};
 
 /// The file descriptor at which an instance finds its protocol socket.
 pub const PROTOCOL_FD: i32 = 3;

@@ -382,6 +382,7 @@ fn serve(
         .unwrap_or_else(lampyr_cli::paths::default_data_dir);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(lampyr_runtime::instance::poll_before_park)
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
