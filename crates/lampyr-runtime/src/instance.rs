@@ -514,7 +514,15 @@ impl Instance {
         event: &[u8],
     ) -> PendingInvoke {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let poll = poll_hint(IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1);
+        // Only invocations on loaded instances count for polling: one that
+        // rides with a LOAD waits for the handler to load, milliseconds in
+        // which the server has other work (see `poll_before_park`).
+        let counted = self.shared.loaded.load(Ordering::Acquire);
+        let poll = if counted {
+            poll_hint(IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1)
+        } else {
+            self.poll.load(Ordering::Relaxed)
+        };
         let (tx, rx) = oneshot::channel();
         self.shared.pending.lock().insert(
             id,
@@ -527,6 +535,7 @@ impl Instance {
             shared: self.shared.clone(),
             id,
             rx,
+            counted,
         };
         let deadline_ms = deadline
             .duration_since(UNIX_EPOCH)
@@ -676,6 +685,8 @@ pub struct PendingInvoke {
     shared: Arc<Shared>,
     id: u32,
     rx: oneshot::Receiver<InvokeOutcome>,
+    /// Counted in [`IN_FLIGHT`] (sent to a loaded instance).
+    counted: bool,
 }
 
 impl PendingInvoke {
@@ -698,7 +709,9 @@ impl PendingInvoke {
 
 impl Drop for PendingInvoke {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        if self.counted {
+            IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        }
         self.shared.pending.lock().remove(&self.id);
     }
 }
