@@ -30,6 +30,9 @@ pub struct LogHub {
     records: Arc<RecordStore>,
     follow: broadcast::Sender<Arc<LogRecord>>,
     followers: Arc<AtomicUsize>,
+    /// Rounds of the log writer: each takes the lines queued when it began
+    /// (up to a batch of 4096) and has written them by its end.
+    rounds: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A subscription to the live log ([`LogHub::subscribe`]).
@@ -61,7 +64,9 @@ impl LogHub {
             records,
             follow: follow.clone(),
             followers: Arc::new(AtomicUsize::new(0)),
+            rounds: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
+        let rounds = hub.rounds.clone();
         std::thread::Builder::new()
             .name("lampyr-logs".into())
             .spawn(move || {
@@ -82,6 +87,7 @@ impl LogHub {
                         }
                     }
                     if batch.is_empty() {
+                        rounds.fetch_add(1, Ordering::Release);
                         std::thread::sleep(POLL);
                         continue;
                     }
@@ -99,10 +105,22 @@ impl LogHub {
                     if let Err(e) = s.flush() {
                         tracing::warn!("cannot flush function logs: {e}");
                     }
+                    drop(s);
+                    rounds.fetch_add(1, Ordering::Release);
                 }
             })
             .expect("spawn log writer thread");
         hub
+    }
+
+    /// Waits (up to `limit`) until the log writer has written every line
+    /// queued before this call: two of its rounds have ended.
+    pub(crate) fn written_up_to_now(&self, limit: std::time::Duration) {
+        let start = self.rounds.load(Ordering::Acquire);
+        let until = std::time::Instant::now() + limit;
+        while self.rounds.load(Ordering::Acquire) < start + 2 && std::time::Instant::now() < until {
+            std::thread::sleep(POLL / 4);
+        }
     }
 
     /// The sender instances write their lines to.

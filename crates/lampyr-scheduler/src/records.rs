@@ -66,6 +66,11 @@ impl Recorder {
                         }
                     }
                     if !batch.is_empty() {
+                        // The invocations' output lines were queued before
+                        // their records: they are stored first, so a log
+                        // read that shows an invocation's END and REPORT
+                        // shows what it printed too.
+                        logs.written_up_to_now(Duration::from_millis(100));
                         // One cgroup read per instance and batch, not per record.
                         let mut peaks: HashMap<*const SandboxControl, Option<u64>> = HashMap::new();
                         let mut reported = Vec::with_capacity(batch.len());
