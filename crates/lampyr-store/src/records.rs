@@ -138,6 +138,19 @@ impl<S> Row<S> {
     fn start_ms(&self) -> i64 {
         self.3
     }
+
+    fn request_id(&self) -> &S {
+        &self.0
+    }
+
+    fn status(&self) -> &S {
+        &self.16
+    }
+
+    /// Whether the invocation reached an instance.
+    fn ran(&self) -> bool {
+        self.20.is_some()
+    }
 }
 
 impl Row<String> {
@@ -320,8 +333,8 @@ impl RecordStore {
             };
             for (i, r) in batch.into_iter().enumerate() {
                 if r.start_ms() < since
-                    || q.status.as_deref().is_some_and(|s| r.16 != s)
-                    || (q.ran && r.20.is_none())
+                    || q.status.as_deref().is_some_and(|s| r.status() != s)
+                    || (q.ran && !r.ran())
                 {
                     continue;
                 }
@@ -514,7 +527,7 @@ fn find_in(mut rows: rusqlite::Rows<'_>, request_id: &str) -> Result<Option<Invo
         let Some(batch) = row.get_ref(1)?.as_blob().ok().and_then(decode) else {
             continue;
         };
-        if let Some(r) = batch.into_iter().find(|r| r.0 == request_id) {
+        if let Some(r) = batch.into_iter().find(|r| r.request_id() == request_id) {
             return Ok(Some(r.into_record(&function)));
         }
     }
