@@ -7,8 +7,8 @@
 #
 # Environment:
 #   DURATION  length of each measured wrk run (default 10s)
-#   WARMUP    length of the warm-up wrk run per target and connection count (default 3s)
-#   ROUNDS    measured runs per target and connection count, alternating
+#   WARMUP    length of the warm-up wrk run per target and load shape (default 3s)
+#   ROUNDS    measured runs per target and load shape, alternating
 #             lampyr, bare, lampyr, bare, ... (default 3; the table shows the
 #             run with the median requests/s)
 #   OUT       report file (default docs/benchmarks.md in the repository)
@@ -219,19 +219,25 @@ run_wrk() {
 
 RAW_DIR="${WRK_OUT:-$WORK/raw}"
 mkdir -p "$RAW_DIR"
-RESULTS="$WORK/results.txt" # conns target round rps p50 p99 requests duration
+RESULTS="$WORK/results.txt" # shape target round rps p50 p99 requests duration
 : >"$RESULTS"
-for conns in 1 16; do
-  if [[ $conns == 1 ]]; then threads=1; else threads=2; fi
-  log "connections=$conns: warm-up ${WARMUP} per target"
-  run_wrk "warmup-c$conns-lampyr" "$threads" "$conns" "$WARMUP" "$LAMPYR_URL_FN" >/dev/null
-  run_wrk "warmup-c$conns-bare" "$threads" "$conns" "$WARMUP" "$BARE_URL" >/dev/null
+# Load shapes, as THREADS:CONNECTIONS for wrk. wrk shares the machine with
+# the server being measured, so its threads take CPU from that server: one
+# thread drives 16 connections without being the bottleneck, and the
+# two-thread shape shows the effect of a load generator competing harder.
+SHAPES=(1:1 1:16 2:16)
+for shape in "${SHAPES[@]}"; do
+  threads="${shape%%:*}" conns="${shape##*:}"
+  key="t${threads}c${conns}"
+  log "wrk -t$threads -c$conns: warm-up ${WARMUP} per target"
+  run_wrk "warmup-$key-lampyr" "$threads" "$conns" "$WARMUP" "$LAMPYR_URL_FN" >/dev/null
+  run_wrk "warmup-$key-bare" "$threads" "$conns" "$WARMUP" "$BARE_URL" >/dev/null
   for round in $(seq "$ROUNDS"); do
     for target in lampyr bare; do
       if [[ $target == lampyr ]]; then url="$LAMPYR_URL_FN"; else url="$BARE_URL"; fi
-      r="$(run_wrk "c$conns-$target-r$round" "$threads" "$conns" "$DURATION" "$url")"
-      log "connections=$conns round $round $target: $(awk '{ printf "%s req/s, p50 %s ms, p99 %s ms (%d requests in %s s)", $1, $2, $3, $4, $5 }' <<<"$r")"
-      echo "$conns $target $round $r" >>"$RESULTS"
+      r="$(run_wrk "$key-$target-r$round" "$threads" "$conns" "$DURATION" "$url")"
+      log "wrk -t$threads -c$conns round $round $target: $(awk '{ printf "%s req/s, p50 %s ms, p99 %s ms (%d requests in %s s)", $1, $2, $3, $4, $5 }' <<<"$r")"
+      echo "$key $target $round $r" >>"$RESULTS"
     done
   done
 done
@@ -241,7 +247,7 @@ start="$(check_hello "$LAMPYR_URL_FN")"
 [[ "$start" == warm ]] || log "warning: lampyr answered x-lampyr-start=$start after the runs"
 
 # ------------------------------------------------------------------ report
-# median RESULTS CONNS TARGET: the run with the median requests/s (for an even
+# median SHAPE TARGET: the run with the median requests/s (for an even
 # ROUNDS the lower of the two middle runs), plus the min and max requests/s.
 median() {
   awk -v c="$1" -v t="$2" '$1 == c && $2 == t' "$RESULTS" | sort -k4,4g |
@@ -267,15 +273,18 @@ SECTION="$WORK/section.md"
   echo '## Warm invocations (`bench/warm`)'
   echo
   echo 'The same Node.js handler (an async function returning status 200, `text/plain`, `Hello World`) is measured through lampyr'"'"'s HTTP trigger `/fn/hello` (one warm instance, `max_instances = 1`, `concurrency = 64`) and through a bare Node.js `http` server that `require`s the same file and calls it directly (`bench/warm/bare-node.js`), so the difference is lampyr'"'"'s platform path.'
-  echo "Load is \`wrk --latency\` for $DURATION per run at 1 connection (\`-t1 -c1\`) and 16 connections (\`-t2 -c16\`), after a $WARMUP warm-up per target; $ROUNDS runs per target alternate lampyr, bare, lampyr, bare, … and each row is the run with the median requests/s (range across runs in brackets)."
+  echo "Load is \`wrk --latency\` for $DURATION per run, after a $WARMUP warm-up per target and load shape; $ROUNDS runs per target alternate lampyr, bare, lampyr, bare, … and each row is the run with the median requests/s (range across runs in brackets)."
+  echo "wrk runs on the same CPUs as the server it measures, so its threads take CPU from that server: one thread drives 16 connections, and the \`-t2 -c16\` rows show what a second wrk thread, competing for the ${NPROC} CPUs, does to each server."
   echo
   echo "Machine: ${NPROC} CPUs${CPU_MODEL:+ ($CPU_MODEL)}, Linux $KERNEL, Node.js $NODE_VERSION, wrk $WRK_VERSION; lampyr $COMMIT; run $DATE. wrk, lampyr and Node.js share the machine."
   echo
-  echo '| connections | server | requests/s | p50 ms | p99 ms | lampyr / bare req/s |'
-  echo '| ---: | --- | ---: | ---: | ---: | ---: |'
-  for conns in 1 16; do
-    read -r _ _ _ l_rps l_p50 l_p99 _ _ l_min l_max <<<"$(median "$conns" lampyr)"
-    read -r _ _ _ b_rps b_p50 b_p99 _ _ b_min b_max <<<"$(median "$conns" bare)"
+  echo '| connections | wrk | server | requests/s | p50 ms | p99 ms | lampyr / bare req/s |'
+  echo '| ---: | --- | --- | ---: | ---: | ---: | ---: |'
+  for shape in "${SHAPES[@]}"; do
+    threads="${shape%%:*}" conns="${shape##*:}"
+    key="t${threads}c${conns}"
+    read -r _ _ _ l_rps l_p50 l_p99 _ _ l_min l_max <<<"$(median "$key" lampyr)"
+    read -r _ _ _ b_rps b_p50 b_p99 _ _ b_min b_max <<<"$(median "$key" bare)"
     ratio="$(awk -v a="$l_rps" -v b="$b_rps" 'BEGIN { printf "%.2f×", a / b }')"
     if [[ $ROUNDS -gt 1 ]]; then
       l_range=" ($(fmt_int "$l_min")–$(fmt_int "$l_max"))"
@@ -283,8 +292,8 @@ SECTION="$WORK/section.md"
     else
       l_range="" b_range=""
     fi
-    echo "| $conns | lampyr \`/fn/hello\` | $(fmt_int "$l_rps")$l_range | $l_p50 | $l_p99 | **$ratio** |"
-    echo "| $conns | bare Node.js | $(fmt_int "$b_rps")$b_range | $b_p50 | $b_p99 | |"
+    echo "| $conns | \`-t$threads -c$conns\` | lampyr \`/fn/hello\` | $(fmt_int "$l_rps")$l_range | $l_p50 | $l_p99 | **$ratio** |"
+    echo "| $conns | \`-t$threads -c$conns\` | bare Node.js | $(fmt_int "$b_rps")$b_range | $b_p50 | $b_p99 | |"
   done
   echo
   echo 'Reproduce: `bench/warm/run.sh` (`DURATION=5s bench/warm/run.sh` for a shorter run; see `bench/README.md`).'

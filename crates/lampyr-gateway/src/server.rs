@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub data_dir: Option<PathBuf>,
     /// The base URL printed for functions; defaults to `http://LISTEN`.
     pub public_url: Option<String>,
+    /// Threads serving requests and running the function service; see
+    /// [`default_workers`].
+    pub workers: Option<usize>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -245,6 +248,19 @@ pub enum ServerError {
 
 impl ServerConfig {
     /// Reads a config file, refusing unknown keys by name.
+    /// The number of worker threads: `workers` if set, else
+    /// [`default_workers`].
+    pub fn worker_threads(&self) -> Result<usize, String> {
+        match self.workers {
+            Some(0) => Err(format!(
+                "workers must be at least 1 (leave it out for the default, {} on this host)",
+                default_workers()
+            )),
+            Some(n) => Ok(n),
+            None => Ok(default_workers()),
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, ServerError> {
         let err = |message: String| ServerError::Config {
             path: path.display().to_string(),
@@ -253,6 +269,18 @@ impl ServerConfig {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         toml::from_str(&text).map_err(|e| err(e.to_string()))
     }
+}
+
+/// The default number of worker threads: half the CPUs this process may
+/// use, at least one. Function instances run on the same host and need the
+/// other half: for a hello-world handler an instance spends about half as
+/// much CPU per request as the server, and a real handler more. Each extra
+/// worker also costs the server CPU per request (tasks moving between
+/// workers, wake-ups across CPUs): on 2 CPUs, one worker served 16
+/// connections with ~15% less CPU per request than two, and ~15% more
+/// requests/s (`docs/benchmarks.md`).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// A started server, not yet serving requests.
@@ -515,6 +543,43 @@ mod tests {
         let c: ServerConfig = toml::from_str("[limits]\nmax_request_body = 10\n").unwrap();
         assert_eq!(c.limits.max_request_body, 10);
         assert_eq!(c.limits.max_package, Limits::default().max_package);
+    }
+
+    /// Every key `config/lampyr-server.toml` documents (as `# key = value`)
+    /// is one the server accepts.
+    #[test]
+    fn the_commented_config_file_parses_with_every_key_set() {
+        let text = include_str!("../../../config/lampyr-server.toml");
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .fold(String::new(), |acc, l| acc + l + "\n");
+        let c: ServerConfig = toml::from_str(&uncommented).unwrap();
+        assert_eq!(c.workers, Some(1));
+        assert_eq!(c.records.max_age, "7d");
+        assert!(c.sandbox.to_config(Path::new("/tmp")).is_ok());
+        assert!(c.pools.to_config().is_ok());
+    }
+
+    #[test]
+    fn workers_default_to_half_the_cpus_and_zero_is_refused() {
+        let c: ServerConfig = toml::from_str("").unwrap();
+        assert_eq!(c.worker_threads().unwrap(), default_workers());
+        assert!(default_workers() >= 1);
+        let c: ServerConfig = toml::from_str("workers = 3\n").unwrap();
+        assert_eq!(c.worker_threads().unwrap(), 3);
+        let c: ServerConfig = toml::from_str("workers = 0\n").unwrap();
+        let e = c.worker_threads().unwrap_err();
+        assert!(e.starts_with("workers must be at least 1"), "{e}");
     }
 
     #[test]

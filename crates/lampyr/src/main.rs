@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use lampyr_api::Runtime;
 use lampyr_cli::{Client, CommandError};
 use lampyr_gateway::server::{Server, ServerConfig};
@@ -51,31 +51,37 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Server configuration file (see config/lampyr-server.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Deploy the bundled example functions (hello-node, hello-python) at start.
+    #[arg(long)]
+    demo: bool,
+    /// Format of the server's own log.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Instance isolation: auto (all the host offers, warning when
+    /// something is missing), strict (refuse to start without full
+    /// isolation) or off (plain processes) [default: auto]
+    #[arg(long)]
+    isolation: Option<String>,
+    /// Keep pools of pre-started runtimes for fast cold starts [default: on]
+    #[arg(long, value_parser = ["on", "off"])]
+    pools: Option<String>,
+    /// Worker threads serving requests [default: half the CPUs, at least 1]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: the HTTP trigger, the function service and the API.
-    Serve {
-        /// Address to listen on [default: 127.0.0.1:8080]
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// Server configuration file (see config/lampyr-server.toml).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Deploy the bundled example functions (hello-node, hello-python) at start.
-        #[arg(long)]
-        demo: bool,
-        /// Format of the server's own log.
-        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
-        /// Instance isolation: auto (all the host offers, warning when
-        /// something is missing), strict (refuse to start without full
-        /// isolation) or off (plain processes) [default: auto]
-        #[arg(long)]
-        isolation: Option<String>,
-        /// Keep pools of pre-started runtimes for fast cold starts [default: on]
-        #[arg(long, value_parser = ["on", "off"])]
-        pools: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Scaffold a new function: DIR/lampyr.toml and a hello-world handler.
     Init {
         dir: PathBuf,
@@ -193,22 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let client = || Client::new(&cli.url, token());
     match &cli.command {
-        Command::Serve {
-            listen,
-            config,
-            demo,
-            log_format,
-            isolation,
-            pools,
-        } => serve(
-            cli.data_dir.clone(),
-            *listen,
-            config.clone(),
-            *demo,
-            *log_format,
-            isolation.clone(),
-            pools.as_deref().map(|p| p == "on"),
-        ),
+        Command::Serve(args) => serve(cli.data_dir.clone(), args),
         Command::Init { dir, runtime, name } => {
             let name = lampyr_cli::scaffold::init(dir, *runtime, name.as_deref())?;
             if cli.json {
@@ -350,37 +341,37 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn serve(
-    data_dir: Option<PathBuf>,
-    listen: Option<std::net::SocketAddr>,
-    config: Option<PathBuf>,
-    demo: bool,
-    log_format: LogFormat,
-    isolation: Option<String>,
-    pools: Option<bool>,
-) -> anyhow::Result<()> {
-    init_tracing(log_format);
-    let mut cfg = match &config {
+fn serve(data_dir: Option<PathBuf>, args: &ServeArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    let demo = args.demo;
+    let mut cfg = match &args.config {
         Some(p) => ServerConfig::from_file(p)?,
         None => ServerConfig::default(),
     };
-    if listen.is_some() {
-        cfg.listen = listen;
+    if args.listen.is_some() {
+        cfg.listen = args.listen;
     }
     if data_dir.is_some() {
         cfg.data_dir = data_dir;
     }
-    if let Some(i) = isolation {
-        cfg.sandbox.isolation = i;
+    if let Some(i) = &args.isolation {
+        cfg.sandbox.isolation = i.clone();
     }
-    if let Some(p) = pools {
-        cfg.pools.enabled = p;
+    if let Some(p) = &args.pools {
+        cfg.pools.enabled = p == "on";
+    }
+    if let Some(w) = args.workers {
+        cfg.workers = Some(usize::from(w));
     }
     let data_dir = cfg
         .data_dir
         .clone()
         .unwrap_or_else(lampyr_cli::paths::default_data_dir);
+    let workers = cfg
+        .worker_threads()
+        .map_err(|m| anyhow::anyhow!("server configuration: {m}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .on_thread_park(lampyr_runtime::instance::poll_before_park)
         .build()
@@ -391,7 +382,7 @@ fn serve(
             demo::deploy_examples(server.scheduler()).await?;
         }
         let url = server.app_url();
-        tracing::info!(data_dir = %server.data_dir.display(), "lampyr listening on {url}");
+        tracing::info!(data_dir = %server.data_dir.display(), workers, "lampyr listening on {url}");
         if demo {
             eprintln!("\ntry:\n  curl {url}/fn/hello-node\n  curl {url}/fn/hello-python\n");
         }
