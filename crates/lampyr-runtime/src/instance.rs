@@ -189,7 +189,7 @@ pub struct Instance {
 pub struct InstanceConfig<'a> {
     pub id: String,
     pub runtime: &'a RuntimeInfo,
-    pub sandboxer: &'a Sandboxer,
+    pub sandboxer: Arc<Sandboxer>,
     /// The host directory holding this runtime's bootstrap.
     pub runtime_dir: PathBuf,
     /// The host directory holding the function's code, or `None` for a
@@ -198,6 +198,58 @@ pub struct InstanceConfig<'a> {
     pub memory_mb: u32,
     pub host_network: bool,
     pub logs: LogSender,
+}
+
+type BuildJob = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on one of the threads that build sandboxes and waits for its
+/// result. They are threads of their own, alive as long as the server: an
+/// instance's first process dies with the thread that started it (its
+/// parent-death signal), so the async runtime's blocking pool, whose idle
+/// threads exit, must not start instances.
+async fn on_builder_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, InstanceError> {
+    static BUILDERS: std::sync::OnceLock<std::sync::mpsc::Sender<BuildJob>> =
+        std::sync::OnceLock::new();
+    let builders = BUILDERS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<BuildJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        // Two starts at once (a cold start beside a pool refill) at least.
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        for _ in 0..n {
+            let rx = rx.clone();
+            let started = std::thread::Builder::new()
+                .name("lampyr-sandbox".into())
+                .spawn(move || loop {
+                    let job = rx.lock().recv();
+                    match job {
+                        Ok(job) => {
+                            // A panic fails that start (its reply is
+                            // dropped), not the thread.
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = started {
+                tracing::warn!("could not start a sandbox builder thread: {e}");
+            }
+        }
+        tx
+    });
+    let (tx, rx) = oneshot::channel();
+    // The sandbox's process and pipes belong to the caller's runtime.
+    let runtime = tokio::runtime::Handle::current();
+    builders
+        .send(Box::new(move || {
+            let _entered = runtime.enter();
+            let _ = tx.send(f());
+        }))
+        .map_err(|_| InstanceError::Protocol("no thread is left to build sandboxes".into()))?;
+    rx.await.map_err(|_| {
+        InstanceError::Protocol("building the sandbox failed (its thread panicked)".into())
+    })
 }
 
 /// An instance spawned by [`Instance::spawn`] whose runtime has not said
@@ -213,7 +265,7 @@ impl Instance {
     pub async fn start(
         cfg: InstanceConfig<'_>,
     ) -> Result<(Arc<Instance>, StartTimings), InstanceError> {
-        let (inst, starting) = Instance::spawn(cfg)?;
+        let (inst, starting) = Instance::spawn(cfg).await?;
         let timings = inst.started(starting).await?;
         Ok((inst, timings))
     }
@@ -221,22 +273,37 @@ impl Instance {
     /// Builds the sandbox and starts the bootstrap, without waiting for it.
     /// Frames may be sent at once (a LOAD, an INVOKE): the runtime reads
     /// them once it is up. Finish with [`Instance::started`].
-    pub fn spawn(cfg: InstanceConfig<'_>) -> Result<(Arc<Instance>, Starting), InstanceError> {
+    pub async fn spawn(
+        cfg: InstanceConfig<'_>,
+    ) -> Result<(Arc<Instance>, Starting), InstanceError> {
         let started = Instant::now();
         let (args, env) = command_line(&cfg);
-        let spec = InstanceSpec {
-            id: &cfg.id,
-            program: &cfg.runtime.path,
-            program_prefix: Some(&cfg.runtime.prefix),
-            args,
-            env,
-            runtime_dir: &cfg.runtime_dir,
-            code_dir: cfg.code_dir.as_deref(),
-            memory_mb: cfg.memory_mb,
-            host_network: cfg.host_network,
-            background: cfg.code_dir.is_none(),
-        };
-        let (sandbox, mut io) = cfg.sandboxer.spawn(&spec)?;
+        let id = cfg.id.clone();
+        let program = cfg.runtime.path.clone();
+        let prefix = cfg.runtime.prefix.clone();
+        let runtime_dir = cfg.runtime_dir.clone();
+        let code_dir = cfg.code_dir.clone();
+        let (memory_mb, host_network) = (cfg.memory_mb, cfg.host_network);
+        let sandboxer = cfg.sandboxer.clone();
+        // Building a sandbox starts processes and writes cgroup files:
+        // milliseconds that must not hold up the async workers, and every
+        // request they serve, while a pool refills or a function starts.
+        let (sandbox, mut io) = on_builder_thread(move || {
+            let spec = InstanceSpec {
+                id: &id,
+                program: &program,
+                program_prefix: Some(&prefix),
+                args,
+                env,
+                runtime_dir: &runtime_dir,
+                code_dir: code_dir.as_deref(),
+                memory_mb,
+                host_network,
+                background: code_dir.is_none(),
+            };
+            sandboxer.spawn(&spec)
+        })
+        .await??;
         let adoption = io.adoption.take();
         let sandbox_time = started.elapsed();
         let task_root = cfg

@@ -893,7 +893,7 @@ impl Scheduler {
         let cfg = InstanceConfig {
             id,
             runtime,
-            sandboxer: &self.inner.config.sandboxer,
+            sandboxer: self.inner.config.sandboxer.clone(),
             runtime_dir: self.inner.config.bootstrap_dir.join(rt.as_str()),
             code_dir: None,
             memory_mb,
@@ -957,13 +957,13 @@ impl Scheduler {
                         // function's memory limit: start from scratch.
                         tracing::debug!(function = %function, "pooled instance unusable: {e}");
                         inst.kill("could not be specialised");
-                        let (fresh, starting) = self.spawn_fresh(version, &code_dir)?;
+                        let (fresh, starting) = self.spawn_fresh(version, &code_dir).await?;
                         (fresh, StartKind::Cold, Some(starting))
                     }
                 }
             }
             None => {
-                let (fresh, starting) = self.spawn_fresh(version, &code_dir)?;
+                let (fresh, starting) = self.spawn_fresh(version, &code_dir).await?;
                 (fresh, StartKind::Cold, Some(starting))
             }
         };
@@ -1025,7 +1025,7 @@ impl Scheduler {
 
     /// Spawns an instance of `version` from scratch, its code in place; its
     /// runtime is still starting (see [`Instance::started`]).
-    fn spawn_fresh(
+    async fn spawn_fresh(
         &self,
         version: &Arc<Version>,
         code_dir: &std::path::Path,
@@ -1050,14 +1050,16 @@ impl Scheduler {
         let cfg = InstanceConfig {
             id,
             runtime,
-            sandboxer: &self.inner.config.sandboxer,
+            sandboxer: self.inner.config.sandboxer.clone(),
             runtime_dir: self.inner.config.bootstrap_dir.join(spec.runtime.as_str()),
             code_dir: Some(code_dir.to_path_buf()),
             memory_mb: spec.memory_mb,
             host_network: spec.network == lampyr_api::Network::Host,
             logs: self.inner.logs.sender(),
         };
-        Instance::spawn(cfg).map_err(|source| SchedulerError::StartFailed { function, source })
+        Instance::spawn(cfg)
+            .await
+            .map_err(|source| SchedulerError::StartFailed { function, source })
     }
 
     /// Removes an instance from its function when it exits, whatever the cause.
