@@ -217,6 +217,13 @@ pub struct InvocationRecord {
     pub instance: Option<String>,
 }
 
+/// `d` in milliseconds, as the records and the API give durations: the
+/// nearest `f64` to the exact value, which prints as briefly as it reads
+/// (191 808 ns is `0.191808`, not `0.19180799999999998`).
+pub fn millis(d: std::time::Duration) -> f64 {
+    d.as_nanos() as f64 / 1_000_000.0
+}
+
 /// Phase durations in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PhaseTimes {
@@ -287,4 +294,19 @@ pub struct Series {
     pub function: String,
     pub step_seconds: u64,
     pub points: Vec<SeriesPoint>,
+}
+
+#[cfg(test)]
+mod millis_tests {
+    use super::millis;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_print_as_short_as_their_nanoseconds() {
+        let json = |d| serde_json::to_string(&millis(d)).unwrap();
+        assert_eq!(json(Duration::from_nanos(191_808)), "0.191808");
+        assert_eq!(json(Duration::from_nanos(140)), "0.00014");
+        assert_eq!(json(Duration::from_millis(1500)), "1500.0");
+        assert_eq!(millis(Duration::ZERO), 0.0);
+    }
 }

@@ -367,7 +367,7 @@ async fn deploy(
         code_sha256: rec.current.code_sha256.clone(),
         code_size: rec.current.code_size,
         changed: deployed.changed,
-        build_ms: deployed.build_time.as_secs_f64() * 1000.0,
+        build_ms: lampyr_api::millis(deployed.build_time),
     }))
 }
 

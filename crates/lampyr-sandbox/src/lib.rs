@@ -41,7 +41,8 @@ use cgroup::{CgroupLimits, Cgroups, InstanceCgroup};
 use jail::{Bind, JailSpec};
 
 pub use sys::{
-    batch_scheduling, ReadySet, FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO, FRAME_SANDBOX_READY,
+    batch_scheduling, idle_scheduling, ReadySet, FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO,
+    FRAME_SANDBOX_READY,
 };
 
 /// The file descriptor at which an instance finds its protocol socket.

@@ -271,14 +271,27 @@ impl Sys for LinuxSys {
 /// instance, and with the default policy the instance would preempt the
 /// very thread that is still handling other connections, on every request.
 /// As a batch task it picks up what has queued once that thread yields, so
-/// both sides run longer and switch less. Lampyr's own background writers
-/// (invocation records, logs) run this way too. Best effort: a kernel or
+/// both sides run longer and switch less. Lampyr's log writer runs this
+/// way too, and the record writer while it is behind. Best effort: a kernel or
 /// seccomp policy that refuses it leaves the default in place.
 pub fn batch_scheduling() -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler only reads the valid `param`; pid 0 is the
     // calling thread. A plain system call, async-signal-safe.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Puts the calling thread under `SCHED_IDLE`: it runs only on CPU time
+/// that no other thread wants. For the invocation-record writer, which
+/// returns to [`batch_scheduling`] whenever it falls behind.
+pub fn idle_scheduling() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads the valid `param`; pid 0 is the
+    // calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

@@ -414,7 +414,7 @@ impl Scheduler {
             sandbox,
             refill,
         } = inv;
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let ms = lampyr_api::millis;
         let exec_ms = ms(p.exec);
         let billed_ms = (exec_ms.ceil() as u64).max(1);
         let (status, error_type) = match &outcome {
@@ -485,7 +485,7 @@ impl Scheduler {
             start_time: String::new(),
             start: "cold".into(),
             phases: lampyr_api::PhaseTimes {
-                queue: r.waited.as_secs_f64() * 1000.0,
+                queue: lampyr_api::millis(r.waited),
                 ..Default::default()
             },
             duration_ms: 0.0,

@@ -31,6 +31,14 @@ pub(crate) struct Draft {
     pub(crate) report: bool,
 }
 
+/// How often the writer looks for finished invocations.
+const POLL: Duration = Duration::from_millis(20);
+/// A poll this much later than due means the writer is not getting CPU
+/// time at idle priority: it runs at normal weight until it catches up.
+const BEHIND: Duration = Duration::from_millis(200);
+/// The most records written in one transaction.
+const MAX_BATCH: usize = 8192;
+
 #[derive(Clone)]
 pub(crate) struct Recorder {
     tx: Sender<Draft>,
@@ -47,22 +55,40 @@ impl Recorder {
         std::thread::Builder::new()
             .name("lampyr-records".into())
             .spawn(move || {
-                let _ = lampyr_sandbox::batch_scheduling();
+                // Records are bookkeeping: written with CPU time the request
+                // path leaves over, at normal weight only while behind.
+                let can_idle = lampyr_sandbox::idle_scheduling().is_ok();
+                let mut idle = can_idle;
                 let mut last_prune = Instant::now();
                 let mut batch = Vec::with_capacity(256);
                 loop {
                     // Poll rather than sleep on the channel: senders never
                     // have to wake this thread, and each poll writes one
                     // batch in one transaction.
-                    std::thread::sleep(Duration::from_millis(20));
+                    let slept = Instant::now();
+                    std::thread::sleep(POLL);
+                    let late = slept.elapsed() > POLL + BEHIND;
                     loop {
                         match rx.try_recv() {
                             Ok(d) => batch.push(d),
                             Err(TryRecvError::Empty) => break,
                             Err(TryRecvError::Disconnected) => return,
                         }
-                        if batch.len() >= 8192 {
+                        if batch.len() >= MAX_BATCH {
                             break;
+                        }
+                    }
+                    // Behind: the CPUs were too busy to run this thread for
+                    // a while, or more records wait than one batch takes.
+                    let behind = late || batch.len() >= MAX_BATCH;
+                    if can_idle && behind == idle {
+                        let switched = if behind {
+                            lampyr_sandbox::batch_scheduling()
+                        } else {
+                            lampyr_sandbox::idle_scheduling()
+                        };
+                        if switched.is_ok() {
+                            idle = !behind;
                         }
                     }
                     if !batch.is_empty() {

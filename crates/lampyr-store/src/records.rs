@@ -63,7 +63,13 @@ impl Default for Retention {
 }
 
 pub struct RecordStore {
+    /// Writes: inserts, pruning, deletes.
     db: Mutex<Connection>,
+    /// Reads, on a connection of their own: in WAL mode a read sees the
+    /// last committed batch and never waits for a write in progress (the
+    /// record writer runs at idle priority, and may hold `db` for a while
+    /// when the CPUs are busy).
+    reader: Mutex<Connection>,
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -222,8 +228,14 @@ impl RecordStore {
         conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let reader = Connection::open(path)?;
+        reader.pragma_update(None, "query_only", true)?;
+        reader.pragma_update(None, "cache_size", -4096)?;
+        reader.pragma_update(None, "mmap_size", 256i64 << 20)?;
+        reader.busy_timeout(Duration::from_secs(5))?;
         let mut store = RecordStore {
             db: Mutex::new(conn),
+            reader: Mutex::new(reader),
         };
         store.migrate_rows()?;
         Ok(store)
@@ -306,7 +318,7 @@ impl RecordStore {
             0 => 100,
             n => n,
         };
-        let db = self.db.lock();
+        let db = self.reader.lock();
         let mut stmt = db.prepare_cached(
             "SELECT id, last_ms, records FROM invocation_batches
              WHERE function = ?1 AND last_ms >= ?2 ORDER BY last_ms DESC, id DESC",
@@ -354,7 +366,7 @@ impl RecordStore {
 
     /// One record by request id.
     pub fn get(&self, request_id: &str) -> Result<Option<InvocationRecord>> {
-        let db = self.db.lock();
+        let db = self.reader.lock();
         // The id in JSON, quoted: a cheap test on the stored bytes before a
         // batch is decoded.
         let needle = serde_json::to_string(request_id).expect("a string serialises");
@@ -639,6 +651,28 @@ mod tests {
 
     fn ids(v: &[InvocationRecord]) -> Vec<&str> {
         v.iter().map(|r| r.request_id.as_str()).collect()
+    }
+
+    /// Reads never wait for the writer: with a write transaction open they
+    /// answer at once, from what was committed before it.
+    #[test]
+    fn reads_do_not_wait_for_a_write_in_progress() {
+        let d = tempfile::tempdir().unwrap();
+        let s = RecordStore::open(&d.path().join("db")).unwrap();
+        let now = SystemTime::now();
+        let committed = rec(1, "ok", now);
+        s.insert(std::slice::from_ref(&committed)).unwrap();
+        let mut db = s.db.lock();
+        let tx = db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        insert_batches(&tx, &[rec(2, "ok", now)]).unwrap();
+        let seen = list(&s, "f", RecordQuery::default());
+        assert_eq!(ids(&seen), [committed.request_id.as_str()]);
+        assert_eq!(s.get(&committed.request_id).unwrap(), Some(committed));
+        tx.commit().unwrap();
+        drop(db);
+        assert_eq!(list(&s, "f", RecordQuery::default()).len(), 2);
     }
 
     #[test]
