@@ -278,7 +278,8 @@ impl ServerConfig {
 /// worker also costs the server CPU per request (tasks moving between
 /// workers, wake-ups across CPUs): on 2 CPUs, one worker served 16
 /// connections with ~15% less CPU per request than two, and ~15% more
-/// requests/s (`docs/benchmarks.md`).
+/// requests/s (profiled with per-thread CPU accounting and side-by-side
+/// `wrk` runs; see ARCHITECTURE.md).
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
