@@ -50,7 +50,20 @@ pub(crate) async fn invoke_rest(
     handle(app, name, rest, peer, req).await
 }
 
-async fn handle(
+/// `/fn/NAME`, `/fn/NAME/` and `/fn/NAME/REST` without percent-escapes:
+/// the function's name and the rest of the path, exactly what the router's
+/// trigger routes would extract from it. `None` for any other path, which
+/// the router then serves (and decodes).
+pub(crate) fn direct_route(path: &str) -> Option<(&str, &str)> {
+    let tail = path.strip_prefix("/fn/")?;
+    if tail.contains('%') {
+        return None;
+    }
+    let (name, rest) = tail.split_once('/').unwrap_or((tail, ""));
+    (!name.is_empty()).then_some((name, rest))
+}
+
+pub(crate) async fn handle(
     app: AppState,
     name: String,
     rest: String,
@@ -728,6 +741,27 @@ pub(crate) fn respond_raw(inv: &Invocation) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_route_takes_what_the_trigger_routes_would() {
+        assert_eq!(direct_route("/fn/hello"), Some(("hello", "")));
+        assert_eq!(direct_route("/fn/hello/"), Some(("hello", "")));
+        assert_eq!(direct_route("/fn/hello/a/b/"), Some(("hello", "a/b/")));
+        assert_eq!(direct_route("/fn/hello//x"), Some(("hello", "/x")));
+        // Left to the router: no name, escapes to decode, other paths.
+        for p in [
+            "/fn/",
+            "/fn",
+            "/fn//x",
+            "/fn/a%20b",
+            "/fn/a/b%2F",
+            "/fnx/a",
+            "/api/v1/functions",
+            "/",
+        ] {
+            assert_eq!(direct_route(p), None, "{p}");
+        }
+    }
 
     #[test]
     fn clf_time_formats() {

@@ -74,6 +74,15 @@ fn the_whole_request_reaches_the_handler() {
             );
             assert_eq!(r.json()["event"]["rawPath"], "/");
         }
+        // The root with a trailing slash, an empty segment, and a path
+        // with percent-escapes (decoded, as for every path parameter).
+        for (path, raw) in [("/", "/"), ("//x/", "//x/"), ("/a%20b/c%2Fd", "/a b/c/d")] {
+            let r = request("GET", &format!("{}/fn/{name}{path}", server.url), None, &[]);
+            assert_eq!(r.status, 200, "{name}{path}: {}", r.text());
+            assert_eq!(r.json()["event"]["rawPath"], raw, "{name}{path}");
+        }
+        let r = request("GET", &format!("{}/fn/echo%2Dnode", server.url), None, &[]);
+        assert_eq!(r.status, 200, "an escaped name: {}", r.text());
     }
 }
 
