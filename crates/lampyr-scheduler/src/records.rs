@@ -39,6 +39,13 @@ const BEHIND: Duration = Duration::from_millis(200);
 /// The most records written in one transaction.
 const MAX_BATCH: usize = 8192;
 
+/// Whether the writer is behind after a poll that slept `slept` and took
+/// `drained` records: the CPUs were too busy to run it for a while, or more
+/// records wait than one batch takes.
+fn is_behind(slept: Duration, drained: usize) -> bool {
+    slept > POLL + BEHIND || drained >= MAX_BATCH
+}
+
 #[derive(Clone)]
 pub(crate) struct Recorder {
     tx: Sender<Draft>,
@@ -65,9 +72,9 @@ impl Recorder {
                     // Poll rather than sleep on the channel: senders never
                     // have to wake this thread, and each poll writes one
                     // batch in one transaction.
-                    let slept = Instant::now();
+                    let polled = Instant::now();
                     std::thread::sleep(POLL);
-                    let late = slept.elapsed() > POLL + BEHIND;
+                    let slept = polled.elapsed();
                     loop {
                         match rx.try_recv() {
                             Ok(d) => batch.push(d),
@@ -78,9 +85,7 @@ impl Recorder {
                             break;
                         }
                     }
-                    // Behind: the CPUs were too busy to run this thread for
-                    // a while, or more records wait than one batch takes.
-                    let behind = late || batch.len() >= MAX_BATCH;
+                    let behind = is_behind(slept, batch.len());
                     if can_idle && behind == idle {
                         let switched = if behind {
                             lampyr_sandbox::batch_scheduling()
@@ -236,6 +241,14 @@ pub fn percentiles(values: &mut [f64]) -> Percentiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writer_is_behind_when_late_or_full() {
+        assert!(!is_behind(POLL, 0));
+        assert!(!is_behind(POLL + BEHIND / 2, MAX_BATCH - 1));
+        assert!(is_behind(POLL + BEHIND + Duration::from_millis(1), 0));
+        assert!(is_behind(POLL, MAX_BATCH));
+    }
 
     #[test]
     fn nearest_rank() {
