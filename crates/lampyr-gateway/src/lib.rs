@@ -184,8 +184,8 @@ where
 
 /// One connection's service. A trigger request goes straight to the
 /// trigger, the request path's one routing decision made by a prefix test:
-/// the router's matching, parameter extraction and boxed layers cost about
-/// a dozen allocations per request. Everything else, and a trigger path
+/// the router's matching, parameter extraction and boxed layers cost
+/// allocations and CPU on every request. Everything else, and a trigger path
 /// with percent-escapes (which the router decodes), goes through the
 /// router, which has the same trigger routes.
 #[derive(Clone)]

@@ -247,7 +247,6 @@ pub enum ServerError {
 }
 
 impl ServerConfig {
-    /// Reads a config file, refusing unknown keys by name.
     /// The number of worker threads: `workers` if set, else
     /// [`default_workers`].
     pub fn worker_threads(&self) -> Result<usize, String> {
@@ -261,6 +260,7 @@ impl ServerConfig {
         }
     }
 
+    /// Reads a config file, refusing unknown keys by name.
     pub fn from_file(path: &Path) -> Result<Self, ServerError> {
         let err = |message: String| ServerError::Config {
             path: path.display().to_string(),
@@ -273,13 +273,8 @@ impl ServerConfig {
 
 /// The default number of worker threads: half the CPUs this process may
 /// use, at least one. Function instances run on the same host and need the
-/// other half: for a hello-world handler an instance spends about half as
-/// much CPU per request as the server, and a real handler more. Each extra
-/// worker also costs the server CPU per request (tasks moving between
-/// workers, wake-ups across CPUs): on 2 CPUs, one worker served 16
-/// connections with ~15% less CPU per request than two, and ~15% more
-/// requests/s (profiled with per-thread CPU accounting and side-by-side
-/// `wrk` runs; see ARCHITECTURE.md).
+/// other half, and each extra worker costs the server CPU per request:
+/// tasks move between workers and wake each other across CPUs.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }

@@ -275,23 +275,22 @@ impl Sys for LinuxSys {
 /// way too, and the record writer while it is behind. Best effort: a kernel or
 /// seccomp policy that refuses it leaves the default in place.
 pub fn batch_scheduling() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler only reads the valid `param`; pid 0 is the
-    // calling thread. A plain system call, async-signal-safe.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    set_scheduler(libc::SCHED_BATCH)
 }
 
 /// Puts the calling thread under `SCHED_IDLE`: it runs only on CPU time
 /// that no other thread wants. For the invocation-record writer, which
 /// returns to [`batch_scheduling`] whenever it falls behind.
 pub fn idle_scheduling() -> std::io::Result<()> {
+    set_scheduler(libc::SCHED_IDLE)
+}
+
+/// Sets the calling thread's policy to `policy` (one without priorities).
+fn set_scheduler(policy: libc::c_int) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler only reads the valid `param`; pid 0 is the
-    // calling thread.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } < 0 {
+    // calling thread. A plain system call, async-signal-safe.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

@@ -65,7 +65,7 @@ impl Recorder {
                 // Records are bookkeeping: written with CPU time the request
                 // path leaves over, at normal weight only while behind.
                 let can_idle = lampyr_sandbox::idle_scheduling().is_ok();
-                let mut idle = can_idle;
+                let mut behind = false;
                 let mut last_prune = Instant::now();
                 let mut batch = Vec::with_capacity(256);
                 loop {
@@ -85,15 +85,15 @@ impl Recorder {
                             break;
                         }
                     }
-                    let behind = is_behind(slept, batch.len());
-                    if can_idle && behind == idle {
-                        let switched = if behind {
+                    let now_behind = is_behind(slept, batch.len());
+                    if can_idle && now_behind != behind {
+                        let switched = if now_behind {
                             lampyr_sandbox::batch_scheduling()
                         } else {
                             lampyr_sandbox::idle_scheduling()
                         };
                         if switched.is_ok() {
-                            idle = !behind;
+                            behind = now_behind;
                         }
                     }
                     if !batch.is_empty() {

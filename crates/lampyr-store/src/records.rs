@@ -214,25 +214,27 @@ impl RecordStore {
     /// Opens the records tables in the database at `path` (its own
     /// connection, so record writes never wait for metadata reads).
     pub fn open(path: &Path) -> Result<RecordStore> {
-        let conn = Connection::open(path)?;
+        // Writes append at the right edge of the table and its indexes, so
+        // a small page cache holds their working set; a large one made every
+        // commit slower, as SQLite walks its cache at the end of each
+        // transaction.
+        let connect = || -> Result<Connection> {
+            let conn = Connection::open(path)?;
+            conn.pragma_update(None, "cache_size", -4096)?;
+            conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            Ok(conn)
+        };
+        let conn = connect()?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // Records are telemetry written at request rate: no fsync (a crash of
         // the process loses nothing; one of the machine at most the last
-        // moments) and few checkpoints. Writes append at the right edge of
-        // the table and its indexes, so a small page cache holds their
-        // working set; a large one made every commit slower, as SQLite walks
-        // its cache at the end of each transaction.
+        // moments) and few checkpoints.
         conn.pragma_update(None, "synchronous", "OFF")?;
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
-        conn.pragma_update(None, "cache_size", -4096)?;
-        conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        let reader = Connection::open(path)?;
+        let reader = connect()?;
         reader.pragma_update(None, "query_only", true)?;
-        reader.pragma_update(None, "cache_size", -4096)?;
-        reader.pragma_update(None, "mmap_size", 256i64 << 20)?;
-        reader.busy_timeout(Duration::from_secs(5))?;
         let mut store = RecordStore {
             db: Mutex::new(conn),
             reader: Mutex::new(reader),
