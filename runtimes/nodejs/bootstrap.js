@@ -626,7 +626,7 @@ function setEnv(cfg, taskRoot) {
   process.env.AWS_LAMBDA_FUNCTION_VERSION = fnVersion;
   process.env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE = memoryMb;
   process.env.LAMBDA_TASK_ROOT = taskRoot;
-  process.env.LAMBDA_RUNTIME_DIR = __dirname;
+  process.env.LAMBDA_RUNTIME_DIR = cfg.runtime_dir ? String(cfg.runtime_dir) : __dirname;
   process.env._HANDLER = String(cfg.handler);
   process.env.AWS_LAMBDA_LOG_GROUP_NAME = logGroup;
   process.env.AWS_LAMBDA_LOG_STREAM_NAME = logStream;

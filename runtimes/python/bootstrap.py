@@ -547,7 +547,7 @@ def _set_env(cfg, task_root, handler_str):
     os.environ["AWS_LAMBDA_FUNCTION_VERSION"] = version
     os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = LambdaContext.memory_limit_in_mb
     os.environ["LAMBDA_TASK_ROOT"] = task_root
-    os.environ["LAMBDA_RUNTIME_DIR"] = os.path.dirname(_THIS_FILE)
+    os.environ["LAMBDA_RUNTIME_DIR"] = cfg.get("runtime_dir") or os.path.dirname(_THIS_FILE)
     os.environ["_HANDLER"] = handler_str
     os.environ["AWS_LAMBDA_LOG_GROUP_NAME"] = LambdaContext.log_group_name
     os.environ["AWS_LAMBDA_LOG_STREAM_NAME"] = stream

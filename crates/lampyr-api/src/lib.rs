@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 pub mod manifest;
+pub mod network;
 pub mod types;
 
 pub use manifest::{Auth, FunctionSpec, ManifestError, Network, Runtime};
+pub use network::AllowRule;
 pub use types::*;

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::AllowRule;
+
 /// A language runtime lampyr can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,11 +90,26 @@ pub enum Auth {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// A private network namespace with loopback only.
+    /// Outbound connections to the internet, through lampyr, which refuses
+    /// this host, its loopback, private and link-local ranges and other
+    /// instances unless the manifest's `allow` names them.
     #[default]
+    Egress,
+    /// A private network namespace with loopback only.
     None,
-    /// The host's network.
+    /// The host's network: everything the host reaches and serves,
+    /// lampyr's own API included.
     Host,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Egress => "egress",
+            Network::None => "none",
+            Network::Host => "host",
+        }
+    }
 }
 
 /// A manifest key or value that is wrong. The message names the key.
@@ -132,6 +149,7 @@ struct RawManifest {
     queue_timeout: Option<String>,
     auth: Option<String>,
     network: Option<String>,
+    allow: Option<Vec<String>>,
 }
 
 /// A validated function definition: what one version of a function is.
@@ -152,6 +170,9 @@ pub struct FunctionSpec {
     pub queue_timeout_ms: u64,
     pub auth: Auth,
     pub network: Network,
+    /// Destinations `network = "egress"` lets through besides its default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowRule>,
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 128;
@@ -166,6 +187,15 @@ pub const MAX_CONCURRENCY: u32 = 1000;
 pub const DEFAULT_MAX_QUEUE: u32 = 100;
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most `allow` rules a manifest may have.
+pub const MAX_ALLOW: usize = 64;
+
+/// The largest manifest accepted.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+/// The most bytes a function's environment may take, names and values
+/// together (Lambda's limit).
+pub const MAX_ENV_BYTES: usize = 4096;
+
 /// Environment variable names the platform sets itself.
 const RESERVED_ENV_PREFIXES: &[&str] = &["LAMPYR_", "AWS_LAMBDA_", "LAMBDA_"];
 const RESERVED_ENV: &[&str] = &["_HANDLER", "AWS_EXECUTION_ENV", "PATH", "LD_PRELOAD"];
@@ -173,6 +203,12 @@ const RESERVED_ENV: &[&str] = &["_HANDLER", "AWS_EXECUTION_ENV", "PATH", "LD_PRE
 impl FunctionSpec {
     /// Parses and fully validates a manifest.
     pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::Parse(format!(
+                "the file is {} bytes, over the limit of {MAX_MANIFEST_BYTES} bytes",
+                text.len()
+            )));
+        }
         let raw: RawManifest =
             toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string()))?;
         Self::from_raw(raw)
@@ -254,17 +290,47 @@ impl FunctionSpec {
             }
         };
         let network = match raw.network.as_deref() {
-            None | Some("none") => Network::None,
+            None | Some("egress") => Network::Egress,
+            Some("none") => Network::None,
             Some("host") => Network::Host,
             Some(other) => {
                 return Err(ManifestError::invalid(
                     "network",
-                    format!("unknown value \"{other}\": use \"none\" or \"host\""),
+                    format!("unknown value \"{other}\": use \"egress\" (outbound internet, the default), \"none\" (loopback only) or \"host\" (the host's network)"),
                 ))
             }
         };
+        let mut allow = Vec::new();
+        for (i, rule) in raw.allow.iter().flatten().enumerate() {
+            let r: AllowRule = rule
+                .parse()
+                .map_err(|m: String| ManifestError::invalid(&format!("allow[{i}]"), m))?;
+            allow.push(r);
+        }
+        if !allow.is_empty() && network != Network::Egress {
+            return Err(ManifestError::invalid(
+                "allow",
+                format!(
+                    "only applies to network = \"egress\", not \"{}\"",
+                    network.as_str()
+                ),
+            ));
+        }
+        if allow.len() > MAX_ALLOW {
+            return Err(ManifestError::invalid(
+                "allow",
+                format!("has {} rules, more than the limit of {MAX_ALLOW}: use networks (\"10.0.0.0/16\") instead of single addresses", allow.len()),
+            ));
+        }
         for (k, v) in &raw.env {
             validate_env(k, v)?;
+        }
+        let env_bytes: usize = raw.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if env_bytes > MAX_ENV_BYTES {
+            return Err(ManifestError::invalid(
+                "env",
+                format!("the variables take {env_bytes} bytes (names and values), over the limit of {MAX_ENV_BYTES} bytes: ship larger configuration as a file with the code"),
+            ));
         }
         Ok(FunctionSpec {
             name: raw.name,
@@ -281,6 +347,7 @@ impl FunctionSpec {
             queue_timeout_ms: queue_timeout.as_millis() as u64,
             auth,
             network,
+            allow,
         })
     }
 
@@ -447,6 +514,34 @@ mod tests {
         assert_eq!(s.idle_timeout(), Duration::from_secs(300));
         assert_eq!(s.handler_parts(), ("index", "handler"));
         assert_eq!(s.auth, Auth::Public);
+        assert_eq!(s.network, Network::Egress);
+        assert!(s.allow.is_empty());
+    }
+
+    #[test]
+    fn allow_rules_are_validated_and_need_egress() {
+        let s = FunctionSpec::from_toml(&format!(
+            "{MIN}allow = [\"10.0.0.5:5432\", \"127.0.0.1:6379\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(s.allow.len(), 2);
+        assert_eq!(s.allow[1].port, Some(6379));
+        let e = err("allow = [\"10.0.0.5\", \"db:5432\"]\n");
+        assert!(e.contains("`allow[1]`"), "{e}");
+        let e = err("network = \"none\"\nallow = [\"10.0.0.5\"]\n");
+        assert!(e.contains("`allow`") && e.contains("egress"), "{e}");
+        let e = err("network = \"lan\"\n");
+        assert!(e.contains("`network`") && e.contains("egress"), "{e}");
+    }
+
+    /// A spec stored before `allow` existed (and with the old default
+    /// network written out) still reads.
+    #[test]
+    fn specs_stored_by_earlier_versions_read() {
+        let old = r#"{"name":"hello","runtime":"nodejs","handler":"index.handler","memory_mb":128,"timeout_ms":10000,"env":{},"concurrency":1,"min_instances":0,"max_instances":10,"idle_timeout_ms":300000,"max_queue":100,"queue_timeout_ms":10000,"auth":"public","network":"none"}"#;
+        let s: FunctionSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(s.network, Network::None);
+        assert!(s.allow.is_empty());
     }
 
     #[test]
@@ -525,6 +620,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.handler_parts(), ("src/app", "main"));
+    }
+
+    #[test]
+    fn manifests_and_environments_are_bounded() {
+        let big = format!("[env]\nBIG = \"{}\"\n", "x".repeat(5000));
+        let e = err(&big);
+        assert!(e.contains("`env`") && e.contains("4096"), "{e}");
+        let ok = format!("[env]\nA = \"{}\"\n", "x".repeat(4000));
+        assert!(FunctionSpec::from_toml(&format!("{MIN}{ok}")).is_ok());
+        let huge = format!("{MIN}# {}\n", "y".repeat(MAX_MANIFEST_BYTES));
+        let e = FunctionSpec::from_toml(&huge).unwrap_err().to_string();
+        assert!(e.contains("over the limit"), "{e}");
     }
 
     #[test]

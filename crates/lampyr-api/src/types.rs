@@ -310,3 +310,27 @@ mod millis_tests {
         assert_eq!(millis(Duration::ZERO), 0.0);
     }
 }
+
+/// The short form of a request id people see: its last eight characters.
+/// lampyr's ids are time-ordered UUIDs whose first characters are the time
+/// (the same for every request of a minute) and whose last ones are
+/// random. Cut by characters, whatever the id holds.
+pub fn short_request_id(id: &str) -> String {
+    let n = id.chars().count();
+    id.chars().skip(n.saturating_sub(8)).collect()
+}
+
+#[cfg(test)]
+mod short_id_tests {
+    use super::short_request_id;
+
+    #[test]
+    fn short_ids_are_the_random_end_cut_by_characters() {
+        assert_eq!(
+            short_request_id("0193a1b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b"),
+            "3e4f5a6b"
+        );
+        assert_eq!(short_request_id("ab"), "ab");
+        assert_eq!(short_request_id("ééééééééééé"), "éééééééé");
+    }
+}

@@ -457,16 +457,82 @@ fn follow_logs(client: &Client, q: &str, json: bool) -> Result<(), CommandError>
     Ok(())
 }
 
-/// One log record as a line for people.
+/// One log record as a line for people: time, short request id, who wrote
+/// it (`lampyr` for the platform's own lines, `fn` for the function's
+/// output, which cannot pass for them), level and message. Control
+/// characters in what a function wrote are shown escaped, never sent to
+/// the terminal; a message's own lines are indented under it.
 pub fn format_record(r: &LogRecord) -> String {
     let rid = r
         .request_id
         .as_deref()
-        .map(|s| &s[..8.min(s.len())])
-        .unwrap_or("-");
+        .map(lampyr_api::short_request_id)
+        .unwrap_or_else(|| "-".into());
     let level = r.level.as_deref().unwrap_or(match r.stream.as_str() {
         "stderr" => "ERROR",
         _ => "INFO",
     });
-    format!("{} {:<8} {:<5} {}", r.ts, rid, level, r.message)
+    let source = if r.stream == "platform" {
+        "lampyr"
+    } else {
+        "fn"
+    };
+    format!(
+        "{} {:<8} {:<6} {:<5} {}",
+        r.ts,
+        printable(&rid),
+        source,
+        printable(level),
+        printable(&r.message).replace('\n', "\n    ")
+    )
+}
+
+/// `s` with every control character but newline and tab escaped, so that
+/// what a function wrote cannot drive the terminal it is shown on.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    fn record(stream: &str, rid: Option<&str>, message: &str) -> LogRecord {
+        LogRecord {
+            ts: "2026-12-04T20:00:00.000Z".into(),
+            function: "f".into(),
+            version: 1,
+            request_id: rid.map(str::to_string),
+            instance: "f-1".into(),
+            stream: stream.into(),
+            level: Some("INFO".into()),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn function_output_cannot_drive_the_terminal_or_pose_as_lampyr() {
+        let line = format_record(&record(
+            "stdout",
+            Some("ééééééééééé"),
+            "\u{1b}]0;owned\u{7}\u{1b}[2J END RequestId: x\r\nnext",
+        ));
+        assert!(
+            !line.chars().any(|c| c.is_control() && c != '\n'),
+            "{line:?}"
+        );
+        assert!(line.contains(" fn "), "{line}");
+        assert!(line.contains("\\u{1b}"), "{line}");
+        assert!(line.contains("\n    next"), "{line}");
+        let platform = format_record(&record("platform", None, "START RequestId: y"));
+        assert!(platform.contains(" lampyr "), "{platform}");
+    }
 }

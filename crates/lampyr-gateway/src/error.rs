@@ -65,6 +65,9 @@ impl From<SchedulerError> for ApiError {
             SchedulerError::QueueFull { .. } | SchedulerError::QueueTimeout { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", msg)
             }
+            SchedulerError::NetworkUnavailable { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "network_unavailable", msg)
+            }
             SchedulerError::RuntimeUnavailable { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runtime_unavailable", msg)
             }
@@ -94,6 +97,13 @@ impl From<SchedulerError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let msg = e.to_string();
+        if e.is_no_space() {
+            return ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                format!("the server's data directory is out of disk space ({msg}): nothing of this request was kept; free some space and try again"),
+            );
+        }
         match e {
             StoreError::NotFound(name) => ApiError::not_found(&name),
             StoreError::Manifest(_) => {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod listen;
 pub mod server;
 mod trigger;
 mod ui;
@@ -40,6 +41,8 @@ pub struct Limits {
     pub max_response_body: usize,
     /// Largest code package a deploy accepts.
     pub max_package: usize,
+    /// How long a request body may go without a byte arriving.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -48,6 +51,7 @@ impl Default for Limits {
             max_request_body: 6 * 1000 * 1000,
             max_response_body: 6 * 1000 * 1000,
             max_package: 64 << 20,
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -64,6 +68,10 @@ pub struct App {
     pub(crate) public_url: String,
     pub(crate) limits: Limits,
     pub(crate) doctor: DoctorReport,
+    /// Set when the server begins to shut down: live log streams end.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// The last rendering of `/metrics`, and when it was made.
+    metrics_cache: parking_lot::Mutex<Option<(std::time::Instant, Bytes)>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -88,6 +96,8 @@ impl AppState {
             public_url: public_url.trim_end_matches('/').to_string(),
             limits,
             doctor,
+            stopping: tokio::sync::watch::Sender::new(false),
+            metrics_cache: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -135,51 +145,32 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// Serves `app` on `listener` until `shutdown` resolves, then shuts down
+/// gracefully (see [`listen`]): live log streams end, requests in flight
+/// get `limits.shutdown_timeout` to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: AppState,
+    limits: listen::ConnLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let router = router(app.clone());
-    axum::serve(listener, MakeEdge { app, router })
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Makes each connection's [`Edge`].
-#[derive(Clone)]
-struct MakeEdge {
-    app: AppState,
-    router: Router,
-}
-
-impl<'a, L> tower::Service<axum::serve::IncomingStream<'a, L>> for MakeEdge
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
-    type Response = Edge;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Edge, std::convert::Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, conn: axum::serve::IncomingStream<'a, L>) -> Self::Future {
-        std::future::ready(Ok(Edge {
-            app: self.app.clone(),
-            router: self.router.clone(),
-            peer: *conn.remote_addr(),
-        }))
-    }
+    let stop = app.stopping.clone();
+    listen::serve(
+        listener,
+        limits,
+        |peer| Edge {
+            app: app.clone(),
+            router: router.clone(),
+            peer,
+        },
+        shutdown,
+        move |in_flight| {
+            tracing::info!(in_flight, "shutting down, {in_flight} request(s) in flight");
+            let _ = stop.send(true);
+        },
+    )
+    .await
 }
 
 /// One connection's service. A trigger request goes straight to the
@@ -346,13 +337,13 @@ async fn require_token(State(app): State<AppState>, req: Request, next: Next) ->
     }
 }
 
+/// `GET /healthz`, unauthenticated: two counters, whatever the server holds.
 async fn health(State(app): State<AppState>) -> Json<Health> {
-    let functions = app.sched.store().list().map(|l| l.len()).unwrap_or(0);
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        functions,
-        instances: app.sched.total_instances(),
+        functions: app.sched.function_count(),
+        instances: lampyr_runtime::Instance::live(),
     })
 }
 
@@ -510,27 +501,54 @@ struct LogParams {
     follow: Option<String>,
 }
 
-/// Parses a `since` parameter (a duration back from now, e.g. `10m`).
-fn since_param(since: Option<&str>) -> Result<Option<std::time::SystemTime>, ApiError> {
-    match since {
-        None => Ok(None),
-        Some(s) => {
-            let d = lampyr_api::manifest::parse_duration(s).map_err(|m| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_parameter",
-                    format!("since: {m}"),
-                )
-            })?;
-            Ok(Some(std::time::SystemTime::now() - d))
+/// A query string for the API: like axum's `Query`, but a bad parameter
+/// answers with lampyr's error body (400 `invalid_parameter`).
+struct ApiQuery<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for ApiQuery<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(invalid_parameter(e.body_text())),
         }
     }
+}
+
+/// The longest a `since` parameter may reach back.
+const MAX_SINCE: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 3600);
+
+fn invalid_parameter(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+}
+
+/// Parses a `since` parameter (a duration back from now, e.g. `10m`, at
+/// most ten years).
+fn since_param(since: Option<&str>) -> Result<Option<std::time::SystemTime>, ApiError> {
+    let Some(s) = since else { return Ok(None) };
+    let d = lampyr_api::manifest::parse_duration(s)
+        .map_err(|m| invalid_parameter(format!("since: {m}")))?;
+    if d > MAX_SINCE {
+        return Err(invalid_parameter(format!(
+            "since: {s} reaches back further than ten years: use a shorter duration such as 1h or 7d"
+        )));
+    }
+    std::time::SystemTime::now()
+        .checked_sub(d)
+        .map(Some)
+        .ok_or_else(|| invalid_parameter(format!("since: {s} reaches back before 1970")))
 }
 
 async fn function_logs(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    Query(p): Query<LogParams>,
+    ApiQuery(p): ApiQuery<LogParams>,
 ) -> Result<Response, ApiError> {
     app.sched.store().get(&name)?;
     let since = since_param(p.since.as_deref())?.map(rfc3339);
@@ -581,12 +599,18 @@ fn follow_logs(
         )
     };
     let first: Vec<_> = backlog.iter().map(event).collect();
-    let live = futures_util::stream::unfold(rx, move |mut rx| {
+    let stopping = app.stopping.subscribe();
+    let live = futures_util::stream::unfold((rx, stopping), move |(mut rx, mut stopping)| {
         let name = name.clone();
         let request_id = request_id.clone();
         async move {
             loop {
-                match rx.recv().await {
+                let got = tokio::select! {
+                    r = rx.recv() => r,
+                    // The server is shutting down: the stream ends.
+                    _ = stopping.wait_for(|s| *s) => return None,
+                };
+                match got {
                     Ok(r) => {
                         if r.function == name
                             && request_id
@@ -595,14 +619,14 @@ fn follow_logs(
                         {
                             let ev = Event::default()
                                 .data(serde_json::to_string(&*r).expect("record serialises"));
-                            return Some((Ok(ev), rx));
+                            return Some((Ok(ev), (rx, stopping)));
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         let ev = Event::default()
                             .event("lagged")
                             .data(format!("{n} records were skipped"));
-                        return Some((Ok(ev), rx));
+                        return Some((Ok(ev), (rx, stopping)));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
@@ -629,7 +653,7 @@ struct InvocationParams {
 async fn function_invocations(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    Query(p): Query<InvocationParams>,
+    ApiQuery(p): ApiQuery<InvocationParams>,
 ) -> Result<Json<lampyr_api::InvocationList>, ApiError> {
     app.sched.store().get(&name)?;
     const STATUSES: &[&str] = &[
@@ -715,7 +739,7 @@ async fn window(
 async fn function_stats(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    Query(p): Query<WindowParams>,
+    ApiQuery(p): ApiQuery<WindowParams>,
 ) -> Result<Json<lampyr_api::FunctionStats>, ApiError> {
     let (since, list) = window(&app, &name, p.since.as_deref()).await?;
     Ok(Json(lampyr_scheduler::stats::stats(&name, since, &list)))
@@ -724,10 +748,17 @@ async fn function_stats(
 async fn function_series(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    Query(p): Query<WindowParams>,
+    ApiQuery(p): ApiQuery<WindowParams>,
 ) -> Result<Json<lampyr_api::Series>, ApiError> {
+    let step = match p.step.unwrap_or(60) {
+        s @ 1..=86_400 => std::time::Duration::from_secs(s),
+        s => {
+            return Err(invalid_parameter(format!(
+                "step: {s} is out of range: use a bucket size from 1 to 86400 seconds"
+            )))
+        }
+    };
     let (since, list) = window(&app, &name, p.since.as_deref()).await?;
-    let step = std::time::Duration::from_secs(p.step.unwrap_or(60).clamp(1, 86_400));
     let samples = app.sched.instance_samples(&name);
     Ok(Json(lampyr_scheduler::stats::series(
         &name,
@@ -739,9 +770,21 @@ async fn function_series(
     )))
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format. Unauthenticated, so it is
+/// rendered at most once a second whatever the rate of requests.
 async fn metrics(State(app): State<AppState>) -> Response {
-    let mut r = app.sched.metrics_text().into_response();
+    let text = {
+        let mut cache = app.metrics_cache.lock();
+        match &*cache {
+            Some((at, text)) if at.elapsed() < std::time::Duration::from_secs(1) => text.clone(),
+            _ => {
+                let text: Bytes = app.sched.metrics_text().into();
+                *cache = Some((std::time::Instant::now(), text.clone()));
+                text
+            }
+        }
+    };
+    let mut r = text.into_response();
     r.headers_mut().insert(
         "content-type",
         axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -44,6 +44,128 @@ pub struct ServerConfig {
     pub pools: PoolsSection,
     #[serde(default)]
     pub records: RecordsSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub network: NetworkSection,
+}
+
+/// `[network]`: the egress network of instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    /// Resolvers for instances' DNS queries; empty: the host's
+    /// `/etc/resolv.conf`.
+    pub dns: Vec<String>,
+    pub max_connections_per_instance: usize,
+    pub max_udp_flows_per_instance: usize,
+    pub connect_timeout: String,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        let d = lampyr_egress::EgressConfig::default();
+        NetworkSection {
+            dns: Vec::new(),
+            max_connections_per_instance: d.max_tcp,
+            max_udp_flows_per_instance: d.max_udp_flows,
+            connect_timeout: humantime::format_duration(d.connect_timeout).to_string(),
+        }
+    }
+}
+
+impl NetworkSection {
+    pub fn to_config(&self) -> Result<lampyr_egress::EgressConfig, String> {
+        let dns = if self.dns.is_empty() {
+            lampyr_egress::resolv_conf_servers(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            )
+        } else {
+            self.dns
+                .iter()
+                .map(|s| {
+                    s.parse::<SocketAddr>()
+                        .or_else(|_| {
+                            s.parse::<std::net::IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        })
+                        .map_err(|_| {
+                            format!(
+                                "network.dns: \"{s}\" is not an IP address (with an optional port)"
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        for (key, v) in [
+            (
+                "max_connections_per_instance",
+                self.max_connections_per_instance,
+            ),
+            (
+                "max_udp_flows_per_instance",
+                self.max_udp_flows_per_instance,
+            ),
+        ] {
+            if v == 0 {
+                return Err(format!("network.{key} must be at least 1"));
+            }
+        }
+        Ok(lampyr_egress::EgressConfig {
+            dns,
+            max_tcp: self.max_connections_per_instance,
+            max_udp_flows: self.max_udp_flows_per_instance,
+            connect_timeout: lampyr_api::manifest::parse_duration(&self.connect_timeout)
+                .map_err(|e| format!("network.connect_timeout: {e}"))?,
+        })
+    }
+}
+
+/// `[http]`: how the server treats its connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub max_connections: usize,
+    pub header_timeout: String,
+    pub body_timeout: String,
+    pub stall_timeout: String,
+    pub shutdown_timeout: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let d = crate::listen::ConnLimits::default();
+        let f = |d: Duration| humantime::format_duration(d).to_string();
+        HttpSection {
+            max_connections: d.max_connections,
+            header_timeout: f(d.header_timeout),
+            body_timeout: f(Limits::default().body_timeout),
+            stall_timeout: f(d.stall_timeout),
+            shutdown_timeout: f(d.shutdown_timeout),
+        }
+    }
+}
+
+impl HttpSection {
+    fn duration(key: &str, v: &str) -> Result<Duration, String> {
+        let d = lampyr_api::manifest::parse_duration(v).map_err(|e| format!("http.{key}: {e}"))?;
+        if d.is_zero() {
+            return Err(format!("http.{key} must be more than 0"));
+        }
+        Ok(d)
+    }
+
+    pub fn to_limits(&self) -> Result<crate::listen::ConnLimits, String> {
+        if self.max_connections == 0 {
+            return Err("http.max_connections must be at least 1".into());
+        }
+        Ok(crate::listen::ConnLimits {
+            max_connections: self.max_connections,
+            header_timeout: Self::duration("header_timeout", &self.header_timeout)?,
+            stall_timeout: Self::duration("stall_timeout", &self.stall_timeout)?,
+            shutdown_timeout: Self::duration("shutdown_timeout", &self.shutdown_timeout)?,
+        })
+    }
 }
 
 /// `[records]`: how long invocation records are kept.
@@ -177,7 +299,6 @@ impl SandboxSection {
         c.pids_max = self.pids_max;
         c.tmp_mb = self.tmp_mb;
         c.max_open_files = self.max_open_files;
-        c.code_store = data_dir.join("code");
         Ok(c)
     }
 }
@@ -189,6 +310,7 @@ pub struct LimitsConfig {
     pub max_response_body: usize,
     pub max_package: usize,
     pub max_unpacked: u64,
+    pub max_entries: u64,
 }
 
 impl Default for LimitsConfig {
@@ -199,6 +321,7 @@ impl Default for LimitsConfig {
             max_response_body: l.max_response_body,
             max_package: l.max_package,
             max_unpacked: StoreLimits::default().max_unpacked_bytes,
+            max_entries: StoreLimits::default().max_entries,
         }
     }
 }
@@ -208,14 +331,31 @@ impl Default for LimitsConfig {
 pub struct LogsConfig {
     pub file_bytes: u64,
     pub keep_files: usize,
+    pub queue_bytes: usize,
+    pub instance_rate: u64,
+    pub instance_burst: u64,
 }
 
 impl Default for LogsConfig {
     fn default() -> Self {
         let l = LogLimits::default();
+        let b = lampyr_runtime::LogBudget::default();
         LogsConfig {
             file_bytes: l.file_bytes,
             keep_files: l.keep,
+            queue_bytes: b.queue_bytes,
+            instance_rate: b.instance_rate,
+            instance_burst: b.instance_burst,
+        }
+    }
+}
+
+impl LogsConfig {
+    pub fn budget(&self) -> lampyr_runtime::LogBudget {
+        lampyr_runtime::LogBudget {
+            queue_bytes: self.queue_bytes,
+            instance_rate: self.instance_rate,
+            instance_burst: self.instance_burst,
         }
     }
 }
@@ -283,6 +423,7 @@ pub fn default_workers() -> usize {
 pub struct Server {
     pub app: AppState,
     pub sandboxer: Arc<Sandboxer>,
+    pub conn_limits: crate::listen::ConnLimits,
     pub listener: tokio::net::TcpListener,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
@@ -359,12 +500,13 @@ impl Server {
         let store_limits = StoreLimits {
             max_package_bytes: cfg.limits.max_package as u64,
             max_unpacked_bytes: cfg.limits.max_unpacked,
+            max_entries: cfg.limits.max_entries,
         };
         // Code is prepared for its runtime when it is deployed (Python
         // bytecode), so the first request does not compile it.
-        let prepare_with = runtimes.clone();
+        let prepare_with = (runtimes.clone(), sandboxer.clone());
         let store = Arc::new(Store::open(&data_dir, store_limits)?.with_code_preparer(Arc::new(
-            move |dir, spec| match lampyr_runtime::prebuild::prepare(&prepare_with, spec.runtime, dir) {
+            move |dir, spec| match lampyr_runtime::prebuild::prepare(&prepare_with.0, &prepare_with.1, spec.runtime, dir) {
                 Prepared::Skipped(why) => {
                     tracing::warn!(function = %spec.name, "code not prepared for its runtime: {why}")
                 }
@@ -392,6 +534,19 @@ impl Server {
                 path: "[records]".into(),
                 message,
             })?;
+        let egress_cfg = cfg
+            .network
+            .to_config()
+            .map_err(|message| ServerError::Config {
+                path: "[network]".into(),
+                message,
+            })?;
+        if egress_cfg.dns.is_empty() {
+            tracing::warn!("no DNS resolver found in /etc/resolv.conf: instances cannot resolve names (set [network] dns)");
+        }
+        let egress = sandboxer
+            .egress_support()
+            .map(|()| lampyr_egress::Egress::new(egress_cfg));
         let sched = Scheduler::start(
             store,
             log_store,
@@ -403,6 +558,8 @@ impl Server {
                 reap_interval: Duration::from_millis(100),
                 pools,
                 retention,
+                log_budget: cfg.logs.budget(),
+                egress,
             },
         )?;
         let addr = cfg
@@ -418,16 +575,32 @@ impl Server {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
+        let conn_limits = cfg
+            .http
+            .to_limits()
+            .map_err(|message| ServerError::Config {
+                path: "[http]".into(),
+                message,
+            })?;
+        let body_timeout =
+            HttpSection::duration("body_timeout", &cfg.http.body_timeout).map_err(|message| {
+                ServerError::Config {
+                    path: "[http]".into(),
+                    message,
+                }
+            })?;
         let limits = Limits {
             max_request_body: cfg.limits.max_request_body,
             max_response_body: cfg.limits.max_response_body,
             max_package: cfg.limits.max_package,
+            body_timeout,
         };
         let doctor = doctor_report(&runtimes, &sandboxer, &data_dir);
         let app = AppState::new(sched, token, public_url, limits, doctor);
         Ok(Server {
             app,
             sandboxer,
+            conn_limits,
             listener,
             addr,
             data_dir,
@@ -452,7 +625,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let sched = self.app.sched.clone();
         let sandboxer = self.sandboxer.clone();
-        let served = crate::serve(self.listener, self.app, shutdown).await;
+        let served = crate::serve(self.listener, self.app, self.conn_limits, shutdown).await;
         sched.shutdown(Duration::from_secs(5)).await;
         // Instances still starting when the signal came are not known to
         // the scheduler yet: their cgroups find them.

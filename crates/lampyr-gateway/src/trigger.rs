@@ -104,9 +104,24 @@ async fn run(
     }
     let (parts, body) = req.into_parts();
     let limit = app.limits.max_request_body;
-    let body = axum::body::to_bytes(body, limit)
+    let body = read_body(body, limit, app.limits.body_timeout)
         .await
-        .map_err(|_| too_large(name, limit))?;
+        .map_err(|e| match e {
+            BodyError::TooLarge => too_large(name, limit),
+            BodyError::Stalled => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body for function '{name}' stopped arriving (nothing for {} s)",
+                    app.limits.body_timeout.as_secs()
+                ),
+            ),
+            BodyError::Broken => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body could not be read",
+            ),
+        })?;
     let event = build_event(
         name,
         rest,
@@ -125,6 +140,43 @@ async fn run(
         })
         .await,
     )
+}
+
+enum BodyError {
+    TooLarge,
+    Stalled,
+    Broken,
+}
+
+/// Reads a whole request body of at most `limit` bytes, failing when no
+/// byte arrives for `idle`.
+async fn read_body(body: Body, limit: usize, idle: Duration) -> Result<bytes::Bytes, BodyError> {
+    use futures_util::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut first: Option<bytes::Bytes> = None;
+    let mut all: Vec<u8> = Vec::new();
+    loop {
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => return Err(BodyError::Stalled),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(BodyError::Broken),
+            Ok(Some(Ok(c))) => c,
+        };
+        let have = first.as_ref().map_or(0, |f| f.len()) + all.len();
+        if have + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        // One chunk (the usual case) is kept as it is, without a copy.
+        match first.take() {
+            None if all.is_empty() => first = Some(chunk),
+            Some(f) => {
+                all.extend_from_slice(&f);
+                all.extend_from_slice(&chunk);
+            }
+            None => all.extend_from_slice(&chunk),
+        }
+    }
+    Ok(first.unwrap_or_else(|| bytes::Bytes::from(all)))
 }
 
 fn too_large(name: &str, limit: usize) -> ApiError {
@@ -562,7 +614,7 @@ fn plain_proxy_result(result: &[u8]) -> Option<Response> {
     if r.multi_value_headers.is_some() {
         return None;
     }
-    let status = StatusCode::from_u16(r.status_code).ok()?;
+    let status = final_status(u64::from(r.status_code))?;
     let body = match r.body {
         None => Vec::new(),
         Some(Text(s)) if r.is_base64_encoded == Some(true) => B64.decode(s.as_bytes()).ok()?,
@@ -575,6 +627,9 @@ fn plain_proxy_result(result: &[u8]) -> Option<Response> {
     for (Text(k), Text(v)) in r.headers.map(|p| p.0).unwrap_or_default() {
         let name = HeaderName::from_bytes(k.as_bytes()).ok()?;
         let value = HeaderValue::from_str(&v).ok()?;
+        if framing(&name) {
+            continue;
+        }
         has_type |= name == axum::http::header::CONTENT_TYPE;
         // A repeated key: the last one counts, as on the general path.
         h.insert(name, value);
@@ -592,6 +647,35 @@ fn plain_proxy_result(result: &[u8]) -> Option<Response> {
         );
     }
     Some(resp)
+}
+
+/// A status a response can end with: 200 to 599, checked on the number as
+/// the function gave it (never narrowed first: 65736 is not 200).
+/// Informational statuses (1xx) precede a response, they cannot be one.
+fn final_status(code: u64) -> Option<StatusCode> {
+    if (200..=599).contains(&code) {
+        StatusCode::from_u16(code as u16).ok()
+    } else {
+        None
+    }
+}
+
+/// Headers that frame the HTTP message itself. The server owns them: a
+/// function that sets them is ignored there, so it can neither cut a
+/// response short nor make the connection carry a response of its own.
+fn framing(name: &HeaderName) -> bool {
+    use axum::http::header;
+    [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+        header::UPGRADE,
+        header::TE,
+        header::TRAILER,
+    ]
+    .contains(name)
+        || name == "keep-alive"
+        || name.as_str().starts_with("proxy-")
 }
 
 /// Applies the proxy-result rules to a handler's result.
@@ -640,11 +724,14 @@ fn general_proxy_result(
             v.as_u64()
                 .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
         })
-        .and_then(|c| StatusCode::from_u16(c as u16).ok())
+        .and_then(final_status)
         .ok_or_else(|| {
             bad_result(
                 function,
-                format!("statusCode {} is not an HTTP status", obj["statusCode"]),
+                format!(
+                    "statusCode {} is not an HTTP status a response can end with (200 to 599)",
+                    obj["statusCode"]
+                ),
             )
         })?;
     let b64 = obj
@@ -674,6 +761,9 @@ fn general_proxy_result(
                 .map_err(|_| bad_result(function, format!("header name {k:?} is invalid")))?;
             let value = HeaderValue::from_str(&value)
                 .map_err(|_| bad_result(function, format!("header {k} has an invalid value")))?;
+            if framing(&name) {
+                continue;
+            }
             has_type |= name == "content-type";
             h.append(name, value);
         }
@@ -684,6 +774,9 @@ fn general_proxy_result(
             let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else {
                 continue;
             };
+            if framing(&name) {
+                continue;
+            }
             for v in vs {
                 let s = v
                     .as_str()
@@ -850,6 +943,34 @@ mod tests {
             .await
             .unwrap();
         format!("{status} {headers:?} {body:?}")
+    }
+
+    #[tokio::test]
+    async fn the_server_owns_the_framing_and_statuses_are_checked_whole() {
+        for c in [
+            r#"{"statusCode":200,"headers":{"content-length":"2","Transfer-Encoding":"chunked","connection":"close","keep-alive":"timeout=5","upgrade":"h2c","te":"trailers","trailer":"x","proxy-authenticate":"Basic","x-kept":"1"},"body":"hello"}"#,
+            r#"{"statusCode":200,"multiValueHeaders":{"content-length":["400"],"x-kept":["1"]},"body":"hello"}"#,
+        ] {
+            let r = proxy_result("f", c.as_bytes()).unwrap();
+            let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["x-kept", "content-type"], "for {c}");
+            let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(&body[..], b"hello");
+        }
+        for c in [65736u64, 65536 + 200, 99, 100, 101, 600, 0] {
+            let r = proxy_result("f", format!(r#"{{"statusCode":{c}}}"#).as_bytes());
+            assert!(r.is_err(), "statusCode {c} is refused");
+            let r = proxy_result("f", format!(r#"{{"statusCode":"{c}"}}"#).as_bytes());
+            assert!(r.is_err(), "statusCode \"{c}\" is refused");
+        }
+        assert_eq!(
+            proxy_result("f", br#"{"statusCode":599}"#)
+                .unwrap()
+                .status(),
+            599
+        );
     }
 
     #[tokio::test]

@@ -22,60 +22,23 @@ use bytes::{Bytes, BytesMut};
 use lampyr_sandbox::{InstanceSpec, Sandbox, SandboxControl, SandboxError, Sandboxer};
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::capture::{read_logs, Capture, LineContext, LogLine, LogSender, Stream};
 use crate::discover::RuntimeInfo;
 use crate::protocol::{self, Frame};
 
 /// How long a runtime may take to say HELLO.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest log line kept whole; longer lines are cut.
-const MAX_LOG_LINE: usize = 256 * 1024;
-
-/// Where an output line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-    /// Written by lampyr itself about the invocation (errors, timeouts, crashes).
-    Platform,
-}
-
-impl Stream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-            Stream::Platform => "platform",
-        }
-    }
-}
-
-/// One line an instance wrote.
-#[derive(Debug, Clone)]
-pub struct LogLine {
-    pub ts: SystemTime,
-    /// The function and version the instance was loaded with, if any yet.
-    pub function: Option<(Arc<str>, u64)>,
-    pub instance: Arc<str>,
-    pub request_id: Option<String>,
-    pub stream: Stream,
-    pub level: Option<String>,
-    pub message: String,
-    /// Shown to followers of the live log but not stored: the lines lampyr
-    /// writes to frame an invocation, which reads rebuild from its record.
-    pub live_only: bool,
-}
-
-pub type LogSender = mpsc::UnboundedSender<LogLine>;
-
 /// The specialisation an instance receives: the LOAD message.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadRequest {
     pub handler: String,
     pub task_root: PathBuf,
+    /// Where the bootstrap is, as the instance sees it (`/var/runtime`).
+    pub runtime_dir: PathBuf,
     pub function_name: String,
     pub function_version: String,
     pub memory_mb: u32,
@@ -153,6 +116,23 @@ struct Shared {
     /// Set once the handler is loaded: from then on only RESULT and ERROR
     /// frames are legitimate.
     loaded: std::sync::atomic::AtomicBool,
+    /// The request ids of the last invocations this instance finished.
+    recent: Mutex<std::collections::VecDeque<String>>,
+}
+
+/// How many finished invocations an instance remembers, for log lines
+/// that arrive after their invocation's result.
+const RECENT: usize = 64;
+
+impl Shared {
+    /// Notes that an invocation is over.
+    fn finished(&self, request_id: String) {
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(request_id);
+    }
 }
 
 impl Shared {
@@ -183,6 +163,9 @@ pub struct Instance {
     poll: AtomicBool,
     sandbox: Arc<SandboxControl>,
     task_root: Mutex<Option<PathBuf>>,
+    runtime_dir: PathBuf,
+    /// The instance's outbound network, when it has one.
+    link: Mutex<Option<lampyr_egress::Link>>,
 }
 
 /// What [`Instance::start`] needs.
@@ -196,8 +179,33 @@ pub struct InstanceConfig<'a> {
     /// generic instance to be specialised later.
     pub code_dir: Option<PathBuf>,
     pub memory_mb: u32,
-    pub host_network: bool,
+    pub network: Network,
     pub logs: LogSender,
+}
+
+/// The network an instance starts with.
+#[derive(Clone)]
+pub enum Network {
+    /// Loopback only.
+    None,
+    /// The host's network.
+    Host,
+    /// Outbound through lampyr, under a policy (closed for a pooled
+    /// instance until it is given a function).
+    Egress {
+        egress: Arc<lampyr_egress::Egress>,
+        policy: lampyr_egress::Policy,
+    },
+}
+
+impl Network {
+    fn mode(&self) -> lampyr_sandbox::NetMode {
+        match self {
+            Network::None => lampyr_sandbox::NetMode::Loopback,
+            Network::Host => lampyr_sandbox::NetMode::Host,
+            Network::Egress { .. } => lampyr_sandbox::NetMode::Egress,
+        }
+    }
 }
 
 type BuildJob = Box<dyn FnOnce() + Send>;
@@ -283,7 +291,7 @@ impl Instance {
         let prefix = cfg.runtime.prefix.clone();
         let runtime_dir = cfg.runtime_dir.clone();
         let code_dir = cfg.code_dir.clone();
-        let (memory_mb, host_network) = (cfg.memory_mb, cfg.host_network);
+        let (memory_mb, net_mode) = (cfg.memory_mb, cfg.network.mode());
         let sandboxer = cfg.sandboxer.clone();
         // Building a sandbox starts processes and writes cgroup files:
         // milliseconds that must not hold up the async workers, and every
@@ -298,7 +306,7 @@ impl Instance {
                 runtime_dir: &runtime_dir,
                 code_dir: code_dir.as_deref(),
                 memory_mb,
-                host_network,
+                network: net_mode,
                 background: code_dir.is_none(),
             };
             sandboxer.spawn(&spec)
@@ -330,7 +338,17 @@ impl Instance {
             kill_reason: Mutex::new(None),
             logs: cfg.logs,
             loaded: std::sync::atomic::AtomicBool::new(false),
+            recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT)),
         });
+        let link = match (io.tun.take(), &cfg.network) {
+            (Some(tun), Network::Egress { egress, policy }) => {
+                let tun = lampyr_sandbox::net::Tun::new(tun).map_err(|e| {
+                    InstanceError::SandboxSetup(format!("the instance's network: {e}"))
+                })?;
+                Some(egress.attach(tun, policy.clone(), refusals_to_log(&shared)))
+            }
+            _ => None,
+        };
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let outbox = Arc::new(Outbox {
             writer,
@@ -340,8 +358,16 @@ impl Instance {
         });
         tokio::spawn(write_frames(shared.clone(), outbox.clone()));
         tokio::spawn(read_frames(shared.clone(), reader, control_tx));
-        tokio::spawn(read_logs(shared.clone(), io.stdout, Stream::Stdout));
-        tokio::spawn(read_logs(shared.clone(), io.stderr, Stream::Stderr));
+        let capture = Arc::new(Capture::new(shared.id.clone(), shared.logs.clone()));
+        let ctx: Arc<dyn LineContext> = shared.clone();
+        tokio::spawn(read_logs(
+            capture.clone(),
+            ctx.clone(),
+            io.stdout,
+            Stream::Stdout,
+        ));
+        tokio::spawn(read_logs(capture, ctx, io.stderr, Stream::Stderr));
+        LIVE.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(watch_exit(shared.clone(), sandbox));
         let inst = Arc::new(Instance {
             shared,
@@ -351,6 +377,8 @@ impl Instance {
             poll: AtomicBool::new(false),
             sandbox: sandbox_control,
             task_root: Mutex::new(task_root),
+            runtime_dir: cfg.sandboxer.guest_runtime_dir(&cfg.runtime_dir),
+            link: Mutex::new(link),
         });
         Ok((
             inst,
@@ -360,6 +388,12 @@ impl Instance {
                 adoption,
             },
         ))
+    }
+
+    /// Instances of this process that have not exited yet, pooled ones
+    /// included.
+    pub fn live() -> usize {
+        LIVE.load(Ordering::Relaxed)
     }
 
     /// Waits for the HELLO of an instance from [`Instance::spawn`].
@@ -648,6 +682,11 @@ impl Instance {
         self.shared.wait_exit().await
     }
 
+    /// Where the runtime's bootstrap is, as the instance sees it.
+    pub fn runtime_dir(&self) -> &std::path::Path {
+        &self.runtime_dir
+    }
+
     /// Where the function's code is, as the instance sees it, once it has
     /// code.
     pub fn task_root(&self) -> Option<PathBuf> {
@@ -660,10 +699,26 @@ impl Instance {
         &self,
         code_dir: &std::path::Path,
         memory_mb: u32,
+        network: Option<lampyr_egress::Policy>,
     ) -> Result<PathBuf, InstanceError> {
         let root = self.sandbox.specialise(code_dir, memory_mb)?;
         *self.task_root.lock() = Some(root.clone());
+        let mut link = self.link.lock();
+        match network {
+            Some(policy) => {
+                if let Some(l) = &*link {
+                    l.set_policy(policy);
+                }
+            }
+            // Loopback only: closing the TUN device removes `eth0`.
+            None => *link = None,
+        }
         Ok(root)
+    }
+
+    /// Whether the instance has an outbound network (`eth0`).
+    pub fn has_egress(&self) -> bool {
+        self.link.lock().is_some()
     }
 
     /// The host's handle on the instance's sandbox (limits, memory use).
@@ -779,7 +834,10 @@ impl Drop for PendingInvoke {
         if self.counted {
             IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
         }
-        self.shared.pending.lock().remove(&self.id);
+        let p = self.shared.pending.lock().remove(&self.id);
+        if let Some(p) = p {
+            self.shared.finished(p.request_id);
+        }
     }
 }
 
@@ -840,6 +898,7 @@ async fn read_frames(
                         };
                         let p = shared.pending.lock().remove(&id);
                         if let Some(p) = p {
+                            shared.finished(p.request_id.clone());
                             let outcome = if frame.kind == protocol::RESULT {
                                 InvokeOutcome::Ok(body)
                             } else {
@@ -911,99 +970,58 @@ async fn watch_exit(shared: Arc<Shared>, mut sandbox: Sandbox) {
         memory_peak: info.memory_peak,
     };
     shared.exit.send_replace(Some(report.clone()));
+    LIVE.fetch_sub(1, Ordering::Relaxed);
     let drained: Vec<Pending> = shared.pending.lock().drain().map(|(_, p)| p).collect();
     for p in drained {
         let _ = p.reply.send(InvokeOutcome::Exited(report.clone()));
     }
 }
 
-async fn read_logs(shared: Arc<Shared>, pipe: impl AsyncRead + Unpin, stream: Stream) {
-    let mut reader = BufReader::with_capacity(64 * 1024, pipe);
-    let mut line = Vec::with_capacity(256);
-    loop {
-        line.clear();
-        let n = match (&mut reader)
-            .take(MAX_LOG_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if n == MAX_LOG_LINE && line.last() != Some(&b'\n') {
-            // Cut: skip the rest of this overlong line without holding it.
-            loop {
-                let buf = match reader.fill_buf().await {
-                    Ok(b) if !b.is_empty() => b,
-                    _ => break,
-                };
-                match buf.iter().position(|&b| b == b'\n') {
-                    Some(i) => {
-                        reader.consume(i + 1);
-                        break;
-                    }
-                    None => {
-                        let n = buf.len();
-                        reader.consume(n);
-                    }
-                }
-            }
-            line.extend_from_slice(b" [line truncated]");
-        }
-        while matches!(line.last(), Some(b'\n')) {
-            line.pop();
-        }
-        let text = String::from_utf8_lossy(&line);
-        let (request_id, level, message) = match parse_record(&text) {
-            Some((rid, level, msg)) => (
-                rid.map(str::to_string),
-                Some(level.to_string()),
-                msg.replace('\r', "\n"),
-            ),
-            None => {
-                // Not a bootstrap record: attribute it to the one invocation
-                // in flight, if there is exactly one.
-                let pending = shared.pending.lock();
-                let rid = if pending.len() == 1 {
-                    pending.values().next().map(|p| p.request_id.clone())
-                } else {
-                    None
-                };
-                (rid, None, text.into_owned())
-            }
-        };
-        let function = shared.function.lock().clone();
-        let _ = shared.logs.send(LogLine {
+/// Says refused destinations in the function's log, as platform lines.
+fn refusals_to_log(shared: &Arc<Shared>) -> lampyr_egress::OnRefused {
+    let weak = Arc::downgrade(shared);
+    Box::new(move |r| {
+        let Some(shared) = weak.upgrade() else { return };
+        let line = LogLine {
             ts: SystemTime::now(),
-            function,
+            function: shared.function(),
             instance: shared.id.clone(),
-            request_id,
-            stream,
-            level,
-            message,
+            request_id: shared.request_id(None),
+            stream: Stream::Platform,
+            level: Some("WARN".into()),
+            message: r.to_string(),
             live_only: false,
-        });
+        };
+        let _ = shared.logs.send(line);
+    })
+}
+
+impl LineContext for Shared {
+    fn function(&self) -> Option<(Arc<str>, u64)> {
+        self.function.lock().clone()
+    }
+
+    fn request_id(&self, claimed: Option<&str>) -> Option<String> {
+        let pending = self.pending.lock();
+        if let Some(rid) = claimed {
+            // In flight, or just finished: a line written before the
+            // result may arrive after it.
+            if pending.values().any(|p| p.request_id == rid)
+                || self.recent.lock().iter().any(|r| r == rid)
+            {
+                return Some(rid.to_string());
+            }
+        }
+        if pending.len() == 1 {
+            pending.values().next().map(|p| p.request_id.clone())
+        } else {
+            None
+        }
     }
 }
 
-/// Parses `TS \t REQUEST_ID \t LEVEL \t MESSAGE`, the bootstraps' record format.
-fn parse_record(line: &str) -> Option<(Option<&str>, &str, &str)> {
-    let mut parts = line.splitn(4, '\t');
-    let ts = parts.next()?;
-    let rid = parts.next()?;
-    let level = parts.next()?;
-    let msg = parts.next()?;
-    let ts_ok =
-        ts.len() >= 20 && ts.as_bytes()[0].is_ascii_digit() && ts.as_bytes().get(10) == Some(&b'T');
-    let level_ok = matches!(
-        level,
-        "INFO" | "WARN" | "ERROR" | "DEBUG" | "TRACE" | "FATAL"
-    );
-    if !ts_ok || !level_ok {
-        return None;
-    }
-    Some(((rid != "-").then_some(rid), level, msg))
-}
+/// Instances of this process that have not exited yet.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Invocations in flight on all instances of this process.
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -1088,16 +1106,6 @@ pub fn poll_before_park() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn records_parse() {
-        let r = parse_record("2026-11-26T16:40:00.123Z\tabc\tINFO\thello\tworld").unwrap();
-        assert_eq!(r, (Some("abc"), "INFO", "hello\tworld"));
-        let r = parse_record("2026-11-26T16:40:00.123Z\t-\tERROR\tboom").unwrap();
-        assert_eq!(r, (None, "ERROR", "boom"));
-        assert!(parse_record("plain output").is_none());
-        assert!(parse_record("a\tb\tc\td").is_none());
-    }
 
     #[test]
     fn polling_needs_a_spare_cpu_for_a_quiet_while() {

@@ -14,14 +14,14 @@
 //! error, Python 2 code in a vendored package) is left as it is, and the
 //! import reports the error as it would have without preparation.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use lampyr_api::Runtime;
+use lampyr_sandbox::job::JobSpec;
+use lampyr_sandbox::Sandboxer;
 
-use crate::Runtimes;
+use crate::{RuntimeInfo, Runtimes};
 
 /// How long compiling one package may take before it is abandoned.
 const COMPILE_LIMIT: Duration = Duration::from_secs(120);
@@ -38,21 +38,29 @@ pub enum Prepared {
 }
 
 /// Prepares the unpacked code in `dir` (still writable) for `runtime`.
-pub fn prepare(runtimes: &Runtimes, runtime: Runtime, dir: &Path) -> Prepared {
+///
+/// The work runs as a one-off job of the sandbox ([`Sandboxer::run_job`]):
+/// jailed where the host allows it, unprivileged, without the network,
+/// able to write `dir` alone, and killed with the server. Nothing of the
+/// package ever runs as the server's user.
+pub fn prepare(
+    runtimes: &Runtimes,
+    sandboxer: &Sandboxer,
+    runtime: Runtime,
+    dir: &Path,
+) -> Prepared {
     match runtime {
         Runtime::Nodejs => Prepared::Nothing,
         Runtime::Python => match runtimes.get(Runtime::Python) {
-            Ok(py) => compile_python(&py.path, dir),
+            Ok(py) => compile_python(py, sandboxer, dir),
             Err(e) => Prepared::Skipped(format!("no Python to compile with: {e}")),
         },
     }
 }
 
-/// The package's Python modules: regular `.py` files, found without
-/// following symbolic links (a package's links stay inside it, but could
-/// loop).
-fn python_modules(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+/// Whether the package has a Python module: a regular `.py` file, found
+/// without following symbolic links.
+fn has_python_modules(dir: &Path) -> bool {
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -64,96 +72,96 @@ fn python_modules(dir: &Path) -> Vec<PathBuf> {
             if t.is_dir() {
                 todo.push(p);
             } else if t.is_file() && p.extension().is_some_and(|x| x == "py") {
-                out.push(p);
+                return true;
             }
         }
     }
-    out.sort();
-    out
+    false
 }
 
-fn compile_python(python: &Path, dir: &Path) -> Prepared {
-    let modules = python_modules(dir);
-    if modules.is_empty() {
+fn compile_python(py: &RuntimeInfo, sandboxer: &Sandboxer, dir: &Path) -> Prepared {
+    if !has_python_modules(dir) {
         return Prepared::Nothing;
     }
-    // `-I`: no environment variables, no user site; `-i -`: the files to
-    // compile, one per line, on stdin.
-    let child = Command::new(python)
-        .args([
-            "-I",
-            "-m",
-            "compileall",
-            "-q",
-            "--invalidation-mode",
-            "unchecked-hash",
-            "-i",
-            "-",
-        ])
-        .env_clear()
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return Prepared::Skipped(format!("cannot run {}: {e}", python.display())),
+    // `-I`: no environment variables, no user site. compileall walks the
+    // tree itself and does not descend into linked directories; inside
+    // the jail no link leads anywhere but the tree.
+    let task = sandboxer.guest_job_dir(dir);
+    let args: Vec<std::ffi::OsString> = vec![
+        "-I".into(),
+        "-m".into(),
+        "compileall".into(),
+        "-q".into(),
+        "--invalidation-mode".into(),
+        "unchecked-hash".into(),
+        task.into(),
+    ];
+    let id = format!(
+        "compile-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("code")
+    );
+    let job = JobSpec {
+        id: &id,
+        program: &py.path,
+        program_prefix: Some(&py.prefix),
+        args,
+        env: vec![
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+        ],
+        task_dir: dir,
+        memory_mb: COMPILE_MEMORY_MB,
+        timeout: COMPILE_LIMIT,
     };
-    let mut list = String::new();
-    for m in &modules {
-        // A name with a newline cannot be listed; it is compiled on import.
-        if let Some(s) = m.to_str().filter(|s| !s.contains('\n')) {
-            list.push_str(s);
-            list.push('\n');
-        }
+    match sandboxer.run_job(&job) {
+        Err(e) => Prepared::Skipped(format!("cannot run the compiler: {e}")),
+        Ok(out) if out.status.is_none() => Prepared::Skipped(format!(
+            "compiling took longer than {}s",
+            COMPILE_LIMIT.as_secs()
+        )),
+        Ok(out) if out.oom_killed => Prepared::Skipped(format!(
+            "compiling needed more than {COMPILE_MEMORY_MB} MiB"
+        )),
+        // compileall exits with 1 when some module did not compile; the
+        // others are compiled all the same.
+        Ok(_) => Prepared::Compiled {
+            modules: count_bytecode(dir),
+        },
     }
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(list.as_bytes());
-    }
-    let started = Instant::now();
-    loop {
-        match child.try_wait() {
-            // compileall exits with 1 when some module did not compile;
-            // the others are compiled all the same.
-            Ok(Some(_)) => break,
-            Ok(None) if started.elapsed() > COMPILE_LIMIT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Prepared::Skipped(format!(
-                    "compiling took longer than {}s",
-                    COMPILE_LIMIT.as_secs()
-                ));
+}
+
+/// The memory limit of the compile job.
+const COMPILE_MEMORY_MB: u32 = 512;
+
+/// How many compiled modules the tree now holds.
+fn count_bytecode(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            let p = e.path();
+            if t.is_dir() {
+                todo.push(p);
+            } else if t.is_file() && p.extension().is_some_and(|x| x == "pyc") {
+                n += 1;
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Prepared::Skipped(format!("waiting for compileall: {e}")),
         }
     }
-    Prepared::Compiled {
-        modules: modules.len(),
-    }
+    n
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn modules_are_found_without_following_links() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path();
-        std::fs::create_dir_all(root.join("pkg/sub")).unwrap();
-        for f in ["index.py", "pkg/__init__.py", "pkg/sub/m.py", "notes.txt"] {
-            std::fs::write(root.join(f), "x = 1\n").unwrap();
-        }
-        // A loop and a linked module: neither is followed.
-        std::os::unix::fs::symlink("..", root.join("pkg/sub/up")).unwrap();
-        std::os::unix::fs::symlink("index.py", root.join("alias.py")).unwrap();
-        let found: Vec<String> = python_modules(root)
-            .iter()
-            .map(|p| p.strip_prefix(root).unwrap().display().to_string())
-            .collect();
-        assert_eq!(found, ["index.py", "pkg/__init__.py", "pkg/sub/m.py"]);
+    fn plain() -> Sandboxer {
+        let mut cfg = lampyr_sandbox::SandboxConfig::new(std::env::temp_dir(), "test".into());
+        cfg.mode = lampyr_sandbox::IsolationMode::Off;
+        Sandboxer::new(cfg).unwrap()
     }
 
     #[test]
@@ -162,14 +170,15 @@ mod tests {
         let Ok(py) = runtimes.get(Runtime::Python) else {
             panic!("this test needs Python 3.9 or later on PATH");
         };
+        let sandboxer = plain();
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
         std::fs::create_dir_all(root.join("vendored")).unwrap();
         std::fs::write(root.join("index.py"), "def handler(e, c):\n    return 1\n").unwrap();
         std::fs::write(root.join("vendored/lib.py"), "VALUE = 2\n").unwrap();
         std::fs::write(root.join("broken.py"), "print 'python 2'\n").unwrap();
-        let got = prepare(&runtimes, Runtime::Python, root);
-        assert_eq!(got, Prepared::Compiled { modules: 3 });
+        let got = prepare(&runtimes, &sandboxer, Runtime::Python, root);
+        assert_eq!(got, Prepared::Compiled { modules: 2 });
         let tag = format!(
             "cpython-{}",
             py.version.split('.').take(2).collect::<Vec<_>>().join("")
@@ -192,6 +201,9 @@ mod tests {
             .join("__pycache__")
             .join(format!("broken.{tag}.pyc"))
             .exists());
-        assert_eq!(prepare(&runtimes, Runtime::Nodejs, root), Prepared::Nothing);
+        assert_eq!(
+            prepare(&runtimes, &sandboxer, Runtime::Nodejs, root),
+            Prepared::Nothing
+        );
     }
 }

@@ -443,7 +443,7 @@ impl InstanceCgroup {
         false
     }
 
-    fn remove_blocking(&self) -> bool {
+    pub(crate) fn remove_blocking(&self) -> bool {
         for _ in 0..40 {
             if self.try_remove() {
                 return true;

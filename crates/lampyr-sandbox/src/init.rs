@@ -10,8 +10,9 @@
 //!    can start this process with `posix_spawn`;
 //! 2. joins the instance's cgroups, so everything it starts is counted;
 //! 3. protects itself from the OOM killer (the runtime is the one to kill);
-//! 4. `unshare`s the mount, PID, IPC, UTS, cgroup and (unless the function
-//!    uses the host's) network namespaces;
+//! 4. joins the network namespace the host made for it (sent with
+//!    SANDBOX_GO), if any, then `unshare`s the mount, PID, IPC, UTS, cgroup
+//!    and (for a loopback-only network) network namespaces;
 //! 5. forks: the child is PID 1 of the new PID namespace. It builds the
 //!    jail ([`crate::jail::enter`]), forks the runtime (PID 2, so signals
 //!    and orphans behave as on any Linux host), reaps orphans, and exits
@@ -99,7 +100,18 @@ pub fn main() -> ! {
         ),
     };
     detach_from_host(spec.host_pid);
-    wait_for_go();
+    let netns = wait_for_go();
+    if spec.network == crate::jail::JailNetwork::Joined {
+        let Some(ns) = netns else {
+            fail("the host sent no network namespace with SANDBOX_GO", 125);
+        };
+        if let Err(e) = nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET) {
+            fail(
+                &format!("joining the instance's network namespace: {e}"),
+                125,
+            );
+        }
+    }
     for procs in &spec.cgroup_procs {
         if let Err(e) = std::fs::write(procs, "0") {
             fail(&format!("joining cgroup {}: {e}", procs.display()), 125);
@@ -111,7 +123,7 @@ pub fn main() -> ! {
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWCGROUP;
-    if spec.private_network {
+    if spec.network == crate::jail::JailNetwork::Loopback {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     if let Err(e) = unshare(flags) {
@@ -168,19 +180,41 @@ fn take_socket_from_stdin() {
 }
 
 /// Waits until the host has made the instance's cgroup and code slot: it
-/// sends SANDBOX_GO then. Ends quietly if the host closes the socket first
-/// (it could not make them, and reports that itself).
-fn wait_for_go() {
-    use std::os::fd::BorrowedFd;
-    // SAFETY: fd 3 is the protocol socket this process holds (moved there
-    // by `take_socket_from_stdin`); it is only borrowed for the reads.
-    let socket = unsafe { BorrowedFd::borrow_raw(crate::PROTOCOL_FD) };
+/// sends SANDBOX_GO then, with the instance's network namespace attached
+/// when the host made one. Ends quietly if the host closes the socket
+/// first (it could not make them, and reports that itself).
+fn wait_for_go() -> Option<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
     let mut frame = [0u8; 5];
     let mut got = 0;
+    let mut passed = None;
     while got < frame.len() {
-        match nix::unistd::read(socket, &mut frame[got..]) {
-            Ok(0) => std::process::exit(125),
-            Ok(n) => got += n,
+        let mut cmsg = nix::cmsg_space!(std::os::fd::RawFd);
+        let mut iov = [std::io::IoSliceMut::new(&mut frame[got..])];
+        match recvmsg::<()>(
+            crate::PROTOCOL_FD,
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) if msg.bytes == 0 => std::process::exit(125),
+            Ok(msg) => {
+                let n = msg.bytes;
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            for fd in fds {
+                                // SAFETY: the kernel just gave this process
+                                // the descriptor; nothing else owns it.
+                                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                                passed.get_or_insert(owned);
+                            }
+                        }
+                    }
+                }
+                got += n;
+            }
             Err(nix::errno::Errno::EINTR) => {}
             Err(_) => std::process::exit(125),
         }
@@ -191,6 +225,7 @@ fn wait_for_go() {
             125,
         );
     }
+    passed
 }
 
 /// Leaves the server's session and process group, so that the host can

@@ -11,13 +11,28 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// One read-only bind mount into the new root.
+/// One bind mount into the new root: read-only unless `writable` (a
+/// one-off job's scratch tree), always without set-uid programs or devices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bind {
     pub src: PathBuf,
     /// Absolute path inside the sandbox.
     pub dst: PathBuf,
     pub is_dir: bool,
+    #[serde(default)]
+    pub writable: bool,
+}
+
+impl Bind {
+    /// A read-only bind of `src` at `dst`.
+    pub fn read_only(src: impl Into<PathBuf>, dst: impl Into<PathBuf>, is_dir: bool) -> Bind {
+        Bind {
+            src: src.into(),
+            dst: dst.into(),
+            is_dir,
+            writable: false,
+        }
+    }
 }
 
 /// Everything the jail needs, decided by the host before the process starts.
@@ -33,8 +48,7 @@ pub struct JailSpec {
     pub files: Vec<(PathBuf, String)>,
     pub tmp_mb: u32,
     pub hostname: String,
-    /// True for a private network namespace: bring its loopback up.
-    pub private_network: bool,
+    pub network: JailNetwork,
     pub uid: u32,
     pub gid: u32,
     pub max_open_files: u64,
@@ -56,6 +70,18 @@ pub struct JailSpec {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub cwd: PathBuf,
+}
+
+/// The network namespace a jail lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JailNetwork {
+    /// The host's.
+    Host,
+    /// A new one, with loopback only (brought up by the jail).
+    Loopback,
+    /// One the host made (see [`crate::net`]): the init joins it with the
+    /// descriptor that comes with SANDBOX_GO.
+    Joined,
 }
 
 /// The devices an instance gets in `/dev`.
@@ -89,6 +115,8 @@ pub enum MountKind {
     BindRecursive,
     /// Remount a bind read-only, nosuid, nodev.
     RemountReadOnly,
+    /// Remount a bind nosuid, nodev, leaving it writable.
+    RemountNoSuid,
 }
 
 /// The system calls the jail makes, so the sequence can be recorded in tests.
@@ -123,7 +151,7 @@ fn inside(root: &Path, p: &Path) -> PathBuf {
 ///
 /// 1. mount propagation: make every mount a slave;
 /// 2. the new root: a small tmpfs over `root_dir`, private;
-/// 3. read-only binds of what the runtime needs (`/usr`, the runtime's
+/// 3. binds, read-only, of what the runtime needs (`/usr`, the runtime's
 ///    prefix, `/var/runtime`, the function's code at `/var/task`, a few
 ///    files of `/etc`), and the usual top-level symlinks;
 /// 4. generated files (`/etc/passwd`, `/etc/group`, `/etc/hosts`, …);
@@ -132,7 +160,8 @@ fn inside(root: &Path, p: &Path) -> PathBuf {
 /// 7. `/proc` for the new PID namespace;
 /// 8. `pivot_root` into the new root and detach the old one;
 /// 9. the root itself read-only;
-/// 10. hostname, and loopback up in a private network namespace;
+/// 10. hostname, and loopback up in a new network namespace (one the
+///     host made has it up already);
 /// 11. resource limits: open files, no core dumps, default OOM score;
 /// 12. privileges: empty capability bounding set, unprivileged uid/gid
 ///     (then the parent-death signal again, which the uid change cleared),
@@ -167,7 +196,12 @@ pub fn enter(sys: &mut dyn Sys, spec: &JailSpec) -> JailResult {
             sys.create_file(&dst)?;
         }
         sys.mount(Some(&b.src), &dst, MountKind::BindRecursive)?;
-        sys.mount(None, &dst, MountKind::RemountReadOnly)?;
+        let remount = if b.writable {
+            MountKind::RemountNoSuid
+        } else {
+            MountKind::RemountReadOnly
+        };
+        sys.mount(None, &dst, remount)?;
     }
     for (link, target) in &spec.symlinks {
         sys.symlink(target, &inside(root, link))?;
@@ -230,7 +264,7 @@ pub fn enter(sys: &mut dyn Sys, spec: &JailSpec) -> JailResult {
     sys.mount(None, Path::new("/"), MountKind::RemountReadOnly)?;
 
     sys.sethostname(&spec.hostname)?;
-    if spec.private_network {
+    if spec.network == JailNetwork::Loopback {
         sys.loopback_up()?;
     }
 
@@ -353,27 +387,15 @@ pub(crate) mod tests {
             root_dir: "/data/sandbox/root".into(),
             host_pid: 1,
             binds: vec![
-                Bind {
-                    src: "/usr".into(),
-                    dst: "/usr".into(),
-                    is_dir: true,
-                },
-                Bind {
-                    src: "/data/code/abc".into(),
-                    dst: "/var/task".into(),
-                    is_dir: true,
-                },
-                Bind {
-                    src: "/etc/ld.so.cache".into(),
-                    dst: "/etc/ld.so.cache".into(),
-                    is_dir: false,
-                },
+                Bind::read_only("/usr", "/usr", true),
+                Bind::read_only("/data/code/abc", "/var/task", true),
+                Bind::read_only("/etc/ld.so.cache", "/etc/ld.so.cache", false),
             ],
             symlinks: vec![("/bin".into(), "usr/bin".into())],
             files: vec![("/etc/passwd".into(), "root:x:0:0::/:/bin/false\n".into())],
             tmp_mb: 64,
             hostname: "lampyr".into(),
-            private_network: true,
+            network: JailNetwork::Loopback,
             uid: 65534,
             gid: 65534,
             max_open_files: 1024,
@@ -433,7 +455,7 @@ pub(crate) mod tests {
     #[test]
     fn host_network_skips_loopback_and_seccomp_can_be_off() {
         let mut s = spec();
-        s.private_network = false;
+        s.network = JailNetwork::Host;
         s.seccomp = Vec::new();
         let mut r = Recorder::default();
         enter(&mut r, &s).unwrap();

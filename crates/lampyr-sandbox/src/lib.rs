@@ -20,9 +20,12 @@
 pub mod cgroup;
 pub mod init;
 pub mod jail;
+pub mod job;
+pub mod net;
 pub mod seccomp;
 pub mod slots;
 pub mod sys;
+pub mod views;
 pub mod zygote;
 
 use std::ffi::OsString;
@@ -72,6 +75,8 @@ pub enum SandboxError {
     Zygote(String),
     #[error("code slot: {0}")]
     Slot(#[from] slots::SlotError),
+    #[error("the instance's network: {0}")]
+    Network(std::io::Error),
     #[error("sandbox state directory {path}: {source}")]
     State {
         path: String,
@@ -125,8 +130,6 @@ pub struct SandboxConfig {
     pub max_open_files: u64,
     /// The executable that implements `__sandbox-init`: [`default_init_exe`].
     pub init_exe: PathBuf,
-    /// The directory holding every version's unpacked code (`DATA/code`).
-    pub code_store: PathBuf,
 }
 
 impl SandboxConfig {
@@ -141,7 +144,6 @@ impl SandboxConfig {
             tmp_mb: 64,
             max_open_files: 1024,
             init_exe: default_init_exe(),
-            code_store: PathBuf::from("/nonexistent"),
         }
     }
 }
@@ -199,6 +201,7 @@ struct JailSupport {
     base_binds: Vec<Bind>,
     base_symlinks: Vec<(PathBuf, PathBuf)>,
     slots: Arc<slots::Slots>,
+    views: Arc<views::Views>,
 }
 
 /// Starts instances with as much isolation as the host allows.
@@ -227,10 +230,35 @@ pub struct InstanceSpec<'a> {
     /// instance that [`SandboxControl::specialise`] gives code later.
     pub code_dir: Option<&'a Path>,
     pub memory_mb: u32,
-    pub host_network: bool,
+    pub network: NetMode,
     /// A generic instance started ahead of demand: lowest CPU weight until
     /// it is specialised.
     pub background: bool,
+}
+
+/// The network an instance gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetMode {
+    /// Its own network namespace with loopback only.
+    Loopback,
+    /// Its own network namespace with loopback and `eth0`, a TUN device
+    /// whose host end comes back in [`SandboxIo::tun`] (see [`net`]).
+    Egress,
+    /// The host's network.
+    Host,
+}
+
+/// What [`Sandboxer::jail_spec`] puts in a jail besides the base layout.
+struct JailContents<'a> {
+    program: &'a Path,
+    program_prefix: Option<&'a Path>,
+    args: &'a [OsString],
+    env: &'a [(OsString, OsString)],
+    runtime_dir: Option<&'a Path>,
+    /// What appears at `/var/task`.
+    task: Bind,
+    network: jail::JailNetwork,
+    cgroup_procs: Vec<PathBuf>,
 }
 
 fn namespaces_work() -> Result<(), String> {
@@ -272,11 +300,7 @@ fn seccomp_filters() -> Option<Vec<String>> {
 
 /// The parts of the host's root every runtime needs, read-only.
 fn base_layout() -> (Vec<Bind>, Vec<(PathBuf, PathBuf)>) {
-    let mut binds = vec![Bind {
-        src: "/usr".into(),
-        dst: "/usr".into(),
-        is_dir: true,
-    }];
+    let mut binds = vec![Bind::read_only("/usr", "/usr", true)];
     let mut links = Vec::new();
     for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
         let p = Path::new(top);
@@ -286,11 +310,7 @@ fn base_layout() -> (Vec<Bind>, Vec<(PathBuf, PathBuf)>) {
                     links.push((p.to_path_buf(), target));
                 }
             }
-            Ok(m) if m.is_dir() => binds.push(Bind {
-                src: p.into(),
-                dst: p.into(),
-                is_dir: true,
-            }),
+            Ok(m) if m.is_dir() => binds.push(Bind::read_only(p, p, true)),
             _ => {}
         }
     }
@@ -306,11 +326,7 @@ fn base_layout() -> (Vec<Bind>, Vec<(PathBuf, PathBuf)>) {
         let p = Path::new(path);
         let ok = if is_dir { p.is_dir() } else { p.is_file() };
         if ok {
-            binds.push(Bind {
-                src: p.into(),
-                dst: p.into(),
-                is_dir,
-            });
+            binds.push(Bind::read_only(p, p, is_dir));
         }
     }
     (binds, links)
@@ -382,7 +398,7 @@ impl Sandboxer {
             return Err(SandboxError::NotIsolated(missing.join("; ")));
         }
         let slots = if ns.is_ok() {
-            slots::Slots::setup(&cfg.state_dir, &cfg.code_store).map_err(|e| e.to_string())
+            slots::Slots::setup(&cfg.state_dir).map_err(|e| e.to_string())
         } else {
             Err("needs namespaces".into())
         };
@@ -400,7 +416,13 @@ impl Sandboxer {
                     source,
                 })?;
                 let (base_binds, base_symlinks) = base_layout();
+                let views =
+                    views::Views::new(&cfg.state_dir).map_err(|source| SandboxError::State {
+                        path: cfg.state_dir.display().to_string(),
+                        source,
+                    })?;
                 Some(JailSupport {
+                    views: Arc::new(views),
                     root_dir,
                     cgroups: cgroups.as_ref().ok().cloned(),
                     seccomp: seccomp_filters.unwrap_or_default(),
@@ -428,7 +450,20 @@ impl Sandboxer {
         features.push(Feature {
             name: "network",
             enabled: on,
-            detail: if on { "a private network namespace with loopback only, unless the manifest says network = \"host\"".into() } else { "instances use the host's network".into() },
+            detail: if on { "a network namespace per instance: outbound through lampyr (network = \"egress\"), loopback only (\"none\"), or the host's (\"host\")".into() } else { "instances use the host's network".into() },
+        });
+        let egress = if on {
+            net::egress_available()
+        } else {
+            Err("needs namespaces".into())
+        };
+        features.push(Feature {
+            name: "egress",
+            enabled: egress.is_ok(),
+            detail: match &egress {
+                Ok(()) => "network = \"egress\": a TUN device per instance, its traffic relayed by lampyr under the function's policy".into(),
+                Err(e) => format!("unavailable ({e}): functions with network = \"egress\" cannot start"),
+            },
         });
         features.push(Feature {
             name: "privileges",
@@ -534,13 +569,31 @@ impl Sandboxer {
             if let Some(c) = &j.cgroups {
                 c.remove_parents();
             }
+            j.views.teardown();
             j.slots.teardown();
+        }
+    }
+
+    /// Unmounts the view of a code directory about to be removed (see
+    /// [`views`]).
+    pub fn forget_code(&self, code_dir: &Path) {
+        if let Some(j) = &self.jail {
+            j.views.forget(code_dir);
         }
     }
 
     /// Each isolation feature and whether it is on.
     pub fn features(&self) -> &[Feature] {
         &self.features
+    }
+
+    /// Whether jailed instances can have an egress network; `Ok` where
+    /// instances are not jailed (they use the host's network then).
+    pub fn egress_support(&self) -> Result<(), String> {
+        match self.features.iter().find(|f| f.name == "egress") {
+            Some(f) if !f.enabled && self.is_jailed() => Err(f.detail.clone()),
+            _ => Ok(()),
+        }
     }
 
     /// True when instances run in jails.
@@ -566,6 +619,93 @@ impl Sandboxer {
         }
     }
 
+    /// The jail for a program: the base layout, the program's prefix
+    /// (a runtime installed outside `/usr`), its bootstrap, its task
+    /// directory at `/var/task`, generated files and the network.
+    fn jail_spec(&self, j: &JailSupport, c: JailContents<'_>) -> JailSpec {
+        let mut binds = j.base_binds.clone();
+        // A runtime installed outside /usr (say a pyenv Python under /root)
+        // appears at /opt/lampyr/runtime, so nothing else of its home
+        // directory is visible; its libraries are found through
+        // LD_LIBRARY_PATH.
+        let mut program = c.program.to_path_buf();
+        let mut env = c.env.to_vec();
+        if let Some(prefix) = c.program_prefix {
+            if !prefix.starts_with("/usr") && prefix.is_dir() {
+                if let Ok(rel) = c.program.strip_prefix(prefix) {
+                    binds.push(Bind::read_only(
+                        j.views.of(prefix),
+                        GUEST_RUNTIME_PREFIX,
+                        true,
+                    ));
+                    program = Path::new(GUEST_RUNTIME_PREFIX).join(rel);
+                    env.push((
+                        "LD_LIBRARY_PATH".into(),
+                        format!("{GUEST_RUNTIME_PREFIX}/lib").into(),
+                    ));
+                }
+            }
+        }
+        if let Some(dir) = c.runtime_dir {
+            binds.push(Bind::read_only(j.views.of(dir), GUEST_RUNTIME_DIR, true));
+        }
+        binds.push(c.task);
+        let (uid, gid) = (self.cfg.uid, self.cfg.gid);
+        let mut files = vec![
+            ("/etc/passwd".into(), format!("root:x:0:0:root:/:/usr/sbin/nologin\nsbx_user:x:{uid}:{gid}:lampyr function:/tmp:/usr/sbin/nologin\n")),
+            ("/etc/group".into(), format!("root:x:0:\nsbx_user:x:{gid}:\n")),
+            ("/etc/hostname".into(), "lampyr\n".into()),
+            ("/etc/nsswitch.conf".into(), "passwd: files\ngroup: files\nhosts: files dns\n".into()),
+        ];
+        match c.network {
+            jail::JailNetwork::Host => {
+                for f in ["/etc/resolv.conf", "/etc/hosts"] {
+                    if Path::new(f).is_file() {
+                        binds.push(Bind::read_only(f, f, false));
+                    }
+                }
+            }
+            jail::JailNetwork::Loopback => files.push((
+                "/etc/hosts".into(),
+                "127.0.0.1 localhost lampyr\n::1 localhost\n".into(),
+            )),
+            jail::JailNetwork::Joined => {
+                files.push((
+                    "/etc/hosts".into(),
+                    format!(
+                        "127.0.0.1 localhost lampyr\n::1 localhost\n{} {}\n",
+                        net::GATEWAY_ADDR,
+                        net::HOST_NAME
+                    ),
+                ));
+                files.push((
+                    "/etc/resolv.conf".into(),
+                    format!("nameserver {}\noptions edns0\n", net::DNS_ADDR),
+                ));
+            }
+        }
+        JailSpec {
+            root_dir: j.root_dir.clone(),
+            binds,
+            symlinks: j.base_symlinks.clone(),
+            files,
+            tmp_mb: self.cfg.tmp_mb,
+            hostname: "lampyr".into(),
+            network: c.network,
+            uid,
+            gid,
+            max_open_files: self.cfg.max_open_files,
+            seccomp: j.seccomp.clone(),
+            cgroup_procs: c.cgroup_procs,
+            adopt: false,
+            host_pid: std::process::id(),
+            program,
+            args: c.args.to_vec(),
+            env,
+            cwd: "/".into(),
+        }
+    }
+
     /// Starts one instance. With `spec.code_dir` the code is in place
     /// before the runtime starts; without, the instance is generic until
     /// [`SandboxControl::specialise`] gives it a function.
@@ -579,6 +719,7 @@ impl Sandboxer {
             let control = SandboxControl {
                 slot: None,
                 slots: None,
+                views: None,
                 cgroup: None,
             };
             return spawn_with(
@@ -587,6 +728,7 @@ impl Sandboxer {
                 || Ok(control),
                 None,
                 Some(self.cfg.max_open_files),
+                None,
             );
         };
         // The instance's cgroup and code slot are made while its init starts
@@ -611,10 +753,11 @@ impl Sandboxer {
             let control = SandboxControl {
                 slot: Some(slot.clone()),
                 slots: Some(j.slots.clone()),
+                views: Some(j.views.clone()),
                 cgroup,
             };
             let filled = j.slots.create(&name).and_then(|slot| match spec.code_dir {
-                Some(code) => j.slots.fill(&slot, code),
+                Some(code) => j.slots.fill(&slot, &j.views.of(code)),
                 None => Ok(()),
             });
             if let Err(e) = filled {
@@ -627,81 +770,28 @@ impl Sandboxer {
             }
             Ok(control)
         };
-        let mut binds = j.base_binds.clone();
-        // A runtime installed outside /usr (say a pyenv Python under /root)
-        // appears at /opt/lampyr/runtime, so nothing else of its home
-        // directory is visible; its libraries are found through
-        // LD_LIBRARY_PATH.
-        let mut program = spec.program.to_path_buf();
-        let mut env = spec.env.clone();
-        if let Some(prefix) = spec.program_prefix {
-            if !prefix.starts_with("/usr") && prefix.is_dir() {
-                if let Ok(rel) = spec.program.strip_prefix(prefix) {
-                    binds.push(Bind {
-                        src: prefix.into(),
-                        dst: GUEST_RUNTIME_PREFIX.into(),
-                        is_dir: true,
-                    });
-                    program = Path::new(GUEST_RUNTIME_PREFIX).join(rel);
-                    env.push((
-                        "LD_LIBRARY_PATH".into(),
-                        format!("{GUEST_RUNTIME_PREFIX}/lib").into(),
-                    ));
-                }
-            }
-        }
-        binds.push(Bind {
-            src: spec.runtime_dir.into(),
-            dst: GUEST_RUNTIME_DIR.into(),
-            is_dir: true,
-        });
-        binds.push(Bind {
-            src: slot.clone(),
-            dst: GUEST_TASK_ROOT.into(),
-            is_dir: true,
-        });
-        let (uid, gid) = (self.cfg.uid, self.cfg.gid);
-        let mut files = vec![
-            ("/etc/passwd".into(), format!("root:x:0:0:root:/:/usr/sbin/nologin\nsbx_user:x:{uid}:{gid}:lampyr function:/tmp:/usr/sbin/nologin\n")),
-            ("/etc/group".into(), format!("root:x:0:\nsbx_user:x:{gid}:\n")),
-            ("/etc/hostname".into(), "lampyr\n".into()),
-            ("/etc/nsswitch.conf".into(), "passwd: files\ngroup: files\nhosts: files dns\n".into()),
-        ];
-        if spec.host_network {
-            for f in ["/etc/resolv.conf", "/etc/hosts"] {
-                if Path::new(f).is_file() {
-                    binds.push(Bind {
-                        src: f.into(),
-                        dst: f.into(),
-                        is_dir: false,
-                    });
-                }
-            }
-        } else {
-            files.push((
-                "/etc/hosts".into(),
-                "127.0.0.1 localhost lampyr\n::1 localhost\n".into(),
-            ));
-        }
-        let jail_spec = JailSpec {
-            root_dir: j.root_dir.clone(),
-            binds,
-            symlinks: j.base_symlinks.clone(),
-            files,
-            tmp_mb: self.cfg.tmp_mb,
-            hostname: "lampyr".into(),
-            private_network: !spec.host_network,
-            uid,
-            gid,
-            max_open_files: self.cfg.max_open_files,
-            seccomp: j.seccomp.clone(),
-            cgroup_procs,
-            adopt: false,
-            host_pid: std::process::id(),
-            program,
-            args: spec.args.clone(),
-            env,
-            cwd: "/".into(),
+        let jail_spec = self.jail_spec(
+            j,
+            JailContents {
+                program: spec.program,
+                program_prefix: spec.program_prefix,
+                args: &spec.args,
+                env: &spec.env,
+                runtime_dir: Some(spec.runtime_dir),
+                task: Bind::read_only(slot.clone(), GUEST_TASK_ROOT, true),
+                network: match spec.network {
+                    NetMode::Host => jail::JailNetwork::Host,
+                    NetMode::Loopback => jail::JailNetwork::Loopback,
+                    NetMode::Egress => jail::JailNetwork::Joined,
+                },
+                cgroup_procs,
+            },
+        );
+        // An egress network is made before the init starts, so its
+        // descriptor can go with SANDBOX_GO.
+        let netns = match spec.network {
+            NetMode::Egress => Some(net::make_egress_netns().map_err(SandboxError::Network)?),
+            _ => None,
         };
         let zygote = self.zygote_for(spec.program);
         let mut jail_spec = jail_spec;
@@ -731,7 +821,7 @@ impl Sandboxer {
             .env_clear()
             .env(init::SPEC_ENV, json)
             .current_dir("/");
-        spawn_with(cmd, &self.cfg.init_exe, prepare, adopt, None)
+        spawn_with(cmd, &self.cfg.init_exe, prepare, adopt, None, netns)
     }
 }
 
@@ -741,6 +831,7 @@ impl Sandboxer {
 pub struct SandboxControl {
     slot: Option<PathBuf>,
     slots: Option<Arc<slots::Slots>>,
+    views: Option<Arc<views::Views>>,
     cgroup: Option<InstanceCgroup>,
 }
 
@@ -752,9 +843,9 @@ impl SandboxControl {
         if let Some(cg) = &self.cgroup {
             cg.update_memory(memory_mb)?;
         }
-        match (&self.slot, &self.slots) {
-            (Some(slot), Some(slots)) => {
-                slots.fill(slot, code_dir)?;
+        match (&self.slot, &self.slots, &self.views) {
+            (Some(slot), Some(slots), Some(views)) => {
+                slots.fill(slot, &views.of(code_dir))?;
                 Ok(GUEST_TASK_ROOT.into())
             }
             _ => Ok(code_dir.to_path_buf()),
@@ -814,6 +905,7 @@ fn spawn_with(
     prepare: impl FnOnce() -> Result<SandboxControl, SandboxError>,
     adopt: Option<(Arc<zygote::Zygote>, serde_json::Value)>,
     plain_open_files: Option<u64>,
+    netns: Option<net::NetNs>,
 ) -> Result<(Sandbox, SandboxIo), SandboxError> {
     let (host, guest) = StdUnixStream::pair().map_err(SandboxError::Socket)?;
     let guest: OwnedFd = guest.into();
@@ -888,7 +980,12 @@ fn spawn_with(
     if jailed {
         // A failed write means the init is gone already; the instance
         // then reports that, as for any init that dies.
-        let _ = std::io::Write::write_all(&mut &host, &sys::GO_FRAME);
+        match &netns {
+            Some(n) => sys::send_go_with(&host, &n.ns),
+            None => {
+                let _ = std::io::Write::write_all(&mut &host, &sys::GO_FRAME);
+            }
+        }
     }
     let pid = child.id().unwrap_or(0);
     let adoption = adopt
@@ -911,6 +1008,7 @@ fn spawn_with(
             stdout,
             stderr,
             adoption,
+            tun: netns.map(|n| n.tun),
         },
     ))
 }
@@ -934,6 +1032,8 @@ pub struct SandboxIo {
     /// Set when the runtime comes from the Python zygote: complete it once
     /// the sandbox is ready.
     pub adoption: Option<zygote::Adoption>,
+    /// The host's end of the instance's `eth0` ([`NetMode::Egress`]).
+    pub tun: Option<OwnedFd>,
 }
 
 /// How a sandbox ended.
@@ -1131,7 +1231,7 @@ mod tests {
             runtime_dir: code,
             code_dir: Some(code),
             memory_mb: 128,
-            host_network: false,
+            network: NetMode::Loopback,
             background: false,
         }
     }

@@ -2,14 +2,15 @@
 //! is already running, so generic instances can be started ahead of demand
 //! and specialised later.
 //!
-//! At start-up the server makes `STATE/slots` a *shared* bind mount, and
-//! `STATE/code-ro` a read-only bind of the code store. Every jail binds its
-//! own empty `STATE/slots/<id>` at `/var/task`; the jail made every mount a
-//! slave first, so that bind receives mount events from the host but sends
-//! none back. To specialise an instance the host bind-mounts
-//! `STATE/code-ro/<sha>` (read-only, because its source is) onto the slot,
-//! and the mount propagates into the running jail. When the instance stops,
-//! the slot is unmounted and removed.
+//! At start-up the server mounts a small tmpfs at `STATE/slots` and makes it
+//! *shared*. Every jail binds its own empty `STATE/slots/<id>` at
+//! `/var/task`; the jail made every mount a slave first, so that bind
+//! receives mount events from the host but sends none back. To specialise
+//! an instance the host bind-mounts the version's code (its read-only view,
+//! see [`crate::views`]) onto the slot, and the mount propagates into the
+//! running jail. When the instance stops, the slot is unmounted and
+//! removed. Being a tmpfs of their own, slots name no host path inside the
+//! jail.
 
 use std::path::{Path, PathBuf};
 
@@ -87,19 +88,15 @@ pub fn unmount_all_under(dir: &Path) {
 #[derive(Debug)]
 pub struct Slots {
     slots: PathBuf,
-    code_ro: PathBuf,
 }
 
 impl Slots {
-    /// Prepares `state/slots` (shared) and `state/code-ro` (a read-only view
-    /// of `code_store`), removing whatever an earlier run left mounted.
-    pub fn setup(state: &Path, code_store: &Path) -> Result<Slots, SlotError> {
+    /// Prepares `state/slots` (a shared tmpfs), removing whatever an
+    /// earlier run left mounted under `state`.
+    pub fn setup(state: &Path) -> Result<Slots, SlotError> {
         unmount_all_under(state);
         let slots = state.join("slots");
-        let code_ro = state.join("code-ro");
-        for d in [&slots, &code_ro, &code_store.to_path_buf()] {
-            std::fs::create_dir_all(d).map_err(ioerr("creating", d))?;
-        }
+        std::fs::create_dir_all(&slots).map_err(ioerr("creating", &slots))?;
         // Stale slot directories of a previous run.
         if let Ok(entries) = std::fs::read_dir(&slots) {
             for e in entries.flatten() {
@@ -107,14 +104,16 @@ impl Slots {
             }
         }
         let none: Option<&str> = None;
-        mount(Some(&slots), &slots, none, MsFlags::MS_BIND, none)
-            .map_err(err("bind-mounting", &slots))?;
+        mount(
+            Some("tmpfs"),
+            &slots,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=1m,mode=755"),
+        )
+        .map_err(err("mounting a tmpfs on", &slots))?;
         mount(none, &slots, none, MsFlags::MS_SHARED, none).map_err(err("sharing", &slots))?;
-        mount(Some(code_store), &code_ro, none, MsFlags::MS_BIND, none)
-            .map_err(err("bind-mounting", &code_ro))?;
-        mount(none, &code_ro, none, crate::sys::READ_ONLY_REMOUNT, none)
-            .map_err(err("making read-only", &code_ro))?;
-        Ok(Slots { slots, code_ro })
+        Ok(Slots { slots })
     }
 
     /// Creates an instance's empty slot.
@@ -129,17 +128,14 @@ impl Slots {
         self.slots.join(id)
     }
 
-    /// Mounts a version's code (a directory of the code store) on a slot,
-    /// read-only; it appears at `/var/task` in the instance.
-    pub fn fill(&self, slot: &Path, code_dir: &Path) -> Result<(), SlotError> {
-        let name = code_dir.file_name().ok_or_else(|| SlotError {
-            what: "finding",
-            path: code_dir.display().to_string(),
-            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-        })?;
-        let src = self.code_ro.join(name);
+    /// Mounts a version's code (its view) on a slot, read-only; it appears
+    /// at `/var/task` in the instance.
+    pub fn fill(&self, slot: &Path, code: &Path) -> Result<(), SlotError> {
         let none: Option<&str> = None;
-        mount(Some(&src), slot, none, MsFlags::MS_BIND, none).map_err(err("mounting code on", slot))
+        mount(Some(code), slot, none, MsFlags::MS_BIND, none)
+            .map_err(err("mounting code on", slot))?;
+        mount(none, slot, none, crate::sys::READ_ONLY_REMOUNT, none)
+            .map_err(err("making read-only", slot))
     }
 
     /// Unmounts and removes a slot.

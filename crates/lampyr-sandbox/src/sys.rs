@@ -32,6 +32,22 @@ fn ioerr(step: &'static str, path: Option<&Path>) -> impl FnOnce(std::io::Error)
     move |source| JailError { step, path, source }
 }
 
+/// Sends SANDBOX_GO on the host's end of an instance socket with `fd`
+/// attached (the instance's network namespace). A failure means the init
+/// is gone; the instance then reports that, as for any init that dies.
+pub(crate) fn send_go_with(socket: &std::os::unix::net::UnixStream, fd: &OwnedFd) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(&GO_FRAME)];
+    let _ = sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    );
+}
+
 /// Writes one protocol frame to the host on fd 3.
 pub fn send_frame(kind: u8, payload: &[u8]) {
     let mut frame = Vec::with_capacity(5 + payload.len());
@@ -97,6 +113,13 @@ impl Sys for LinuxSys {
                 mount(src, target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
             }
             MountKind::RemountReadOnly => mount(none, target, none, READ_ONLY_REMOUNT, none),
+            MountKind::RemountNoSuid => mount(
+                none,
+                target,
+                none,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                none,
+            ),
         };
         r.map_err(err("mount", Some(target)))
     }

@@ -85,6 +85,8 @@ pub enum SchedulerError {
     },
     #[error("function '{0}' was deleted")]
     Deleted(String),
+    #[error("function '{function}' has network = \"egress\", which this server cannot provide: {why}; deploy it with network = \"none\" (loopback only) or \"host\", or run lampyr where /dev/net/tun exists")]
+    NetworkUnavailable { function: String, why: String },
     #[error(transparent)]
     Store(#[from] lampyr_store::StoreError),
 }
@@ -219,6 +221,10 @@ pub struct SchedulerConfig {
     pub pools: PoolConfig,
     /// How long invocation records are kept.
     pub retention: lampyr_store::Retention,
+    /// How much log output the server holds, and each instance may write.
+    pub log_budget: lampyr_runtime::LogBudget,
+    /// The egress network, or why this host has none.
+    pub egress: Result<Arc<lampyr_egress::Egress>, String>,
 }
 
 /// The function service. Cheap to clone.
@@ -273,7 +279,7 @@ impl Scheduler {
         records: Arc<lampyr_store::RecordStore>,
         config: SchedulerConfig,
     ) -> Result<Self, SchedulerError> {
-        let logs = LogHub::start(log_store, records.clone());
+        let logs = LogHub::start(log_store, records.clone(), config.log_budget);
         let pools = pool::Pools::new(config.pools.clone());
         let metrics = Arc::new(metrics::Metrics::new());
         let recorder = records::Recorder::start(
@@ -591,6 +597,11 @@ impl Scheduler {
             .unwrap_or_default()
     }
 
+    /// How many functions are deployed.
+    pub fn function_count(&self) -> usize {
+        self.inner.functions.read().len()
+    }
+
     /// Total live instances across all functions.
     pub fn total_instances(&self) -> usize {
         self.inner
@@ -897,7 +908,15 @@ impl Scheduler {
             runtime_dir: self.inner.config.bootstrap_dir.join(rt.as_str()),
             code_dir: None,
             memory_mb,
-            host_network: false,
+            // Pooled instances wait with their network closed; a function
+            // opens it (egress) or removes it (none) when it takes one.
+            network: match &self.inner.config.egress {
+                Ok(egress) => lampyr_runtime::Network::Egress {
+                    egress: egress.clone(),
+                    policy: lampyr_egress::Policy::default(),
+                },
+                Err(_) => lampyr_runtime::Network::None,
+            },
             logs: self.inner.logs.sender(),
         };
         let (inst, _) =
@@ -939,15 +958,19 @@ impl Scheduler {
 
         // A pooled instance lives in a private network; functions on the
         // host's network start from scratch.
-        let pooled = if spec.network == lampyr_api::Network::None {
-            self.inner.pools.take(spec.runtime)
-        } else {
-            None
+        let network = self.network_of(spec)?;
+        let pooled = match &network {
+            lampyr_runtime::Network::Host => None,
+            _ => self.inner.pools.take(spec.runtime),
         };
         let (inst, kind, starting) = match pooled {
             Some(inst) => {
                 let t = Instant::now();
-                match inst.specialise(&code_dir, spec.memory_mb) {
+                let policy = match &network {
+                    lampyr_runtime::Network::Egress { policy, .. } => Some(policy.clone()),
+                    _ => None,
+                };
+                match inst.specialise(&code_dir, spec.memory_mb, policy) {
                     Ok(_) => {
                         phases.sandbox = Some(t.elapsed());
                         (inst, StartKind::Pooled, None)
@@ -970,6 +993,7 @@ impl Scheduler {
         let load = LoadRequest {
             handler: spec.handler.clone(),
             task_root: inst.task_root().unwrap_or_default(),
+            runtime_dir: inst.runtime_dir().to_path_buf(),
             function_name: spec.name.clone(),
             function_version: version.record.version.to_string(),
             memory_mb: spec.memory_mb,
@@ -1054,12 +1078,32 @@ impl Scheduler {
             runtime_dir: self.inner.config.bootstrap_dir.join(spec.runtime.as_str()),
             code_dir: Some(code_dir.to_path_buf()),
             memory_mb: spec.memory_mb,
-            host_network: spec.network == lampyr_api::Network::Host,
+            network: self.network_of(spec)?,
             logs: self.inner.logs.sender(),
         };
         Instance::spawn(cfg)
             .await
             .map_err(|source| SchedulerError::StartFailed { function, source })
+    }
+
+    /// The network an instance of `spec` gets.
+    fn network_of(&self, spec: &FunctionSpec) -> Result<lampyr_runtime::Network, SchedulerError> {
+        Ok(match spec.network {
+            lampyr_api::Network::None => lampyr_runtime::Network::None,
+            lampyr_api::Network::Host => lampyr_runtime::Network::Host,
+            lampyr_api::Network::Egress => match &self.inner.config.egress {
+                Ok(egress) => lampyr_runtime::Network::Egress {
+                    egress: egress.clone(),
+                    policy: lampyr_egress::Policy::egress(&spec.allow),
+                },
+                Err(why) => {
+                    return Err(SchedulerError::NetworkUnavailable {
+                        function: spec.name.clone(),
+                        why: why.clone(),
+                    })
+                }
+            },
+        })
     }
 
     /// Removes an instance from its function when it exits, whatever the cause.

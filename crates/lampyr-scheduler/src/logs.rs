@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lampyr_api::{InvocationRecord, LogRecord};
-use lampyr_runtime::{LogLine, LogSender, Stream};
+use lampyr_runtime::{LogBudget, LogLine, LogSender, Stream};
 use lampyr_store::{rfc3339, LogQuery, LogStore, RecordQuery, RecordStore};
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 /// How often the writer looks for new lines.
 const POLL: std::time::Duration = std::time::Duration::from_millis(5);
@@ -54,10 +54,11 @@ impl Drop for Follower {
 }
 
 impl LogHub {
-    pub(crate) fn start(store: LogStore, records: Arc<RecordStore>) -> LogHub {
-        let (tx, mut rx) = mpsc::unbounded_channel::<LogLine>();
+    pub(crate) fn start(store: LogStore, records: Arc<RecordStore>, budget: LogBudget) -> LogHub {
+        let (tx, mut rx) = lampyr_runtime::log_channel(budget);
         let store = Arc::new(Mutex::new(store));
-        let (follow, _) = broadcast::channel(4096);
+        // Followers that fall this far behind skip lines (and are told).
+        let (follow, _) = broadcast::channel(1024);
         let hub = LogHub {
             tx,
             store: store.clone(),
@@ -79,8 +80,8 @@ impl LogHub {
                     loop {
                         match rx.try_recv() {
                             Ok(line) => batch.push(line),
-                            Err(mpsc::error::TryRecvError::Empty) => break,
-                            Err(mpsc::error::TryRecvError::Disconnected) => return,
+                            Err(false) => break,
+                            Err(true) => return,
                         }
                         if batch.len() >= 4096 {
                             break;

@@ -55,6 +55,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the data directory's disk (or quota) is full: nothing of
+    /// the operation was kept, and it works again once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. }
+            | StoreError::Package(PackageError::Io { source, .. }) => package::no_space(source),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
+
     fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
         let what = what.into();
         move |source| StoreError::Io { what, source }
@@ -98,8 +111,11 @@ pub struct Deployed {
 pub struct StoreLimits {
     /// The largest compressed package accepted.
     pub max_package_bytes: u64,
-    /// The largest unpacked code size accepted.
+    /// The largest unpacked code size accepted: every byte of the
+    /// archive once decompressed, plus 4 KiB per entry.
     pub max_unpacked_bytes: u64,
+    /// The most entries (files, directories, links) a package may have.
+    pub max_entries: u64,
 }
 
 impl Default for StoreLimits {
@@ -107,6 +123,7 @@ impl Default for StoreLimits {
         Self {
             max_package_bytes: 64 << 20,
             max_unpacked_bytes: 256 << 20,
+            max_entries: 65_536,
         }
     }
 }
@@ -199,11 +216,20 @@ impl Store {
         self.root.join("code").join(sha)
     }
 
+    /// The limits unpacking a deploy's package runs under.
+    fn unpack_limits(&self) -> package::UnpackLimits {
+        package::UnpackLimits {
+            max_bytes: self.limits.max_unpacked_bytes,
+            max_entries: self.limits.max_entries,
+        }
+    }
+
     /// Validates a package, stores it and records a new version of `name`.
     ///
     /// The package must be a gzip'd tar archive with `lampyr.toml` at its root
     /// naming the same function. Returns only once the code is unpacked and
-    /// ready to run.
+    /// ready to run. A refused deploy leaves nothing behind: its scratch tree
+    /// and any partial blob are removed on every path out of here.
     pub fn deploy(&self, name: &str, package: &[u8]) -> Result<Deployed> {
         let started = std::time::Instant::now();
         lampyr_api::manifest::validate_name(name)?;
@@ -218,25 +244,21 @@ impl Store {
 
         // Unpack into a scratch directory first: nothing is recorded unless
         // the whole package is valid.
-        let scratch = tempdir_in(&self.root.join("tmp"))?;
-        package::unpack(package, &scratch, self.limits.max_unpacked_bytes)?;
-        let manifest = std::fs::read_to_string(scratch.join("lampyr.toml")).map_err(|_| {
-            PackageError::Invalid("the package has no lampyr.toml at its root".into())
-        })?;
+        let scratch = Scratch::new(&self.root.join("tmp"))?;
+        package::unpack(package, scratch.path(), self.unpack_limits())?;
+        let manifest = package::read_manifest(scratch.path(), MAX_MANIFEST_BYTES)?;
         let spec = FunctionSpec::from_toml(&manifest)?;
         if spec.name != name {
-            let _ = std::fs::remove_dir_all(&scratch);
             return Err(StoreError::NameMismatch {
                 url: name.to_string(),
                 manifest: spec.name,
             });
         }
-        package::check_handler(&scratch, &spec)?;
+        package::check_handler(scratch.path(), &spec)?;
 
         // Same code and manifest as now: nothing to do.
         if let Ok(cur) = self.get(name) {
             if cur.current.code_sha256 == sha && self.code_dir(&sha).is_dir() {
-                let _ = std::fs::remove_dir_all(&scratch);
                 return Ok(Deployed {
                     record: cur,
                     changed: false,
@@ -251,15 +273,14 @@ impl Store {
         if !blob.exists() {
             let dir = blob.parent().expect("blob has a parent");
             std::fs::create_dir_all(dir).map_err(StoreError::io("creating blob directory"))?;
-            let tmp = self.root.join("tmp").join(format!("{sha}.blob"));
-            std::fs::write(&tmp, package).map_err(StoreError::io("writing package blob"))?;
-            std::fs::rename(&tmp, &blob).map_err(StoreError::io("storing package blob"))?;
+            let tmp = Scratch::file(self.root.join("tmp").join(format!("{sha}.blob")));
+            std::fs::write(tmp.path(), package).map_err(StoreError::io("writing package blob"))?;
+            std::fs::rename(tmp.path(), &blob).map_err(StoreError::io("storing package blob"))?;
+            tmp.keep();
         }
         let code = self.code_dir(&sha);
-        if code.is_dir() {
-            let _ = std::fs::remove_dir_all(&scratch);
-        } else {
-            self.install_code(&scratch, Some(&spec), &code)?;
+        if !code.is_dir() {
+            self.install_code(scratch, Some(&spec), &code)?;
         }
 
         let now = now_ms();
@@ -403,23 +424,95 @@ impl Store {
         }
         let blob = std::fs::read(self.blob_path(sha))
             .map_err(StoreError::io(format!("reading package blob {sha}")))?;
-        let scratch = tempdir_in(&self.root.join("tmp"))?;
-        package::unpack(&blob, &scratch, u64::MAX)?;
-        let spec = std::fs::read_to_string(scratch.join("lampyr.toml"))
+        let scratch = Scratch::new(&self.root.join("tmp"))?;
+        // A blob was accepted by a deploy, possibly under other limits.
+        package::unpack(
+            &blob,
+            scratch.path(),
+            package::UnpackLimits {
+                max_bytes: u64::MAX,
+                max_entries: u64::MAX,
+            },
+        )?;
+        let spec = package::read_manifest(scratch.path(), MAX_MANIFEST_BYTES)
             .ok()
             .and_then(|m| FunctionSpec::from_toml(&m).ok());
-        self.install_code(&scratch, spec.as_ref(), &code)?;
+        self.install_code(scratch, spec.as_ref(), &code)?;
         Ok(code)
     }
 
     /// Prepares unpacked code for its runtime (given its manifest), seals it
     /// read-only and moves it to `code`.
-    fn install_code(&self, scratch: &Path, spec: Option<&FunctionSpec>, code: &Path) -> Result<()> {
+    fn install_code(
+        &self,
+        scratch: Scratch,
+        spec: Option<&FunctionSpec>,
+        code: &Path,
+    ) -> Result<()> {
         if let (Some(prepare), Some(spec)) = (&self.prepare, spec) {
-            prepare(scratch, spec);
+            prepare(scratch.path(), spec);
         }
-        package::seal(scratch)?;
-        std::fs::rename(scratch, code).map_err(StoreError::io("storing unpacked code"))
+        package::seal(scratch.path())?;
+        std::fs::rename(scratch.path(), code).map_err(StoreError::io("storing unpacked code"))?;
+        scratch.keep();
+        Ok(())
+    }
+}
+
+/// The largest `lampyr.toml` a package may have.
+pub const MAX_MANIFEST_BYTES: u64 = lampyr_api::manifest::MAX_MANIFEST_BYTES as u64;
+
+/// A directory or file under `DATA/tmp` that is removed when dropped,
+/// unless [`Scratch::keep`] says it was moved into place: whichever way a
+/// deploy ends, it leaves nothing behind.
+struct Scratch {
+    path: PathBuf,
+    dir: bool,
+    keep: bool,
+}
+
+impl Scratch {
+    /// A new, empty scratch directory under `parent`.
+    fn new(parent: &Path) -> Result<Scratch> {
+        let path = parent.join(format!("deploy-{}", new_token()));
+        std::fs::create_dir_all(&path).map_err(StoreError::io("creating scratch directory"))?;
+        Ok(Scratch {
+            path,
+            dir: true,
+            keep: false,
+        })
+    }
+
+    /// A scratch file to be written at `path`.
+    fn file(path: PathBuf) -> Scratch {
+        Scratch {
+            path,
+            dir: false,
+            keep: false,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// It was moved into place: nothing to remove.
+    fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if self.dir {
+            package::unseal(&self.path);
+            let _ = std::fs::remove_dir_all(&self.path);
+        } else {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -474,12 +567,6 @@ fn hex(bytes: &[u8]) -> String {
 pub fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
     hex(&bytes)
-}
-
-fn tempdir_in(parent: &Path) -> Result<PathBuf> {
-    let dir = parent.join(format!("deploy-{}", new_token()));
-    std::fs::create_dir_all(&dir).map_err(StoreError::io("creating scratch directory"))?;
-    Ok(dir)
 }
 
 #[cfg(test)]

@@ -126,18 +126,113 @@ fn check_link(at: &Path, target: &Path) -> Result<(), PackageError> {
     Ok(())
 }
 
+/// What unpacking a package may use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnpackLimits {
+    /// Every decompressed byte (headers, contents, padding and whatever
+    /// follows the archive's end) plus [`ENTRY_COST`] per entry.
+    pub max_bytes: u64,
+    /// Most entries (files, directories and links).
+    pub max_entries: u64,
+}
+
+/// What one entry costs besides its bytes: about a disk block and an inode.
+pub(crate) const ENTRY_COST: u64 = 4096;
+
+/// Counts every byte read through it against a budget shared with the
+/// per-entry costs, and fails the read once the budget is spent: a
+/// decompression bomb stops at the limit, wherever in the stream it is.
+struct Budget<R> {
+    inner: R,
+    used: std::rc::Rc<std::cell::Cell<u64>>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let used = self.used.get().saturating_add(n as u64);
+        self.used.set(used);
+        if used > self.limit {
+            return Err(std::io::Error::other(BudgetSpent));
+        }
+        Ok(n)
+    }
+}
+
+#[derive(Debug)]
+struct BudgetSpent;
+
+impl std::fmt::Display for BudgetSpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("unpacked size limit reached")
+    }
+}
+
+impl std::error::Error for BudgetSpent {}
+
+/// True for the errors of a full disk (or a spent quota).
+pub(crate) fn no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+fn spent(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<BudgetSpent>())
+}
+
 /// Unpacks a package into `dst`, refusing anything that could escape it.
-pub(crate) fn unpack(package: &[u8], dst: &Path, max_bytes: u64) -> Result<(), PackageError> {
+///
+/// Regular files and directories are written first; symbolic links are
+/// made only after them, so no entry is ever written through a link, and
+/// then every link is resolved through the whole chain of links it passes
+/// (see [`resolves_inside`]): a link that ends up anywhere outside `dst`
+/// fails the package. `__pycache__` entries are refused: bytecode is built
+/// at deploy, by lampyr, from the sources.
+pub(crate) fn unpack(package: &[u8], dst: &Path, limits: UnpackLimits) -> Result<(), PackageError> {
     let invalid = |m: String| PackageError::Invalid(m);
-    let mut archive = tar::Archive::new(GzDecoder::new(package));
+    let too_large = || PackageError::TooLarge {
+        what: "unpacked code",
+        limit: limits.max_bytes,
+    };
+    let used = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let budget = Budget {
+        inner: GzDecoder::new(package),
+        used: used.clone(),
+        limit: limits.max_bytes,
+    };
+    let mut archive = tar::Archive::new(budget);
     archive.set_preserve_permissions(false);
     archive.set_overwrite(true);
-    let mut total: u64 = 0;
-    let entries = archive
-        .entries()
-        .map_err(|e| invalid(format!("not a gzip'd tar archive ({e})")))?;
+    let read_err = |e: std::io::Error| {
+        if spent(&e) {
+            too_large()
+        } else {
+            invalid(format!("corrupt archive ({e})"))
+        }
+    };
+    let entries = archive.entries().map_err(|e| {
+        if spent(&e) {
+            too_large()
+        } else {
+            invalid(format!("not a gzip'd tar archive ({e})"))
+        }
+    })?;
+    let mut count: u64 = 0;
+    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
     for entry in entries {
-        let mut entry = entry.map_err(|e| invalid(format!("corrupt archive ({e})")))?;
+        let mut entry = entry.map_err(read_err)?;
+        count += 1;
+        if count > limits.max_entries {
+            return Err(invalid(format!(
+                "the package has more than {} entries (the limit; raise [limits] max_entries in the server configuration if it needs more)",
+                limits.max_entries
+            )));
+        }
+        used.set(used.get().saturating_add(ENTRY_COST));
+        if used.get() > limits.max_bytes {
+            return Err(too_large());
+        }
         let path = entry
             .path()
             .map_err(|e| invalid(format!("bad entry name ({e})")))?
@@ -151,6 +246,12 @@ pub(crate) fn unpack(package: &[u8], dst: &Path, max_bytes: u64) -> Result<(), P
                 path.display()
             )));
         }
+        if path.components().any(|c| c.as_os_str() == "__pycache__") {
+            return Err(invalid(format!(
+                "entry {} is in a __pycache__ directory: packages carry sources only, lampyr compiles them at deploy (remove __pycache__ directories, or deploy with `lampyr deploy`, which leaves them out)",
+                path.display()
+            )));
+        }
         let kind = entry.header().entry_type();
         match kind {
             tar::EntryType::Regular | tar::EntryType::Directory => {}
@@ -158,8 +259,11 @@ pub(crate) fn unpack(package: &[u8], dst: &Path, max_bytes: u64) -> Result<(), P
                 let target = entry
                     .link_name()
                     .map_err(|e| invalid(format!("bad symlink ({e})")))?
-                    .ok_or_else(|| invalid(format!("symlink {} has no target", path.display())))?;
+                    .ok_or_else(|| invalid(format!("symlink {} has no target", path.display())))?
+                    .into_owned();
                 check_link(&path, &target)?;
+                links.push((path, target));
+                continue;
             }
             other => {
                 return Err(invalid(format!(
@@ -168,17 +272,16 @@ pub(crate) fn unpack(package: &[u8], dst: &Path, max_bytes: u64) -> Result<(), P
                 )))
             }
         }
-        total = total.saturating_add(entry.header().size().unwrap_or(0));
-        if total > max_bytes {
-            return Err(PackageError::TooLarge {
-                what: "unpacked code",
-                limit: max_bytes,
-            });
-        }
         let exec = entry.header().mode().unwrap_or(0) & 0o111 != 0;
-        let ok = entry
-            .unpack_in(dst)
-            .map_err(|e| invalid(format!("cannot unpack {} ({e})", path.display())))?;
+        let ok = entry.unpack_in(dst).map_err(|e| {
+            if spent(&e) {
+                too_large()
+            } else if no_space(&e) {
+                io(dst)(e)
+            } else {
+                invalid(format!("cannot unpack {} ({e})", path.display()))
+            }
+        })?;
         if !ok {
             return Err(invalid(format!(
                 "entry {} escapes the package",
@@ -191,13 +294,151 @@ pub(crate) fn unpack(package: &[u8], dst: &Path, max_bytes: u64) -> Result<(), P
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io(&p))?;
         }
     }
-    // Drain the rest so a truncated gzip stream is noticed.
-    let mut rest = Vec::new();
-    archive
-        .into_inner()
-        .read_to_end(&mut rest)
-        .map_err(|e| invalid(format!("corrupt archive ({e})")))?;
+    // Whatever follows the archive's end is read (so a truncated gzip
+    // stream is noticed) and counted, never kept.
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(read_err)?;
+    // Links last: nothing above was written through one.
+    for (path, target) in &links {
+        let at = dst.join(path);
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::os::unix::fs::symlink(target, &at).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                invalid(format!(
+                    "symlink {} has the same name as another entry",
+                    path.display()
+                ))
+            } else {
+                io(&at)(e)
+            }
+        })?;
+    }
+    for (path, target) in &links {
+        match resolve(dst, path) {
+            Resolved::Inside => {}
+            Resolved::Outside => {
+                return Err(invalid(format!(
+                    "symlink {} -> {} points outside the function directory (through the links it passes)",
+                    path.display(),
+                    target.display()
+                )))
+            }
+            Resolved::Loop => {
+                return Err(invalid(format!(
+                    "symlink {} -> {} is a loop (more than {MAX_HOPS} links deep)",
+                    path.display(),
+                    target.display()
+                )))
+            }
+        }
+    }
     Ok(())
+}
+
+/// Where a link leads, for [`resolve`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    Inside,
+    Outside,
+    Loop,
+}
+
+/// The most links one path may pass through, as the kernel allows.
+const MAX_HOPS: usize = 40;
+
+/// Where the link at `link` (relative to `root`) leads: following every
+/// link on the way as the kernel would, each against the real tree.
+/// Nonexistent components are taken as they are written.
+pub(crate) fn resolve(root: &Path, link: &Path) -> Resolved {
+    let mut at: Vec<std::ffi::OsString> = link
+        .parent()
+        .map(|p| p.components().map(|c| c.as_os_str().to_owned()).collect())
+        .unwrap_or_default();
+    let Ok(target) = std::fs::read_link(root.join(link)) else {
+        return Resolved::Outside;
+    };
+    let mut todo: std::collections::VecDeque<std::ffi::OsString> = target
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == "/" {
+            return Resolved::Outside;
+        } else if c == "." {
+            continue;
+        } else if c == ".." {
+            if at.pop().is_none() {
+                return Resolved::Outside;
+            }
+            continue;
+        }
+        at.push(c);
+        let here: PathBuf = at.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+        match std::fs::symlink_metadata(&here) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return Resolved::Loop;
+                }
+                let Ok(next) = std::fs::read_link(&here) else {
+                    return Resolved::Outside;
+                };
+                at.pop();
+                for c in next.components().rev() {
+                    todo.push_front(c.as_os_str().to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Resolved::Inside
+}
+
+/// Reads the package's `lampyr.toml`: a regular file at its root, opened
+/// without following a link, at most `limit` bytes. Nothing of a file that
+/// is not a regular file inside the package is ever read (or quoted in an
+/// error).
+pub(crate) fn read_manifest(dir: &Path, limit: u64) -> Result<String, PackageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lampyr.toml");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PackageError::Invalid(
+                "the package has no lampyr.toml at its root".into(),
+            ))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(PackageError::Invalid(
+                "lampyr.toml is a symbolic link: it must be a regular file".into(),
+            ))
+        }
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let meta = file.metadata().map_err(io(&path))?;
+    if !meta.is_file() {
+        return Err(PackageError::Invalid(
+            "lampyr.toml must be a regular file".into(),
+        ));
+    }
+    if meta.len() > limit {
+        return Err(PackageError::Invalid(format!(
+            "lampyr.toml is {} bytes, over the limit of {limit} bytes",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    file.take(limit)
+        .read_to_string(&mut text)
+        .map_err(|e| PackageError::Invalid(format!("lampyr.toml is not UTF-8 text ({e})")))?;
+    Ok(text)
 }
 
 /// Checks that the handler's module file exists.
@@ -265,6 +506,56 @@ fn set_tree_writable(dir: &Path, writable: bool) -> Result<(), PackageError> {
 mod tests {
     use super::*;
 
+    const NO_LIMITS: UnpackLimits = UnpackLimits {
+        max_bytes: u64::MAX,
+        max_entries: u64::MAX,
+    };
+
+    /// A hand-made archive: (name, Some(content) for a file | None for a
+    /// directory), links as (name, target), then `trailing` zero bytes
+    /// after the end-of-archive blocks.
+    fn archive(
+        files: &[(&str, Option<&[u8]>)],
+        links: &[(&str, &str)],
+        trailing: usize,
+    ) -> Vec<u8> {
+        let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        for (name, body) in files {
+            let mut h = tar::Header::new_gnu();
+            match body {
+                Some(body) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(body.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, name, *body).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    b.append_data(&mut h, name, std::io::empty()).unwrap();
+                }
+            }
+        }
+        for (name, target) in links {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        b.finish().unwrap();
+        let mut gz = b.into_inner().unwrap();
+        let zeros = vec![0u8; 1 << 16];
+        let mut left = trailing;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            std::io::Write::write_all(&mut gz, &zeros[..n]).unwrap();
+            left -= n;
+        }
+        gz.finish().unwrap()
+    }
+
     #[test]
     fn links_must_stay_inside() {
         assert!(check_link(Path::new("node_modules/.bin/x"), Path::new("../pkg/bin.js")).is_ok());
@@ -287,8 +578,144 @@ mod tests {
         b.append(&header, &b"x"[..]).unwrap();
         let pkg = b.into_inner().unwrap().finish().unwrap();
         let d = tempfile::tempdir().unwrap();
-        let e = unpack(&pkg, d.path(), u64::MAX).unwrap_err();
+        let e = unpack(&pkg, d.path(), NO_LIMITS).unwrap_err();
         assert!(e.to_string().contains("evil"), "{e}");
         assert!(!d.path().parent().unwrap().join("evil").exists());
+    }
+
+    /// Each link looks harmless on its own (`a/u1 -> u0/..` stays inside
+    /// when read alone), but the chain climbs above the package: the
+    /// whole chain is followed and the package refused.
+    #[test]
+    fn a_chain_of_links_that_climbs_out_is_refused() {
+        let mut links = vec![("a/u0".to_string(), "..".to_string())];
+        for i in 1..6 {
+            links.push((format!("a/u{i}"), format!("u{}/..", i - 1)));
+        }
+        let links: Vec<(&str, &str)> = links
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        for (at, target) in &links {
+            assert!(
+                check_link(Path::new(at), Path::new(target)).is_ok(),
+                "{at} alone looks inside"
+            );
+        }
+        let pkg = archive(&[("a", None)], &links, 0);
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("pkg");
+        std::fs::create_dir(&root).unwrap();
+        let e = unpack(&pkg, &root, NO_LIMITS).unwrap_err();
+        assert!(
+            e.to_string().contains("outside the function directory"),
+            "{e}"
+        );
+        // Links that stay inside, through other links, are fine.
+        let pkg = archive(
+            &[("lib", None), ("lib/real.js", Some(b"x")), ("d", None)],
+            &[("d/up", ".."), ("d/alias.js", "up/lib/real.js")],
+            0,
+        );
+        let ok = d.path().join("ok");
+        std::fs::create_dir(&ok).unwrap();
+        unpack(&pkg, &ok, NO_LIMITS).unwrap();
+        assert_eq!(std::fs::read(ok.join("d/alias.js")).unwrap(), b"x");
+        let pkg = archive(&[], &[("a", "b"), ("b", "a")], 0);
+        let l = d.path().join("loop");
+        std::fs::create_dir(&l).unwrap();
+        let e = unpack(&pkg, &l, NO_LIMITS).unwrap_err();
+        assert!(e.to_string().contains("is a loop"), "{e}");
+    }
+
+    #[test]
+    fn no_entry_is_written_through_a_link() {
+        // Links are made after every file: `b/x` makes a directory `b`,
+        // and the link `b` then collides with it.
+        let pkg = archive(&[("b/x", Some(b"1"))], &[("b", ".")], 0);
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("pkg");
+        std::fs::create_dir(&root).unwrap();
+        let e = unpack(&pkg, &root, NO_LIMITS).unwrap_err();
+        assert!(e.to_string().contains("same name"), "{e}");
+        assert!(!d.path().join("x").exists());
+    }
+
+    #[test]
+    fn pycache_entries_are_refused() {
+        let pkg = archive(
+            &[("__pycache__/json.cpython-311.pyc", Some(b"evil"))],
+            &[],
+            0,
+        );
+        let d = tempfile::tempdir().unwrap();
+        let e = unpack(&pkg, d.path(), NO_LIMITS).unwrap_err();
+        assert!(e.to_string().contains("__pycache__"), "{e}");
+    }
+
+    /// Zeros after the end of the archive count against the limit and are
+    /// never held in memory; under the limit they are read and dropped.
+    #[test]
+    fn trailing_data_counts_against_the_limit() {
+        let pkg = archive(&[("index.js", Some(b"x"))], &[], 64 << 20);
+        assert!(pkg.len() < 1 << 20, "a small package ({} bytes)", pkg.len());
+        let d = tempfile::tempdir().unwrap();
+        let limits = UnpackLimits {
+            max_bytes: 16 << 20,
+            max_entries: 100,
+        };
+        let e = unpack(&pkg, d.path(), limits).unwrap_err();
+        assert!(matches!(e, PackageError::TooLarge { .. }), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let pkg = archive(&[("index.js", Some(b"x"))], &[], 1 << 20);
+        unpack(&pkg, d.path(), limits).unwrap();
+    }
+
+    #[test]
+    fn entries_are_capped_and_each_costs_something() {
+        let names: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+        let files: Vec<(&str, Option<&[u8]>)> =
+            names.iter().map(|n| (n.as_str(), Some(&b""[..]))).collect();
+        let pkg = archive(&files, &[], 0);
+        let d = tempfile::tempdir().unwrap();
+        let e = unpack(
+            &pkg,
+            d.path(),
+            UnpackLimits {
+                max_bytes: u64::MAX,
+                max_entries: 10,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("more than 10 entries"), "{e}");
+        // Empty files are not free: 50 of them cost 50 × 4 KiB.
+        let d = tempfile::tempdir().unwrap();
+        let e = unpack(
+            &pkg,
+            d.path(),
+            UnpackLimits {
+                max_bytes: 100 * 1024,
+                max_entries: 1000,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, PackageError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn the_manifest_is_read_only_from_a_regular_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("lampyr.toml")).unwrap();
+        let e = read_manifest(d.path(), 1 << 16).unwrap_err().to_string();
+        assert!(e.contains("symbolic link") && !e.contains("root:"), "{e}");
+        std::fs::remove_file(d.path().join("lampyr.toml")).unwrap();
+        std::fs::create_dir(d.path().join("lampyr.toml")).unwrap();
+        assert!(read_manifest(d.path(), 1 << 16).is_err());
+        std::fs::remove_dir(d.path().join("lampyr.toml")).unwrap();
+        std::fs::write(d.path().join("lampyr.toml"), "x".repeat(100)).unwrap();
+        let e = read_manifest(d.path(), 10).unwrap_err().to_string();
+        assert!(e.contains("over the limit of 10 bytes"), "{e}");
+        std::fs::write(d.path().join("lampyr.toml"), "name = 1").unwrap();
+        assert_eq!(read_manifest(d.path(), 10).unwrap(), "name = 1");
     }
 }
