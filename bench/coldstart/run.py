@@ -47,18 +47,26 @@ MARK_START = "<!-- bench:coldstart:start -->"
 MARK_END = "<!-- bench:coldstart:end -->"
 
 # Server configurations: name -> (extra `lampyr serve` flags, description,
-# the x-lampyr-start every measured cold start must answer, pools on?).
-# Add an entry to measure another configuration.
+# the x-lampyr-start every measured cold start must answer, pools on?,
+# extra manifest lines of the functions). Add an entry to measure another
+# configuration.
 CONFIGS = {
     "pooled": (["--isolation", "auto", "--pools", "on"],
-               "`--isolation auto --pools on` (the default): full sandbox, a cold start specialises a "
-               "pre-started instance from the runtime's pool", "pooled", True),
+               "`--isolation auto --pools on` (the default), functions with the default "
+               "`network = \"egress\"`: full sandbox with outbound networking, a cold start specialises a "
+               "pre-started instance from the runtime's pool", "pooled", True, ""),
+    "pooled-loopback": (["--isolation", "auto", "--pools", "on"],
+                        "the same with `network = \"none\"` (loopback only) in the manifest",
+                        "pooled", True, 'network = "none"\n'),
     "unpooled": (["--isolation", "auto", "--pools", "off"],
-                 "`--isolation auto --pools off`: full sandbox, every cold start from scratch", "cold", False),
+                 "`--isolation auto --pools off`: full sandbox (egress network), every cold start from scratch",
+                 "cold", False, ""),
+    "unpooled-loopback": (["--isolation", "auto", "--pools", "off"],
+                          "the same with `network = \"none\"`", "cold", False, 'network = "none"\n'),
     "plain": (["--isolation", "off", "--pools", "off"],
-              "`--isolation off --pools off`: plain processes, every cold start from scratch", "cold", False),
+              "`--isolation off --pools off`: plain processes, every cold start from scratch", "cold", False, ""),
 }
-DEFAULT_CONFIGS = "pooled,unpooled,plain"
+DEFAULT_CONFIGS = "pooled,pooled-loopback,unpooled,unpooled-loopback,plain"
 # The project's targets (client side, end to end): pooled cold start p50 at
 # most this many ms, and at most POOLED_RATIO x the bare baseline p50; an
 # unpooled cold start within UNPOOLED_RATIO x the bare baseline.
@@ -437,12 +445,30 @@ class Server:
         return out
 
 
+def make_functions(root, extra):
+    """The function directories (runtime -> dir) under root, with extra
+    manifest lines."""
+    fn_dirs = {}
+    for rt, (name, hfile, src) in FUNCTIONS.items():
+        d = os.path.join(root, name)
+        os.makedirs(d)
+        with open(os.path.join(d, "lampyr.toml"), "w") as f:
+            f.write('name = "%s"\nruntime = "%s"\nhandler = "index.handler"\nidle_timeout = "100ms"\n%s'
+                    % (name, rt, extra))
+        with open(os.path.join(d, hfile), "w") as f:
+            f.write(src)
+        fn_dirs[rt] = d
+    return fn_dirs
+
+
 def bench_config(procs, work, cname, fn_dirs, n, bare_argvs, bare):
     """Cold and warm samples for every function under one server configuration.
     After each cold start it also times one baseline start (appended to
     bare[runtime]), so that lampyr and the baseline are sampled side by side
     and a drift in the machine's speed affects both alike."""
-    flags, _, expect, pools_on = CONFIGS[cname]
+    flags, _, expect, pools_on, extra = CONFIGS[cname]
+    if extra:
+        fn_dirs = make_functions(os.path.join(work, "fn-" + cname), extra)
     srv = Server(procs, work, cname, flags)
     results = {}
     try:
@@ -831,15 +857,7 @@ def main():
         if not os.access(BIN, os.X_OK):
             raise BenchError("%s was not built" % BIN)
 
-        fn_dirs = {}
-        for rt, (name, hfile, src) in FUNCTIONS.items():
-            d = os.path.join(work, "fn", name)
-            os.makedirs(d)
-            with open(os.path.join(d, "lampyr.toml"), "w") as f:
-                f.write('name = "%s"\nruntime = "%s"\nhandler = "index.handler"\nidle_timeout = "100ms"\n' % (name, rt))
-            with open(os.path.join(d, hfile), "w") as f:
-                f.write(src)
-            fn_dirs[rt] = d
+        fn_dirs = make_functions(os.path.join(work, "fn"), "")
 
         bare_argvs = {rt: baseline_argv(interp, fn_dirs, rt) for rt in FUNCTIONS}
         bare = {rt: [] for rt in FUNCTIONS}

@@ -26,7 +26,7 @@ const T_INVOKE = 0x10;
 const T_RESULT = 0x11;
 const T_ERROR = 0x12;
 const T_POLL = 0x13;
-const MAX_FRAME = 64 * 1024 * 1024;
+const MAX_FRAME = 16 * 1024 * 1024;
 
 const als = new AsyncLocalStorage();
 

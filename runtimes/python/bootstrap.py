@@ -29,7 +29,7 @@ T_INVOKE = 0x10
 T_POLL = 0x13
 T_RESULT = 0x11
 T_ERROR = 0x12
-MAX_FRAME = 64 * 1024 * 1024
+MAX_FRAME = 16 * 1024 * 1024
 
 _THIS_FILE = os.path.abspath(__file__)
 _REQ = contextvars.ContextVar("lampyr_request_id", default="-")

@@ -647,3 +647,64 @@ mod tests {
         assert_eq!(serde_json::from_str::<FunctionSpec>(&j).unwrap(), s);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            "[ -~]{0,12}".prop_map(|s| format!("{s:?}")),
+            Just("true".to_string()),
+            Just("[\"10.0.0.1:80\", \"x\"]".to_string()),
+            Just("\"500000000000y\"".to_string()),
+            Just("\"18446744073709551615ms\"".to_string()),
+            Just("{ A = \"1\" }".to_string()),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("memory_mb"),
+            Just("timeout"),
+            Just("concurrency"),
+            Just("min_instances"),
+            Just("max_instances"),
+            Just("idle_timeout"),
+            Just("max_queue"),
+            Just("queue_timeout"),
+            Just("auth"),
+            Just("network"),
+            Just("allow"),
+            Just("env"),
+            Just("handler"),
+            Just("bogus"),
+        ]
+        .prop_map(str::to_string)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Any text parses or is refused with an error naming the problem;
+        /// what parses round-trips through the stored form.
+        #[test]
+        fn any_manifest_parses_or_is_refused(extra in proptest::collection::vec((key(), value()), 0..6), junk in "\\PC{0,40}") {
+            let mut text = String::from("name = \"f\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n");
+            for (k, v) in &extra {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            match FunctionSpec::from_toml(&text) {
+                Ok(spec) => {
+                    let json = serde_json::to_string(&spec).unwrap();
+                    prop_assert_eq!(serde_json::from_str::<FunctionSpec>(&json).unwrap(), spec);
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+            let _ = FunctionSpec::from_toml(&junk);
+            let _ = FunctionSpec::from_toml(&format!("{text}{junk}"));
+        }
+    }
+}

@@ -62,7 +62,8 @@ handler = "index.handler"     # FILE.EXPORT: index.{ext}, export `handler`
 # max_queue = 100             # requests that may wait for a free instance
 # queue_timeout = "10s"       # how long a request may wait before a 429
 # auth = "public"             # "token": callers need a bearer token
-# network = "none"            # "host": use the host's network
+# network = "egress"          # outbound internet; "none": loopback only; "host": the host's network
+# allow = []                  # private or host destinations "egress" may reach, e.g. ["10.0.0.5:5432"]
 
 [env]
 # GREETING = "hello"

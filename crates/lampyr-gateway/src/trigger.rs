@@ -1011,3 +1011,73 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            "\\PC{0,8}".prop_map(serde_json::Value::from),
+            prop_oneof![
+                Just("content-length"),
+                Just("Transfer-Encoding"),
+                Just("connection"),
+                Just("x-a"),
+                Just("bad name"),
+                Just("proxy-x")
+            ]
+            .prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("statusCode".to_string()),
+                        Just("headers".to_string()),
+                        Just("body".to_string()),
+                        Just("cookies".to_string()),
+                        Just("isBase64Encoded".to_string()),
+                        Just("multiValueHeaders".to_string()),
+                        Just("content-length".to_string()),
+                        "[a-z-]{1,6}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Whatever a function returns, the mapping never panics, and the
+        /// response it gives has a final status and none of the framing.
+        #[test]
+        fn any_result_maps_to_a_sound_response(v in json(), status in any::<u64>()) {
+            let mut cases = vec![v.clone()];
+            if let serde_json::Value::Object(mut m) = v {
+                m.insert("statusCode".into(), serde_json::Value::from(status % 70_000));
+                cases.push(serde_json::Value::Object(m));
+            }
+            for c in cases {
+                let bytes = serde_json::to_vec(&c).unwrap();
+                if let Ok(r) = proxy_result("f", &bytes) {
+                    prop_assert!((200..=599).contains(&r.status().as_u16()));
+                    for h in r.headers().keys() {
+                        prop_assert!(!framing(h), "{} in the response to {}", h, c);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -19,7 +19,7 @@ pub const ERROR: u8 = 0x12;
 pub const POLL: u8 = 0x13;
 
 /// Frames larger than this are a protocol violation.
-pub const MAX_FRAME: usize = 64 << 20;
+pub const MAX_FRAME: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
@@ -51,7 +51,9 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         return Err(FrameError::TooLarge(len));
     }
     if buf.len() < 4 + len {
-        buf.reserve(4 + len - buf.len());
+        // Room for what is still to come, a MiB at most: memory follows
+        // what the instance sends, not what it announces.
+        buf.reserve((4 + len - buf.len()).min(1 << 20));
         return Ok(None);
     }
     buf.advance(4);
@@ -151,5 +153,55 @@ mod tests {
         assert_eq!(decode(&mut buf), Err(FrameError::Empty));
         let mut buf = BytesMut::from(&[0xffu8, 0, 0, 0][..]);
         assert!(matches!(decode(&mut buf), Err(FrameError::TooLarge(_))));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any byte stream, cut anywhere: decoding never panics, and never
+        /// hands out more than it was given.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..4096), cut in 0usize..4096) {
+            let cut = cut.min(data.len());
+            let mut buf = BytesMut::from(&data[..cut]);
+            while let Ok(Some(f)) = decode(&mut buf) {
+                prop_assert!(f.payload.len() < cut);
+            }
+            buf.extend_from_slice(&data[cut..]);
+            while let Ok(Some(_)) = decode(&mut buf) {}
+            if let Ok(Some(f)) = decode(&mut BytesMut::from(&data[..])) {
+                let _ = split_reply(f.payload);
+            }
+        }
+
+        /// Frames come back as they were sent, however the stream is cut.
+        #[test]
+        fn frames_round_trip(frames in proptest::collection::vec((1u8..0x20, proptest::collection::vec(any::<u8>(), 0..512)), 1..8), cut in 0usize..8192) {
+            let mut wire = Vec::new();
+            for (k, p) in &frames {
+                wire.extend_from_slice(&encode(*k, p));
+            }
+            let cut = cut.min(wire.len());
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let mut got = Vec::new();
+            while let Some(f) = decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            buf.extend_from_slice(&wire[cut..]);
+            while let Some(f) = decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            prop_assert_eq!(got.len(), frames.len());
+            for (f, (k, p)) in got.iter().zip(&frames) {
+                prop_assert_eq!(f.kind, *k);
+                prop_assert_eq!(&f.payload[..], &p[..]);
+            }
+        }
     }
 }

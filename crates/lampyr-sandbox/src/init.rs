@@ -117,6 +117,9 @@ pub fn main() -> ! {
             fail(&format!("joining cgroup {}: {e}", procs.display()), 125);
         }
     }
+    if spec.mode == crate::jail::JailMode::Zygote {
+        zygote(&spec);
+    }
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -157,6 +160,36 @@ pub fn main() -> ! {
             exit_like(status)
         }
     }
+}
+
+/// The zygote: a mount namespace of its own with the jail's filesystem,
+/// then the zygote itself in place of this process (its control socket
+/// stays at fd 3).
+fn zygote(spec: &JailSpec) -> ! {
+    let cstr = |b: &[u8]| {
+        CString::new(b).unwrap_or_else(|_| fail("a NUL byte in the zygote's command line", 125))
+    };
+    let program = cstr(spec.program.as_os_str().as_bytes());
+    let mut argv = vec![program.clone()];
+    argv.extend(spec.args.iter().map(|a| cstr(a.as_bytes())));
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            cstr(&kv)
+        })
+        .collect();
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
+        fail(&format!("creating the zygote's mount namespace: {e}"), 125);
+    }
+    if let Err(e) = jail::enter(&mut LinuxSys, spec) {
+        fail(&e.to_string(), 125);
+    }
+    let e = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
+    fail(&format!("exec {}: {e}", spec.program.display()), 126)
 }
 
 /// Moves the protocol socket from stdin to fd 3 and puts `/dev/null` on

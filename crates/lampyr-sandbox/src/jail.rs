@@ -63,6 +63,9 @@ pub struct JailSpec {
     /// finished jail, and PID 1 adopts it.
     #[serde(default)]
     pub adopt: bool,
+    /// What the jail is for.
+    #[serde(default)]
+    pub mode: JailMode,
     /// The server's process id: the init process ends at once if its parent
     /// is no longer the server (the server died while it started).
     pub host_pid: u32,
@@ -70,6 +73,22 @@ pub struct JailSpec {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub cwd: PathBuf,
+}
+
+/// What a jail holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum JailMode {
+    /// An instance: its own namespaces, no privileges, seccomp.
+    #[default]
+    Instance,
+    /// The Python zygote's view of the filesystem: a mount namespace of its
+    /// own with the runtime at the same paths as in every instance's jail
+    /// (so what it imports before forking resolves the same inside them),
+    /// and nothing else of the instance confinement: the zygote keeps the
+    /// privileges it needs to confine each instance it forks, and shares
+    /// the host's other namespaces (its hostname included: the jail does
+    /// not set one).
+    Zygote,
 }
 
 /// The network namespace a jail lives in.
@@ -170,6 +189,9 @@ fn inside(root: &Path, p: &Path) -> PathBuf {
 /// 14. tell the host the sandbox is ready, `chdir` to the working directory.
 ///
 /// The caller then `exec`s the runtime.
+///
+/// For the zygote ([`JailMode::Zygote`]) the sequence ends after step 9:
+/// the same filesystem, none of the rest.
 pub fn enter(sys: &mut dyn Sys, spec: &JailSpec) -> JailResult {
     let root = spec.root_dir.as_path();
     sys.mount(None, Path::new("/"), MountKind::SlaveRecursive)?;
@@ -263,6 +285,10 @@ pub fn enter(sys: &mut dyn Sys, spec: &JailSpec) -> JailResult {
     sys.pivot_root(root)?;
     sys.mount(None, Path::new("/"), MountKind::RemountReadOnly)?;
 
+    if spec.mode == JailMode::Zygote {
+        sys.disable_core_dumps()?;
+        return sys.chdir(&spec.cwd);
+    }
     sys.sethostname(&spec.hostname)?;
     if spec.network == JailNetwork::Loopback {
         sys.loopback_up()?;
@@ -402,6 +428,7 @@ pub(crate) mod tests {
             seccomp: vec!["00".into()],
             cgroup_procs: vec![],
             adopt: false,
+            mode: JailMode::Instance,
             program: "/usr/bin/node".into(),
             args: vec!["/var/runtime/bootstrap.js".into()],
             env: vec![],
@@ -460,6 +487,23 @@ pub(crate) mod tests {
         let mut r = Recorder::default();
         enter(&mut r, &s).unwrap();
         assert!(!r.calls.iter().any(|c| c == "loopback_up" || c == "seccomp"));
+    }
+
+    #[test]
+    fn the_zygote_gets_the_filesystem_and_keeps_the_hosts_hostname() {
+        let mut s = spec();
+        s.mode = JailMode::Zygote;
+        s.network = JailNetwork::Host;
+        let mut r = Recorder::default();
+        enter(&mut r, &s).unwrap();
+        assert!(r.position("pivot_root") > r.position("mount BindRecursive /usr"));
+        for never in ["sethostname", "setids", "seccomp", "ready", "capbset"] {
+            assert!(
+                !r.calls.iter().any(|c| c.starts_with(never)),
+                "{never} in {:#?}",
+                r.calls
+            );
+        }
     }
 
     #[test]

@@ -117,12 +117,12 @@ impl Sandboxer {
                 args: &spec.args,
                 env: &spec.env,
                 runtime_dir: None,
-                task: Bind {
+                task: Some(Bind {
                     src: spec.task_dir.to_path_buf(),
                     dst: GUEST_TASK_ROOT.into(),
                     is_dir: true,
                     writable: true,
-                },
+                }),
                 network: crate::jail::JailNetwork::Loopback,
                 cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
             },

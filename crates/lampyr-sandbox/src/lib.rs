@@ -256,7 +256,7 @@ struct JailContents<'a> {
     env: &'a [(OsString, OsString)],
     runtime_dir: Option<&'a Path>,
     /// What appears at `/var/task`.
-    task: Bind,
+    task: Option<Bind>,
     network: jail::JailNetwork,
     cgroup_procs: Vec<PathBuf>,
 }
@@ -523,15 +523,44 @@ impl Sandboxer {
         dir: &Path,
         bootstrap: &Path,
     ) -> Result<(), SandboxError> {
-        if self.jail.is_none() {
+        let Some(j) = &self.jail else {
             return Ok(());
-        }
+        };
         let script = dir.join("zygote.py");
         std::fs::write(&script, zygote::SCRIPT).map_err(|source| SandboxError::State {
             path: script.display().to_string(),
             source,
         })?;
-        let z = zygote::Zygote::start(python, prefix, &script, bootstrap)?;
+        let bootstrap_name = bootstrap.file_name().unwrap_or_default();
+        let env: Vec<(OsString, OsString)> = vec![
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            (
+                "LAMPYR_BOOTSTRAP".into(),
+                Path::new(GUEST_RUNTIME_DIR).join(bootstrap_name).into(),
+            ),
+            ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+        ];
+        let args: Vec<OsString> = vec![
+            "-s".into(),
+            "-B".into(),
+            Path::new(GUEST_RUNTIME_DIR).join("zygote.py").into(),
+        ];
+        let mut spec = self.jail_spec(
+            j,
+            JailContents {
+                program: python,
+                program_prefix: Some(prefix),
+                args: &args,
+                env: &env,
+                runtime_dir: Some(dir),
+                task: None,
+                network: jail::JailNetwork::Host,
+                cgroup_procs: Vec::new(),
+            },
+        );
+        spec.mode = jail::JailMode::Zygote;
+        let z = zygote::Zygote::start(python, &self.cfg.init_exe, &spec)?;
         *self.zygote.lock() = Some(Arc::new(z));
         Ok(())
     }
@@ -649,7 +678,7 @@ impl Sandboxer {
         if let Some(dir) = c.runtime_dir {
             binds.push(Bind::read_only(j.views.of(dir), GUEST_RUNTIME_DIR, true));
         }
-        binds.push(c.task);
+        binds.extend(c.task);
         let (uid, gid) = (self.cfg.uid, self.cfg.gid);
         let mut files = vec![
             ("/etc/passwd".into(), format!("root:x:0:0:root:/:/usr/sbin/nologin\nsbx_user:x:{uid}:{gid}:lampyr function:/tmp:/usr/sbin/nologin\n")),
@@ -698,6 +727,7 @@ impl Sandboxer {
             seccomp: j.seccomp.clone(),
             cgroup_procs: c.cgroup_procs,
             adopt: false,
+            mode: jail::JailMode::Instance,
             host_pid: std::process::id(),
             program,
             args: c.args.to_vec(),
@@ -778,7 +808,7 @@ impl Sandboxer {
                 args: &spec.args,
                 env: &spec.env,
                 runtime_dir: Some(spec.runtime_dir),
-                task: Bind::read_only(slot.clone(), GUEST_TASK_ROOT, true),
+                task: Some(Bind::read_only(slot.clone(), GUEST_TASK_ROOT, true)),
                 network: match spec.network {
                     NetMode::Host => jail::JailNetwork::Host,
                     NetMode::Loopback => jail::JailNetwork::Loopback,
@@ -800,20 +830,22 @@ impl Sandboxer {
             let env: serde_json::Map<String, serde_json::Value> = jail_spec
                 .env
                 .iter()
-                .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned().into()))
+                .map(|(k, v)| {
+                    (
+                        k.to_string_lossy().into_owned(),
+                        v.to_string_lossy().into_owned().into(),
+                    )
+                })
                 .collect();
             let request = serde_json::json!({
-                "cgroup_procs": jail_spec.cgroup_procs,
+                "cgroups": jail_spec.cgroup_procs.len(),
                 "uid": jail_spec.uid,
                 "gid": jail_spec.gid,
                 "max_open_files": jail_spec.max_open_files,
                 "seccomp": j.seccomp,
                 "env": env,
-                "prefix": z.prefix,
-                "guest_prefix": if jail_spec.program == spec.program { z.prefix.display().to_string() } else { GUEST_RUNTIME_PREFIX.to_string() },
-                "program": jail_spec.program,
             });
-            (z, request)
+            (z, request, jail_spec.cgroup_procs.clone())
         });
         let json = serde_json::to_string(&jail_spec).expect("jail spec serialises");
         let mut cmd = Command::new(&self.cfg.init_exe);
@@ -903,7 +935,7 @@ fn spawn_with(
     mut cmd: Command,
     program: &Path,
     prepare: impl FnOnce() -> Result<SandboxControl, SandboxError>,
-    adopt: Option<(Arc<zygote::Zygote>, serde_json::Value)>,
+    adopt: Option<(Arc<zygote::Zygote>, serde_json::Value, Vec<PathBuf>)>,
     plain_open_files: Option<u64>,
     netns: Option<net::NetNs>,
 ) -> Result<(Sandbox, SandboxIo), SandboxError> {
@@ -990,11 +1022,12 @@ fn spawn_with(
     let pid = child.id().unwrap_or(0);
     let adoption = adopt
         .zip(adopt_fds)
-        .map(|((zygote, request), fds)| zygote::Adoption {
+        .map(|((zygote, request, cgroup_procs), fds)| zygote::Adoption {
             zygote,
             outer_pid: pid,
             fds,
             request,
+            cgroup_procs,
         });
     Ok((
         Sandbox {

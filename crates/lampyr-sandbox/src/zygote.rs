@@ -2,17 +2,24 @@
 //! that forks new Python instances into sandboxes lampyr has built, instead
 //! of lampyr exec'ing a fresh interpreter in each.
 //!
+//! The zygote itself runs in a mount namespace of its own that shows the
+//! interpreter and the bootstrap exactly where every jail shows them
+//! (`/opt/lampyr/runtime`, `/var/runtime`; see [`crate::jail::JailMode`]):
+//! whatever it imports before forking has the paths a fresh interpreter in
+//! a jail would give it, so an instance forked from it imports what a
+//! freshly started one does.
+//!
 //! The sandbox is built as usual, except that its PID 1 does not start the
 //! runtime (adopt mode). Once the jail is ready, [`Adoption::complete`] hands
-//! the zygote the sandbox's namespaces, protocol socket and log pipes; the
-//! zygote's child joins the cgroup and namespaces, forks the instance (PID 2,
-//! adopted by PID 1), which drops to the same uid, capabilities and seccomp
-//! filter as a freshly started runtime and runs the bootstrap.
+//! the zygote the sandbox's namespaces, cgroup files, protocol socket and
+//! log pipes; the zygote's child joins the cgroup and namespaces, forks the
+//! instance (PID 2, adopted by PID 1), which drops to the same uid,
+//! capabilities and seccomp filter as a freshly started runtime and runs the
+//! bootstrap.
 
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,6 +27,7 @@ use std::sync::Arc;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use parking_lot::Mutex;
 
+use crate::jail::JailSpec;
 use crate::SandboxError;
 
 /// The zygote's source; lampyr writes it next to the Python bootstrap.
@@ -30,10 +38,9 @@ pub const SCRIPT: &str = include_str!("../zygote/zygote.py");
 pub struct Zygote {
     ctl: Mutex<StdUnixStream>,
     child: Mutex<Child>,
-    /// The interpreter it runs; instances of this program come from it.
+    /// The interpreter it runs (its host path); instances of this
+    /// program come from it.
     pub program: PathBuf,
-    /// That interpreter's installation prefix on the host.
-    pub prefix: PathBuf,
 }
 
 fn read_msg(s: &mut StdUnixStream) -> std::io::Result<serde_json::Value> {
@@ -45,39 +52,26 @@ fn read_msg(s: &mut StdUnixStream) -> std::io::Result<serde_json::Value> {
 }
 
 impl Zygote {
-    /// Starts `python script` as a zygote that has imported `bootstrap`.
-    pub fn start(
-        python: &Path,
-        prefix: &Path,
-        script: &Path,
-        bootstrap: &Path,
-    ) -> Result<Zygote, SandboxError> {
+    /// Starts the zygote: `init` builds its filesystem from `spec` and runs
+    /// the interpreter there (`spec` says what: `python zygote.py`).
+    pub fn start(python: &Path, init: &Path, spec: &JailSpec) -> Result<Zygote, SandboxError> {
         let spawn_err = |source| SandboxError::Spawn {
             program: python.display().to_string(),
             source,
         };
         let (host, guest) = StdUnixStream::pair().map_err(SandboxError::Socket)?;
-        let guest: OwnedFd = guest.into();
-        let guest_fd = guest.as_raw_fd();
-        let mut cmd = Command::new(python);
-        cmd.args(["-s", "-B"])
-            .arg(script)
+        let json = serde_json::to_string(spec).expect("jail spec serialises");
+        let child = Command::new(init)
+            .arg(crate::init::INIT_ARG)
             .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LANG", "C.UTF-8")
-            .env("LAMPYR_BOOTSTRAP", bootstrap)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env(crate::init::SPEC_ENV, json)
             .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        // SAFETY: as for every instance (see `crate::child_setup`): only
-        // async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || crate::child_setup(guest_fd));
-        }
-        let child = cmd.spawn().map_err(spawn_err)?;
-        drop(guest);
+            .stdin(Stdio::from(OwnedFd::from(guest)))
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(spawn_err)?;
         let mut ctl = host;
+        ctl.write_all(&crate::sys::GO_FRAME).map_err(spawn_err)?;
         ctl.set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .map_err(spawn_err)?;
         let ready = read_msg(&mut ctl).map_err(spawn_err)?;
@@ -90,7 +84,6 @@ impl Zygote {
             ctl: Mutex::new(ctl),
             child: Mutex::new(child),
             program: python.to_path_buf(),
-            prefix: prefix.to_path_buf(),
         })
     }
 
@@ -149,6 +142,9 @@ pub struct Adoption {
     /// Protocol socket, stdout and stderr ends for the instance.
     pub(crate) fds: Vec<OwnedFd>,
     pub(crate) request: serde_json::Value,
+    /// The instance's cgroup files, which the zygote's child writes itself
+    /// into (it sees no `/sys`: they go as descriptors).
+    pub(crate) cgroup_procs: Vec<PathBuf>,
 }
 
 impl Adoption {
@@ -169,6 +165,13 @@ impl Adoption {
         for name in ["cgroup", "ipc", "uts", "net", "pid", "mnt"] {
             let f = std::fs::File::open(format!("/proc/{pid1}/ns/{name}"))
                 .map_err(|e| fail(format!("opening the sandbox's {name} namespace: {e}")))?;
+            ns.push(OwnedFd::from(f));
+        }
+        for procs in &self.cgroup_procs {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(procs)
+                .map_err(|e| fail(format!("opening {}: {e}", procs.display())))?;
             ns.push(OwnedFd::from(f));
         }
         let fds: Vec<RawFd> = self

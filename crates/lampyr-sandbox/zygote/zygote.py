@@ -1,12 +1,16 @@
 # lampyr's Python zygote: a pre-initialised Python process that forks new
 # Python instances, as OpenLambda's SOCK does.
 #
-# lampyr starts it as root, outside any sandbox, with a control socket at fd 3
-# and the runtime bootstrap's path in LAMPYR_BOOTSTRAP. It imports the
-# bootstrap (and the standard-library modules functions commonly use) once,
-# then serves FORK requests. Each request carries a JSON description and, as
-# SCM_RIGHTS, the descriptors of a sandbox that lampyr has already built (its
-# namespaces, its protocol socket and log pipes). For each request:
+# lampyr starts it as root, with a control socket at fd 3 and the runtime
+# bootstrap's path in LAMPYR_BOOTSTRAP, in a mount namespace of its own that
+# shows the interpreter and the bootstrap where every sandbox shows them
+# (/opt/lampyr/runtime or /usr, and /var/runtime): every module it imports
+# has the paths it would have in a fresh interpreter inside a sandbox. It
+# imports the bootstrap (and the standard-library modules functions commonly
+# use) once, then serves FORK requests. Each request carries a JSON
+# description and, as SCM_RIGHTS, the descriptors of a sandbox that lampyr
+# has already built (its protocol socket and log pipes, its namespaces, its
+# cgroup files). For each request:
 #
 #   zygote ── fork ──▶ C1: join the instance's cgroup, setns into its
 #                          cgroup, ipc, uts, net, pid and mount namespaces
@@ -109,12 +113,6 @@ def become_instance(req, fds):
     # can reach it, and it can signal no other instance's.
     os.setsid()
     os.chdir("/")
-    # The runtime's prefix is at a different path inside the jail.
-    host, guest = req["prefix"], req["guest_prefix"]
-    if host != guest:
-        sys.path[:] = [guest + p[len(host):] if p.startswith(host) else p for p in sys.path]
-        sys.prefix = sys.exec_prefix = sys.base_prefix = sys.base_exec_prefix = guest
-        sys.executable = req["program"]
     resource.setrlimit(resource.RLIMIT_NOFILE, (req["max_open_files"], req["max_open_files"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     with open("/proc/self/oom_score_adj", "w") as f:
@@ -144,10 +142,12 @@ def become_instance(req, fds):
 def fork_instance(req, fds, report):
     """Runs in C1: enter the sandbox, fork G, report its pid, wait for it."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for procs in req["cgroup_procs"]:
-        with open(procs, "w") as f:
-            f.write("0")
-    ns = fds[4:]
+    ns = fds[4:4 + len(NS_ORDER)]
+    cgroups = fds[4 + len(NS_ORDER):]
+    if len(cgroups) != req["cgroups"]:
+        raise OSError("expected %d cgroup files, got %d" % (req["cgroups"], len(cgroups)))
+    for fd in cgroups:
+        os.write(fd, b"0")
     for name, fd in zip(NS_ORDER, ns):
         check(libc.setns(fd, 0), "setns " + name)
     pid = os.fork()

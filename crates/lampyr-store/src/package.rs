@@ -719,3 +719,120 @@ mod tests {
         assert_eq!(read_manifest(d.path(), 10).unwrap(), "name = 1");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: UnpackLimits = UnpackLimits {
+        max_bytes: 1 << 20,
+        max_entries: 64,
+    };
+
+    /// A path of up to four components drawn from names that make trouble.
+    fn path() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("a".to_string()),
+                Just("b".to_string()),
+                Just("..".to_string()),
+                Just(".".to_string()),
+                Just("__pycache__".to_string()),
+                Just("lampyr.toml".to_string()),
+                "[a-z]{1,3}",
+            ],
+            1..4,
+        )
+        .prop_map(|parts| parts.join("/"))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Entry {
+        File(String, Vec<u8>),
+        Dir(String),
+        Link(String, String),
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        prop_oneof![
+            (path(), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(p, b)| Entry::File(p, b)),
+            path().prop_map(Entry::Dir),
+            (
+                path(),
+                prop_oneof![path(), Just("/etc".to_string()), Just("/".to_string())]
+            )
+                .prop_map(|(p, t)| Entry::Link(p, t)),
+        ]
+    }
+
+    /// Builds an archive as given, without the builder's checks.
+    fn build(entries: &[Entry]) -> Vec<u8> {
+        let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            let (name, kind, body, target): (&str, _, &[u8], Option<&str>) = match e {
+                Entry::File(p, body) => (p, tar::EntryType::Regular, body, None),
+                Entry::Dir(p) => (p, tar::EntryType::Directory, &[], None),
+                Entry::Link(p, t) => (p, tar::EntryType::Symlink, &[], Some(t)),
+            };
+            if name.len() > 99 || target.is_some_and(|t| t.len() > 99) {
+                continue;
+            }
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(t) = target {
+                h.as_old_mut().linkname[..t.len()].copy_from_slice(t.as_bytes());
+            }
+            h.set_entry_type(kind);
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, body).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever an archive holds, unpacking it writes nothing outside
+        /// the destination, and every link it leaves resolves inside.
+        #[test]
+        fn no_archive_escapes(entries in proptest::collection::vec(entry(), 1..12)) {
+            let d = tempfile::tempdir().unwrap();
+            let dst = d.path().join("pkg");
+            std::fs::create_dir(&dst).unwrap();
+            let result = unpack(&build(&entries), &dst, LIMITS);
+            let outside: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+            prop_assert_eq!(outside, vec![std::ffi::OsString::from("pkg")]);
+            if result.is_ok() {
+                let root = dst.canonicalize().unwrap();
+                let mut todo = vec![dst.clone()];
+                while let Some(p) = todo.pop() {
+                    for e in std::fs::read_dir(&p).unwrap().flatten() {
+                        let t = e.file_type().unwrap();
+                        if t.is_symlink() {
+                            if let Ok(real) = e.path().canonicalize() {
+                                prop_assert!(real.starts_with(&root), "{} -> {}", e.path().display(), real.display());
+                            }
+                        } else if t.is_dir() {
+                            prop_assert!(e.file_name() != "__pycache__");
+                            todo.push(e.path());
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Arbitrary bytes are refused cleanly.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let d = tempfile::tempdir().unwrap();
+            let _ = unpack(&data, d.path(), LIMITS);
+            let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+            std::io::Write::write_all(&mut gz, &data).unwrap();
+            let _ = unpack(&gz.finish().unwrap(), d.path(), LIMITS);
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! port with its own data directory, and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +13,15 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_lampyr");
 /// The sandbox init executable built beside [`BIN`].
 pub const INIT_BIN: &str = env!("CARGO_BIN_EXE_lampyr-init");
+
+/// The `lampyr` executable the tests run: this build's, or the one
+/// `LAMPYR_TEST_BIN` names (to check that a test catches what an earlier
+/// build got wrong).
+pub fn bin() -> PathBuf {
+    std::env::var_os("LAMPYR_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(BIN))
+}
 
 /// The parent of process `pid`, while it exists.
 pub fn parent_of(pid: u32) -> Option<u32> {
@@ -128,7 +139,7 @@ impl Server {
 
     /// Starts a server with a fresh data directory and extra arguments.
     pub fn start_with(extra: &[&str]) -> Server {
-        Server::start_exe(Path::new(BIN), extra)
+        Server::start_exe(&bin(), extra)
     }
 
     /// Starts the `lampyr` executable `exe` with a fresh data directory and
@@ -144,7 +155,7 @@ impl Server {
     /// Starts a server on `data` with extra arguments, waiting until it
     /// announces its address.
     pub fn start_in(data: &Path, extra: &[&str]) -> Server {
-        Server::start_exe_in(Path::new(BIN), data, extra)
+        Server::start_exe_in(&bin(), data, extra)
     }
 
     fn start_exe_in(exe: &Path, data: &Path, extra: &[&str]) -> Server {
@@ -268,7 +279,7 @@ impl Server {
 
     /// Runs the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
+        Command::new(bin())
             .args(args)
             .env("LAMPYR_URL", &self.url)
             .env("LAMPYR_DATA_DIR", &self.data)
@@ -325,6 +336,113 @@ impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The server's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Deploys a raw package; returns the response whatever it is.
+    pub fn deploy_package(&self, name: &str, package: &[u8]) -> Resp {
+        self.api("PUT", &format!("/functions/{name}"), Some(package))
+    }
+}
+
+/// A field of `/proc/PID/status` in KiB (0 if absent).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes `text` to a fresh config file and returns its path (kept as
+/// long as the returned directory lives).
+pub fn config_file(text: &str) -> (tempfile::TempDir, String) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("lampyr-server.toml");
+    std::fs::write(&p, text).unwrap();
+    let s = p.to_str().unwrap().to_string();
+    (d, s)
+}
+
+/// A package built entry by entry, for what `lampyr deploy` would never
+/// make: links, caches, odd entries, data after the archive's end.
+pub struct RawPackage {
+    tar: tar::Builder<flate2::write::GzEncoder<Vec<u8>>>,
+}
+
+impl Default for RawPackage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RawPackage {
+    pub fn new() -> RawPackage {
+        RawPackage {
+            tar: tar::Builder::new(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::best(),
+            )),
+        }
+    }
+
+    pub fn file(mut self, name: &str, body: &[u8]) -> Self {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        self.tar.append_data(&mut h, name, body).unwrap();
+        self
+    }
+
+    pub fn dir(mut self, name: &str) -> Self {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        self.tar
+            .append_data(&mut h, name, std::io::empty())
+            .unwrap();
+        self
+    }
+
+    pub fn link(mut self, name: &str, target: &str) -> Self {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        self.tar.append_link(&mut h, name, target).unwrap();
+        self
+    }
+
+    /// Ends the archive, then appends `trailing` zero bytes inside the
+    /// gzip stream.
+    pub fn finish(mut self, trailing: usize) -> Vec<u8> {
+        self.tar.finish().unwrap();
+        let mut gz = self.tar.into_inner().unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = trailing;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            std::io::Write::write_all(&mut gz, &zeros[..n]).unwrap();
+            left -= n;
+        }
+        gz.finish().unwrap()
+    }
+}
+
+/// The manifest of a Node.js function `name`.
+pub fn node_manifest(name: &str) -> String {
+    format!("name = \"{name}\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n")
 }
 
 impl Drop for Server {

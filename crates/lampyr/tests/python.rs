@@ -1,0 +1,161 @@
+//! Python functions import what a fresh interpreter imports, whether their
+//! instance was forked from the zygote (pooled) or started from scratch,
+//! wherever the host's Python is installed (here: outside `/usr`).
+
+mod common;
+
+use std::process::Command;
+
+use common::{Fixture, Server};
+
+/// Lists, with the interpreter lampyr runs, the standard library's modules
+/// (and every codec the host knows) that import in a fresh interpreter on the host. Left
+/// out: modules that need a display or act when imported.
+const LIST: &str = r#"
+import importlib, json, pkgutil, sys, encodings.aliases
+skip = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test",
+        "lib2to3", "ensurepip", "pydoc_data", "__phello__", "__hello__", "msilib",
+        "winreg", "winsound", "_winapi", "msvcrt", "nt", "_msi", "_overlapped",
+        "xxsubtype", "xxlimited", "xxlimited_35", "_xxtestfuzz", "_testcapi"}
+names = set()
+for top in sorted(sys.stdlib_module_names):
+    if top in skip or top.startswith("_test"):
+        continue
+    names.add(top)
+    try:
+        m = importlib.import_module(top)
+    except Exception:
+        continue
+    for info in pkgutil.walk_packages(getattr(m, "__path__", []) or [], top + "."):
+        if not any(part in skip or part == "tests" for part in info.name.split(".")):
+            names.add(info.name)
+import codecs as _codecs
+def _known(c):
+    try:
+        _codecs.lookup(c)
+        return True
+    except LookupError:
+        return False
+codecs = sorted(c for c in set(encodings.aliases.aliases.values()) if _known(c))
+print(json.dumps({"modules": sorted(names), "codecs": codecs}))
+"#;
+
+/// Imports each module named in the event (each in order, in this one
+/// process, as a function would) and looks up each codec; returns what
+/// failed.
+const PROBE: &str = r#"
+import codecs, importlib, json, sys
+def handler(event, context):
+    failed = []
+    for name in event["modules"]:
+        try:
+            importlib.import_module(name)
+        except BaseException as e:
+            failed.append(name)
+    bad_codecs = []
+    for c in event["codecs"]:
+        try:
+            codecs.lookup(c)
+        except BaseException:
+            bad_codecs.append(c)
+    try:
+        "bücher.example".encode("idna")
+    except BaseException:
+        bad_codecs.append("idna encode")
+    return {"failed": failed, "codecs": bad_codecs, "prefix": sys.prefix,
+            "importlib": importlib.__file__}
+"#;
+
+/// What fails to import on the host itself, each in a fresh interpreter.
+fn host_failures(python: &str, modules: &[serde_json::Value]) -> Vec<String> {
+    let names: Vec<&str> = modules.iter().map(|m| m.as_str().unwrap()).collect();
+    let script = format!(
+        "import importlib, json\nfailed = []\nfor n in {names:?}:\n    try:\n        importlib.import_module(n)\n    except BaseException:\n        failed.append(n)\nprint(json.dumps(failed))\n"
+    );
+    let out = Command::new(python)
+        .args(["-s", "-c", &script])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn pooled_python_imports_what_a_fresh_interpreter_does() {
+    let server = Server::start();
+    let doctor = server.api("GET", "/doctor", None).json();
+    let python = doctor["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["runtime"] == "python")
+        .and_then(|r| r["path"].as_str())
+        .expect("a Python runtime")
+        .to_string();
+    let out = Command::new(&python)
+        .args(["-s", "-c", LIST])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let modules = list["modules"].as_array().unwrap().clone();
+    assert!(modules.len() > 500, "only {} modules listed", modules.len());
+    let host_failed = host_failures(&python, &modules);
+    let event = serde_json::to_vec(&serde_json::json!({
+        "modules": modules,
+        "codecs": list["codecs"],
+    }))
+    .unwrap();
+    server
+        .deploy(Fixture::python("stdlib", "timeout = \"120s\"\nmemory_mb = 1024\n", PROBE).path());
+    let mut results = Vec::new();
+    for pooled in [true, false] {
+        let mut s = None;
+        let server = if pooled {
+            &server
+        } else {
+            s = Some(Server::start_with(&["--pools", "off"]));
+            let s = s.as_ref().unwrap();
+            s.deploy(
+                Fixture::python("stdlib", "timeout = \"120s\"\nmemory_mb = 1024\n", PROBE).path(),
+            );
+            s
+        };
+        if pooled {
+            server.wait_pools_ready();
+        }
+        let r = server.api("POST", "/functions/stdlib/invoke", Some(&event));
+        assert_eq!(r.status, 200, "{}", r.text());
+        if pooled {
+            assert_eq!(r.header("x-lampyr-start"), Some("pooled"));
+        } else {
+            assert_eq!(r.header("x-lampyr-start"), Some("cold"));
+        }
+        let v = r.json();
+        assert_eq!(v["codecs"], serde_json::json!([]), "pooled: {pooled}");
+        let failed: Vec<String> = v["failed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
+        // In a jail a module may miss what the host has (a display, a
+        // device), never more than a fresh interpreter there misses.
+        let only_here: Vec<&String> = failed.iter().filter(|f| !host_failed.contains(f)).collect();
+        eprintln!("pooled {pooled}: {} of {} modules fail to import in the jail ({} on the host); jail only: {only_here:?}", failed.len(), modules.len(), host_failed.len());
+        results.push(failed);
+        drop(s);
+    }
+    assert_eq!(
+        results[0], results[1],
+        "a pooled instance imports exactly what a fresh one does"
+    );
+    assert!(
+        results[0].len() <= host_failed.len() + 16,
+        "the jail misses many modules the host has: {:?}",
+        results[0]
+    );
+}
