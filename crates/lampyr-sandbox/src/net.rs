@@ -48,9 +48,48 @@ pub struct NetNs {
 
 /// The host's end of an instance's TUN device, registered with the async
 /// runtime: one IPv4 packet per read or write.
+///
+/// Closing it removes `eth0`, and the kernel's unregistering of a network
+/// device waits for grace periods (tens of milliseconds): so the
+/// descriptor is closed on a thread of its own, never on the thread that
+/// drops the `Tun` (an async worker serving requests).
 #[derive(Debug)]
 pub struct Tun {
-    fd: tokio::io::unix::AsyncFd<OwnedFd>,
+    fd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+}
+
+impl Drop for Tun {
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            close_later(fd.into_inner());
+        }
+    }
+}
+
+/// Closes `fd` on the closer thread (started on first use).
+fn close_later(fd: OwnedFd) {
+    static CLOSER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<OwnedFd>>> =
+        std::sync::OnceLock::new();
+    let tx = CLOSER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<OwnedFd>();
+        std::thread::Builder::new()
+            .name("lampyr-netclose".into())
+            .spawn(move || {
+                for fd in rx {
+                    drop(fd);
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    match tx {
+        Some(tx) => {
+            if let Err(e) = tx.send(fd) {
+                drop(e.0);
+            }
+        }
+        None => drop(fd),
+    }
 }
 
 impl Tun {
@@ -62,17 +101,21 @@ impl Tun {
             tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
         }
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Tun { fd })
+        Ok(Tun { fd: Some(fd) })
+    }
+
+    fn fd(&self) -> &tokio::io::unix::AsyncFd<OwnedFd> {
+        self.fd.as_ref().expect("present until dropped")
     }
 
     /// Reads one packet if one is waiting (`WouldBlock` if none is).
     pub fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        nix::unistd::read(self.fd.get_ref(), buf).map_err(std::io::Error::from)
+        nix::unistd::read(self.fd().get_ref(), buf).map_err(std::io::Error::from)
     }
 
     /// Waits until a packet can be read.
     pub async fn readable(&self) -> std::io::Result<()> {
-        let mut guard = self.fd.readable().await?;
+        let mut guard = self.fd().readable().await?;
         guard.clear_ready();
         Ok(())
     }
@@ -80,7 +123,7 @@ impl Tun {
     /// Writes one packet to the instance. A full device queue drops it, as
     /// a congested link would: TCP sends it again, UDP is unreliable.
     pub fn send(&self, packet: &[u8]) {
-        let _ = nix::unistd::write(self.fd.get_ref(), packet);
+        let _ = nix::unistd::write(self.fd().get_ref(), packet);
     }
 }
 

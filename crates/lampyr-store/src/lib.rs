@@ -97,6 +97,24 @@ pub struct FunctionRecord {
     pub updated_at: SystemTime,
 }
 
+/// A validated package whose code is ready to run, not yet a version
+/// ([`Store::stage`]).
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub name: String,
+    pub spec: FunctionSpec,
+    /// `lampyr.toml` as written.
+    pub manifest: String,
+    pub code_sha256: String,
+    pub code_size: u64,
+    /// The unpacked, prepared, read-only code.
+    pub code_dir: PathBuf,
+    /// The current version, when the package is the same as its.
+    pub unchanged: Option<FunctionRecord>,
+    /// Validating, unpacking and preparing took this long.
+    pub build_time: Duration,
+}
+
 /// What a deploy did.
 #[derive(Debug, Clone)]
 pub struct Deployed {
@@ -224,13 +242,36 @@ impl Store {
         }
     }
 
-    /// Validates a package, stores it and records a new version of `name`.
-    ///
-    /// The package must be a gzip'd tar archive with `lampyr.toml` at its root
-    /// naming the same function. Returns only once the code is unpacked and
-    /// ready to run. A refused deploy leaves nothing behind: its scratch tree
-    /// and any partial blob are removed on every path out of here.
+    /// Validates a package, stores it and records a new version of `name`
+    /// ([`Store::stage`], then [`Store::commit`]).
     pub fn deploy(&self, name: &str, package: &[u8]) -> Result<Deployed> {
+        let staged = self.stage(name, package)?;
+        if let Some(record) = staged.unchanged.clone() {
+            return Ok(Deployed {
+                record,
+                changed: false,
+                build_time: staged.build_time,
+            });
+        }
+        let version = self.next_version(name)?;
+        let record = self.commit(&staged, version)?;
+        Ok(Deployed {
+            record,
+            changed: true,
+            build_time: staged.build_time,
+        })
+    }
+
+    /// Validates a package and makes its code ready to run, without
+    /// recording a version: the blob is stored and the code unpacked and
+    /// prepared (content-addressed, so a later [`Store::commit`] or
+    /// [`Store::discard`] decides whether it stays).
+    ///
+    /// The package must be a gzip'd tar archive with `lampyr.toml` at its
+    /// root naming the same function. A refused package leaves nothing
+    /// behind: its scratch tree and any partial blob are removed on every
+    /// path out of here.
+    pub fn stage(&self, name: &str, package: &[u8]) -> Result<Staged> {
         let started = std::time::Instant::now();
         lampyr_api::manifest::validate_name(name)?;
         if package.len() as u64 > self.limits.max_package_bytes {
@@ -242,8 +283,8 @@ impl Store {
         }
         let sha = hex(&Sha256::digest(package));
 
-        // Unpack into a scratch directory first: nothing is recorded unless
-        // the whole package is valid.
+        // Unpack into a scratch directory first: nothing is kept unless the
+        // whole package is valid.
         let scratch = Scratch::new(&self.root.join("tmp"))?;
         package::unpack(package, scratch.path(), self.unpack_limits())?;
         let manifest = package::read_manifest(scratch.path(), MAX_MANIFEST_BYTES)?;
@@ -255,43 +296,48 @@ impl Store {
             });
         }
         package::check_handler(scratch.path(), &spec)?;
+        let code = self.code_dir(&sha);
 
         // Same code and manifest as now: nothing to do.
-        if let Ok(cur) = self.get(name) {
-            if cur.current.code_sha256 == sha && self.code_dir(&sha).is_dir() {
-                return Ok(Deployed {
-                    record: cur,
-                    changed: false,
-                    build_time: started.elapsed(),
-                });
+        let unchanged = self
+            .get(name)
+            .ok()
+            .filter(|cur| cur.current.code_sha256 == sha && code.is_dir());
+        if unchanged.is_none() {
+            // Blob first, then the unpacked cache, then (at commit) the
+            // metadata row: a crash in between leaves only unreferenced
+            // files, never a dangling row.
+            let blob = self.blob_path(&sha);
+            if !blob.exists() {
+                let dir = blob.parent().expect("blob has a parent");
+                std::fs::create_dir_all(dir).map_err(StoreError::io("creating blob directory"))?;
+                let tmp = Scratch::file(self.root.join("tmp").join(format!("{sha}.blob")));
+                std::fs::write(tmp.path(), package)
+                    .map_err(StoreError::io("writing package blob"))?;
+                std::fs::rename(tmp.path(), &blob)
+                    .map_err(StoreError::io("storing package blob"))?;
+                tmp.keep();
+            }
+            if !code.is_dir() {
+                self.install_code(scratch, Some(&spec), &code)?;
             }
         }
+        Ok(Staged {
+            name: name.to_string(),
+            spec,
+            manifest,
+            code_sha256: sha,
+            code_size: package.len() as u64,
+            code_dir: code,
+            unchanged,
+            build_time: started.elapsed(),
+        })
+    }
 
-        // Blob first, then the unpacked cache, then the metadata row: a crash
-        // in between leaves only unreferenced files, never a dangling row.
-        let blob = self.blob_path(&sha);
-        if !blob.exists() {
-            let dir = blob.parent().expect("blob has a parent");
-            std::fs::create_dir_all(dir).map_err(StoreError::io("creating blob directory"))?;
-            let tmp = Scratch::file(self.root.join("tmp").join(format!("{sha}.blob")));
-            std::fs::write(tmp.path(), package).map_err(StoreError::io("writing package blob"))?;
-            std::fs::rename(tmp.path(), &blob).map_err(StoreError::io("storing package blob"))?;
-            tmp.keep();
-        }
-        let code = self.code_dir(&sha);
-        if !code.is_dir() {
-            self.install_code(scratch, Some(&spec), &code)?;
-        }
-
-        let now = now_ms();
-        let spec_json = serde_json::to_string(&spec).expect("spec serialises");
-        let mut db = self.db.lock();
-        // IMMEDIATE: take the write lock now. A deferred transaction that
-        // reads first cannot wait for the lock when the record writer (its
-        // own connection) commits in between: SQLite fails it with "database
-        // is locked" at once instead of applying the busy timeout.
-        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let prev: Option<i64> = tx
+    /// The number the next version of `name` gets.
+    pub fn next_version(&self, name: &str) -> Result<u64> {
+        let db = self.db.lock();
+        let prev: Option<i64> = db
             .query_row(
                 "SELECT MAX(version) FROM versions WHERE name = ?1",
                 params![name],
@@ -299,26 +345,54 @@ impl Store {
             )
             .optional()?
             .flatten();
-        let version = prev.unwrap_or(0) + 1;
+        Ok(prev.unwrap_or(0) as u64 + 1)
+    }
+
+    /// Records a staged package as version `version` of its function and
+    /// makes it current. Fails if that version exists already.
+    pub fn commit(&self, staged: &Staged, version: u64) -> Result<FunctionRecord> {
+        let name = staged.name.as_str();
+        let now = now_ms();
+        let spec_json = serde_json::to_string(&staged.spec).expect("spec serialises");
+        let mut db = self.db.lock();
+        // IMMEDIATE: take the write lock now. A deferred transaction that
+        // reads first cannot wait for the lock when the record writer (its
+        // own connection) commits in between: SQLite fails it with "database
+        // is locked" at once instead of applying the busy timeout.
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO versions (name, version, spec, manifest, code_sha256, code_size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![name, version, spec_json, manifest, sha, package.len() as i64, now],
+            params![name, version as i64, spec_json, staged.manifest, staged.code_sha256, staged.code_size as i64, now],
         )?;
         let token = new_token();
         tx.execute(
             "INSERT INTO functions (name, current_version, trigger_token, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT(name) DO UPDATE SET current_version = excluded.current_version, updated_at = excluded.updated_at",
-            params![name, version, token, now],
+            params![name, version as i64, token, now],
         )?;
         tx.commit()?;
         drop(db);
-        let record = self.get(name)?;
-        tracing::info!(function = name, version, sha256 = %sha, "deployed");
-        Ok(Deployed {
-            record,
-            changed: true,
-            build_time: started.elapsed(),
-        })
+        tracing::info!(function = name, version, sha256 = %staged.code_sha256, "deployed");
+        self.get(name)
+    }
+
+    /// Drops a staged package that will not be committed: its code and
+    /// blob go unless a recorded version uses them.
+    pub fn discard(&self, staged: Staged) -> Result<()> {
+        if staged.unchanged.is_some() {
+            return Ok(());
+        }
+        let used: bool = self.db.lock().query_row(
+            "SELECT EXISTS(SELECT 1 FROM versions WHERE code_sha256 = ?1)",
+            params![staged.code_sha256],
+            |r| r.get(0),
+        )?;
+        if !used {
+            package::unseal(&staged.code_dir);
+            let _ = std::fs::remove_dir_all(&staged.code_dir);
+            let _ = std::fs::remove_file(self.blob_path(&staged.code_sha256));
+        }
+        Ok(())
     }
 
     /// The function and its current version.
