@@ -2,11 +2,12 @@
 // End-to-end test of the lampyr dashboard in a real headless Chromium
 // (Debian's /usr/bin/chromium driven by playwright-core; no browser download).
 //
-//   node tests/ui/dashboard.mjs --url URL --token TOKEN --function NAME --screenshot PATH
+//   node tests/ui/dashboard.mjs --url URL --token TOKEN --function NAME --failing NAME2 --screenshot PATH
 //
 // The function must have been invoked at least 3 times (a cold or pooled
 // start, then warm ones) and must log something for each request. The
-// script invokes it itself too (`URL/fn/NAME?from=ui-test`). It prints each
+// script invokes it itself too (`URL/fn/NAME?from=ui-test`). NAME2 is a
+// function whose initialisation fails, called at least once. It prints each
 // check and exits non-zero with a clear message on the first failure.
 import { mkdtempSync, rmSync, statSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -18,14 +19,15 @@ const { values: args } = parseArgs({
     url: { type: 'string' },
     token: { type: 'string' },
     function: { type: 'string' },
+    failing: { type: 'string' },
     screenshot: { type: 'string' },
     chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
     timeout: { type: 'string', default: '20' },
   },
 });
-for (const k of ['url', 'token', 'function', 'screenshot']) {
+for (const k of ['url', 'token', 'function', 'failing', 'screenshot']) {
   if (!args[k]) {
-    console.error(`usage: node dashboard.mjs --url URL --token TOKEN --function NAME --screenshot PATH (missing --${k})`);
+    console.error(`usage: node dashboard.mjs --url URL --token TOKEN --function NAME --failing NAME2 --screenshot PATH (missing --${k})`);
     process.exit(2);
   }
 }
@@ -101,9 +103,25 @@ try {
   if (!(await page.evaluate(() => !!sessionStorage.getItem('lampyr.token')))) fail('the token was not kept in sessionStorage');
   ok('token moved from the URL fragment to sessionStorage');
   const row = page.locator(`[data-testid="function-row"][data-name="${NAME}"]`);
+  const activity = await until(page, `${NAME}'s activity in the list`, (n) => {
+    const r = document.querySelector(`[data-testid="function-row"][data-name="${CSS.escape(n)}"]`);
+    const t = (id) => r?.querySelector(`[data-testid="${id}"]`)?.textContent.trim();
+    const a = { invocations: t('fn-invocations'), errors: t('fn-error-rate'), p99: t('fn-p99'), last: t('fn-last') };
+    return Number((a.invocations || '').replace(/,/g, '')) >= 3 && a.p99 && a.p99 !== '—' && a.last === 'just now' ? a : false;
+  }, NAME);
+  if (activity.errors !== '0%') fail(`${NAME} shows an error rate of ${activity.errors}`);
+  if (await row.locator('[data-testid="failing-badge"]').count()) fail(`${NAME} is marked failing`);
   const cells = (await row.locator('td').allInnerTexts()).map((s) => s.trim());
   if (!cells.some((c) => c.includes(`/fn/${NAME}`))) fail(`the function row has no URL: ${JSON.stringify(cells)}`);
   ok(`function row: ${cells.join(' | ')}`);
+  const why = await until(page, `the failing badge on ${args.failing}, with why`, (n) => {
+    const r = document.querySelector(`[data-testid="function-row"][data-name="${CSS.escape(n)}"]`);
+    const badge = r?.querySelector('[data-testid="failing-badge"]');
+    const reason = r?.querySelector('[data-testid="failing-why"]')?.textContent;
+    return badge && reason ? reason : false;
+  }, args.failing);
+  if (!/Error/.test(why)) fail(`the failing function's reason says no error: ${why}`);
+  ok(`${args.failing} is marked failing: ${why}`);
   await until(page, 'the runtime pools', () => document.querySelectorAll('[data-testid="pool"]').length > 0
     || !!document.querySelector('#pools .empty'));
   ok(`runtime pools: ${(await page.locator('[data-testid="pool"]').allInnerTexts()).map((s) => s.replace(/\s+/g, ' ')).join('; ') || 'none'}`);
@@ -154,7 +172,41 @@ try {
     && document.querySelectorAll('[data-testid="chart-phases"] svg rect').length > 0);
   const count = await page.locator('[data-testid="tile-count"] b').innerText();
   if (!(Number(count.replace(/,/g, '')) >= 3)) fail(`the invocation count tile says ${count}`);
-  ok(`charts drawn (invocations, latency, instances, cold-start phases); ${count} invocations in the last hour`);
+  const phaseLabels = await page.evaluate(() => [...document.querySelectorAll('[data-testid="chart-phases"] svg text')].map((t) => t.textContent));
+  if (phaseLabels.includes('exec')) fail(`the cold-start phase chart shows exec: ${phaseLabels.join(', ')}`);
+  if (!phaseLabels.includes('init')) fail(`the cold-start phase chart lacks init: ${phaseLabels.join(', ')}`);
+  ok(`charts drawn (invocations, latency, instances, cold-start phases without exec); ${count} invocations in the last hour`);
+
+  // 4b. The time range: 15 minutes, then back to an hour.
+  await page.locator('[data-testid="range-15m"]').click();
+  await until(page, 'the tiles to show 15 minutes', () => /15 min/.test(document.querySelector('[data-testid="tile-count"]')?.textContent || '')
+    && Number((document.querySelector('[data-testid="tile-count"] b')?.textContent || '').replace(/,/g, '')) >= 3);
+  await page.locator('[data-testid="range-1h"]').click();
+  await until(page, 'the tiles to show an hour', () => /1 h/.test(document.querySelector('[data-testid="tile-count"]')?.textContent || ''));
+  ok('the time range picker switches the window (15 min, 1 h)');
+
+  // 4c. The test panel: an event, then an HTTP request.
+  await page.locator('[data-testid="test-json"]').fill('{"rawQueryString": "from=panel"}');
+  await page.locator('[data-testid="test-run"]').click();
+  const ev = await until(page, 'the test panel\'s result and log lines for an event', () => {
+    const code = document.querySelector('[data-testid="test-code"]')?.textContent;
+    const out = document.querySelector('[data-testid="test-out"]')?.textContent || '';
+    const logs = document.querySelector('[data-testid="test-logs"]')?.textContent || '';
+    return code === '200' && out.includes('Hello from=panel') && logs.includes('hello from from=panel') ? { code, logs: logs.length } : false;
+  });
+  ok(`test panel invoked with an event: ${ev.code}, with its log lines`);
+  await page.locator('[data-testid="test-mode-http"]').click();
+  await page.locator('[data-testid="test-method"]').selectOption('GET');
+  await page.locator('[data-testid="test-path"]').fill('?from=panel-http');
+  await page.locator('[data-testid="test-run"]').click();
+  const http = await until(page, 'the test panel\'s result for an HTTP request', () => {
+    const code = document.querySelector('[data-testid="test-code"]')?.textContent;
+    const out = document.querySelector('[data-testid="test-out"]')?.textContent || '';
+    const start = document.querySelector('[data-testid="test-start"]')?.textContent;
+    const exec = document.querySelector('[data-testid="test-phases"] [data-phase="exec"]');
+    return code === '200' && out.includes('Hello from=panel-http') && start && exec ? { code, start } : false;
+  });
+  ok(`test panel sent an HTTP request: ${http.code}, ${http.start}, with its Server-Timing phases`);
 
   // 5. An invocation's log link shows the lines of that request.
   const pick = rows.find((r) => r.start === 'warm') || rows[0];

@@ -138,18 +138,39 @@ struct RawManifest {
     runtime: String,
     handler: String,
     memory_mb: Option<i64>,
-    timeout: Option<String>,
+    timeout: Option<DurationText>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     concurrency: Option<i64>,
     min_instances: Option<i64>,
     max_instances: Option<i64>,
-    idle_timeout: Option<String>,
+    idle_timeout: Option<DurationText>,
     max_queue: Option<i64>,
-    queue_timeout: Option<String>,
+    queue_timeout: Option<DurationText>,
     auth: Option<String>,
     network: Option<String>,
     allow: Option<Vec<String>>,
+}
+
+/// A duration as written: a string such as `"10s"`, or a bare number,
+/// which is refused with a hint (a number has no unit).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationText {
+    Text(String),
+    Number(f64),
+}
+
+impl DurationText {
+    fn text(&self, key: &str) -> Result<&str, ManifestError> {
+        match self {
+            DurationText::Text(s) => Ok(s),
+            DurationText::Number(n) => Err(ManifestError::invalid(
+                key,
+                format!("{n} is a number, and a duration needs a unit: write \"{n}s\" for {n} seconds (or \"{n}ms\", \"{n}m\")"),
+            )),
+        }
+    }
 }
 
 /// A validated function definition: what one version of a function is.
@@ -231,7 +252,10 @@ impl FunctionSpec {
         )? as u32;
         let timeout = duration_in(
             "timeout",
-            raw.timeout.as_deref(),
+            raw.timeout
+                .as_ref()
+                .map(|t| t.text("timeout"))
+                .transpose()?,
             DEFAULT_TIMEOUT,
             Duration::from_millis(1),
             MAX_TIMEOUT,
@@ -260,7 +284,10 @@ impl FunctionSpec {
         }
         let idle_timeout = duration_in(
             "idle_timeout",
-            raw.idle_timeout.as_deref(),
+            raw.idle_timeout
+                .as_ref()
+                .map(|t| t.text("idle_timeout"))
+                .transpose()?,
             DEFAULT_IDLE_TIMEOUT,
             Duration::from_millis(100),
             Duration::from_secs(24 * 3600),
@@ -274,7 +301,10 @@ impl FunctionSpec {
         )? as u32;
         let queue_timeout = duration_in(
             "queue_timeout",
-            raw.queue_timeout.as_deref(),
+            raw.queue_timeout
+                .as_ref()
+                .map(|t| t.text("queue_timeout"))
+                .transpose()?,
             DEFAULT_QUEUE_TIMEOUT,
             Duration::ZERO,
             MAX_TIMEOUT,
@@ -583,6 +613,8 @@ mod tests {
             ("[env]\nAWS_LAMBDA_X = \"1\"\n", "env.AWS_LAMBDA_X"),
             ("[env]\n\"1BAD\" = \"1\"\n", "env.1BAD"),
             ("memory_mb = \"lots\"\n", "memory_mb"),
+            ("timeout = 10\n", "\"10s\""),
+            ("idle_timeout = 2.5\n", "\"2.5s\""),
         ] {
             let e = err(extra);
             assert!(e.contains(key), "{extra:?} gave {e}");

@@ -87,6 +87,27 @@ pub struct FunctionSummary {
     pub instances: usize,
     pub url: String,
     pub updated_at: String,
+    /// What its invocations did in the list's window (`since`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
+}
+
+/// A function's invocations over a window, for the function list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Activity {
+    pub invocations: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    /// p99 of the handler's duration, over invocations that ran.
+    pub p99_ms: Option<f64>,
+    /// RFC 3339 start of the latest invocation (in the window).
+    pub last_invocation: Option<String>,
+    /// True when its latest invocations failed (the last three, or all of
+    /// them if fewer).
+    pub failing: bool,
+    /// Why, when it fails: the latest failure's error type, or the message
+    /// of its latest failed initialisation.
+    pub failure: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -107,6 +128,10 @@ pub struct DeployResult {
     pub changed: bool,
     /// Milliseconds the server spent verifying, storing and unpacking the package.
     pub build_ms: f64,
+    /// Milliseconds the load check took (an instance started and the
+    /// handler loaded), when the deploy was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_ms: Option<f64>,
 }
 
 /// One log record of a function.
@@ -147,6 +172,23 @@ pub struct DoctorReport {
     pub runtimes: Vec<RuntimeReport>,
     pub isolation: Vec<IsolationFeature>,
     pub data_dir: String,
+    /// The server's limits on what it accepts (absent from `lampyr doctor`
+    /// run without a server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ServerLimits>,
+}
+
+/// What a server accepts, so clients can name a limit before they hit it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// The largest compressed package a deploy accepts (bytes).
+    pub max_package: u64,
+    /// The largest unpacked code (bytes, 4 KiB per entry counted).
+    pub max_unpacked: u64,
+    /// The most entries a package may hold.
+    pub max_entries: u64,
+    /// The largest request body an HTTP trigger accepts (bytes).
+    pub max_request_body: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -10,6 +10,22 @@ use lampyr_api::{
     LogRecord,
 };
 
+impl CommandError {
+    /// The error as the API would give it: a stable code and a message.
+    pub fn body(&self) -> lampyr_api::ErrorBody {
+        let code = match self {
+            CommandError::Client(ClientError::Server { code, .. }) => code.as_str(),
+            CommandError::Client(ClientError::Connect { .. }) => "unreachable",
+            CommandError::Client(ClientError::Decode(_)) => "bad_answer",
+            CommandError::Manifest(_) => "invalid_manifest",
+            CommandError::Package { .. } => "invalid_package",
+            CommandError::Input(_) => "invalid_input",
+            CommandError::FunctionFailed => "function_error",
+        };
+        lampyr_api::ErrorBody::new(code, self.to_string())
+    }
+}
+
 use crate::client::{Client, ClientError};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +38,7 @@ pub enum CommandError {
     Package {
         dir: String,
         #[source]
-        source: lampyr_store::PackageError,
+        source: lampyr_package::PackageError,
     },
     #[error("{0}")]
     Input(String),
@@ -59,9 +75,38 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// `lampyr deploy DIR`.
-pub fn deploy(client: &Client, dir: &Path, json: bool) -> Result<DeployResult, CommandError> {
-    let manifest_path = dir.join("lampyr.toml");
+/// What `lampyr deploy` was asked to do.
+#[derive(Debug, Clone)]
+pub struct DeployArgs {
+    /// The function's directory, or its `lampyr.toml`.
+    pub path: std::path::PathBuf,
+    /// List what would be shipped; upload nothing.
+    pub dry_run: bool,
+    /// Let the server check that the code loads before it takes traffic.
+    pub verify: bool,
+}
+
+/// The function directory and manifest a `deploy` path names.
+fn function_dir(path: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf), CommandError> {
+    if path.is_dir() {
+        return Ok((path.to_path_buf(), path.join("lampyr.toml")));
+    }
+    if path.file_name().is_some_and(|n| n == "lampyr.toml") {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        return Ok((dir, path.to_path_buf()));
+    }
+    Err(CommandError::Input(format!(
+        "{} is neither a function directory nor a lampyr.toml: pass the directory that holds lampyr.toml (default: the current one), or the lampyr.toml itself",
+        path.display()
+    )))
+}
+
+/// `lampyr deploy [DIR | DIR/lampyr.toml]`.
+pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), CommandError> {
+    let (dir, manifest_path) = function_dir(&args.path)?;
     let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
         CommandError::Manifest(format!(
             "cannot read {} ({e}): create one with `lampyr init {} --runtime nodejs|python`",
@@ -71,6 +116,15 @@ pub fn deploy(client: &Client, dir: &Path, json: bool) -> Result<DeployResult, C
     })?;
     let spec = FunctionSpec::from_toml(&text)
         .map_err(|e| CommandError::Manifest(format!("{}: {e}", manifest_path.display())))?;
+    let package_err = |source| CommandError::Package {
+        dir: dir.display().to_string(),
+        source,
+    };
+    if args.dry_run {
+        let plan = lampyr_package::plan(&dir).map_err(package_err)?;
+        let pkg = lampyr_package::pack_dir(&dir).map_err(package_err)?;
+        return dry_run(&dir, &spec, &plan, pkg.len() as u64, json);
+    }
     let t = Instant::now();
     progress(
         json,
@@ -80,10 +134,16 @@ pub fn deploy(client: &Client, dir: &Path, json: bool) -> Result<DeployResult, C
             spec.runtime
         ),
     );
-    let pkg = lampyr_store::pack_dir(dir).map_err(|source| CommandError::Package {
-        dir: dir.display().to_string(),
-        source,
-    })?;
+    let pkg = lampyr_package::pack_dir(&dir).map_err(package_err)?;
+    // The server's limit, checked here so the answer names it instead of
+    // a connection the server cut mid-upload.
+    if let Ok(limits) = client.get_json::<lampyr_api::DoctorReport>("/api/v1/doctor") {
+        if let Some(max) = limits.limits.map(|l| l.max_package) {
+            if pkg.len() as u64 > max {
+                return Err(CommandError::Input(too_big(pkg.len() as u64, max)));
+            }
+        }
+    }
     progress(
         json,
         &format!(
@@ -92,13 +152,38 @@ pub fn deploy(client: &Client, dir: &Path, json: bool) -> Result<DeployResult, C
             client.base()
         ),
     );
-    let path = format!("/api/v1/functions/{}", spec.name);
-    let reply = client.call("PUT", &path, Some(&pkg))?;
+    let mut path = format!("/api/v1/functions/{}", spec.name);
+    if !args.verify {
+        path.push_str("?verify=false");
+    }
+    let reply = match client.call("PUT", &path, Some(&pkg)) {
+        Ok(r) => r,
+        Err(ClientError::Server { status: 413, code, message }) => {
+            return Err(ClientError::Server {
+                status: 413,
+                code,
+                message: format!("{message}: raise [limits] max_package (or max_unpacked, max_entries) in the server configuration, or leave files out with .lampyrignore (`lampyr deploy --dry-run` lists what is shipped)"),
+            }
+            .into())
+        }
+        Err(ClientError::Connect { url, detail }) if pkg.len() > 1 << 20 => {
+            return Err(CommandError::Input(format!(
+                "the server at {url} closed the connection during the upload of a {} package ({detail}): the package may be over its size limit ([limits] max_package in its configuration)",
+                human_bytes(pkg.len() as u64)
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let res: DeployResult = reply.json()?;
+    let checked = match res.check_ms {
+        Some(ms) => format!("; checked that it loads in {ms:.1} ms"),
+        None if res.changed && !args.verify => "; not checked (--no-verify)".into(),
+        None => String::new(),
+    };
     progress(
         json,
         &format!(
-            "[3/3] built version {} (verified and unpacked in {:.1} ms)",
+            "[3/3] built version {} (verified and unpacked in {:.1} ms{checked})",
             res.version, res.build_ms
         ),
     );
@@ -119,7 +204,82 @@ pub fn deploy(client: &Client, dir: &Path, json: bool) -> Result<DeployResult, C
             res.url
         );
     }
-    Ok(res)
+    Ok(())
+}
+
+fn too_big(size: u64, max: u64) -> String {
+    format!(
+        "the package is {}, over the server's limit of {} ([limits] max_package in the server configuration): leave files out with .lampyrignore (`lampyr deploy --dry-run` lists what is shipped)",
+        human_bytes(size),
+        human_bytes(max)
+    )
+}
+
+/// `lampyr deploy --dry-run`: what would be shipped, and how big it is.
+fn dry_run(
+    dir: &Path,
+    spec: &FunctionSpec,
+    plan: &lampyr_package::Plan,
+    package_bytes: u64,
+    json: bool,
+) -> Result<(), CommandError> {
+    let rules = if plan.from_ignore_file {
+        format!("{}/{}", dir.display(), lampyr_package::IGNORE_FILE)
+    } else {
+        format!(
+            "the defaults ({}; write a {} to choose)",
+            lampyr_package::DEFAULT_IGNORE.join(", "),
+            lampyr_package::IGNORE_FILE
+        )
+    };
+    if json {
+        let entries: Vec<serde_json::Value> = plan
+            .entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "path": e.path,
+                    "size": e.size,
+                    "kind": match e.kind {
+                        lampyr_package::EntryKind::File => "file",
+                        lampyr_package::EntryKind::Dir => "dir",
+                        lampyr_package::EntryKind::Link => "link",
+                    },
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "name": spec.name,
+            "dir": dir,
+            "entries": entries,
+            "bytes": plan.bytes(),
+            "package_bytes": package_bytes,
+            "ignore_file": plan.from_ignore_file,
+        }));
+        return Ok(());
+    }
+    let mut o = out();
+    for e in &plan.entries {
+        let mark = match e.kind {
+            lampyr_package::EntryKind::Dir => "/",
+            lampyr_package::EntryKind::Link => " ->",
+            lampyr_package::EntryKind::File => "",
+        };
+        let _ = writeln!(o, "{:>10}  {}{mark}", human_bytes(e.size), e.path.display());
+    }
+    let files = plan
+        .entries
+        .iter()
+        .filter(|e| e.kind == lampyr_package::EntryKind::File)
+        .count();
+    let _ = writeln!(
+        o,
+        "{} would ship {files} file(s), {} ({} packed); left out by {rules}; nothing was uploaded",
+        spec.name,
+        human_bytes(plan.bytes()),
+        human_bytes(package_bytes)
+    );
+    Ok(())
 }
 
 /// Reads `--data`: inline JSON, or `@file`.
@@ -426,6 +586,12 @@ pub fn logs(
     if json {
         print_json(&list);
         return Ok(());
+    }
+    if list.records.is_empty() {
+        match request_id {
+            Some(r) => eprintln!("no log lines of request {r} (yet)"),
+            None => eprintln!("no log lines (yet)"),
+        }
     }
     let mut o = out();
     for r in &list.records {

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -20,7 +22,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Says, in `Retry-After`, when a retry may succeed.
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after.as_secs_f64().ceil().max(1.0) as u64);
+        self
     }
 
     pub fn not_found(name: &str) -> Self {
@@ -47,6 +56,10 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, body).into_response();
         resp.headers_mut()
             .insert("content-type", HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert("www-authenticate", HeaderValue::from_static("Bearer"));
@@ -63,7 +76,9 @@ impl From<SchedulerError> for ApiError {
                 ApiError::not_found(&name)
             }
             SchedulerError::QueueFull { .. } | SchedulerError::QueueTimeout { .. } => {
+                // Instances free up as invocations end: soon, as a rule.
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", msg)
+                    .retry_after(std::time::Duration::from_secs(1))
             }
             SchedulerError::NetworkUnavailable { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "network_unavailable", msg)
@@ -74,19 +89,31 @@ impl From<SchedulerError> for ApiError {
             SchedulerError::StartFailed { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "start_failed", msg)
             }
-            SchedulerError::InitFailed { function, error } => {
-                let t = error
-                    .get("errorType")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("Runtime.InitError");
-                let m = error
-                    .get("errorMessage")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("");
-                ApiError::new(
+            SchedulerError::InitFailed {
+                function, retry_in, ..
+            } => {
+                let e = ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "init_error",
-                    format!("function '{function}' failed to initialise: {t}: {m} (see `lampyr logs {function}`)"),
+                    format!("{msg} (see `lampyr logs {function}`)"),
+                );
+                match retry_in {
+                    Some(d) => e.retry_after(d),
+                    None => e,
+                }
+            }
+            SchedulerError::LoadCheckFailed {
+                function, version, ..
+            } => {
+                let kept = if version > 1 {
+                    format!("the current version of '{function}' keeps serving")
+                } else {
+                    "nothing was deployed".to_string()
+                };
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "load_failed",
+                    format!("{msg}\nThe deploy was refused and {kept}. Fix the code, or deploy with --no-verify if its initialisation needs what only a request brings."),
                 )
             }
             SchedulerError::Store(e) => e.into(),

@@ -128,6 +128,7 @@ pub fn router(app: AppState) -> Router {
         .route("/fn/{name}", any(trigger::invoke_root))
         .route("/fn/{name}/", any(trigger::invoke_root))
         .route("/fn/{name}/{*rest}", any(trigger::invoke_rest))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .route("/ui", get(ui::index))
@@ -375,14 +376,47 @@ fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
     }
 }
 
-async fn list_functions(State(app): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    /// With a window (e.g. `1h`), each function's activity in it.
+    #[serde(default)]
+    since: Option<String>,
+}
+
+async fn list_functions(
+    State(app): State<AppState>,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> Result<Json<FunctionList>, ApiError> {
+    let since = since_param(p.since.as_deref())?;
     let store = app.sched.store().clone();
-    let list = tokio::task::spawn_blocking(move || store.list())
-        .await
-        .map_err(ApiError::internal)??;
+    let records = app.sched.records().clone();
+    let list = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let list = store.list()?;
+        let mut activity = Vec::with_capacity(list.len());
+        for rec in &list {
+            activity.push(match since {
+                Some(since) => Some(records.list(
+                    &rec.name,
+                    &lampyr_store::RecordQuery {
+                        limit: 100_000,
+                        since: Some(since),
+                        status: None,
+                        ran: false,
+                    },
+                )?),
+                None => None,
+            });
+        }
+        Ok((list, activity))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let (list, activity) = list;
     let functions = list
         .iter()
-        .map(|rec| {
+        .zip(activity)
+        .map(|(rec, recs)| {
             let c = app.sched.instance_counts(&rec.name);
             FunctionSummary {
                 name: rec.name.clone(),
@@ -391,6 +425,9 @@ async fn list_functions(State(app): State<AppState>) -> Result<Json<FunctionList
                 instances: c.total(),
                 url: app.url_of(&rec.name),
                 updated_at: rfc3339(rec.updated_at),
+                activity: recs.map(|recs| {
+                    lampyr_scheduler::stats::activity(&recs, app.sched.init_failure(&rec.name))
+                }),
             }
         })
         .collect();
@@ -405,17 +442,24 @@ async fn get_function(
     Ok(Json(info_of(&app, &rec)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployParams {
+    /// `false`: skip the load check.
+    #[serde(default)]
+    verify: Option<bool>,
+}
+
 async fn deploy(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    ApiQuery(p): ApiQuery<DeployParams>,
     body: Bytes,
 ) -> Result<Json<DeployResult>, ApiError> {
-    let store = app.sched.store().clone();
-    let n = name.clone();
-    let deployed = tokio::task::spawn_blocking(move || store.deploy(&n, &body))
-        .await
-        .map_err(ApiError::internal)??;
-    app.sched.activate(&deployed.record)?;
+    let opts = lampyr_scheduler::DeployOptions {
+        verify: p.verify.unwrap_or(true),
+    };
+    let deployed = app.sched.deploy(&name, body, opts).await?;
     let rec = &deployed.record;
     Ok(Json(DeployResult {
         name: rec.name.clone(),
@@ -425,6 +469,7 @@ async fn deploy(
         code_size: rec.current.code_size,
         changed: deployed.changed,
         build_ms: lampyr_api::millis(deployed.build_time),
+        check_ms: deployed.check_time.map(lampyr_api::millis),
     }))
 }
 
@@ -432,17 +477,7 @@ async fn delete_function(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.sched.store().get(&name)?;
-    app.sched.remove(&name);
-    let store = app.sched.store().clone();
-    let n = name.clone();
-    let records = app.sched.records().clone();
-    tokio::task::spawn_blocking(move || {
-        store.delete(&n)?;
-        records.delete_function(&n)
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    app.sched.delete(&name).await?;
     Ok(Json(serde_json::json!({ "name": name, "deleted": true })))
 }
 
@@ -545,12 +580,51 @@ fn since_param(since: Option<&str>) -> Result<Option<std::time::SystemTime>, Api
         .ok_or_else(|| invalid_parameter(format!("since: {s} reaches back before 1970")))
 }
 
+/// A request id as given (whole, or any unique beginning, or the short
+/// form people see: its end) made whole, among `function`'s invocations or
+/// everyone's.
+async fn whole_request_id(
+    app: &AppState,
+    function: Option<&str>,
+    given: &str,
+) -> Result<String, ApiError> {
+    if given.len() == 36 && uuid::Uuid::try_parse(given).is_ok() {
+        return Ok(given.to_string());
+    }
+    let records = app.sched.records().clone();
+    let (f, g) = (function.map(str::to_string), given.to_string());
+    let found = tokio::task::spawn_blocking(move || records.complete_id(f.as_deref(), &g, 6))
+        .await
+        .map_err(ApiError::internal)??;
+    let of = function.map(|f| format!(" of '{f}'")).unwrap_or_default();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invocation_not_found",
+            format!("no invocation{of} has a request id beginning or ending with '{given}' (records are written within a second of an invocation, and pruned after the retention period)"),
+        )),
+        many => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ambiguous_request_id",
+            format!(
+                "'{given}' matches several request ids{of} ({}{}): give more of it",
+                many.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                if many.len() > 5 { ", …" } else { "" }
+            ),
+        )),
+    }
+}
+
 async fn function_logs(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    ApiQuery(p): ApiQuery<LogParams>,
+    ApiQuery(mut p): ApiQuery<LogParams>,
 ) -> Result<Response, ApiError> {
     app.sched.store().get(&name)?;
+    if let Some(given) = p.request_id.take() {
+        p.request_id = Some(whole_request_id(&app, Some(&name), &given).await?);
+    }
     let since = since_param(p.since.as_deref())?.map(rfc3339);
     if matches!(p.follow.as_deref(), Some("1") | Some("true")) {
         return Ok(follow_logs(
@@ -690,6 +764,7 @@ async fn get_invocation(
     State(app): State<AppState>,
     Path(request_id): Path<String>,
 ) -> Result<Json<lampyr_api::InvocationRecord>, ApiError> {
+    let request_id = whole_request_id(&app, None, &request_id).await?;
     let records = app.sched.records().clone();
     let id = request_id.clone();
     let rec = tokio::task::spawn_blocking(move || records.get(&id))

@@ -595,7 +595,13 @@ impl Server {
             max_package: cfg.limits.max_package,
             body_timeout,
         };
-        let doctor = doctor_report(&runtimes, &sandboxer, &data_dir);
+        let mut doctor = doctor_report(&runtimes, &sandboxer, &data_dir);
+        doctor.limits = Some(lampyr_api::ServerLimits {
+            max_package: cfg.limits.max_package as u64,
+            max_unpacked: cfg.limits.max_unpacked,
+            max_entries: cfg.limits.max_entries,
+            max_request_body: cfg.limits.max_request_body as u64,
+        });
         let app = AppState::new(sched, token, public_url, limits, doctor);
         Ok(Server {
             app,
@@ -696,6 +702,7 @@ pub fn doctor_report(runtimes: &Runtimes, sandboxer: &Sandboxer, data_dir: &Path
         runtimes: rts,
         isolation,
         data_dir: data_dir.display().to_string(),
+        limits: None,
     }
 }
 

@@ -89,20 +89,25 @@ async fn run(
     req: Request<Body>,
     request_id: &str,
 ) -> Result<Response, ApiError> {
-    match app.sched.trigger_access(name) {
+    let access = app.sched.trigger_access(name);
+    match &access {
         None => return Err(ApiError::not_found(name)),
         Some(TriggerAccess::Public) => {}
         Some(TriggerAccess::Token(token)) => {
             let given = bearer(req.headers());
-            if !given.is_some_and(|g| crate::token_eq(g, &token) || crate::token_eq(g, &app.token))
-            {
+            if !given.is_some_and(|g| crate::token_eq(g, token) || crate::token_eq(g, &app.token)) {
                 return Err(ApiError::unauthorized(&format!(
                     "function '{name}' requires a bearer token on its trigger: send `Authorization: Bearer TOKEN` with the token `lampyr info {name}` shows"
                 )));
             }
         }
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if matches!(access, Some(TriggerAccess::Token(_))) {
+        // The token that opened the trigger is lampyr's business, not the
+        // function's: it never reaches the event.
+        parts.headers.remove(axum::http::header::AUTHORIZATION);
+    }
     let limit = app.limits.max_request_body;
     let body = read_body(body, limit, app.limits.body_timeout)
         .await

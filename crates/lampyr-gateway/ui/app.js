@@ -11,6 +11,12 @@
     pooled: '#ffb547', violet: '#b69cff', teal: '#4fd1c5', grey: '#6d7c8e',
   };
   const PHASES = ['queue', 'code', 'sandbox', 'runtime', 'init', 'exec'];
+  // What a cold start adds before the handler runs: the phase chart's rows.
+  const COLD_PHASES = PHASES.filter((p) => p !== 'exec');
+  // Time ranges: [key, label, bucket seconds].
+  const RANGES = [['15m', '15 min', 15], ['1h', '1 h', 60], ['6h', '6 h', 300], ['24h', '24 h', 1200]];
+  const RANGE_KEY = 'lampyr.range';
+  let range = RANGES.find((r) => r[0] === sessionStorage.getItem(RANGE_KEY)) || RANGES[1];
   const STATES = ['starting', 'idle', 'busy', 'draining', 'stopping', 'queued'];
   const MAX_LIVE = 1000;
 
@@ -84,7 +90,8 @@
   }
   const fmtPct = (r) => (r == null ? '—' : `${(r * 100).toFixed(r > 0 && r < 0.1 ? 1 : 0)}%`);
   const fmtNum = (n) => (n == null ? '—' : Number(n).toLocaleString('en-US'));
-  const shortId = (id) => (id ? id.slice(0, 8) : '');
+  // The end of a request id: its random part (the start is the time).
+  const shortId = (id) => (id ? id.slice(-8) : '');
   function sleep(ms, signal) {
     return new Promise((resolve) => {
       const t = setTimeout(resolve, ms);
@@ -207,6 +214,20 @@
     $('token-input').focus();
   }
 
+  // ---------- the time range ----------
+  function renderRange() {
+    $('range').replaceChildren(...RANGES.map((r) => h('button', {
+      type: 'button', class: r === range ? 'on' : '', 'data-testid': `range-${r[0]}`, 'aria-pressed': r === range ? 'true' : 'false',
+      onclick: () => {
+        range = r;
+        sessionStorage.setItem(RANGE_KEY, r[0]);
+        renderRange();
+        route();
+      },
+      text: r[1],
+    })));
+  }
+
   // ---------- functions list ----------
   function showList() {
     show('view-list');
@@ -215,7 +236,7 @@
     let sig = '';
     every(2000, async () => {
       const [list, pools] = await Promise.all([
-        api('/functions', c.signal),
+        api(`/functions?since=${range[0]}`, c.signal),
         api('/pools', c.signal).catch((e) => (missingEndpoint(e) ? null : Promise.reject(e))),
       ]);
       if (c.signal.aborted) return;
@@ -233,16 +254,23 @@
     $('list-summary').textContent = `${fns.length} function${fns.length === 1 ? '' : 's'} · ${live} live instance${live === 1 ? '' : 's'}`;
     body.replaceChildren(...fns.map((f) => {
       const href = `#fn=${enc(f.name)}`;
+      const a = f.activity || {};
       return h('tr', {
         class: 'click', 'data-testid': 'function-row', 'data-name': f.name,
         onclick: (e) => { if (!e.target.closest('a')) location.hash = href.slice(1); },
       },
-      h('td', { class: 'name' }, h('a', { href, 'data-testid': 'function-link', text: f.name })),
+      h('td', { class: 'name' },
+        h('a', { href, 'data-testid': 'function-link', text: f.name }),
+        a.failing ? h('span', { class: 'badge fail', 'data-testid': 'failing-badge', title: a.failure || 'its latest invocations failed', text: 'failing' }) : null,
+        a.failing && a.failure ? h('span', { class: 'fail-why', 'data-testid': 'failing-why', title: a.failure, text: a.failure }) : null),
       h('td', {}, h('span', { class: 'badge rt', text: f.runtime })),
       h('td', { class: 'num', text: `v${f.version}` }),
       h('td', { class: 'num' }, h('span', { class: `live-count${f.instances ? ' some' : ''}`, text: String(f.instances) })),
-      h('td', { class: 'url mono' }, h('a', { href: f.url, target: '_blank', rel: 'noopener noreferrer', text: f.url })),
-      h('td', { class: 'muted', title: f.updated_at, text: fmtAgo(f.updated_at) }));
+      h('td', { class: 'num', 'data-testid': 'fn-invocations', text: fmtNum(a.invocations ?? null) }),
+      h('td', { class: `num err-rate${a.errors ? ' bad' : ''}`, 'data-testid': 'fn-error-rate', text: a.invocations ? fmtPct(a.error_rate) : '—' }),
+      h('td', { class: 'num', 'data-testid': 'fn-p99', text: fmtMs(a.p99_ms ?? null) }),
+      h('td', { class: 'muted', 'data-testid': 'fn-last', title: a.last_invocation || '', text: a.last_invocation ? fmtAgo(a.last_invocation) : `none in ${range[1]}` }),
+      h('td', { class: 'url mono' }, h('a', { href: f.url, target: '_blank', rel: 'noopener noreferrer', text: f.url })));
     }));
     const emptyEl = $('functions-empty');
     emptyEl.hidden = fns.length > 0;
@@ -274,6 +302,8 @@
     const st = { name, c, inv: [], invSig: null, selected: null, series: null, stats: null, skip: {} };
     $('d-name').textContent = name;
     for (const id of ['d-runtime', 'd-version', 'd-url']) $(id).textContent = '';
+    $('test-result').hidden = true;
+    $('test-error').hidden = true;
     $('d-states').replaceChildren();
     $('d-facts').replaceChildren();
     $('d-error').hidden = true;
@@ -303,6 +333,7 @@
       throw e;
     }
     if (st.c.signal.aborted) return;
+    st.info = f;
     $('d-error').hidden = true;
     $('d-runtime').textContent = f.runtime;
     $('d-version').textContent = `version ${f.version}`;
@@ -343,9 +374,9 @@
   async function loadMetrics(st) {
     const n = enc(st.name);
     const [inv, stats, series] = await Promise.all([
-      optional(st, 'inv', `/functions/${n}/invocations?limit=50&since=1h`),
-      optional(st, 'stats', `/functions/${n}/stats?since=1h`),
-      optional(st, 'series', `/functions/${n}/series?since=1h&step=60`),
+      optional(st, 'inv', `/functions/${n}/invocations?limit=50&since=${range[0]}`),
+      optional(st, 'stats', `/functions/${n}/stats?since=${range[0]}`),
+      optional(st, 'series', `/functions/${n}/series?since=${range[0]}&step=${range[2]}`),
     ]);
     if (st.c.signal.aborted) return;
     st.stats = stats;
@@ -361,7 +392,7 @@
       h('span', { text: label }), h('b', { text: value }), sub ? h('small', { text: sub }) : null);
     const d = (s && s.duration) || {};
     $('d-tiles').replaceChildren(
-      tile('Invocations · 1 h', s ? fmtNum(s.count) : '—', null, 'tile-count', 'accent'),
+      tile(`Invocations · ${range[1]}`, s ? fmtNum(s.count) : '—', null, 'tile-count', 'accent'),
       tile('Errors', s ? fmtNum(s.errors) : '—', s ? `${fmtPct(s.error_rate)} error rate` : null, 'tile-errors'),
       tile('Cold starts', s ? fmtNum(s.cold_starts) : '—', s ? `${fmtPct(s.cold_start_rate)} of invocations` : null, 'tile-cold'),
       tile('Duration p50', s && d.count ? fmtMs(d.p50) : '—', s && d.count ? `p95 ${fmtMs(d.p95)}` : null, 'tile-p50'),
@@ -384,7 +415,7 @@
     st.inv = list;
     $('inv-count').textContent = list.length ? `${list.length} most recent` : '';
     emptyEl.hidden = list.length > 0;
-    if (!list.length) emptyEl.replaceChildren(empty('No invocations in the last hour', h('span', {}, 'Call it: ', h('code', { text: `curl ${$('d-url').textContent || '…'}` }))));
+    if (!list.length) emptyEl.replaceChildren(empty(`No invocations in the last ${range[1]}`, h('span', {}, 'Call it: ', h('code', { text: `curl ${$('d-url').textContent || '…'}` }))));
     const sig = list.map((r) => `${r.request_id}:${r.status}`).join(',') + st.selected;
     if (sig === st.invSig) return;
     st.invSig = sig;
@@ -442,8 +473,12 @@
   }
 
   function renderWaterfall(rec) {
-    const el = $('reqlogs-phases');
-    if (!rec || !rec.phases) {
+    renderWaterfallInto($('reqlogs-phases'), rec);
+  }
+
+  // One invocation's phases as a bar, in `el`.
+  function renderWaterfallInto(el, rec) {
+    if (!rec || !rec.phases || !Object.keys(rec.phases).length) {
       el.hidden = true;
       return;
     }
@@ -456,9 +491,9 @@
       return i;
     }));
     el.replaceChildren(bar, h('div', { class: 'keys' },
-      h('span', {}, h('span', { class: `pill ${rec.start}`, text: rec.start })),
-      parts.map((p) => h('span', {}, h('i', { class: `ph-${p}` }), `${p} `, h('b', { text: fmtMs(rec.phases[p]) }))),
-      h('span', {}, 'total ', h('b', { text: fmtMs(rec.duration_ms) })),
+      rec.start ? h('span', {}, h('span', { class: `pill ${rec.start}`, text: rec.start })) : null,
+      parts.map((p) => h('span', { 'data-phase': p }, h('i', { class: `ph-${p}` }), `${p} `, h('b', { text: fmtMs(rec.phases[p]) }))),
+      rec.duration_ms != null ? h('span', {}, 'total ', h('b', { text: fmtMs(rec.duration_ms) })) : null,
       rec.error_type ? h('span', { class: 'status-bad', text: rec.error_type }) : null));
   }
 
@@ -784,7 +819,7 @@
     if (sr === undefined || !sr || !(sr.points || []).length) {
       const msg = sr === undefined
         ? empty('No time series', 'This server does not answer GET /api/v1/functions/NAME/series.')
-        : empty('No data in the last hour');
+        : empty(`No data in the last ${range[1]}`);
       for (const id of ids) $(id).replaceChildren(msg.cloneNode(true));
       return;
     }
@@ -804,7 +839,7 @@
         { key: 'cold_p99_ms', label: 'cold p99', color: C.cold, kind: 'line', dash: true },
       ], { log: true, fmt: (v) => fmtMs(v) });
     } else {
-      $('chart-latency').replaceChildren(empty('No invocations in the last hour'));
+      $('chart-latency').replaceChildren(empty(`No invocations in the last ${range[1]}`));
     }
     if (rows.some((r) => r.instances != null)) {
       timeChart($('chart-instances'), rows, step, [
@@ -825,20 +860,20 @@
       return;
     }
     const phases = (s && s.phases) || {};
-    const rows = PHASES.filter((p) => phases[p] && phases[p].count);
+    const rows = COLD_PHASES.filter((p) => phases[p] && phases[p].count);
     if (!rows.length) {
-      el.replaceChildren(empty('No cold starts in the last hour'));
+      el.replaceChildren(empty(`No cold starts in the last ${range[1]}`));
       return;
     }
     el.replaceChildren();
     const W = el.clientWidth || 560;
     const H = el.clientHeight || 190;
     const m = { l: 64, r: 120, t: 6, b: 6 };
-    const rh = (H - m.t - m.b) / PHASES.length;
+    const rh = (H - m.t - m.b) / COLD_PHASES.length;
     const max = Math.max(...rows.map((p) => phases[p].p99), 0.001);
     const X = (v) => (v / max) * (W - m.l - m.r);
     const g = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img' }, el);
-    PHASES.forEach((p, i) => {
+    COLD_PHASES.forEach((p, i) => {
       const y = m.t + i * rh;
       svg('text', { x: m.l - 8, y: y + rh / 2 + 4, 'text-anchor': 'end' }, g).textContent = p;
       svg('line', { class: 'grid', x1: m.l, x2: m.l, y1: y + 3, y2: y + rh - 3 }, g);
@@ -857,6 +892,87 @@
     });
   }
 
+  // ---------- the test panel ----------
+  let testMode = 'event';
+  function setTestMode(mode) {
+    testMode = mode;
+    for (const b of document.querySelectorAll('#test-panel .tab')) b.classList.toggle('on', b.dataset.mode === mode);
+    $('test-event').hidden = mode !== 'event';
+    $('test-http').hidden = mode !== 'http';
+  }
+  // Server-Timing (`queue;dur=0.004, init;dur=1.2, …`) as phase times.
+  function parseTiming(v) {
+    const phases = {};
+    for (const part of (v || '').split(',')) {
+      const m = /^\s*([a-z]+)\s*;\s*dur=([0-9.]+)/.exec(part);
+      if (m) phases[m[1]] = Number(m[2]);
+    }
+    return phases;
+  }
+  async function runTest() {
+    const st = detail;
+    if (!st) return;
+    const err = $('test-error');
+    err.hidden = true;
+    let r;
+    const started = performance.now();
+    try {
+      if (testMode === 'event') {
+        const text = $('test-json').value.trim() || '{}';
+        try { JSON.parse(text); } catch (e) {
+          err.textContent = `The event is not valid JSON: ${e.message}`;
+          err.hidden = false;
+          return;
+        }
+        r = await fetch(`${API}/functions/${enc(st.name)}/invoke`, { method: 'POST', headers: { ...authHeaders(), 'content-type': 'application/json' }, body: text });
+      } else {
+        let path = $('test-path').value.trim();
+        if (path && !path.startsWith('/') && !path.startsWith('?')) path = `/${path}`;
+        const method = $('test-method').value;
+        const headers = {};
+        // A function behind a token gets its own trigger token, never the API's.
+        if (st.info && st.info.trigger_token) headers.Authorization = `Bearer ${st.info.trigger_token}`;
+        const body = $('test-body').value;
+        r = await fetch(`/fn/${enc(st.name)}${path}`, { method, headers, body: method === 'GET' || method === 'DELETE' || !body ? undefined : body });
+      }
+    } catch (e) {
+      err.textContent = `The request failed: ${e.message}`;
+      err.hidden = false;
+      return;
+    }
+    const ms = performance.now() - started;
+    const text = await r.text();
+    const rid = r.headers.get('x-lampyr-request-id');
+    const start = r.headers.get('x-lampyr-start');
+    const phases = parseTiming(r.headers.get('server-timing'));
+    $('test-result').hidden = false;
+    $('test-status').replaceChildren(h('span', {},
+      h('b', { class: `code ${r.ok ? 'ok' : 'bad'}`, 'data-testid': 'test-code', text: `${r.status}` }),
+      ` · ${fmtMs(ms)} round trip`,
+      start ? h('span', {}, ' · ', h('span', { class: `pill ${start}`, 'data-testid': 'test-start', text: start })) : null,
+      r.headers.get('x-lampyr-function-error') ? h('span', { class: 'status-bad', text: ' · function error' }) : null,
+      rid ? h('span', { class: 'muted mono', title: rid, text: ` · ${shortId(rid)}` }) : null));
+    renderWaterfallInto($('test-phases'), { phases });
+    let shown = text;
+    try { shown = JSON.stringify(JSON.parse(text), null, 2); } catch (_) { /* as it came */ }
+    $('test-out').textContent = shown;
+    const logs = $('test-logs');
+    logs.replaceChildren(empty('Waiting for its log lines…'));
+    if (!rid) return;
+    // Log lines are written within moments of the response.
+    for (let i = 0; i < 15 && detail === st; i++) {
+      let recs = [];
+      try {
+        recs = (await api(`/functions/${enc(st.name)}/logs?request_id=${enc(rid)}`, st.c.signal)).records || [];
+      } catch (_) { /* not yet */ }
+      if (recs.some((x) => x.stream === 'platform' && /^REPORT /.test(x.message))) {
+        logs.replaceChildren(...recs.map((x) => logLine(x, false)));
+        return;
+      }
+      await sleep(200, st.c.signal);
+    }
+  }
+
   // ---------- start ----------
   $('login-form').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -872,6 +988,9 @@
     sessionStorage.removeItem(TOKEN_KEY);
     signIn('');
   });
+  for (const b of document.querySelectorAll('#test-panel .tab')) b.addEventListener('click', () => setTestMode(b.dataset.mode));
+  $('test-run').addEventListener('click', () => { runTest(); });
+  renderRange();
   $('reqlogs-close').addEventListener('click', () => {
     $('reqlogs').hidden = true;
     if (detail) {

@@ -19,6 +19,7 @@
 //!   exactly the invocations it was running, and is replaced on demand.
 #![forbid(unsafe_code)]
 
+mod deploy;
 mod logs;
 mod metrics;
 mod pool;
@@ -41,6 +42,7 @@ use lampyr_runtime::{
 use lampyr_store::{FunctionRecord, LogStore, Store, VersionRecord};
 use parking_lot::RwLock;
 
+pub use deploy::{DeployOptions, DeployOutcome};
 pub use logs::{Follower, LogHub};
 pub use pool::{PoolBounds, PoolConfig};
 use state::{FunctionState, Grant, SlotGrant, SlotId};
@@ -78,17 +80,67 @@ pub enum SchedulerError {
         source: InstanceError,
     },
     /// The handler module failed to load: the runtime's error object.
-    #[error("function '{function}' failed to initialise: {error}")]
+    /// With `retry_in`, this request did not start an instance: a start
+    /// failed moments ago and the next is tried only after a back-off.
+    #[error("function '{function}' failed to initialise: {}{}", describe_error(.error), .retry_in.map(|d| format!(" (not retried for this request: the last start failed just now; the next start is tried in {:.1} s)", d.as_secs_f64())).unwrap_or_default())]
     InitFailed {
         function: String,
         error: serde_json::Value,
+        retry_in: Option<Duration>,
     },
     #[error("function '{0}' was deleted")]
     Deleted(String),
+    /// A deploy's load check failed: the new version's handler does not
+    /// load. The runtime's error object.
+    #[error("version {version} of function '{function}' does not load: {}", describe_error(.error))]
+    LoadCheckFailed {
+        function: String,
+        version: u64,
+        error: serde_json::Value,
+    },
     #[error("function '{function}' has network = \"egress\", which this server cannot provide: {why}; deploy it with network = \"none\" (loopback only) or \"host\", or run lampyr where /dev/net/tun exists")]
     NetworkUnavailable { function: String, why: String },
     #[error(transparent)]
     Store(#[from] lampyr_store::StoreError),
+}
+
+/// A runtime's error object (`errorType`, `errorMessage`, `stackTrace`) as
+/// people read it: the type and message, then the stack, a frame a line.
+pub fn describe_error(error: &serde_json::Value) -> String {
+    let t = error
+        .get("errorType")
+        .and_then(|v| v.as_str())
+        .unwrap_or("Runtime.InitError");
+    let m = error
+        .get("errorMessage")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let mut out = format!("{t}: {m}");
+    if let Some(stack) = error.get("stackTrace").and_then(|v| v.as_array()) {
+        let frames: Vec<&str> = stack.iter().filter_map(|f| f.as_str()).collect();
+        // The runtime's own frames (the bootstrap loading the module, the
+        // import machinery) say nothing about the function's code.
+        let own = |f: &&str| {
+            [
+                "/var/runtime/",
+                "(node:",
+                "at node:",
+                "<frozen importlib",
+                "/importlib/__init__.py",
+            ]
+            .iter()
+            .any(|p| f.contains(p))
+        };
+        let theirs: Vec<&str> = frames.iter().copied().filter(|f| !own(f)).collect();
+        let shown = if theirs.is_empty() { frames } else { theirs };
+        for frame in shown {
+            for line in frame.lines().filter(|l| !l.trim().is_empty()) {
+                out.push_str("\n    ");
+                out.push_str(line.trim_end());
+            }
+        }
+    }
+    out
 }
 
 /// How an invocation found its instance.
@@ -245,6 +297,8 @@ pub(crate) struct Inner {
     metrics: Arc<metrics::Metrics>,
     /// Instance counts over time per function, sampled every few seconds.
     samples: parking_lot::Mutex<HashMap<String, std::collections::VecDeque<(SystemTime, u64)>>>,
+    /// One lock per function: its deploys run one at a time.
+    deploying: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A resolved, runnable version of a function.
@@ -299,6 +353,7 @@ impl Scheduler {
             recorder,
             metrics,
             samples: parking_lot::Mutex::new(HashMap::new()),
+            deploying: parking_lot::Mutex::new(HashMap::new()),
         });
         inner.pools.start(&inner);
         let sched = Scheduler { inner };
@@ -334,6 +389,17 @@ impl Scheduler {
     /// Makes `rec`'s current version the one new requests get. Instances of
     /// older versions drain and stop; reserved instances are started.
     pub fn activate(&self, rec: &FunctionRecord) -> Result<(), SchedulerError> {
+        self.activate_with(rec, None)
+    }
+
+    /// [`Scheduler::activate`], with an instance of the new version already
+    /// loaded (the one that passed the deploy's load check), which serves
+    /// it from the start.
+    pub(crate) fn activate_with(
+        &self,
+        rec: &FunctionRecord,
+        loaded: Option<Arc<Instance>>,
+    ) -> Result<(), SchedulerError> {
         let code_dir = self.inner.store.ensure_unpacked(&rec.current.code_sha256)?;
         let access = match rec.current.spec.auth {
             lampyr_api::Auth::Public => TriggerAccess::Public,
@@ -350,9 +416,13 @@ impl Scheduler {
                 .or_insert_with(|| Arc::new(FunctionState::new(&rec.name, version.clone())))
                 .clone()
         };
-        let to_kill = state.set_version(version);
+        let to_kill = state.set_version(version.clone());
         for inst in to_kill {
             inst.kill("replaced by a new version");
+        }
+        if let Some(inst) = loaded {
+            self.watch_instance(&state, &inst);
+            state.adopt(inst, version);
         }
         self.ensure_reserved(&state);
         Ok(())
@@ -597,6 +667,12 @@ impl Scheduler {
             .unwrap_or_default()
     }
 
+    /// The error of `name`'s latest failed initialisation, while requests
+    /// are answered with it (its back-off).
+    pub fn init_failure(&self, name: &str) -> Option<String> {
+        self.inner.functions.read().get(name)?.init_failure()
+    }
+
     /// How many functions are deployed.
     pub fn function_count(&self) -> usize {
         self.inner.functions.read().len()
@@ -710,15 +786,8 @@ impl Scheduler {
         });
         let outcome = match outcome {
             Ok(InvokeOutcome::Ok(b)) => Outcome::Ok(b),
-            Ok(InvokeOutcome::Error(b)) => {
-                self.platform_log(
-                    &lease,
-                    &request_id,
-                    "ERROR",
-                    format!("Invoke Error {}", String::from_utf8_lossy(&b)),
-                );
-                Outcome::FunctionError(b)
-            }
+            // The runtime logged the error and its stack.
+            Ok(InvokeOutcome::Error(b)) => Outcome::FunctionError(b),
             Ok(InvokeOutcome::Exited(report)) => {
                 lease.poison("crashed");
                 if report.oom {
@@ -878,6 +947,11 @@ impl Scheduler {
                 Ok((state.started(inst, version, claim)?, kind, sent))
             }
             Err(e) => {
+                if let SchedulerError::InitFailed { error, .. } = &e {
+                    // The runtime logged the error, once for this start;
+                    // requests meanwhile get it without another start.
+                    state.init_failed(&version, error.clone());
+                }
                 state.start_failed();
                 Err(e)
             }
@@ -940,6 +1014,9 @@ impl Scheduler {
         let spec = version.spec();
         let function = spec.name.clone();
         let code_started = Instant::now();
+        // No response will refill the pool afterwards: a start for no
+        // request (reserved, a deploy's check) refills it at once.
+        let for_request = first.is_some();
         // The code was unpacked at deploy; this is a check, or a rebuild from
         // the blob if the cache was removed.
         let code_dir = if version.code_dir.is_dir() {
@@ -1026,21 +1103,17 @@ impl Scheduler {
             inst.loaded(init_from, init_limit).await
         }
         .await;
-        if kind == StartKind::Pooled && loaded.is_err() {
+        if kind == StartKind::Pooled && (loaded.is_err() || !for_request) {
             self.inner.pools.replenish(spec.runtime);
         }
         match loaded {
             Ok(d) => phases.init = Some(d),
             Err(InstanceError::LoadFailed(error)) => {
-                self.inner.logs.platform(
-                    &spec.name,
-                    version.record.version,
-                    inst.id(),
-                    None,
-                    "ERROR",
-                    format!("Init Error {error}"),
-                );
-                return Err(SchedulerError::InitFailed { function, error });
+                return Err(SchedulerError::InitFailed {
+                    function,
+                    error,
+                    retry_in: None,
+                });
             }
             Err(source) => return Err(SchedulerError::StartFailed { function, source }),
         }

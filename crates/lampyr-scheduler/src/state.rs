@@ -59,6 +59,24 @@ struct Inner {
     /// Ids of instances taken out of service and killed whose processes
     /// have not exited yet.
     stopping: std::collections::HashSet<String>,
+    /// The last start of the current version failed to initialise: until
+    /// `retry_at`, requests get its error instead of starting another.
+    init_failure: Option<InitFailure>,
+}
+
+/// A failed initialisation and when to try again.
+struct InitFailure {
+    version: u64,
+    error: serde_json::Value,
+    failures: u32,
+    retry_at: Instant,
+}
+
+/// The back-off after `failures` initialisations in a row failed: 1 s,
+/// doubling, at most 30 s.
+pub(crate) fn init_backoff(failures: u32) -> std::time::Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(5);
+    std::time::Duration::from_secs(secs.min(30))
 }
 
 pub(crate) struct FunctionState {
@@ -125,6 +143,7 @@ impl FunctionState {
                 deleted: false,
                 next_slot: 1,
                 stopping: Default::default(),
+                init_failure: None,
             }),
         }
     }
@@ -166,6 +185,16 @@ impl FunctionState {
             }));
         }
         if g.live() + g.starting < spec.max_instances {
+            if let Some(f) = &g.init_failure {
+                let now = Instant::now();
+                if f.version == current.record.version && now < f.retry_at {
+                    return Err(SchedulerError::InitFailed {
+                        function: self.name.clone(),
+                        error: f.error.clone(),
+                        retry_in: Some(f.retry_at - now),
+                    });
+                }
+            }
             g.starting += 1;
             return Ok(Acquire::Start(current));
         }
@@ -199,6 +228,9 @@ impl FunctionState {
             return Err(SchedulerError::Deleted(self.name.clone()));
         }
         let stale = !Arc::ptr_eq(&version, &g.current);
+        if !stale {
+            g.init_failure = None;
+        }
         if stale && !claim {
             // A reserved instance of a version replaced while it started:
             // nobody will use it.
@@ -224,6 +256,69 @@ impl FunctionState {
             instance,
             version,
         }))
+    }
+
+    /// Adds an instance of `version` that is already loaded, idle (one that
+    /// passed a deploy's load check).
+    pub(crate) fn adopt(&self, instance: Arc<Instance>, version: Arc<Version>) {
+        let mut g = self.inner.lock();
+        if g.deleted || !Arc::ptr_eq(&version, &g.current) {
+            drop(g);
+            instance.kill("replaced by a new version");
+            return;
+        }
+        let id = g.next_slot;
+        g.next_slot += 1;
+        g.slots.push(Slot {
+            id,
+            instance,
+            version,
+            inflight: 0,
+            last_used: Instant::now(),
+            drain: None,
+        });
+        let idx = g.slots.len() - 1;
+        g.serve_waiters(idx);
+    }
+
+    /// A start of `version` failed to initialise with `error`: requests
+    /// get that error, without a start, for a back-off.
+    pub(crate) fn init_failed(&self, version: &Version, error: serde_json::Value) {
+        let mut g = self.inner.lock();
+        if version.record.version != g.current.record.version {
+            return;
+        }
+        let failures = g
+            .init_failure
+            .as_ref()
+            .filter(|f| f.version == version.record.version)
+            .map_or(1, |f| f.failures + 1);
+        g.init_failure = Some(InitFailure {
+            version: version.record.version,
+            error,
+            failures,
+            retry_at: Instant::now() + init_backoff(failures),
+        });
+    }
+
+    /// The latest initialisation error of the current version, as people
+    /// read it, if its starts are failing.
+    pub(crate) fn init_failure(&self) -> Option<String> {
+        let g = self.inner.lock();
+        let f = g.init_failure.as_ref()?;
+        (f.version == g.current.record.version).then(|| {
+            let t = f
+                .error
+                .get("errorType")
+                .and_then(|v| v.as_str())
+                .unwrap_or("Runtime.InitError");
+            let m = f
+                .error
+                .get("errorMessage")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            format!("{t}: {m}")
+        })
     }
 
     pub(crate) fn start_failed(&self) {
@@ -293,6 +388,7 @@ impl FunctionState {
     pub(crate) fn set_version(&self, version: Arc<Version>) -> Vec<Arc<Instance>> {
         let mut g = self.inner.lock();
         g.current = version;
+        g.init_failure = None;
         let reason = format!("replaced by version {}", g.current.record.version);
         let mut idle = Vec::new();
         let current = g.current.clone();
@@ -380,14 +476,26 @@ impl FunctionState {
         }
         let want = g.current.spec().min_instances;
         let have = g.live() + g.starting;
-        let n = want.saturating_sub(have);
+        let backing_off = g
+            .init_failure
+            .as_ref()
+            .is_some_and(|f| Instant::now() < f.retry_at);
+        let n = if backing_off {
+            0
+        } else {
+            want.saturating_sub(have)
+        };
         g.starting += n;
         (0..n).map(|_| g.current.clone()).collect()
     }
 
     pub(crate) fn needs_reserve(&self) -> bool {
         let g = self.inner.lock();
-        !g.deleted && g.live() + g.starting < g.current.spec().min_instances
+        !g.deleted
+            && g.live() + g.starting < g.current.spec().min_instances
+            && g.init_failure
+                .as_ref()
+                .is_none_or(|f| Instant::now() >= f.retry_at)
     }
 
     pub(crate) fn counts(&self) -> InstanceCounts {

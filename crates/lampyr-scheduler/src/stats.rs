@@ -17,6 +17,34 @@ fn is_error(r: &InvocationRecord) -> bool {
     r.status != "ok"
 }
 
+/// A function's activity for the function list, from its records in a
+/// window (newest first) and its current initialisation failure, if any.
+pub fn activity(
+    records: &[InvocationRecord],
+    init_failure: Option<String>,
+) -> lampyr_api::Activity {
+    let s = stats("", SystemTime::UNIX_EPOCH, records);
+    let latest: Vec<&InvocationRecord> = records.iter().take(3).collect();
+    let failing =
+        init_failure.is_some() || (!latest.is_empty() && latest.iter().all(|r| is_error(r)));
+    let failure = init_failure.or_else(|| {
+        records
+            .iter()
+            .find(|r| is_error(r))
+            .filter(|_| failing)
+            .map(|r| r.error_type.clone().unwrap_or_else(|| r.status.clone()))
+    });
+    lampyr_api::Activity {
+        invocations: s.count,
+        errors: s.errors,
+        error_rate: s.error_rate,
+        p99_ms: (s.duration.count > 0).then_some(s.duration.p99),
+        last_invocation: records.first().map(|r| r.start_time.clone()),
+        failing,
+        failure,
+    }
+}
+
 /// Counts, rates and percentiles over `records` (any order).
 pub fn stats(function: &str, since: SystemTime, records: &[InvocationRecord]) -> FunctionStats {
     let count = records.len() as u64;

@@ -14,7 +14,6 @@
 #![forbid(unsafe_code)]
 
 pub mod logs;
-mod package;
 pub mod records;
 
 use std::path::{Path, PathBuf};
@@ -26,8 +25,9 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
+use lampyr_package as package;
+pub use lampyr_package::{pack_dir, PackageError};
 pub use logs::{LogLimits, LogQuery, LogStore};
-pub use package::{pack_dir, PackageError};
 pub use records::{RecordQuery, RecordStore, Retention};
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +156,9 @@ pub struct Store {
     db: Mutex<Connection>,
     limits: StoreLimits,
     prepare: Option<CodePreparer>,
+    /// Code of deploys staged and not yet committed or discarded: garbage
+    /// collection leaves it alone.
+    staging: Mutex<std::collections::HashSet<String>>,
 }
 
 const SCHEMA: &str = r#"
@@ -216,6 +219,7 @@ impl Store {
             db: Mutex::new(conn),
             limits,
             prepare: None,
+            staging: Mutex::new(Default::default()),
         })
     }
 
@@ -297,29 +301,18 @@ impl Store {
         }
         package::check_handler(scratch.path(), &spec)?;
         let code = self.code_dir(&sha);
-
         // Same code and manifest as now: nothing to do.
         let unchanged = self
             .get(name)
             .ok()
             .filter(|cur| cur.current.code_sha256 == sha && code.is_dir());
         if unchanged.is_none() {
-            // Blob first, then the unpacked cache, then (at commit) the
-            // metadata row: a crash in between leaves only unreferenced
-            // files, never a dangling row.
-            let blob = self.blob_path(&sha);
-            if !blob.exists() {
-                let dir = blob.parent().expect("blob has a parent");
-                std::fs::create_dir_all(dir).map_err(StoreError::io("creating blob directory"))?;
-                let tmp = Scratch::file(self.root.join("tmp").join(format!("{sha}.blob")));
-                std::fs::write(tmp.path(), package)
-                    .map_err(StoreError::io("writing package blob"))?;
-                std::fs::rename(tmp.path(), &blob)
-                    .map_err(StoreError::io("storing package blob"))?;
-                tmp.keep();
-            }
-            if !code.is_dir() {
-                self.install_code(scratch, Some(&spec), &code)?;
+            // Garbage collection leaves staged code alone until it is
+            // committed or discarded.
+            self.staging.lock().insert(sha.clone());
+            if let Err(e) = self.store_code(&sha, package, scratch, &spec, &code) {
+                self.staging.lock().remove(&sha);
+                return Err(e);
             }
         }
         Ok(Staged {
@@ -332,6 +325,32 @@ impl Store {
             unchanged,
             build_time: started.elapsed(),
         })
+    }
+
+    /// Stores a package's blob, then its unpacked, prepared code: a crash
+    /// in between (or before the commit writes the metadata row) leaves
+    /// only unreferenced files, never a dangling row.
+    fn store_code(
+        &self,
+        sha: &str,
+        package: &[u8],
+        scratch: Scratch,
+        spec: &FunctionSpec,
+        code: &Path,
+    ) -> Result<()> {
+        let blob = self.blob_path(sha);
+        if !blob.exists() {
+            let dir = blob.parent().expect("blob has a parent");
+            std::fs::create_dir_all(dir).map_err(StoreError::io("creating blob directory"))?;
+            let tmp = Scratch::file(self.root.join("tmp").join(format!("{sha}.blob")));
+            std::fs::write(tmp.path(), package).map_err(StoreError::io("writing package blob"))?;
+            std::fs::rename(tmp.path(), &blob).map_err(StoreError::io("storing package blob"))?;
+            tmp.keep();
+        }
+        if code.is_dir() {
+            return Ok(());
+        }
+        self.install_code(scratch, Some(spec), code)
     }
 
     /// The number the next version of `name` gets.
@@ -372,6 +391,7 @@ impl Store {
         )?;
         tx.commit()?;
         drop(db);
+        self.staging.lock().remove(&staged.code_sha256);
         tracing::info!(function = name, version, sha256 = %staged.code_sha256, "deployed");
         self.get(name)
     }
@@ -382,6 +402,7 @@ impl Store {
         if staged.unchanged.is_some() {
             return Ok(());
         }
+        self.staging.lock().remove(&staged.code_sha256);
         let used: bool = self.db.lock().query_row(
             "SELECT EXISTS(SELECT 1 FROM versions WHERE code_sha256 = ?1)",
             params![staged.code_sha256],
@@ -452,7 +473,8 @@ impl Store {
     }
 
     /// Deletes a function, all its versions, and code no version still uses.
-    pub fn delete(&self, name: &str) -> Result<()> {
+    /// Returns the code directories it removed.
+    pub fn delete(&self, name: &str) -> Result<Vec<PathBuf>> {
         let mut db = self.db.lock();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute("DELETE FROM functions WHERE name = ?1", params![name])?;
@@ -462,27 +484,28 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NotFound(name.to_string()));
         }
-        self.collect_garbage()?;
-        Ok(())
+        self.collect_garbage()
     }
 
-    /// Removes blobs and unpacked code that no version refers to.
-    pub fn collect_garbage(&self) -> Result<usize> {
+    /// Removes blobs and unpacked code that no version refers to (and no
+    /// deploy in progress has staged); returns the code directories removed.
+    pub fn collect_garbage(&self) -> Result<Vec<PathBuf>> {
         let used: std::collections::HashSet<String> = {
             let db = self.db.lock();
             let mut stmt = db.prepare("SELECT DISTINCT code_sha256 FROM versions")?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
             rows.collect::<Result<_, _>>()?
         };
-        let mut removed = 0;
+        let staging = self.staging.lock();
+        let mut removed = Vec::new();
         if let Ok(entries) = std::fs::read_dir(self.root.join("code")) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if !used.contains(&name) {
+                if !used.contains(&name) && !staging.contains(&name) {
                     package::unseal(&e.path());
                     let _ = std::fs::remove_dir_all(e.path());
                     let _ = std::fs::remove_file(self.blob_path(&name));
-                    removed += 1;
+                    removed.push(e.path());
                 }
             }
         }

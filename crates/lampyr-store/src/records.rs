@@ -407,6 +407,47 @@ impl RecordStore {
         Ok(found)
     }
 
+    /// The request ids of `function`'s records (every function's with
+    /// `None`) that begin or end with `part` (case-insensitively), newest
+    /// batches first, at most `limit`: how a short id becomes a whole one.
+    pub fn complete_id(
+        &self,
+        function: Option<&str>,
+        part: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let part = part.to_ascii_lowercase();
+        if part.is_empty() || part.contains('"') || part.contains('\\') {
+            return Ok(Vec::new());
+        }
+        let prefix = format!("\"{part}");
+        let suffix = format!("{part}\"");
+        let db = self.reader.lock();
+        let mut stmt = db.prepare_cached(
+            "SELECT records FROM invocation_batches
+             WHERE (?1 IS NULL OR function = ?1)
+               AND (instr(lower(records), ?2) > 0 OR instr(lower(records), ?3) > 0)
+             ORDER BY last_ms DESC",
+        )?;
+        let mut rows = stmt.query(params![function, prefix, suffix])?;
+        let mut out: Vec<String> = Vec::new();
+        while let Some(row) = rows.next()? {
+            let Some(batch) = row.get_ref(0)?.as_blob().ok().and_then(decode) else {
+                continue;
+            };
+            for r in batch {
+                let id = r.request_id().to_ascii_lowercase();
+                if (id.starts_with(&part) || id.ends_with(&part)) && !out.contains(&id) {
+                    out.push(r.request_id().clone());
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes records older than the retention age and beyond its count:
     /// whole batches where it can, and the old records out of the batches
     /// that straddle either limit. Returns the number of records deleted.

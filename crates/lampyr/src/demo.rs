@@ -43,10 +43,9 @@ pub async fn deploy_examples(sched: &Scheduler) -> anyhow::Result<()> {
         let pkg = lampyr_store::pack_dir(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         let pkg = pkg.with_context(|| format!("packaging example {name}"))?;
-        let store = sched.store().clone();
-        let n = name.to_string();
-        let deployed = tokio::task::spawn_blocking(move || store.deploy(&n, &pkg)).await??;
-        sched.activate(&deployed.record)?;
+        let deployed = sched
+            .deploy(name, pkg.into(), lampyr_scheduler::DeployOptions::default())
+            .await?;
         tracing::info!(
             function = name,
             version = deployed.record.current.version,

@@ -34,18 +34,31 @@ struct Cli {
         long,
         global = true,
         env = "LAMPYR_URL",
-        default_value = "http://127.0.0.1:8080"
+        default_value = "http://127.0.0.1:8080",
+        help_heading = "Global options"
     )]
     url: String,
     /// Data directory: where `serve` keeps its state, and where client
     /// commands find the API token [default: ~/.local/share/lampyr]
-    #[arg(long, global = true, env = "LAMPYR_DATA_DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "LAMPYR_DATA_DIR",
+        help_heading = "Global options"
+    )]
     data_dir: Option<PathBuf>,
     /// API token; by default read from the data directory.
-    #[arg(long, global = true, env = "LAMPYR_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "LAMPYR_TOKEN",
+        hide_env_values = true,
+        help_heading = "Global options"
+    )]
     token: Option<String>,
-    /// Print machine-readable JSON instead of text.
-    #[arg(long, global = true)]
+    /// Print machine-readable JSON instead of text (errors included, on
+    /// stdout as `{"error": {"code", "message"}}`).
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     #[command(subcommand)]
     command: Command,
@@ -92,8 +105,25 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Validate, package and upload DIR (with DIR/lampyr.toml); prints the URL.
-    Deploy { dir: PathBuf },
+    /// Validate, package and upload a function; prints its URL.
+    ///
+    /// The server checks that the new version loads (starts an instance and
+    /// loads its handler, within the function's init timeout) before it takes
+    /// traffic; if it does not, the deploy fails with the error and the
+    /// previous version keeps serving.
+    Deploy {
+        /// The function's directory, or its lampyr.toml.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// List what would be shipped (after .lampyrignore) and its size;
+        /// upload nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Skip the load check (for code whose initialisation needs what
+        /// only a request brings).
+        #[arg(long)]
+        no_verify: bool,
+    },
     /// Invoke a function with a JSON event and print its result.
     Invoke {
         name: String,
@@ -150,6 +180,11 @@ enum Command {
     Ui,
     /// Report the runtimes found, the isolation available and the data directory.
     Doctor,
+    /// Print a shell completion script: `lampyr completions bash > ~/.local/share/bash-completion/completions/lampyr`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -170,13 +205,20 @@ fn main() -> ExitCode {
         lampyr_sandbox::init::main();
     }
     let cli = Cli::parse();
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if !matches!(
-                e.downcast_ref::<CommandError>(),
-                Some(CommandError::FunctionFailed)
-            ) {
+            let command = e.downcast_ref::<CommandError>();
+            if matches!(command, Some(CommandError::FunctionFailed)) {
+                // The function's error is printed already.
+            } else if json {
+                let body = match command {
+                    Some(c) => c.body(),
+                    None => lampyr_api::ErrorBody::new("error", format!("{e:#}")),
+                };
+                println!("{}", serde_json::to_string(&body).expect("serialises"));
+            } else {
                 eprintln!("error: {e:#}");
             }
             ExitCode::FAILURE
@@ -213,9 +255,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Deploy { dir } => lampyr_cli::deploy(&client(), dir, cli.json)
-            .map(|_| ())
-            .map_err(Into::into),
+        Command::Deploy {
+            path,
+            dry_run,
+            no_verify,
+        } => {
+            let args = lampyr_cli::DeployArgs {
+                path: path.clone(),
+                dry_run: *dry_run,
+                verify: !no_verify,
+            };
+            Ok(lampyr_cli::deploy(&client(), &args, cli.json)?)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "lampyr",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Invoke { name, data } => Ok(lampyr_cli::invoke(
             &client(),
             name,
@@ -332,8 +393,10 @@ fn tempfile_probe(dir: &std::path::Path) -> bool {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("LAMPYR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -382,7 +445,7 @@ fn serve(data_dir: Option<PathBuf>, args: &ServeArgs) -> anyhow::Result<()> {
             demo::deploy_examples(server.scheduler()).await?;
         }
         let url = server.app_url();
-        tracing::info!(data_dir = %server.data_dir.display(), workers, "lampyr listening on {url}");
+        tracing::info!(data_dir = %server.data_dir.display(), workers, "lampyr listening on {url} (dashboard: {url}/ui, `lampyr ui` prints it with its token)");
         if demo {
             eprintln!("\ntry:\n  curl {url}/fn/hello-node\n  curl {url}/fn/hello-python\n");
         }

@@ -68,12 +68,33 @@ fn dashboard_in_a_real_browser() {
         assert_eq!(r.header("x-lampyr-start"), Some("warm"));
     }
 
+    // A function whose initialisation fails (it passed no check), called.
+    let broken = Fixture::node(
+        "dash-broken",
+        "",
+        "throw new Error('no database configured');",
+    );
+    let pkg = lampyr_store::pack_dir(broken.path()).unwrap();
+    assert_eq!(
+        server
+            .api("PUT", "/functions/dash-broken?verify=false", Some(&pkg))
+            .status,
+        200
+    );
+    assert_eq!(server.get("dash-broken").status, 502);
+
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let out = Command::new(node.unwrap())
         .arg(SCRIPT)
         .args(["--url", &server.url, "--token", &server.token()])
-        .args(["--function", "dash", "--screenshot"])
+        .args([
+            "--function",
+            "dash",
+            "--failing",
+            "dash-broken",
+            "--screenshot",
+        ])
         .arg(&shot)
         .output()
         .expect("run node tests/ui/dashboard.mjs");

@@ -159,3 +159,92 @@ fn pooled_python_imports_what_a_fresh_interpreter_does() {
         results[0]
     );
 }
+
+/// Copies `from` into `to`, skipping bytecode caches.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let name = e.file_name();
+        if name == "__pycache__" || name == "bin" || name == ".complete" {
+            continue;
+        }
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            copy_tree(&e.path(), &to.join(&name));
+        } else if t.is_file() {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// pydantic, requests and numpy, installed with `pip install --target` into
+/// the function, import and work in pooled and unpooled instances; requests
+/// reaches a server of the test's own through the egress network.
+#[test]
+fn real_packages_work_pooled_and_unpooled() {
+    let deps = std::env::var("LAMPYR_TEST_PYDEPS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-deps/python")
+        });
+    assert!(
+        deps.join(".complete").exists(),
+        "{} has no packages: run the tests with scripts/test, which installs them (pip install --target {} pydantic requests numpy)",
+        deps.display(),
+        deps.display()
+    );
+    let net = common::net::FakeInternet::start();
+    let (_d, cfg) = common::config_file(&net.config());
+    let code = r#"import json
+import numpy as np
+import pydantic
+import requests
+
+class Order(pydantic.BaseModel):
+    item: str
+    quantity: int
+
+def handler(event, context):
+    order = Order.model_validate({"item": "tea", "quantity": "3"})
+    page = requests.get("http://example.test/", timeout=10)
+    return {
+        "statusCode": 200,
+        "body": json.dumps({
+            "order": order.model_dump(),
+            "sum": int(np.arange(10).sum()),
+            "page": page.text,
+            "versions": [np.__version__, pydantic.VERSION, requests.__version__],
+            "files": [np.__file__, pydantic.__file__],
+        }),
+    }
+"#;
+    let f = Fixture::python("real", "memory_mb = 512\ntimeout = \"60s\"\n", code);
+    copy_tree(&deps, f.path());
+    let pkg = lampyr_store::pack_dir(f.path()).unwrap();
+    for pools in ["on", "off"] {
+        let server = Server::start_with(&["--config", &cfg, "--pools", pools]);
+        if pools == "on" {
+            server.wait_pools_ready();
+        }
+        // The deploy's check loads it, in a pooled instance with pools on,
+        // one started from scratch without; that instance serves.
+        let r = server.deploy_package("real", &pkg);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = server.get("real");
+        assert_eq!(r.header("x-lampyr-start"), Some("warm"));
+        assert_eq!(r.status, 200, "pools {pools}: {}", r.text());
+        let v = r.json();
+        assert_eq!(
+            v["order"],
+            serde_json::json!({"item": "tea", "quantity": 3})
+        );
+        assert_eq!(v["sum"], 45);
+        assert_eq!(v["page"], common::net::PAGE);
+        for file in v["files"].as_array().unwrap() {
+            assert!(
+                file.as_str().unwrap().starts_with("/var/task/"),
+                "{file}: the function's own copy"
+            );
+        }
+    }
+}

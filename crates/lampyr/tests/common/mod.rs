@@ -268,11 +268,23 @@ impl Server {
         self.call("GET", path, None)
     }
 
-    /// Deploys a directory through the API; panics unless it succeeds.
+    /// Deploys a directory through the API, without the load check (so
+    /// that its first call starts an instance, as the tests of cold starts
+    /// need); panics unless it succeeds.
     pub fn deploy(&self, dir: &Path) -> serde_json::Value {
+        self.deploy_with(dir, "?verify=false")
+    }
+
+    /// Deploys a directory as `lampyr deploy` does: checked that it loads,
+    /// the checked instance kept warm.
+    pub fn deploy_checked(&self, dir: &Path) -> serde_json::Value {
+        self.deploy_with(dir, "")
+    }
+
+    fn deploy_with(&self, dir: &Path, query: &str) -> serde_json::Value {
         let name = manifest_name(dir);
         let pkg = lampyr_store::pack_dir(dir).unwrap();
-        let r = self.api("PUT", &format!("/functions/{name}"), Some(&pkg));
+        let r = self.api("PUT", &format!("/functions/{name}{query}"), Some(&pkg));
         assert_eq!(r.status, 200, "deploy {name}: {}", r.text());
         r.json()
     }

@@ -1,9 +1,18 @@
 //! The code package format: a gzip'd tar archive of the function directory
-//! with `lampyr.toml` at its root.
+//! with `lampyr.toml` at its root. The CLI packs, the store unpacks; this
+//! crate is both sides, and nothing else.
 //!
-//! Packing is deterministic (sorted entries, zero mtimes and owners, modes
-//! reduced to 0644/0755), so the same code always has the same SHA-256 and a
-//! redeploy of unchanged code makes no new version.
+//! * **Packing** ([`pack_dir`]) is deterministic (sorted entries, zero mtimes
+//!   and owners, modes reduced to 0644/0755), so the same code always has
+//!   the same SHA-256 and a redeploy of unchanged code makes no new version.
+//!   What is packed follows `.lampyrignore` (gitignore syntax) in the
+//!   function directory, or sensible defaults when there is none
+//!   ([`DEFAULT_IGNORE`]); [`plan`] lists it without packing.
+//! * **Unpacking** ([`unpack`]) trusts nothing: entries are plain relative
+//!   paths; links are made after every file and resolved through the whole
+//!   chain of links they pass; every decompressed byte and every entry
+//!   counts against limits; `__pycache__` entries are refused.
+#![forbid(unsafe_code)]
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -35,14 +44,116 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackageError + '_ {
     }
 }
 
-/// Names never packed: version-control data and interpreter caches.
-const SKIP: &[&str] = &[".git", ".hg", "__pycache__", ".DS_Store"];
+/// Never packed, whatever `.lampyrignore` says: version-control data, and
+/// bytecode caches (lampyr compiles sources itself; a package with
+/// `__pycache__` is refused).
+const ALWAYS_SKIPPED: &[&str] = &[".git", ".hg", ".svn", "__pycache__"];
 
-/// Packs a function directory into a deterministic `.tar.gz`.
+/// What is left out when a function directory has no `.lampyrignore`.
+pub const DEFAULT_IGNORE: &[&str] = &[
+    ".git",
+    ".env*",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "*.log",
+    ".DS_Store",
+    "node_modules/.cache",
+];
+
+/// The file whose gitignore-style lines say what not to pack.
+pub const IGNORE_FILE: &str = ".lampyrignore";
+
+/// One entry a package would hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEntry {
+    /// The path inside the package.
+    pub path: PathBuf,
+    /// Its size in bytes (0 for directories and links).
+    pub size: u64,
+    pub kind: EntryKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Link,
+}
+
+/// What packing a directory would ship: every entry, sorted, and whether
+/// the rules came from `.lampyrignore` or the defaults.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub entries: Vec<PlannedEntry>,
+    pub from_ignore_file: bool,
+}
+
+impl Plan {
+    /// The total size of the files, in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+}
+
+/// The ignore rules of a function directory.
+fn ignore_rules(dir: &Path) -> Result<(ignore::gitignore::Gitignore, bool), PackageError> {
+    let mut b = ignore::gitignore::GitignoreBuilder::new(dir);
+    let file = dir.join(IGNORE_FILE);
+    let from_file = file.is_file();
+    if from_file {
+        if let Some(e) = b.add(&file) {
+            return Err(PackageError::Invalid(format!("{}: {e}", file.display())));
+        }
+        b.add_line(None, IGNORE_FILE)
+            .map_err(|e| PackageError::Invalid(e.to_string()))?;
+    } else {
+        for rule in DEFAULT_IGNORE {
+            b.add_line(None, rule)
+                .map_err(|e| PackageError::Invalid(e.to_string()))?;
+        }
+    }
+    let rules = b
+        .build()
+        .map_err(|e| PackageError::Invalid(format!("{}: {e}", file.display())))?;
+    Ok((rules, from_file))
+}
+
+/// Lists what packing `dir` would ship.
+pub fn plan(dir: &Path) -> Result<Plan, PackageError> {
+    let (rules, from_ignore_file) = ignore_rules(dir)?;
+    let mut paths = Vec::new();
+    walk(dir, Path::new(""), &rules, &mut paths)?;
+    paths.sort();
+    let mut entries = Vec::with_capacity(paths.len());
+    for rel in paths {
+        let full = dir.join(&rel);
+        let meta = std::fs::symlink_metadata(&full).map_err(io(&full))?;
+        let (kind, size) = if meta.file_type().is_symlink() {
+            (EntryKind::Link, 0)
+        } else if meta.is_dir() {
+            (EntryKind::Dir, 0)
+        } else if meta.is_file() {
+            (EntryKind::File, meta.len())
+        } else {
+            continue;
+        };
+        entries.push(PlannedEntry {
+            path: rel,
+            size,
+            kind,
+        });
+    }
+    Ok(Plan {
+        entries,
+        from_ignore_file,
+    })
+}
+
+/// Packs a function directory into a deterministic `.tar.gz`, leaving out
+/// what its `.lampyrignore` (or [`DEFAULT_IGNORE`]) names.
 pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
-    let mut entries = Vec::new();
-    walk(dir, Path::new(""), &mut entries)?;
-    entries.sort();
+    let entries: Vec<PathBuf> = plan(dir)?.entries.into_iter().map(|e| e.path).collect();
     let gz = GzEncoder::new(Vec::new(), Compression::fast());
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
@@ -81,19 +192,28 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
     gz.finish().map_err(io(dir))
 }
 
-fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), PackageError> {
+fn walk(
+    root: &Path,
+    rel: &Path,
+    rules: &ignore::gitignore::Gitignore,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), PackageError> {
     let dir = root.join(rel);
     for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
         let e = e.map_err(io(&dir))?;
         let name = e.file_name();
-        if SKIP.iter().any(|s| name == *s) {
+        if ALWAYS_SKIPPED.iter().any(|s| name == *s) {
             continue;
         }
         let rel = rel.join(&name);
         let ft = e.file_type().map_err(io(&dir))?;
+        let is_manifest = rel == Path::new("lampyr.toml");
+        if !is_manifest && rules.matched(&rel, ft.is_dir()).is_ignore() {
+            continue;
+        }
         out.push(rel.clone());
         if ft.is_dir() {
-            walk(root, &rel, out)?;
+            walk(root, &rel, rules, out)?;
         }
     }
     Ok(())
@@ -128,7 +248,7 @@ fn check_link(at: &Path, target: &Path) -> Result<(), PackageError> {
 
 /// What unpacking a package may use.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct UnpackLimits {
+pub struct UnpackLimits {
     /// Every decompressed byte (headers, contents, padding and whatever
     /// follows the archive's end) plus [`ENTRY_COST`] per entry.
     pub max_bytes: u64,
@@ -137,7 +257,7 @@ pub(crate) struct UnpackLimits {
 }
 
 /// What one entry costs besides its bytes: about a disk block and an inode.
-pub(crate) const ENTRY_COST: u64 = 4096;
+pub const ENTRY_COST: u64 = 4096;
 
 /// Counts every byte read through it against a budget shared with the
 /// per-entry costs, and fails the read once the budget is spent: a
@@ -172,7 +292,7 @@ impl std::fmt::Display for BudgetSpent {
 impl std::error::Error for BudgetSpent {}
 
 /// True for the errors of a full disk (or a spent quota).
-pub(crate) fn no_space(e: &std::io::Error) -> bool {
+pub fn no_space(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::StorageFull
         || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
@@ -189,7 +309,7 @@ fn spent(e: &std::io::Error) -> bool {
 /// (see [`resolves_inside`]): a link that ends up anywhere outside `dst`
 /// fails the package. `__pycache__` entries are refused: bytecode is built
 /// at deploy, by lampyr, from the sources.
-pub(crate) fn unpack(package: &[u8], dst: &Path, limits: UnpackLimits) -> Result<(), PackageError> {
+pub fn unpack(package: &[u8], dst: &Path, limits: UnpackLimits) -> Result<(), PackageError> {
     let invalid = |m: String| PackageError::Invalid(m);
     let too_large = || PackageError::TooLarge {
         what: "unpacked code",
@@ -339,7 +459,7 @@ pub(crate) fn unpack(package: &[u8], dst: &Path, limits: UnpackLimits) -> Result
 
 /// Where a link leads, for [`resolve`].
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Resolved {
+pub enum Resolved {
     Inside,
     Outside,
     Loop,
@@ -351,7 +471,7 @@ const MAX_HOPS: usize = 40;
 /// Where the link at `link` (relative to `root`) leads: following every
 /// link on the way as the kernel would, each against the real tree.
 /// Nonexistent components are taken as they are written.
-pub(crate) fn resolve(root: &Path, link: &Path) -> Resolved {
+pub fn resolve(root: &Path, link: &Path) -> Resolved {
     let mut at: Vec<std::ffi::OsString> = link
         .parent()
         .map(|p| p.components().map(|c| c.as_os_str().to_owned()).collect())
@@ -401,7 +521,7 @@ pub(crate) fn resolve(root: &Path, link: &Path) -> Resolved {
 /// without following a link, at most `limit` bytes. Nothing of a file that
 /// is not a regular file inside the package is ever read (or quoted in an
 /// error).
-pub(crate) fn read_manifest(dir: &Path, limit: u64) -> Result<String, PackageError> {
+pub fn read_manifest(dir: &Path, limit: u64) -> Result<String, PackageError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("lampyr.toml");
     let file = std::fs::OpenOptions::new()
@@ -442,7 +562,7 @@ pub(crate) fn read_manifest(dir: &Path, limit: u64) -> Result<String, PackageErr
 }
 
 /// Checks that the handler's module file exists.
-pub(crate) fn check_handler(dir: &Path, spec: &FunctionSpec) -> Result<(), PackageError> {
+pub fn check_handler(dir: &Path, spec: &FunctionSpec) -> Result<(), PackageError> {
     let (module, _) = spec.handler_parts();
     let exts = spec.runtime.extensions();
     if exts
@@ -463,12 +583,12 @@ pub(crate) fn check_handler(dir: &Path, spec: &FunctionSpec) -> Result<(), Packa
 }
 
 /// Makes unpacked code read-only: it is immutable once deployed.
-pub(crate) fn seal(dir: &Path) -> Result<(), PackageError> {
+pub fn seal(dir: &Path) -> Result<(), PackageError> {
     set_tree_writable(dir, false)
 }
 
 /// Makes a sealed tree writable again so it can be removed.
-pub(crate) fn unseal(dir: &Path) {
+pub fn unseal(dir: &Path) {
     let _ = set_tree_writable(dir, true);
 }
 

@@ -1,0 +1,449 @@
+//! What a new user meets in their first week: deploys that refuse code that
+//! cannot load, failing inits that cost no CPU storm, redeploys that keep
+//! warm instances, short request ids, a clean shutdown, what a package
+//! ships, and a CLI that names limits and speaks JSON.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Fixture, Server};
+
+fn cli_json(server: &Server, args: &[&str]) -> (bool, serde_json::Value) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = server.cli(&all);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+#[test]
+fn deploys_refuse_code_that_cannot_load_and_keep_the_old_version() {
+    let server = Server::start();
+    let f = Fixture::node("loads", "", "exports.handler = async () => 'v1';");
+    server.deploy(f.path());
+    assert_eq!(server.get("loads").text(), "v1");
+    for (code, expect) in [
+        (
+            "exports.handler = async () => {\n  return (1 +;\n};\n",
+            "/var/task/index.js:2",
+        ),
+        (
+            "require('no-such-module');\nexports.handler = async () => 1;",
+            "no-such-module",
+        ),
+        ("throw new Error('init exploded');", "init exploded"),
+        ("exports.other = async () => 1;", "HandlerNotFound"),
+    ] {
+        f.write("index.js", code);
+        let (ok, v) = cli_json(&server, &["deploy", f.path().to_str().unwrap()]);
+        assert!(!ok);
+        assert_eq!(v["error"]["code"], "load_failed", "{v}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains(expect) && m.contains("keeps serving"),
+            "{code}: {m}"
+        );
+        // The previous version serves on, warm.
+        let r = server.get("loads");
+        assert_eq!(r.text(), "v1");
+        assert_eq!(r.header("x-lampyr-version"), Some("1"));
+    }
+    assert_eq!(server.info("loads")["version"], 1);
+    // Python: the error names the file and line.
+    let p = Fixture::python(
+        "loads-py",
+        "",
+        "import json\nx = 1 / 0\ndef handler(e, c):\n    return 1\n",
+    );
+    let (ok, v) = cli_json(&server, &["deploy", p.path().to_str().unwrap()]);
+    assert!(!ok);
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("/var/task/index.py\", line 2")
+            && m.contains("ZeroDivisionError")
+            && m.contains("nothing was deployed"),
+        "{m}"
+    );
+    assert_eq!(server.api("GET", "/functions/loads-py", None).status, 404);
+    // --no-verify deploys it anyway; the instance that passed a check serves
+    // the first request warm.
+    let (ok, _) = cli_json(
+        &server,
+        &["deploy", p.path().to_str().unwrap(), "--no-verify"],
+    );
+    assert!(ok);
+    f.write("index.js", "exports.handler = async () => 'v2';");
+    let (ok, v) = cli_json(&server, &["deploy", f.path().to_str().unwrap()]);
+    assert!(ok, "{v}");
+    assert!(v["check_ms"].as_f64().unwrap() > 0.0);
+    let r = server.get("loads");
+    assert_eq!(r.text(), "v2");
+    assert_eq!(
+        r.header("x-lampyr-start"),
+        Some("warm"),
+        "the checked instance serves"
+    );
+}
+
+#[test]
+fn a_failing_init_is_not_retried_on_every_request() {
+    let server = Server::start();
+    // A function whose init fails only at request time (it passed no check).
+    let f = Fixture::node(
+        "flaky-init",
+        "",
+        "require('fs').readFileSync('/tmp/missing');\nexports.handler = async () => 1;",
+    );
+    let pkg = lampyr_store::pack_dir(f.path()).unwrap();
+    let r = server.api("PUT", "/functions/flaky-init?verify=false", Some(&pkg));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first = server.get("flaky-init");
+    assert_eq!(first.status, 502);
+    assert_eq!(first.json()["error"]["code"], "init_error");
+    // At once again: the same error, no new start, and the answer says so.
+    let again = server.get("flaky-init");
+    assert_eq!(again.status, 502);
+    let m = again.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(m.contains("not retried"), "{m}");
+    assert!(again.header("retry-after").is_some());
+    // The error is in the log once, with the stack on its own lines and
+    // jail paths only.
+    server.wait_until("the init error in the log", Duration::from_secs(10), || {
+        server
+            .logs("flaky-init", "")
+            .iter()
+            .any(|l| l["message"].as_str().unwrap().contains("ENOENT"))
+    });
+    let errors: Vec<String> = server
+        .logs("flaky-init", "")
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .filter(|m| m.contains("ENOENT"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("\n") && errors[0].contains("/var/task/index.js"),
+        "{}",
+        errors[0]
+    );
+    assert!(!errors[0].contains(server.data.to_str().unwrap()));
+    server.wait_until(
+        "both requests in the records",
+        Duration::from_secs(10),
+        || {
+            server
+                .api("GET", "/functions/flaky-init/invocations", None)
+                .json()["invocations"]
+                .as_array()
+                .unwrap()
+                .len()
+                >= 2
+        },
+    );
+    // After the back-off a request tries again.
+    server.wait_until("the back-off to end", Duration::from_secs(10), || {
+        let r = server.get("flaky-init");
+        !r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not retried")
+    });
+}
+
+#[test]
+fn unchanged_redeploys_keep_their_instances() {
+    let server = Server::start();
+    let f = Fixture::node(
+        "steady",
+        "min_instances = 1\n",
+        "exports.handler = async () => process.pid;",
+    );
+    server.deploy(f.path());
+    server.wait_until("the reserved instance", Duration::from_secs(20), || {
+        server.instances("steady") == 1
+    });
+    let pid = server.get("steady").text();
+    for _ in 0..3 {
+        let v = server.deploy(f.path());
+        assert_eq!(v["changed"], false);
+    }
+    let r = server.get("steady");
+    assert_eq!(r.header("x-lampyr-start"), Some("warm"));
+    assert_eq!(r.text(), pid, "the same instance serves");
+    assert_eq!(server.info("steady")["version"], 1);
+}
+
+#[test]
+fn short_request_ids_are_unique_and_prefixes_resolve() {
+    let server = Server::start();
+    server.deploy(
+        Fixture::node(
+            "ids",
+            "",
+            "exports.handler = async () => { console.log('ran'); return 1; };",
+        )
+        .path(),
+    );
+    let rids: Vec<String> = (0..20)
+        .map(|_| {
+            server
+                .get("ids")
+                .header("x-lampyr-request-id")
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let shorts: std::collections::HashSet<String> =
+        rids.iter().map(|r| r[r.len() - 8..].to_string()).collect();
+    assert_eq!(shorts.len(), rids.len(), "short forms are unique");
+    let rid = &rids[7];
+    server.wait_until("the records", Duration::from_secs(10), || {
+        server
+            .api("GET", &format!("/invocations/{rid}"), None)
+            .status
+            == 200
+    });
+    // The short form people see, and a unique beginning, find it.
+    for part in [&rid[rid.len() - 8..], &rid[..30]] {
+        let r = server.api("GET", &format!("/invocations/{part}"), None);
+        assert_eq!(r.status, 200, "{part}: {}", r.text());
+        assert_eq!(r.json()["request_id"], rid.as_str());
+        let out = server.cli(&["logs", "ids", "--request-id", part]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            text.contains("ran") && text.lines().all(|l| l.contains(&rid[rid.len() - 8..])),
+            "{text}"
+        );
+    }
+    // A beginning every id shares is ambiguous; one nobody has finds nothing.
+    let r = server.api("GET", &format!("/invocations/{}", &rid[..4]), None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "ambiguous_request_id");
+    let out = server.cli(&["logs", "ids", "--request-id", "zzzzzzzz"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no invocation of 'ids'"));
+}
+
+#[test]
+fn shutdown_ends_log_streams_and_idle_connections_and_drains() {
+    let mut server = Server::start();
+    server.deploy(Fixture::node("slowish", "", "exports.handler = async (e) => { await new Promise(r => setTimeout(r, e.rawPath === '/slow' ? 1000 : 0)); return 'done'; };").path());
+    assert_eq!(server.get("slowish").text(), "done");
+    // A live log follower, as the dashboard keeps open.
+    let auth = format!("Bearer {}", server.token());
+    let mut follower = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    write!(follower, "GET /api/v1/functions/slowish/logs?follow=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n").unwrap();
+    let mut buf = [0u8; 256];
+    follower
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(follower.read(&mut buf).unwrap() > 0, "the stream began");
+    // An idle keep-alive connection.
+    let mut idle = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    write!(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(idle.read(&mut buf).unwrap() > 0);
+    // A request in flight.
+    let url = format!("{}/fn/slowish/slow", server.url);
+    let in_flight = std::thread::spawn(move || common::request("GET", &url, None, &[]).text());
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        in_flight.join().unwrap(),
+        "done",
+        "the request in flight finished"
+    );
+    let mut rest = Vec::new();
+    let _ = follower.read_to_end(&mut rest);
+    let _ = idle.read_to_end(&mut rest);
+}
+
+#[test]
+fn lampyrignore_chooses_what_ships_and_dry_run_lists_it() {
+    let server = Server::start();
+    let f = Fixture::node(
+        "shipping",
+        "",
+        "exports.handler = async () => require('fs').readdirSync('/var/task').sort().join(',');",
+    );
+    for (p, body) in [
+        (".env", "SECRET=1"),
+        (".env.local", "SECRET=2"),
+        ("debug.log", "x"),
+        ("node_modules/.cache/big", "x"),
+        ("node_modules/dep/index.js", "module.exports = 1;"),
+        (".venv/lib/x.py", "x"),
+        ("src/keep.js", "1"),
+    ] {
+        std::fs::create_dir_all(f.path().join(p).parent().unwrap()).unwrap();
+        f.write(p, body);
+    }
+    let (ok, plan) = cli_json(
+        &server,
+        &["deploy", f.path().to_str().unwrap(), "--dry-run"],
+    );
+    assert!(ok, "{plan}");
+    let paths: Vec<&str> = plan["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for gone in [
+        ".env",
+        ".env.local",
+        "debug.log",
+        "node_modules/.cache",
+        ".venv",
+    ] {
+        assert!(
+            !paths.iter().any(|p| p.starts_with(gone)),
+            "{gone} ships: {paths:?}"
+        );
+    }
+    for kept in [
+        "index.js",
+        "lampyr.toml",
+        "node_modules/dep/index.js",
+        "src/keep.js",
+    ] {
+        assert!(paths.contains(&kept), "{kept} missing: {paths:?}");
+    }
+    assert_eq!(plan["ignore_file"], false);
+    assert_eq!(
+        server.api("GET", "/functions/shipping", None).status,
+        404,
+        "a dry run uploads nothing"
+    );
+    // A .lampyrignore replaces the defaults.
+    f.write(".lampyrignore", "src/\n*.log\n!keep.log\n");
+    f.write("keep.log", "kept");
+    let (_, plan) = cli_json(
+        &server,
+        &["deploy", f.path().to_str().unwrap(), "--dry-run"],
+    );
+    let paths: Vec<&str> = plan["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&".env")
+            && paths.contains(&"keep.log")
+            && !paths.iter().any(|p| p.starts_with("src")),
+        "{paths:?}"
+    );
+    assert_eq!(plan["ignore_file"], true);
+    // Deploying from inside the directory, by default.
+    let out = std::process::Command::new(common::bin())
+        .arg("deploy")
+        .current_dir(f.path())
+        .env("LAMPYR_URL", &server.url)
+        .env("LAMPYR_DATA_DIR", &server.data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shipped = server.get("shipping").text();
+    assert!(
+        shipped.contains(".env") && !shipped.contains("src"),
+        "{shipped}"
+    );
+}
+
+#[test]
+fn the_cli_names_limits_speaks_json_and_completes() {
+    let (_d, cfg) = common::config_file("[limits]\nmax_package = 100000\n");
+    let server = Server::start_with(&["--config", &cfg]);
+    let f = Fixture::node("big", "", "exports.handler = async () => 1;");
+    // Incompressible bytes, over the limit once packed.
+    let noise: String = (0..400_000u32)
+        .map(|i| char::from(b'!' + ((i.wrapping_mul(2_654_435_761) >> 13) % 90) as u8))
+        .collect();
+    f.write("noise.txt", &noise);
+    let (ok, v) = cli_json(&server, &["deploy", f.path().to_str().unwrap()]);
+    assert!(!ok);
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("max_package") && m.contains("limit"), "{m}");
+    // The server's own 413 (a client that does not check first) names it.
+    let pkg = lampyr_store::pack_dir(f.path()).unwrap();
+    let r = server.deploy_package("big", &pkg);
+    assert_eq!(r.status, 413, "{}", r.text());
+    // Every failure in --json is the API's error body, on stdout.
+    let (ok, v) = cli_json(&server, &["info", "nope"]);
+    assert!(!ok);
+    assert_eq!(v["error"]["code"], "function_not_found");
+    let (ok, v) = cli_json(&server, &["deploy", "/nonexistent/dir"]);
+    assert!(!ok);
+    assert!(
+        v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+        "{v}"
+    );
+    // A bare number where a duration goes gets a hint.
+    let t = Fixture::node("num", "timeout = 10\n", "exports.handler = async () => 1;");
+    let (_, v) = cli_json(&server, &["deploy", t.path().to_str().unwrap()]);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("\"10s\""),
+        "{v}"
+    );
+    // Help: a subcommand's own options first, the global ones apart.
+    let out = server.cli(&["deploy", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let own = help.find("--dry-run").unwrap();
+    let global = help.find("Global options").unwrap();
+    assert!(own < global, "{help}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = server.cli(&["completions", shell]);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("deploy"),
+            "{shell}"
+        );
+    }
+    // The root redirects to the dashboard; throttling says when to retry.
+    let r = common::request("GET", &format!("{}/", server.url), None, &[]);
+    assert!(r.text().contains("lampyr"), "followed to /ui");
+}
+
+#[test]
+fn throttled_requests_carry_retry_after() {
+    let server = Server::start();
+    server.deploy(Fixture::node("narrow", "max_instances = 1\nmax_queue = 0\n", "exports.handler = async () => { await new Promise(r => setTimeout(r, 1500)); return 1; };").path());
+    let url = format!("{}/fn/narrow", server.url);
+    let busy = std::thread::spawn(move || common::request("GET", &url, None, &[]).status);
+    server.wait_until(
+        "the first request to hold the instance",
+        Duration::from_secs(20),
+        || server.info("narrow")["instance_states"]["busy"] == 1,
+    );
+    let r = server.get("narrow");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(busy.join().unwrap(), 200);
+}
