@@ -447,3 +447,40 @@ fn throttled_requests_carry_retry_after() {
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(busy.join().unwrap(), 200);
 }
+
+#[test]
+fn the_server_log_names_the_dashboard_and_has_no_colours_in_a_pipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(common::bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--data-dir",
+        ])
+        .arg(tmp.path().join("data"))
+        .env("LAMPYR_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let line = line.unwrap();
+        let done = line.contains("lampyr listening on");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = seen.join("\n");
+    assert!(!text.contains('\u{1b}'), "colour codes in a pipe:\n{text}");
+    let listening = seen.last().unwrap();
+    assert!(listening.contains("/ui"), "{listening}");
+}
