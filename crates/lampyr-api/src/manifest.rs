@@ -685,6 +685,14 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
+    /// `PROPTEST_CASES` when set (for a longer hunt), else `n`.
+    fn cases(n: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(n)
+    }
+
     fn value() -> impl Strategy<Value = String> {
         prop_oneof![
             any::<i64>().prop_map(|n| n.to_string()),
@@ -718,7 +726,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(500))]
+        #![proptest_config(ProptestConfig::with_cases(cases(500)))]
 
         /// Any text parses or is refused with an error naming the problem;
         /// what parses round-trips through the stored form.

@@ -1022,6 +1022,14 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
+    /// `PROPTEST_CASES` when set (for a longer hunt), else `n`.
+    fn cases(n: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(n)
+    }
+
     fn json() -> impl Strategy<Value = serde_json::Value> {
         let leaf = prop_oneof![
             Just(serde_json::Value::Null),
@@ -1063,7 +1071,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(500))]
+        #![proptest_config(ProptestConfig::with_cases(cases(500)))]
 
         /// Whatever a function returns, the mapping never panics, and the
         /// response it gives has a final status and none of the framing.

@@ -161,8 +161,16 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
+    /// `PROPTEST_CASES` when set (for a longer hunt), else `n`.
+    fn cases(n: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(n)
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(300))]
+        #![proptest_config(ProptestConfig::with_cases(cases(300)))]
 
         /// Any byte stream, cut anywhere: decoding never panics, and never
         /// hands out more than it was given.
