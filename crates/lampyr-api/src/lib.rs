@@ -7,10 +7,14 @@
 //! server and by its clients.
 #![forbid(unsafe_code)]
 
+pub mod invocation;
 pub mod manifest;
 pub mod network;
+pub mod runtimes;
 pub mod types;
 
-pub use manifest::{Auth, FunctionSpec, ManifestError, Network, Runtime};
+pub use invocation::{FunctionError, StartKind, Status, TriggerKind};
+pub use manifest::{Auth, FunctionSpec, ManifestError, Network, TriggerSpec};
 pub use network::AllowRule;
+pub use runtimes::Runtime;
 pub use types::*;

@@ -15,64 +15,21 @@
 //! auth = "public"             # or "token": the HTTP trigger needs a bearer token
 //! [env]
 //! GREETING = "hi"
+//!
+//! [[triggers]]                # how it is called; without the list: its URL
+//! type = "http"
 //! ```
 //!
 //! Every rule lives in [`FunctionSpec::from_toml`]; the server runs it again on
 //! every deploy, so a package is never accepted on the client's word.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::network::AllowRule;
-
-/// A language runtime lampyr can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    Nodejs,
-    Python,
-}
-
-impl Runtime {
-    pub const ALL: [Runtime; 2] = [Runtime::Nodejs, Runtime::Python];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Runtime::Nodejs => "nodejs",
-            Runtime::Python => "python",
-        }
-    }
-
-    /// The file extensions a handler module may have, in lookup order.
-    pub fn extensions(self) -> &'static [&'static str] {
-        match self {
-            Runtime::Nodejs => &["js", "mjs", "cjs"],
-            Runtime::Python => &["py"],
-        }
-    }
-}
-
-impl fmt::Display for Runtime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Runtime {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "nodejs" | "node" => Ok(Runtime::Nodejs),
-            "python" | "python3" => Ok(Runtime::Python),
-            other => Err(format!(
-                "unknown runtime '{other}': use \"nodejs\" or \"python\""
-            )),
-        }
-    }
-}
+pub use crate::runtimes::Runtime;
 
 /// Who may call a function's HTTP trigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -150,6 +107,7 @@ struct RawManifest {
     auth: Option<String>,
     network: Option<String>,
     allow: Option<Vec<String>>,
+    triggers: Option<Vec<toml::Table>>,
 }
 
 /// A duration as written: a string such as `"10s"`, or a bare number,
@@ -194,6 +152,89 @@ pub struct FunctionSpec {
     /// Destinations `network = "egress"` lets through besides its default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AllowRule>,
+    /// How the function is called besides `lampyr invoke`. Stored specs
+    /// without the list (every one written before it existed) have the HTTP
+    /// trigger, as their manifests did.
+    #[serde(
+        default = "default_triggers",
+        skip_serializing_if = "is_default_triggers"
+    )]
+    pub triggers: Vec<TriggerSpec>,
+}
+
+/// One way a function is called: a `[[triggers]]` table of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TriggerSpec {
+    /// Its URL, `/fn/NAME`, open to callers as `auth` says.
+    Http,
+}
+
+impl TriggerSpec {
+    /// Whether `triggers` is what a manifest without the list has.
+    pub fn is_default(triggers: &[TriggerSpec]) -> bool {
+        is_default_triggers(triggers)
+    }
+
+    /// Every trigger type, by the name a manifest gives it.
+    pub const TYPES: &'static [&'static str] = &["http"];
+
+    /// What the records call invocations from this trigger.
+    pub fn kind(&self) -> crate::TriggerKind {
+        match self {
+            TriggerSpec::Http => crate::TriggerKind::Http,
+        }
+    }
+
+    /// Reads `[[triggers]]` table `i`, naming any wrong key.
+    fn from_table(i: usize, table: &toml::Table) -> Result<TriggerSpec, ManifestError> {
+        let key = |k: &str| format!("triggers[{i}].{k}");
+        let kind = match table.get("type") {
+            None => {
+                return Err(ManifestError::invalid(
+                    &key("type"),
+                    format!(
+                        "is missing: every trigger names its type, one of {}",
+                        Self::TYPES.join(", ")
+                    ),
+                ))
+            }
+            Some(toml::Value::String(t)) => t.as_str(),
+            Some(other) => {
+                return Err(ManifestError::invalid(
+                    &key("type"),
+                    format!("must be a string, not {}", other.type_str()),
+                ))
+            }
+        };
+        let (spec, keys): (TriggerSpec, &[&str]) = match kind {
+            "http" => (TriggerSpec::Http, &["type"]),
+            other => {
+                return Err(ManifestError::invalid(
+                    &key("type"),
+                    format!(
+                        "unknown trigger type \"{other}\": use one of {}",
+                        Self::TYPES.join(", ")
+                    ),
+                ))
+            }
+        };
+        if let Some(k) = table.keys().find(|k| !keys.contains(&k.as_str())) {
+            return Err(ManifestError::invalid(
+                &key(k),
+                format!("is not a setting of a trigger of type \"{kind}\""),
+            ));
+        }
+        Ok(spec)
+    }
+}
+
+fn default_triggers() -> Vec<TriggerSpec> {
+    vec![TriggerSpec::Http]
+}
+
+fn is_default_triggers(t: &[TriggerSpec]) -> bool {
+    t == [TriggerSpec::Http]
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 128;
@@ -362,6 +403,23 @@ impl FunctionSpec {
                 format!("the variables take {env_bytes} bytes (names and values), over the limit of {MAX_ENV_BYTES} bytes: ship larger configuration as a file with the code"),
             ));
         }
+        let triggers = match &raw.triggers {
+            None => default_triggers(),
+            Some(tables) => {
+                let mut triggers: Vec<TriggerSpec> = Vec::new();
+                for (i, t) in tables.iter().enumerate() {
+                    let spec = TriggerSpec::from_table(i, t)?;
+                    if spec == TriggerSpec::Http && triggers.contains(&spec) {
+                        return Err(ManifestError::invalid(
+                            &format!("triggers[{i}]"),
+                            "is a second HTTP trigger: a function has one URL",
+                        ));
+                    }
+                    triggers.push(spec);
+                }
+                triggers
+            }
+        };
         Ok(FunctionSpec {
             name: raw.name,
             runtime,
@@ -378,7 +436,13 @@ impl FunctionSpec {
             auth,
             network,
             allow,
+            triggers,
         })
+    }
+
+    /// Whether the function can be called through its URL.
+    pub fn has_http_trigger(&self) -> bool {
+        self.triggers.contains(&TriggerSpec::Http)
     }
 
     pub fn timeout(&self) -> Duration {
@@ -572,6 +636,53 @@ mod tests {
         let s: FunctionSpec = serde_json::from_str(old).unwrap();
         assert_eq!(s.network, Network::None);
         assert!(s.allow.is_empty());
+        // Before the trigger list, every function had its URL.
+        assert_eq!(s.triggers, [TriggerSpec::Http]);
+        assert!(s.has_http_trigger());
+        // And a spec with the default list is stored as before.
+        let again = serde_json::to_string(&s).unwrap();
+        assert_eq!(again, old);
+    }
+
+    #[test]
+    fn triggers_default_to_http_and_name_their_keys() {
+        assert_eq!(
+            FunctionSpec::from_toml(MIN).unwrap().triggers,
+            [TriggerSpec::Http]
+        );
+        let s = FunctionSpec::from_toml(&format!("{MIN}[[triggers]]\ntype = \"http\"\n")).unwrap();
+        assert_eq!(s.triggers, [TriggerSpec::Http]);
+        // None at all: `lampyr invoke` only.
+        let s = FunctionSpec::from_toml(&format!("{MIN}triggers = []\n")).unwrap();
+        assert!(s.triggers.is_empty() && !s.has_http_trigger());
+        let j = serde_json::to_string(&s).unwrap();
+        assert!(j.contains("\"triggers\":[]"), "{j}");
+        assert_eq!(serde_json::from_str::<FunctionSpec>(&j).unwrap(), s);
+        for (extra, want) in [
+            (
+                "[[triggers]]\ntype = \"smoke\"\n",
+                "`triggers[0].type`: unknown trigger type \"smoke\"",
+            ),
+            (
+                "[[triggers]]\npath = \"/x\"\n",
+                "`triggers[0].type`: is missing",
+            ),
+            (
+                "[[triggers]]\ntype = 3\n",
+                "`triggers[0].type`: must be a string",
+            ),
+            (
+                "[[triggers]]\ntype = \"http\"\nurl = \"/\"\n",
+                "`triggers[0].url`: is not a setting",
+            ),
+            (
+                "[[triggers]]\ntype = \"http\"\n[[triggers]]\ntype = \"http\"\n",
+                "`triggers[1]`: is a second HTTP trigger",
+            ),
+        ] {
+            let e = err(extra);
+            assert!(e.contains(want), "{extra:?} gave {e}");
+        }
     }
 
     #[test]

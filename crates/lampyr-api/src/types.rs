@@ -230,12 +230,11 @@ pub struct InvocationRecord {
     pub request_id: String,
     pub function: String,
     pub version: u64,
-    /// `http` (the HTTP trigger) or `api` (`lampyr invoke`, the Invoke API).
-    pub trigger: String,
+    /// What called it.
+    pub trigger: crate::TriggerKind,
     /// RFC 3339 start time.
     pub start_time: String,
-    /// `cold`, `pooled` or `warm`.
-    pub start: String,
+    pub start: crate::StartKind,
     /// Cold-start and execution phases in milliseconds; absent phases did not happen.
     pub phases: PhaseTimes,
     /// Wall-clock time of the whole invocation in the platform, in ms.
@@ -248,15 +247,20 @@ pub struct InvocationRecord {
     /// The instance's peak memory use, where the kernel reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memory_used_mb: Option<f64>,
-    /// `ok`, `error`, `timeout`, `out_of_memory`, `crashed` or `throttled`.
-    pub status: String,
+    pub status: crate::Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_type: Option<String>,
-    /// The HTTP status sent to the caller.
-    pub http_status: u16,
+    /// The HTTP status sent to the caller, when a trigger answered over
+    /// HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
     pub response_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// Which attempt this was, for an invocation that is retried (the
+    /// first is 1); absent for one that is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// `d` in milliseconds, as the records and the API give durations: the

@@ -414,7 +414,27 @@ pub fn info(client: &Client, name: &str, json: bool) -> Result<(), CommandError>
     let c = f.instance_states;
     let mut o = out();
     let _ = writeln!(o, "name:          {}", f.name);
-    let _ = writeln!(o, "url:           {}", f.url);
+    if s.has_http_trigger() {
+        let _ = writeln!(o, "url:           {}", f.url);
+    } else {
+        let _ = writeln!(
+            o,
+            "url:           none (no HTTP trigger: call it with `lampyr invoke {}`)",
+            f.name
+        );
+    }
+    if !lampyr_api::manifest::TriggerSpec::is_default(&s.triggers) {
+        let kinds: Vec<&str> = s.triggers.iter().map(|t| t.kind().as_str()).collect();
+        let _ = writeln!(
+            o,
+            "triggers:      {}",
+            if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds.join(", ")
+            }
+        );
+    }
     let _ = writeln!(o, "runtime:       {}  handler: {}", f.runtime, f.handler);
     let _ = writeln!(
         o,
@@ -665,6 +685,53 @@ pub fn printable(s: &str) -> String {
         }
     }
     out
+}
+
+/// `lampyr doctor`: what this host offers a server on `data_dir`.
+pub fn print_doctor(report: &lampyr_api::DoctorReport, data_dir: &Path, json: bool) {
+    if json {
+        print_json(report);
+        return;
+    }
+    let mut o = out();
+    let _ = writeln!(o, "runtimes:");
+    for r in &report.runtimes {
+        match (&r.path, &r.version) {
+            (Some(p), Some(v)) => {
+                let _ = writeln!(o, "  {:<8} ok   {v} at {p}", r.runtime);
+            }
+            _ => {
+                let _ = writeln!(
+                    o,
+                    "  {:<8} MISSING  {}",
+                    r.runtime,
+                    r.problem.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "isolation:");
+    for f in &report.isolation {
+        let _ = writeln!(
+            o,
+            "  {:<18} {:<4} {}",
+            f.feature,
+            if f.enabled { "on" } else { "off" },
+            f.detail
+        );
+    }
+    let writable = std::fs::create_dir_all(data_dir).is_ok() && {
+        let p = data_dir.join(".doctor-probe");
+        let ok = std::fs::write(&p, b"x").is_ok();
+        let _ = std::fs::remove_file(&p);
+        ok
+    };
+    let _ = writeln!(
+        o,
+        "data directory:\n  {} ({})",
+        report.data_dir,
+        if writable { "writable" } else { "NOT writable" }
+    );
 }
 
 #[cfg(test)]

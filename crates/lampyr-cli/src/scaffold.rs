@@ -18,39 +18,12 @@ pub enum ScaffoldError {
     },
 }
 
-const NODE_HANDLER: &str = r#"// A lampyr function. `event` is the HTTP request (payload format 2.0) when
-// called through its URL, or the JSON you pass to `lampyr invoke`.
-exports.handler = async (event, context) => {
-  const who = event.queryStringParameters?.name ?? "World";
-  console.log(`greeting ${who}`);
-  return {
-    statusCode: 200,
-    headers: { "content-type": "text/plain" },
-    body: `Hello ${who}\n`,
-  };
-};
-"#;
-
-const PYTHON_HANDLER: &str = r#"# A lampyr function. `event` is the HTTP request (payload format 2.0) when
-# called through its URL, or the JSON you pass to `lampyr invoke`.
-
-
-def handler(event, context):
-    who = (event.get("queryStringParameters") or {}).get("name", "World")
-    print(f"greeting {who}")
-    return {
-        "statusCode": 200,
-        "headers": {"content-type": "text/plain"},
-        "body": f"Hello {who}\n",
-    }
-"#;
-
 /// The manifest `init` writes, with every key and its default spelled out.
 pub fn manifest(name: &str, runtime: Runtime) -> String {
     format!(
         r#"# lampyr function manifest
 name = "{name}"
-runtime = "{runtime}"          # "nodejs" or "python"
+runtime = "{runtime}"          # {runtimes}
 handler = "index.handler"     # FILE.EXPORT: index.{ext}, export `handler`
 
 # memory_mb = 128             # memory limit of one instance
@@ -68,10 +41,12 @@ handler = "index.handler"     # FILE.EXPORT: index.{ext}, export `handler`
 [env]
 # GREETING = "hello"
 "#,
-        ext = match runtime {
-            Runtime::Nodejs => "js",
-            Runtime::Python => "py",
-        }
+        ext = runtime.extensions()[0],
+        runtimes = Runtime::ALL
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(" or "),
     )
 }
 
@@ -99,10 +74,7 @@ pub fn init(dir: &Path, runtime: Runtime, name: Option<&str>) -> Result<String, 
         why: e.to_string(),
     })?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let (file, body) = match runtime {
-        Runtime::Nodejs => ("index.js", NODE_HANDLER),
-        Runtime::Python => ("index.py", PYTHON_HANDLER),
-    };
+    let (file, body) = runtime.descriptor().template;
     let m = dir.join("lampyr.toml");
     std::fs::write(&m, manifest(&name, runtime)).map_err(io(&m))?;
     let h = dir.join(file);

@@ -7,8 +7,8 @@
 //! sends off its loopback reaches lampyr, which:
 //!
 //! * answers TCP with a userspace endpoint and, for each new connection,
-//!   connects to the destination from the host first ([`stack`]);
-//! * relays UDP flows through sockets of its own ([`udp`]), DNS included:
+//!   connects to the destination from the host first (`stack.rs`);
+//! * relays UDP flows through sockets of its own (`udp.rs`), DNS included:
 //!   queries to the instance's resolver (`10.0.2.3`) go to the host's
 //!   resolvers;
 //! * decides every destination by [`Policy`]: the internet yes; this host,

@@ -70,10 +70,20 @@ impl IntoResponse for ApiError {
 
 impl From<SchedulerError> for ApiError {
     fn from(e: SchedulerError) -> Self {
+        ApiError::from(&e)
+    }
+}
+
+impl From<&SchedulerError> for ApiError {
+    fn from(e: &SchedulerError) -> Self {
         let msg = e.to_string();
         match e {
             SchedulerError::NotFound(name) | SchedulerError::Deleted(name) => {
-                ApiError::not_found(&name)
+                ApiError::not_found(name)
+            }
+            SchedulerError::Unauthorized { .. } => ApiError::unauthorized(&msg),
+            SchedulerError::NoTrigger { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "no_trigger", msg)
             }
             SchedulerError::QueueFull { .. } | SchedulerError::QueueTimeout { .. } => {
                 // Instances free up as invocations end: soon, as a rule.
@@ -98,14 +108,14 @@ impl From<SchedulerError> for ApiError {
                     format!("{msg} (see `lampyr logs {function}`)"),
                 );
                 match retry_in {
-                    Some(d) => e.retry_after(d),
+                    Some(d) => e.retry_after(*d),
                     None => e,
                 }
             }
             SchedulerError::LoadCheckFailed {
                 function, version, ..
             } => {
-                let kept = if version > 1 {
+                let kept = if *version > 1 {
                     format!("the current version of '{function}' keeps serving")
                 } else {
                     "nothing was deployed".to_string()
@@ -117,12 +127,19 @@ impl From<SchedulerError> for ApiError {
                 )
             }
             SchedulerError::Store(e) => e.into(),
+            SchedulerError::Internal(_) => ApiError::internal(msg),
         }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        ApiError::from(&e)
+    }
+}
+
+impl From<&StoreError> for ApiError {
+    fn from(e: &StoreError) -> Self {
         let msg = e.to_string();
         if e.is_no_space() {
             return ApiError::new(
@@ -132,7 +149,7 @@ impl From<StoreError> for ApiError {
             );
         }
         match e {
-            StoreError::NotFound(name) => ApiError::not_found(&name),
+            StoreError::NotFound(name) => ApiError::not_found(name),
             StoreError::Manifest(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_manifest", msg)
             }

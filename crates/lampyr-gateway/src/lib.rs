@@ -1,34 +1,37 @@
-//! The HTTP edge of lampyr: the HTTP trigger (`ANY /fn/NAME[/REST]`), the
-//! management API under `/api/v1` (bearer-token protected) and `/healthz`.
+//! The HTTP edge of lampyr, one listener ([`HttpTrigger`], the HTTP trigger
+//! of the trigger layer) serving:
 //!
-//! The trigger is the single entry point for invocations: it turns a request
-//! into an event for the function service and writes the result back. Every
-//! error leaving this crate is a status code plus the stable body
+//! * the HTTP trigger, `ANY /fn/NAME[/REST]` (`trigger.rs`): a request
+//!   becomes a payload-2.0 event and a `lampyr_scheduler::Call`, the answer
+//!   becomes the response (the proxy-result rules);
+//! * the management API under `/api/v1`, bearer-token protected, with
+//!   `/healthz` and `/metrics` (`api.rs`);
+//! * the dashboard under `/ui`.
+//!
+//! Every error leaving this crate is a status code plus the stable body
 //! `{ "error": { "code", "message" } }` (see [`error`]).
 #![forbid(unsafe_code)]
 
+mod api;
+mod edge;
 pub mod error;
 pub mod listen;
-pub mod server;
 mod trigger;
 mod ui;
 
-use std::net::SocketAddr;
+pub use edge::HttpTrigger;
+
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::{Json, Router};
-use lampyr_api::{
-    DeployResult, DoctorReport, FunctionInfo, FunctionList, FunctionSummary, Health, LogList,
-};
+use axum::Router;
+use lampyr_api::DoctorReport;
 use lampyr_scheduler::Scheduler;
-use lampyr_store::{rfc3339, FunctionRecord, LogQuery};
-use serde::Deserialize;
 
 use error::ApiError;
 
@@ -101,7 +104,12 @@ impl AppState {
         }))
     }
 
-    fn url_of(&self, name: &str) -> String {
+    /// The function service behind the edge.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    pub(crate) fn url_of(&self, name: &str) -> String {
         format!("{}/fn/{name}", self.public_url)
     }
 }
@@ -109,19 +117,24 @@ impl AppState {
 /// The full router.
 pub fn router(app: AppState) -> Router {
     let api = Router::new()
-        .route("/functions", get(list_functions))
+        .route("/functions", get(api::list_functions))
         .route(
             "/functions/{name}",
-            get(get_function).put(deploy).delete(delete_function),
+            get(api::get_function)
+                .put(api::deploy)
+                .delete(api::delete_function),
         )
-        .route("/functions/{name}/invoke", post(invoke_raw))
-        .route("/functions/{name}/logs", get(function_logs))
-        .route("/functions/{name}/invocations", get(function_invocations))
-        .route("/functions/{name}/stats", get(function_stats))
-        .route("/functions/{name}/series", get(function_series))
-        .route("/invocations/{request_id}", get(get_invocation))
-        .route("/doctor", get(doctor))
-        .route("/pools", get(pools))
+        .route("/functions/{name}/invoke", post(api::invoke_raw))
+        .route("/functions/{name}/logs", get(api::function_logs))
+        .route(
+            "/functions/{name}/invocations",
+            get(api::function_invocations),
+        )
+        .route("/functions/{name}/stats", get(api::function_stats))
+        .route("/functions/{name}/series", get(api::function_series))
+        .route("/invocations/{request_id}", get(api::get_invocation))
+        .route("/doctor", get(api::doctor))
+        .route("/pools", get(api::pools))
         .layer(DefaultBodyLimit::max(app.limits.max_package))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
@@ -129,8 +142,8 @@ pub fn router(app: AppState) -> Router {
         .route("/fn/{name}/", any(trigger::invoke_root))
         .route("/fn/{name}/{*rest}", any(trigger::invoke_rest))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
-        .route("/healthz", get(health))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(api::health))
+        .route("/metrics", get(api::metrics))
         .route("/ui", get(ui::index))
         .route("/ui/", get(ui::index))
         .route("/ui/app.js", get(ui::app_js))
@@ -144,161 +157,6 @@ pub fn router(app: AppState) -> Router {
             )
         })
         .with_state(app)
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves, then shuts down
-/// gracefully (see [`listen`]): live log streams end, requests in flight
-/// get `limits.shutdown_timeout` to finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: AppState,
-    limits: listen::ConnLimits,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let router = router(app.clone());
-    let stop = app.stopping.clone();
-    listen::serve(
-        listener,
-        limits,
-        |peer| Edge {
-            app: app.clone(),
-            router: router.clone(),
-            peer,
-        },
-        shutdown,
-        move |in_flight| {
-            tracing::info!(in_flight, "shutting down, {in_flight} request(s) in flight");
-            let _ = stop.send(true);
-        },
-    )
-    .await
-}
-
-/// One connection's service. A trigger request goes straight to the
-/// trigger, the request path's one routing decision made by a prefix test:
-/// the router's matching, parameter extraction and boxed layers cost
-/// allocations and CPU on every request. Everything else, and a trigger path
-/// with percent-escapes (which the router decodes), goes through the
-/// router, which has the same trigger routes.
-#[derive(Clone)]
-struct Edge {
-    app: AppState,
-    router: Router,
-    peer: SocketAddr,
-}
-
-impl tower::Service<Request> for Edge {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        if let Some((name, rest)) = trigger::direct_route(req.uri().path()) {
-            let (name, rest) = (name.to_string(), rest.to_string());
-            let (app, peer) = (self.app.clone(), self.peer);
-            return Box::pin(async move { Ok(trigger::handle(app, name, rest, peer, req).await) });
-        }
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(self.peer));
-        Box::pin(tower::ServiceExt::oneshot(self.router.clone(), req))
-    }
-}
-
-/// Runs an invocation and hands its record to the function service: what
-/// every trigger shares. Requests refused before a handler ran (throttled,
-/// or an instance that failed to start) are recorded too.
-pub(crate) async fn invoke_and_record(
-    app: &AppState,
-    name: &str,
-    request_id: &str,
-    event: Vec<u8>,
-    trigger: &str,
-    respond: impl FnOnce(&lampyr_scheduler::Invocation) -> Response,
-) -> Response {
-    use hyper::body::Body as _;
-    let started_at = std::time::SystemTime::now();
-    let waited = std::time::Instant::now();
-    match app.sched.invoke(name, request_id.to_string(), event).await {
-        Ok(inv) => {
-            let resp = respond(&inv);
-            let bytes = resp.body().size_hint().exact().unwrap_or(0);
-            let status = resp.status().as_u16();
-            match app.sched.record(inv, trigger, status, bytes) {
-                Some(guard) => resp.map(|body| {
-                    Body::new(AfterSent {
-                        body,
-                        _guard: guard,
-                    })
-                }),
-                None => resp,
-            }
-        }
-        Err(e) => {
-            use lampyr_scheduler::SchedulerError as E;
-            let kind = match &e {
-                E::QueueFull { .. } | E::QueueTimeout { .. } => Some(("throttled", None)),
-                E::InitFailed { error, .. } => Some((
-                    "error",
-                    error
-                        .get("errorType")
-                        .and_then(|t| t.as_str())
-                        .map(str::to_string),
-                )),
-                E::StartFailed { .. } | E::RuntimeUnavailable { .. } => {
-                    Some(("crashed", Some("Runtime.StartError".to_string())))
-                }
-                _ => None,
-            };
-            let resp = ApiError::from(e).into_response();
-            if let Some((status, error_type)) = kind {
-                app.sched.record_rejected(lampyr_scheduler::Rejected {
-                    function: name,
-                    request_id,
-                    trigger,
-                    status,
-                    error_type,
-                    http_status: resp.status().as_u16(),
-                    started_at,
-                    waited: waited.elapsed(),
-                });
-            }
-            resp
-        }
-    }
-}
-
-/// A response body that holds a guard until the response has been sent
-/// (the server drops the body then).
-struct AfterSent<G> {
-    body: Body,
-    _guard: G,
-}
-
-impl<G: Unpin> hyper::body::Body for AfterSent<G> {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
 }
 
 /// A new request id: a time-ordered (version 7) UUID, random bits from the
@@ -321,14 +179,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Compares two tokens in time independent of where they differ.
-pub(crate) fn token_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub(crate) use lampyr_scheduler::token_eq;
 
 async fn require_token(State(app): State<AppState>, req: Request, next: Next) -> Response {
     match bearer(req.headers()) {
@@ -336,533 +187,4 @@ async fn require_token(State(app): State<AppState>, req: Request, next: Next) ->
         Some(_) => ApiError::unauthorized("the bearer token is wrong: the CLI reads it from the data directory, or set LAMPYR_TOKEN").into_response(),
         None => ApiError::unauthorized("the management API needs `Authorization: Bearer TOKEN`: the CLI reads it from the data directory, or set LAMPYR_TOKEN").into_response(),
     }
-}
-
-/// `GET /healthz`, unauthenticated: two counters, whatever the server holds.
-async fn health(State(app): State<AppState>) -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        functions: app.sched.function_count(),
-        instances: lampyr_runtime::Instance::live(),
-    })
-}
-
-async fn pools(State(app): State<AppState>) -> Json<Vec<lampyr_api::PoolStatus>> {
-    Json(app.sched.pools())
-}
-
-async fn doctor(State(app): State<AppState>) -> Json<DoctorReport> {
-    Json(app.doctor.clone())
-}
-
-fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
-    let counts = app.sched.instance_counts(&rec.name);
-    let spec = rec.current.spec.clone();
-    FunctionInfo {
-        name: rec.name.clone(),
-        runtime: spec.runtime.to_string(),
-        handler: spec.handler.clone(),
-        version: rec.current.version,
-        instances: counts.total(),
-        instance_states: counts,
-        url: app.url_of(&rec.name),
-        code_sha256: rec.current.code_sha256.clone(),
-        code_size: rec.current.code_size,
-        created_at: rfc3339(rec.created_at),
-        updated_at: rfc3339(rec.updated_at),
-        trigger_token: (spec.auth == lampyr_api::Auth::Token).then(|| rec.trigger_token.clone()),
-        spec,
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListParams {
-    /// With a window (e.g. `1h`), each function's activity in it.
-    #[serde(default)]
-    since: Option<String>,
-}
-
-async fn list_functions(
-    State(app): State<AppState>,
-    ApiQuery(p): ApiQuery<ListParams>,
-) -> Result<Json<FunctionList>, ApiError> {
-    let since = since_param(p.since.as_deref())?;
-    let store = app.sched.store().clone();
-    let records = app.sched.records().clone();
-    let list = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let list = store.list()?;
-        let mut activity = Vec::with_capacity(list.len());
-        for rec in &list {
-            activity.push(match since {
-                Some(since) => Some(records.list(
-                    &rec.name,
-                    &lampyr_store::RecordQuery {
-                        limit: 100_000,
-                        since: Some(since),
-                        status: None,
-                        ran: false,
-                    },
-                )?),
-                None => None,
-            });
-        }
-        Ok((list, activity))
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    let (list, activity) = list;
-    let functions = list
-        .iter()
-        .zip(activity)
-        .map(|(rec, recs)| {
-            let c = app.sched.instance_counts(&rec.name);
-            FunctionSummary {
-                name: rec.name.clone(),
-                runtime: rec.current.spec.runtime.to_string(),
-                version: rec.current.version,
-                instances: c.total(),
-                url: app.url_of(&rec.name),
-                updated_at: rfc3339(rec.updated_at),
-                activity: recs.map(|recs| {
-                    lampyr_scheduler::stats::activity(&recs, app.sched.init_failure(&rec.name))
-                }),
-            }
-        })
-        .collect();
-    Ok(Json(FunctionList { functions }))
-}
-
-async fn get_function(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<FunctionInfo>, ApiError> {
-    let rec = app.sched.store().get(&name)?;
-    Ok(Json(info_of(&app, &rec)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeployParams {
-    /// `false`: skip the load check.
-    #[serde(default)]
-    verify: Option<bool>,
-}
-
-async fn deploy(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    ApiQuery(p): ApiQuery<DeployParams>,
-    body: Bytes,
-) -> Result<Json<DeployResult>, ApiError> {
-    let opts = lampyr_scheduler::DeployOptions {
-        verify: p.verify.unwrap_or(true),
-    };
-    let deployed = app.sched.deploy(&name, body, opts).await?;
-    let rec = &deployed.record;
-    Ok(Json(DeployResult {
-        name: rec.name.clone(),
-        version: rec.current.version,
-        url: app.url_of(&rec.name),
-        code_sha256: rec.current.code_sha256.clone(),
-        code_size: rec.current.code_size,
-        changed: deployed.changed,
-        build_ms: lampyr_api::millis(deployed.build_time),
-        check_ms: deployed.check_time.map(lampyr_api::millis),
-    }))
-}
-
-async fn delete_function(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    app.sched.delete(&name).await?;
-    Ok(Json(serde_json::json!({ "name": name, "deleted": true })))
-}
-
-/// `POST /api/v1/functions/NAME/invoke`: the body is the event itself (any
-/// JSON); the answer is the handler's raw result. A handler error answers
-/// 200 with `x-lampyr-function-error: Unhandled` and the error object, as
-/// Lambda's Invoke API does.
-async fn invoke_raw(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Response {
-    let request_id = new_request_id();
-    let event = if body.is_empty() {
-        Bytes::from_static(b"{}")
-    } else {
-        body
-    };
-    let mut resp = match serde_json::from_slice::<serde::de::IgnoredAny>(&event) {
-        Err(e) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_event",
-            format!("the event is not valid JSON: {e}"),
-        )
-        .into_response(),
-        Ok(_) => {
-            invoke_and_record(
-                &app,
-                &name,
-                &request_id,
-                event.to_vec(),
-                "api",
-                trigger::respond_raw,
-            )
-            .await
-        }
-    };
-    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(trigger::X_LAMPYR_REQUEST_ID, v);
-    }
-    resp
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogParams {
-    #[serde(default)]
-    tail: Option<usize>,
-    #[serde(default)]
-    request_id: Option<String>,
-    /// A duration back from now, e.g. `10m`.
-    #[serde(default)]
-    since: Option<String>,
-    /// Keep the connection open and stream new records as server-sent events.
-    #[serde(default)]
-    follow: Option<String>,
-}
-
-/// A query string for the API: like axum's `Query`, but a bad parameter
-/// answers with lampyr's error body (400 `invalid_parameter`).
-struct ApiQuery<T>(T);
-
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
-    for ApiQuery<T>
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, ApiError> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(v)) => Ok(ApiQuery(v)),
-            Err(e) => Err(invalid_parameter(e.body_text())),
-        }
-    }
-}
-
-/// The longest a `since` parameter may reach back.
-const MAX_SINCE: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 3600);
-
-fn invalid_parameter(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
-}
-
-/// Parses a `since` parameter (a duration back from now, e.g. `10m`, at
-/// most ten years).
-fn since_param(since: Option<&str>) -> Result<Option<std::time::SystemTime>, ApiError> {
-    let Some(s) = since else { return Ok(None) };
-    let d = lampyr_api::manifest::parse_duration(s)
-        .map_err(|m| invalid_parameter(format!("since: {m}")))?;
-    if d > MAX_SINCE {
-        return Err(invalid_parameter(format!(
-            "since: {s} reaches back further than ten years: use a shorter duration such as 1h or 7d"
-        )));
-    }
-    std::time::SystemTime::now()
-        .checked_sub(d)
-        .map(Some)
-        .ok_or_else(|| invalid_parameter(format!("since: {s} reaches back before 1970")))
-}
-
-/// A request id as given (whole, or any unique beginning, or the short
-/// form people see: its end) made whole, among `function`'s invocations or
-/// everyone's.
-async fn whole_request_id(
-    app: &AppState,
-    function: Option<&str>,
-    given: &str,
-) -> Result<String, ApiError> {
-    if given.len() == 36 && uuid::Uuid::try_parse(given).is_ok() {
-        return Ok(given.to_string());
-    }
-    let records = app.sched.records().clone();
-    let (f, g) = (function.map(str::to_string), given.to_string());
-    let found = tokio::task::spawn_blocking(move || records.complete_id(f.as_deref(), &g, 6))
-        .await
-        .map_err(ApiError::internal)??;
-    let of = function.map(|f| format!(" of '{f}'")).unwrap_or_default();
-    match found.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invocation_not_found",
-            format!("no invocation{of} has a request id beginning or ending with '{given}' (records are written within a second of an invocation, and pruned after the retention period)"),
-        )),
-        many => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "ambiguous_request_id",
-            format!(
-                "'{given}' matches several request ids{of} ({}{}): give more of it",
-                many.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
-                if many.len() > 5 { ", …" } else { "" }
-            ),
-        )),
-    }
-}
-
-async fn function_logs(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    ApiQuery(mut p): ApiQuery<LogParams>,
-) -> Result<Response, ApiError> {
-    app.sched.store().get(&name)?;
-    if let Some(given) = p.request_id.take() {
-        p.request_id = Some(whole_request_id(&app, Some(&name), &given).await?);
-    }
-    let since = since_param(p.since.as_deref())?.map(rfc3339);
-    if matches!(p.follow.as_deref(), Some("1") | Some("true")) {
-        return Ok(follow_logs(
-            app,
-            name,
-            p.request_id,
-            since,
-            p.tail.unwrap_or(50),
-        ));
-    }
-    let q = LogQuery {
-        request_id: p.request_id,
-        since,
-        tail: p.tail.unwrap_or(200),
-    };
-    let hub = app.sched.logs().clone();
-    let records = tokio::task::spawn_blocking(move || hub.query(&name, &q))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    Ok(Json(LogList { records }).into_response())
-}
-
-/// Streams a function's log as server-sent events: the last `tail` records,
-/// then every new one as it is written.
-fn follow_logs(
-    app: AppState,
-    name: String,
-    request_id: Option<String>,
-    since: Option<String>,
-    tail: usize,
-) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    // Subscribe before reading the backlog, so nothing falls in between.
-    let rx = app.sched.logs().subscribe();
-    let hub = app.sched.logs().clone();
-    let q = LogQuery {
-        request_id: request_id.clone(),
-        since,
-        tail,
-    };
-    let backlog = hub.query(&name, &q).unwrap_or_default();
-    let event = |r: &lampyr_api::LogRecord| {
-        Ok::<_, std::convert::Infallible>(
-            Event::default().data(serde_json::to_string(r).expect("record serialises")),
-        )
-    };
-    let first: Vec<_> = backlog.iter().map(event).collect();
-    let stopping = app.stopping.subscribe();
-    let live = futures_util::stream::unfold((rx, stopping), move |(mut rx, mut stopping)| {
-        let name = name.clone();
-        let request_id = request_id.clone();
-        async move {
-            loop {
-                let got = tokio::select! {
-                    r = rx.recv() => r,
-                    // The server is shutting down: the stream ends.
-                    _ = stopping.wait_for(|s| *s) => return None,
-                };
-                match got {
-                    Ok(r) => {
-                        if r.function == name
-                            && request_id
-                                .as_deref()
-                                .is_none_or(|id| r.request_id.as_deref() == Some(id))
-                        {
-                            let ev = Event::default()
-                                .data(serde_json::to_string(&*r).expect("record serialises"));
-                            return Some((Ok(ev), (rx, stopping)));
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let ev = Event::default()
-                            .event("lagged")
-                            .data(format!("{n} records were skipped"));
-                        return Some((Ok(ev), (rx, stopping)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        }
-    });
-    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(first), live);
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InvocationParams {
-    #[serde(default)]
-    limit: Option<usize>,
-    #[serde(default)]
-    since: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-}
-
-async fn function_invocations(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    ApiQuery(p): ApiQuery<InvocationParams>,
-) -> Result<Json<lampyr_api::InvocationList>, ApiError> {
-    app.sched.store().get(&name)?;
-    const STATUSES: &[&str] = &[
-        "ok",
-        "error",
-        "timeout",
-        "out_of_memory",
-        "crashed",
-        "throttled",
-    ];
-    if let Some(s) = p.status.as_deref() {
-        if !STATUSES.contains(&s) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
-                format!("status: '{s}' is not one of {}", STATUSES.join(", ")),
-            ));
-        }
-    }
-    let q = lampyr_store::RecordQuery {
-        limit: p.limit.unwrap_or(50).min(10_000),
-        since: since_param(p.since.as_deref())?,
-        status: p.status,
-        ran: false,
-    };
-    let records = app.sched.records().clone();
-    let invocations = tokio::task::spawn_blocking(move || records.list(&name, &q))
-        .await
-        .map_err(ApiError::internal)??;
-    Ok(Json(lampyr_api::InvocationList { invocations }))
-}
-
-async fn get_invocation(
-    State(app): State<AppState>,
-    Path(request_id): Path<String>,
-) -> Result<Json<lampyr_api::InvocationRecord>, ApiError> {
-    let request_id = whole_request_id(&app, None, &request_id).await?;
-    let records = app.sched.records().clone();
-    let id = request_id.clone();
-    let rec = tokio::task::spawn_blocking(move || records.get(&id))
-        .await
-        .map_err(ApiError::internal)??;
-    rec.map(Json).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invocation_not_found",
-            format!("no invocation with request id '{request_id}' (records are written within a second, and pruned after the retention period)"),
-        )
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WindowParams {
-    #[serde(default)]
-    since: Option<String>,
-    /// Bucket size in seconds (series only).
-    #[serde(default)]
-    step: Option<u64>,
-}
-
-/// Records of a function in a window, for summaries (at most 100 000).
-async fn window(
-    app: &AppState,
-    name: &str,
-    since: Option<&str>,
-) -> Result<(std::time::SystemTime, Vec<lampyr_api::InvocationRecord>), ApiError> {
-    app.sched.store().get(name)?;
-    let since = since_param(Some(since.unwrap_or("1h")))?.expect("a window start");
-    let records = app.sched.records().clone();
-    let n = name.to_string();
-    let q = lampyr_store::RecordQuery {
-        limit: 100_000,
-        since: Some(since),
-        status: None,
-        ran: false,
-    };
-    let list = tokio::task::spawn_blocking(move || records.list(&n, &q))
-        .await
-        .map_err(ApiError::internal)??;
-    Ok((since, list))
-}
-
-async fn function_stats(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    ApiQuery(p): ApiQuery<WindowParams>,
-) -> Result<Json<lampyr_api::FunctionStats>, ApiError> {
-    let (since, list) = window(&app, &name, p.since.as_deref()).await?;
-    Ok(Json(lampyr_scheduler::stats::stats(&name, since, &list)))
-}
-
-async fn function_series(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    ApiQuery(p): ApiQuery<WindowParams>,
-) -> Result<Json<lampyr_api::Series>, ApiError> {
-    let step = match p.step.unwrap_or(60) {
-        s @ 1..=86_400 => std::time::Duration::from_secs(s),
-        s => {
-            return Err(invalid_parameter(format!(
-                "step: {s} is out of range: use a bucket size from 1 to 86400 seconds"
-            )))
-        }
-    };
-    let (since, list) = window(&app, &name, p.since.as_deref()).await?;
-    let samples = app.sched.instance_samples(&name);
-    Ok(Json(lampyr_scheduler::stats::series(
-        &name,
-        since,
-        std::time::SystemTime::now(),
-        step,
-        &list,
-        &samples,
-    )))
-}
-
-/// `GET /metrics`: Prometheus text format. Unauthenticated, so it is
-/// rendered at most once a second whatever the rate of requests.
-async fn metrics(State(app): State<AppState>) -> Response {
-    let text = {
-        let mut cache = app.metrics_cache.lock();
-        match &*cache {
-            Some((at, text)) if at.elapsed() < std::time::Duration::from_secs(1) => text.clone(),
-            _ => {
-                let text: Bytes = app.sched.metrics_text().into();
-                *cache = Some((std::time::Instant::now(), text.clone()));
-                text
-            }
-        }
-    };
-    let mut r = text.into_response();
-    r.headers_mut().insert(
-        "content-type",
-        axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    r
 }

@@ -16,7 +16,10 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use lampyr_scheduler::{Invocation, Outcome, TriggerAccess};
+use lampyr_api::{FunctionError, TriggerKind};
+use lampyr_scheduler::{
+    Call, Credential, Delivery, Invocation, InvocationType, Outcome, TriggerAccess,
+};
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -89,21 +92,20 @@ async fn run(
     req: Request<Body>,
     request_id: &str,
 ) -> Result<Response, ApiError> {
-    let access = app.sched.trigger_access(name);
-    match &access {
-        None => return Err(ApiError::not_found(name)),
-        Some(TriggerAccess::Public) => {}
-        Some(TriggerAccess::Token(token)) => {
-            let given = bearer(req.headers());
-            if !given.is_some_and(|g| crate::token_eq(g, token) || crate::token_eq(g, &app.token)) {
-                return Err(ApiError::unauthorized(&format!(
-                    "function '{name}' requires a bearer token on its trigger: send `Authorization: Bearer TOKEN` with the token `lampyr info {name}` shows"
-                )));
-            }
-        }
-    }
+    // Kept past the request, whose headers become the event.
+    let given: Option<String> = bearer(req.headers()).map(str::to_string);
+    // The server's API token opens every function.
+    let credential = match given.as_deref() {
+        Some(g) if crate::token_eq(g, &app.token) => Credential::Operator,
+        g => Credential::Bearer(g),
+    };
+    // Refused before the body is read; the call checks again.
+    let access = app
+        .sched
+        .check_access(name, TriggerKind::Http, credential)
+        .map_err(ApiError::from)?;
     let (mut parts, body) = req.into_parts();
-    if matches!(access, Some(TriggerAccess::Token(_))) {
+    if matches!(access, TriggerAccess::Token(_)) {
         // The token that opened the trigger is lampyr's business, not the
         // function's: it never reaches the event.
         parts.headers.remove(axum::http::header::AUTHORIZATION);
@@ -139,12 +141,72 @@ async fn run(
         request_id,
     );
     let max = app.limits.max_response_body;
-    Ok(
-        crate::invoke_and_record(app, name, request_id, event, "http", |inv| {
-            respond(inv, max).unwrap_or_else(IntoResponse::into_response)
-        })
-        .await,
-    )
+    let call = Call {
+        function: name,
+        request_id: request_id.to_string(),
+        event,
+        trigger: TriggerKind::Http,
+        invocation_type: InvocationType::RequestResponse,
+        credential,
+    };
+    Ok(call_and_answer(app, call, |inv| {
+        respond(inv, max).unwrap_or_else(IntoResponse::into_response)
+    })
+    .await)
+}
+
+/// Makes a call and answers it: `respond` maps an invocation to the
+/// response, a refusal maps to its error. The invocation is held by the
+/// response body until the response is sent: its record, and the refill of
+/// a pool it took an instance from, wait until then.
+pub(crate) async fn call_and_answer(
+    app: &AppState,
+    call: Call<'_>,
+    respond: impl FnOnce(&Invocation) -> Response,
+) -> Response {
+    use hyper::body::Body as _;
+    match app.sched.call(call).await {
+        Ok(mut inv) => {
+            let resp = respond(&inv);
+            inv.delivered(Delivery {
+                http_status: Some(resp.status().as_u16()),
+                response_bytes: resp.body().size_hint().exact().unwrap_or(0),
+            });
+            resp.map(|body| Body::new(AfterSent { body, _held: inv }))
+        }
+        Err(mut refused) => {
+            let resp = ApiError::from(refused.error()).into_response();
+            refused.delivered(Some(resp.status().as_u16()));
+            resp
+        }
+    }
+}
+
+/// A response body that holds a value until the response has been sent
+/// (the server drops the body then).
+struct AfterSent<T> {
+    body: Body,
+    _held: T,
+}
+
+impl<T: Unpin> hyper::body::Body for AfterSent<T> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 enum BodyError {
@@ -527,17 +589,11 @@ pub(crate) fn respond(inv: &Invocation, max_body: usize) -> Result<Response, Api
 /// A handler error: status 500 with Lambda's `errorType`/`errorMessage` and
 /// lampyr's own `error` object side by side.
 fn function_error(err: &[u8]) -> Response {
-    let v: serde_json::Value = serde_json::from_slice(err).unwrap_or(serde_json::Value::Null);
-    let etype = v
-        .get("errorType")
-        .and_then(|x| x.as_str())
-        .unwrap_or("Error")
-        .to_string();
-    let emsg = v
-        .get("errorMessage")
-        .and_then(|x| x.as_str())
-        .unwrap_or("")
-        .to_string();
+    let FunctionError {
+        error_type: etype,
+        error_message: emsg,
+        ..
+    } = FunctionError::parse(err, "Error");
     let body = serde_json::json!({
         "errorType": etype,
         "errorMessage": emsg,

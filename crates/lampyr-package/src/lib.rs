@@ -310,7 +310,7 @@ fn spent(e: &std::io::Error) -> bool {
 /// Regular files and directories are written first; symbolic links are
 /// made only after them, so no entry is ever written through a link, and
 /// then every link is resolved through the whole chain of links it passes
-/// (see [`resolves_inside`]): a link that ends up anywhere outside `dst`
+/// (see [`resolve`]): a link that ends up anywhere outside `dst`
 /// fails the package. `__pycache__` entries are refused: bytecode is built
 /// at deploy, by lampyr, from the sources.
 pub fn unpack(package: &[u8], dst: &Path, limits: UnpackLimits) -> Result<(), PackageError> {

@@ -1,7 +1,7 @@
 //! Finding the language runtimes on the host.
 //!
-//! Each runtime is looked up on `PATH` (or taken from `LAMPYR_NODE` /
-//! `LAMPYR_PYTHON`), then asked for its real executable and version. Asking
+//! Each runtime is looked up on `PATH` (or taken from the variable its kind
+//! names, e.g. `LAMPYR_NODE`, `LAMPYR_PYTHON`), then asked for its real executable and version. Asking
 //! the interpreter itself resolves shims such as pyenv's, which would
 //! otherwise add ~200 ms to every start.
 
@@ -26,67 +26,45 @@ pub struct RuntimeInfo {
 /// What discovery found for each runtime.
 #[derive(Debug, Clone)]
 pub struct Runtimes {
-    pub nodejs: Result<RuntimeInfo, String>,
-    pub python: Result<RuntimeInfo, String>,
+    found: Vec<(Runtime, Result<RuntimeInfo, String>)>,
 }
 
 impl Runtimes {
-    /// Looks up both runtimes.
+    /// Looks up every runtime.
     pub fn discover() -> Self {
         Runtimes {
-            nodejs: find(Runtime::Nodejs),
-            python: find(Runtime::Python),
+            found: Runtime::ALL.iter().map(|&rt| (rt, find(rt))).collect(),
         }
     }
 
+    /// The interpreter of `runtime`, or why this host has none.
     pub fn get(&self, runtime: Runtime) -> Result<&RuntimeInfo, &str> {
-        let r = match runtime {
-            Runtime::Nodejs => &self.nodejs,
-            Runtime::Python => &self.python,
-        };
-        r.as_ref().map_err(|e| e.as_str())
+        self.found
+            .iter()
+            .find(|(rt, _)| *rt == runtime)
+            .map_or(Err("not looked up"), |(_, r)| {
+                r.as_ref().map_err(|e| e.as_str())
+            })
     }
 }
 
-const MIN_NODE: (u32, u32) = (18, 0);
-const MIN_PYTHON: (u32, u32) = (3, 9);
-
 fn find(runtime: Runtime) -> Result<RuntimeInfo, String> {
-    let (var, names, probe): (&str, &[&str], &[&str]) = match runtime {
-        Runtime::Nodejs => (
-            "LAMPYR_NODE",
-            &["node", "nodejs"],
-            &[
-                "-e",
-                "const p = require('path'); process.stdout.write([process.execPath, process.versions.node, p.resolve(process.execPath, '..', '..')].join('\\n'))",
-            ],
-        ),
-        Runtime::Python => (
-            "LAMPYR_PYTHON",
-            &["python3", "python"],
-            &[
-                "-c",
-                "import sys; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3]); print(sys.base_prefix)",
-            ],
-        ),
-    };
+    let d = crate::kinds::of(runtime).discovery();
+    let var = d.env_var;
     let candidates: Vec<PathBuf> = match std::env::var_os(var) {
         Some(p) => vec![PathBuf::from(p)],
-        None => names.iter().filter_map(|n| which(n)).collect(),
+        None => d.names.iter().filter_map(|n| which(n)).collect(),
     };
     if candidates.is_empty() {
         return Err(format!(
             "no {} found on PATH: install {} or set {var}",
-            names.join(" or "),
-            match runtime {
-                Runtime::Nodejs => "Node.js >= 18",
-                Runtime::Python => "Python >= 3.9",
-            }
+            d.names.join(" or "),
+            runtime.descriptor().requirement,
         ));
     }
     let mut problems = Vec::new();
     for cand in candidates {
-        match probe_one(runtime, &cand, probe) {
+        match probe_one(runtime, &cand, d.probe, d.min_version) {
             Ok(info) => return Ok(info),
             Err(e) => problems.push(format!("{}: {e}", cand.display())),
         }
@@ -94,7 +72,12 @@ fn find(runtime: Runtime) -> Result<RuntimeInfo, String> {
     Err(problems.join("; "))
 }
 
-fn probe_one(runtime: Runtime, cand: &Path, probe: &[&str]) -> Result<RuntimeInfo, String> {
+fn probe_one(
+    runtime: Runtime,
+    cand: &Path,
+    probe: &[&str],
+    min: (u32, u32),
+) -> Result<RuntimeInfo, String> {
     let out = Command::new(cand)
         .args(probe)
         .output()
@@ -119,10 +102,6 @@ fn probe_one(runtime: Runtime, cand: &Path, probe: &[&str]) -> Result<RuntimeInf
     });
     let (major, minor) =
         parse_version(&version).ok_or_else(|| format!("unreadable version '{version}'"))?;
-    let min = match runtime {
-        Runtime::Nodejs => MIN_NODE,
-        Runtime::Python => MIN_PYTHON,
-    };
     if (major, minor) < min {
         return Err(format!(
             "version {version} is older than the {}.{} lampyr needs",

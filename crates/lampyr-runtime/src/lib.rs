@@ -1,12 +1,16 @@
 //! The runtime layer: the language and its bootstrap inside an instance.
 //!
-//! * [`discover`] finds Node.js ≥ 18 and Python ≥ 3.9 and resolves the real
-//!   interpreter binary behind any shim.
-//! * [`bootstrap`] embeds the bootstraps (`runtimes/nodejs`, `runtimes/python`)
-//!   and installs them into the data directory.
+//! * [`kinds`] is one module per runtime kind (Node.js, Python) behind one
+//!   trait: discovery, bootstrap files, interpreter arguments, deploy-time
+//!   preparation, the zygote.
+//! * [`discover`] finds each runtime (Node.js ≥ 18, Python ≥ 3.9) and
+//!   resolves the real interpreter binary behind any shim.
+//! * [`bootstrap`] installs the runtimes' files (`runtimes/NAME/`, embedded
+//!   in the binary) into the data directory.
 //! * [`protocol`] is the framed instance protocol (see `docs/protocol.md`).
 //! * [`instance`] starts one runtime in a sandbox and drives it: HELLO, LOAD
-//!   (specialise with a function's code), INVOKE, and reports how it exited.
+//!   (the cold-start handshake: [`Instance::cold_start`],
+//!   [`Instance::specialise_and_load`]), INVOKE, and reports how it exited.
 //! * [`capture`] reads an instance's output as log lines, with bounded
 //!   memory whatever the function writes.
 //! * [`prebuild`] prepares a function's code for its runtime when it is
@@ -17,12 +21,14 @@ pub mod bootstrap;
 pub mod capture;
 pub mod discover;
 pub mod instance;
+pub mod kinds;
 pub mod prebuild;
 pub mod protocol;
 
 pub use capture::{log_channel, LogBudget, LogLine, LogReceiver, LogSender, Stream};
 pub use discover::{RuntimeInfo, Runtimes};
+pub use instance::poll::poll_before_park;
 pub use instance::{
-    ExitReport, Instance, InstanceConfig, InstanceError, InvokeOutcome, LoadRequest, Network,
-    PendingInvoke, StartTimings, Starting,
+    ExitReport, FirstInvoke, FunctionLoad, Instance, InstanceConfig, InstanceError, InvokeOutcome,
+    Loaded, Network, PendingInvoke, SpecialiseError, StartPhases, StartTimings,
 };

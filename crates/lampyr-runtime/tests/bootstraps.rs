@@ -6,8 +6,9 @@ use std::process::Command;
 #[test]
 fn bootstraps_speak_the_instance_protocol() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let python = lampyr_runtime::Runtimes::discover()
-        .python
+    let runtimes = lampyr_runtime::Runtimes::discover();
+    let python = runtimes
+        .get(lampyr_api::Runtime::Python)
         .expect("python is installed");
     let out = Command::new(&python.path)
         .arg(format!("{root}/runtimes/test_bootstraps.py"))

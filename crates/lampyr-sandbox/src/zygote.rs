@@ -1,6 +1,7 @@
-//! The Python zygote (`zygote/zygote.py`): a pre-initialised Python process
-//! that forks new Python instances into sandboxes lampyr has built, instead
-//! of lampyr exec'ing a fresh interpreter in each.
+//! Zygotes: a pre-initialised runtime process that forks new instances into
+//! sandboxes lampyr has built, instead of lampyr exec'ing a fresh
+//! interpreter in each. The program is the runtime's (Python's is
+//! `runtimes/python/zygote.py`); this module is the protocol it speaks.
 //!
 //! The zygote itself runs in a mount namespace of its own that shows the
 //! interpreter and the bootstrap exactly where every jail shows them
@@ -29,9 +30,6 @@ use parking_lot::Mutex;
 
 use crate::jail::JailSpec;
 use crate::SandboxError;
-
-/// The zygote's source; lampyr writes it next to the Python bootstrap.
-pub const SCRIPT: &str = include_str!("../zygote/zygote.py");
 
 /// A running zygote.
 #[derive(Debug)]

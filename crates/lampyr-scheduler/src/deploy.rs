@@ -123,7 +123,7 @@ impl Scheduler {
         });
         let mut phases = Phases::default();
         match self.start_instance(&v, &mut phases, None).await {
-            Ok((inst, _, _)) => Ok(inst),
+            Ok((loaded, _)) => Ok(loaded.instance),
             Err(SchedulerError::InitFailed {
                 function, error, ..
             }) => Err(SchedulerError::LoadCheckFailed {
@@ -162,8 +162,5 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, SchedulerError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| SchedulerError::StartFailed {
-            function: String::new(),
-            source: lampyr_runtime::InstanceError::Protocol(format!("a store task failed: {e}")),
-        })
+        .map_err(|e| SchedulerError::Internal(format!("a store task failed: {e}")))
 }

@@ -338,7 +338,7 @@ fn frame_message(r: &InvocationRecord, kind: Frame) -> String {
                 m.push_str(&format!("\tMax Memory Used: {} MB", used.ceil() as u64));
             }
             let init: f64 = [p.sandbox, p.runtime, p.init].iter().flatten().sum();
-            if r.start != "warm" && init > 0.0 {
+            if r.start != lampyr_api::StartKind::Warm && init > 0.0 {
                 m.push_str(&format!("\tInit Duration: {init:.2} ms"));
             }
             m
@@ -435,9 +435,9 @@ mod tests {
             request_id: id.into(),
             function: "f".into(),
             version: 3,
-            trigger: "http".into(),
+            trigger: lampyr_api::TriggerKind::Http,
             start_time: start_time.into(),
-            start: "cold".into(),
+            start: lampyr_api::StartKind::Cold,
             phases: lampyr_api::PhaseTimes {
                 queue: 1.0,
                 sandbox: Some(2.0),
@@ -451,11 +451,12 @@ mod tests {
             gb_seconds: 0.0,
             memory_mb: 128,
             max_memory_used_mb: Some(41.2),
-            status: "ok".into(),
+            status: lampyr_api::Status::Ok,
             error_type: None,
-            http_status: 200,
+            http_status: Some(200),
             response_bytes: 12,
             instance: instance.map(str::to_string),
+            attempt: None,
         }
     }
 

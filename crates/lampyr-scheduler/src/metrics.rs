@@ -134,3 +134,34 @@ impl Metrics {
         String::from_utf8(buf).expect("text format is UTF-8")
     }
 }
+
+impl crate::Scheduler {
+    /// The Prometheus metrics, with the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.inner.metrics;
+        for (name, state) in self.inner.functions.read().iter() {
+            let c = state.counts();
+            for (st, n) in [
+                ("starting", c.starting),
+                ("idle", c.idle),
+                ("busy", c.busy),
+                ("draining", c.draining),
+                ("stopping", c.stopping),
+            ] {
+                m.instances.with_label_values(&[name, st]).set(n as i64);
+            }
+            m.queue_depth
+                .with_label_values(&[name])
+                .set(c.queued as i64);
+            m.reserved
+                .with_label_values(&[name])
+                .set(i64::from(state.current().spec().min_instances));
+        }
+        for p in self.inner.pools.status() {
+            m.pooled
+                .with_label_values(&[&p.runtime])
+                .set(p.ready as i64);
+        }
+        m.render()
+    }
+}

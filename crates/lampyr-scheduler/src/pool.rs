@@ -14,7 +14,7 @@
 //! instance at its measured memory use (its cgroup's), or at
 //! `instance_memory_mb` before there is a measurement.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use lampyr_runtime::Instance;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::handle::InstanceHandle;
 use crate::Inner;
 
 /// Size bounds of one runtime's pool. `max = 0` turns it off.
@@ -38,8 +39,9 @@ pub struct PoolBounds {
 pub struct PoolConfig {
     /// All pools on or off.
     pub enabled: bool,
-    pub nodejs: PoolBounds,
-    pub python: PoolBounds,
+    /// Each runtime's bounds; a runtime not listed has its default
+    /// (`lampyr_api::runtimes::Descriptor::pool`).
+    pub runtimes: BTreeMap<Runtime, PoolBounds>,
     /// The most memory all pooled instances together may use.
     pub memory_budget_mb: u64,
     /// The memory limit of an instance while it waits in a pool.
@@ -52,8 +54,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             enabled: true,
-            nodejs: PoolBounds { min: 1, max: 8 },
-            python: PoolBounds { min: 1, max: 8 },
+            runtimes: BTreeMap::new(),
             memory_budget_mb: 1024,
             instance_memory_mb: 256,
             shrink_after: Duration::from_secs(60),
@@ -62,22 +63,31 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
+    /// The bounds of `rt`'s pool.
     pub fn bounds(&self, rt: Runtime) -> PoolBounds {
         if !self.enabled {
             return PoolBounds { min: 0, max: 0 };
         }
-        match rt {
-            Runtime::Nodejs => self.nodejs,
-            Runtime::Python => self.python,
-        }
+        self.runtimes
+            .get(&rt)
+            .copied()
+            .unwrap_or_else(|| PoolBounds::default_for(rt))
     }
 }
 
-/// One runtime's pool.
-pub(crate) struct Pool {
+impl PoolBounds {
+    /// The bounds a runtime's pool has unless configured.
+    pub fn default_for(rt: Runtime) -> PoolBounds {
+        let (min, max) = rt.descriptor().pool;
+        PoolBounds { min, max }
+    }
+}
+
+/// One runtime's pool. Generic over the instance (see [`InstanceHandle`]).
+pub(crate) struct Pool<I = Instance> {
     runtime: Runtime,
     bounds: PoolBounds,
-    ready: Mutex<VecDeque<Arc<Instance>>>,
+    ready: Mutex<VecDeque<Arc<I>>>,
     starting: AtomicU32,
     target: AtomicU32,
     last_miss: Mutex<Instant>,
@@ -85,13 +95,13 @@ pub(crate) struct Pool {
 }
 
 /// Every runtime's pool.
-pub(crate) struct Pools {
-    pools: Vec<Arc<Pool>>,
+pub(crate) struct Pools<I = Instance> {
+    pools: Vec<Arc<Pool<I>>>,
     cfg: PoolConfig,
 }
 
-impl Pools {
-    pub(crate) fn new(cfg: PoolConfig) -> Pools {
+impl<I: InstanceHandle> Pools<I> {
+    pub(crate) fn new(cfg: PoolConfig) -> Pools<I> {
         let pools = Runtime::ALL
             .iter()
             .map(|&rt| {
@@ -110,29 +120,15 @@ impl Pools {
         Pools { pools, cfg }
     }
 
-    fn pool(&self, rt: Runtime) -> &Arc<Pool> {
+    fn pool(&self, rt: Runtime) -> &Arc<Pool<I>> {
         self.pools
             .iter()
             .find(|p| p.runtime == rt)
             .expect("a pool per runtime")
     }
 
-    /// Starts the refill task of every enabled pool whose runtime exists.
-    pub(crate) fn start(&self, inner: &Arc<Inner>) {
-        for pool in &self.pools {
-            if pool.bounds.max == 0 || inner.config.runtimes.get(pool.runtime).is_err() {
-                continue;
-            }
-            tokio::spawn(refill(
-                pool.clone(),
-                Arc::downgrade(inner),
-                self.cfg.clone(),
-            ));
-        }
-    }
-
     /// Takes a ready instance, if the pool has one.
-    pub(crate) fn take(&self, rt: Runtime) -> Option<Arc<Instance>> {
+    pub(crate) fn take(&self, rt: Runtime) -> Option<Arc<I>> {
         let pool = self.pool(rt);
         if pool.bounds.max == 0 {
             return None;
@@ -141,7 +137,7 @@ impl Pools {
             let mut ready = pool.ready.lock();
             loop {
                 match ready.pop_front() {
-                    Some(i) if i.exit_report().is_some() => continue,
+                    Some(i) if i.exited() => continue,
                     other => break other,
                 }
             }
@@ -184,7 +180,7 @@ impl Pools {
     }
 
     /// Kills every pooled instance, at shutdown.
-    pub(crate) fn drain(&self) -> Vec<Arc<Instance>> {
+    pub(crate) fn drain(&self) -> Vec<Arc<I>> {
         let mut out = Vec::new();
         for p in &self.pools {
             p.target.store(0, Ordering::Relaxed);
@@ -192,6 +188,22 @@ impl Pools {
             p.wake.notify_one();
         }
         out
+    }
+}
+
+impl Pools {
+    /// Starts the refill task of every enabled pool whose runtime exists.
+    pub(crate) fn start(&self, inner: &Arc<Inner>) {
+        for pool in &self.pools {
+            if pool.bounds.max == 0 || inner.config.runtimes.get(pool.runtime).is_err() {
+                continue;
+            }
+            tokio::spawn(refill(
+                pool.clone(),
+                Arc::downgrade(inner),
+                self.cfg.clone(),
+            ));
+        }
     }
 }
 
@@ -259,7 +271,7 @@ async fn refill(pool: Arc<Pool>, inner: Weak<Inner>, cfg: PoolConfig) {
     }
 }
 
-fn shrink_if_idle(pool: &Pool, cfg: &PoolConfig) {
+fn shrink_if_idle<I: InstanceHandle>(pool: &Pool<I>, cfg: &PoolConfig) {
     let mut last = pool.last_miss.lock();
     if last.elapsed() < cfg.shrink_after {
         return;
@@ -271,7 +283,7 @@ fn shrink_if_idle(pool: &Pool, cfg: &PoolConfig) {
             (t > pool.bounds.min).then_some(t - 1)
         });
     let target = pool.target.load(Ordering::Relaxed) as usize;
-    let extra: Vec<Arc<Instance>> = {
+    let extra: Vec<Arc<I>> = {
         let mut ready = pool.ready.lock();
         let n = ready.len().saturating_sub(target);
         ready.drain(..n).collect()
@@ -282,11 +294,99 @@ fn shrink_if_idle(pool: &Pool, cfg: &PoolConfig) {
 }
 
 /// Megabytes one pooled instance is expected to use.
-fn estimate_mb(pool: &Pool, cfg: &PoolConfig) -> u64 {
+fn estimate_mb<I: InstanceHandle>(pool: &Pool<I>, cfg: &PoolConfig) -> u64 {
     let ready = pool.ready.lock();
     let measured: Vec<u64> = ready.iter().filter_map(|i| i.memory_current()).collect();
     if measured.is_empty() {
         return u64::from(cfg.instance_memory_mb) / 4;
     }
     ((measured.iter().sum::<u64>() / measured.len() as u64) >> 20).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handle::fake::Fake;
+
+    fn pools(min: u32, max: u32) -> Pools<Fake> {
+        let mut cfg = PoolConfig::default();
+        cfg.runtimes
+            .insert(Runtime::Python, PoolBounds { min, max });
+        Pools::new(cfg)
+    }
+
+    #[test]
+    fn a_miss_grows_the_pool_and_a_quiet_while_shrinks_it() {
+        let p = pools(1, 3);
+        let py = p.pool(Runtime::Python).clone();
+        assert_eq!(py.target.load(Ordering::Relaxed), 1);
+        assert!(p.take(Runtime::Python).is_none());
+        assert!(p.take(Runtime::Python).is_none());
+        assert!(p.take(Runtime::Python).is_none());
+        assert_eq!(
+            py.target.load(Ordering::Relaxed),
+            3,
+            "grown to max, no further"
+        );
+        for id in ["a", "b", "c"] {
+            py.ready.lock().push_back(Fake::new(id));
+        }
+        let cfg = PoolConfig {
+            shrink_after: Duration::ZERO,
+            ..PoolConfig::default()
+        };
+        shrink_if_idle(&py, &cfg);
+        assert_eq!(py.target.load(Ordering::Relaxed), 2);
+        let ready = py.ready.lock();
+        assert_eq!(ready.len(), 2, "the instance over the target is stopped");
+        assert_eq!(ready[0].id, "b", "the oldest goes");
+        drop(ready);
+        shrink_if_idle(&py, &cfg);
+        shrink_if_idle(&py, &cfg);
+        assert_eq!(py.target.load(Ordering::Relaxed), 1, "never below min");
+    }
+
+    #[test]
+    fn takes_skip_instances_that_exited_and_disabled_pools_give_none() {
+        let p = pools(1, 2);
+        let py = p.pool(Runtime::Python).clone();
+        let dead = Fake::new("dead");
+        dead.kill("gone");
+        py.ready.lock().push_back(dead);
+        py.ready.lock().push_back(Fake::new("live"));
+        assert_eq!(p.take(Runtime::Python).unwrap().id, "live");
+        let off = pools(0, 0);
+        assert!(off.take(Runtime::Python).is_none());
+        let status = off.status();
+        let s = status.iter().find(|s| s.runtime == "python").unwrap();
+        assert!(!s.enabled);
+        let all_off = Pools::<Fake>::new(PoolConfig {
+            enabled: false,
+            ..PoolConfig::default()
+        });
+        assert!(all_off.status().iter().all(|s| !s.enabled));
+        assert_eq!(
+            PoolConfig::default().bounds(Runtime::Nodejs),
+            PoolBounds::default_for(Runtime::Nodejs)
+        );
+    }
+
+    #[test]
+    fn the_estimate_is_the_measured_use_of_ready_instances() {
+        let p = pools(1, 2);
+        let py = p.pool(Runtime::Python).clone();
+        let cfg = PoolConfig::default();
+        assert_eq!(
+            estimate_mb(&py, &cfg),
+            u64::from(cfg.instance_memory_mb) / 4
+        );
+        for mb in [30u64, 50] {
+            py.ready.lock().push_back(Arc::new(Fake {
+                id: format!("{mb}"),
+                memory: Some(mb << 20),
+                ..Default::default()
+            }));
+        }
+        assert_eq!(estimate_mb(&py, &cfg), 40);
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::mpsc::{channel, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use lampyr_api::{InvocationRecord, Percentiles};
+use lampyr_api::{InvocationRecord, Percentiles, StartKind, Status};
 use lampyr_sandbox::SandboxControl;
 use lampyr_store::{RecordStore, Retention};
 
@@ -171,10 +171,10 @@ fn publish(records: &[InvocationRecord], reported: &[bool], logs: &LogHub, metri
         *counts
             .entry((f, r.status.as_str(), r.start.as_str()))
             .or_default() += 1;
-        match r.status.as_str() {
-            "throttled" => metrics.throttles.with_label_values(&[f]).inc(),
-            "timeout" => metrics.timeouts.with_label_values(&[f]).inc(),
-            "out_of_memory" => metrics.oom_kills.with_label_values(&[f]).inc(),
+        match r.status {
+            Status::Throttled => metrics.throttles.with_label_values(&[f]).inc(),
+            Status::Timeout => metrics.timeouts.with_label_values(&[f]).inc(),
+            Status::OutOfMemory => metrics.oom_kills.with_label_values(&[f]).inc(),
             _ => {}
         }
         if !report {
@@ -185,7 +185,7 @@ fn publish(records: &[InvocationRecord], reported: &[bool], logs: &LogHub, metri
             .or_insert_with(|| (metrics.duration.with_label_values(&[f]), 0.0));
         duration.observe(r.duration_ms / 1000.0);
         *gb_seconds += r.gb_seconds;
-        if r.start != "warm" {
+        if r.start != StartKind::Warm {
             let p = &r.phases;
             for (phase, v) in [
                 ("queue", Some(p.queue)),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use lampyr_api::{FunctionStats, InvocationRecord, Series, SeriesPoint};
+use lampyr_api::{FunctionStats, InvocationRecord, Series, SeriesPoint, StartKind, Status};
 use lampyr_store::rfc3339;
 
 use crate::records::percentiles;
@@ -14,7 +14,7 @@ fn started(r: &InvocationRecord) -> SystemTime {
 }
 
 fn is_error(r: &InvocationRecord) -> bool {
-    r.status != "ok"
+    r.status != Status::Ok
 }
 
 /// A function's activity for the function list, from its records in a
@@ -32,7 +32,7 @@ pub fn activity(
             .iter()
             .find(|r| is_error(r))
             .filter(|_| failing)
-            .map(|r| r.error_type.clone().unwrap_or_else(|| r.status.clone()))
+            .map(|r| r.error_type.clone().unwrap_or_else(|| r.status.to_string()))
     });
     lampyr_api::Activity {
         invocations: s.count,
@@ -52,17 +52,17 @@ pub fn stats(function: &str, since: SystemTime, records: &[InvocationRecord]) ->
     let mut by_status = BTreeMap::new();
     let mut by_start = BTreeMap::new();
     for r in records {
-        *by_status.entry(r.status.clone()).or_insert(0) += 1;
-        *by_start.entry(r.start.clone()).or_insert(0) += 1;
+        *by_status.entry(r.status.to_string()).or_insert(0) += 1;
+        *by_start.entry(r.start.to_string()).or_insert(0) += 1;
     }
-    let ran: Vec<&InvocationRecord> = records.iter().filter(|r| r.status != "throttled").collect();
-    let cold_starts = ran
+    let ran: Vec<&InvocationRecord> = records
         .iter()
-        .filter(|r| r.start == "cold" || r.start == "pooled")
-        .count() as u64;
+        .filter(|r| r.status != Status::Throttled)
+        .collect();
+    let cold_starts = ran.iter().filter(|r| r.start != StartKind::Warm).count() as u64;
     let mut durations: Vec<f64> = ran.iter().map(|r| r.duration_ms).collect();
     let mut phases = BTreeMap::new();
-    let cold: Vec<&&InvocationRecord> = ran.iter().filter(|r| r.start != "warm").collect();
+    let cold: Vec<&&InvocationRecord> = ran.iter().filter(|r| r.start != StartKind::Warm).collect();
     for name in ["queue", "code", "sandbox", "runtime", "init", "exec"] {
         let mut v: Vec<f64> = cold
             .iter()
@@ -137,7 +137,7 @@ pub fn series(
         if is_error(r) {
             b.errors += 1;
         }
-        if r.status == "throttled" {
+        if r.status == Status::Throttled {
             continue;
         }
         let total = r.phases.queue
@@ -146,7 +146,7 @@ pub fn series(
             + r.phases.runtime.unwrap_or(0.0)
             + r.phases.init.unwrap_or(0.0)
             + r.phases.exec;
-        if r.start == "warm" {
+        if r.start == StartKind::Warm {
             b.warm.push(total);
         } else {
             b.cold += 1;
@@ -194,9 +194,9 @@ mod tests {
             request_id: "r".into(),
             function: "f".into(),
             version: 1,
-            trigger: "http".into(),
+            trigger: lampyr_api::TriggerKind::Http,
             start_time: rfc3339(at),
-            start: start.into(),
+            start: start.parse().unwrap(),
             phases: PhaseTimes {
                 queue: 0.0,
                 init: (start != "warm").then_some(2.0),
@@ -208,11 +208,12 @@ mod tests {
             gb_seconds: 0.001,
             memory_mb: 128,
             max_memory_used_mb: None,
-            status: status.into(),
+            status: status.parse().unwrap(),
             error_type: None,
-            http_status: 200,
+            http_status: Some(200),
             response_bytes: 1,
             instance: None,
+            attempt: None,
         }
     }
 

@@ -40,7 +40,8 @@ pub struct RecordQuery {
     pub limit: usize,
     /// Only records that started at or after this time.
     pub since: Option<SystemTime>,
-    pub status: Option<String>,
+    /// Only records with this status.
+    pub status: Option<lampyr_api::Status>,
     /// Only invocations that reached an instance (not throttled ones, nor
     /// those whose instance failed to start).
     pub ran: bool,
@@ -106,9 +107,12 @@ struct Row<S>(
     /* max_memory_used_mb */ Option<f64>,
     /* status */ S,
     /* error_type */ Option<S>,
-    /* http_status */ u16,
+    /* http_status: a number, or null when no HTTP status was sent */
+    Option<u16>,
     /* response_bytes */ u64,
     /* instance */ Option<S>,
+    /* attempt, absent from batches written before it */
+    #[serde(default)] Option<u32>,
 );
 
 impl<'a> Row<&'a str> {
@@ -117,9 +121,9 @@ impl<'a> Row<&'a str> {
         Row(
             &r.request_id,
             r.version,
-            &r.trigger,
+            r.trigger.as_str(),
             parse_rfc3339(&r.start_time),
-            &r.start,
+            r.start.as_str(),
             p.queue,
             p.code,
             p.sandbox,
@@ -131,13 +135,29 @@ impl<'a> Row<&'a str> {
             r.gb_seconds,
             r.memory_mb,
             r.max_memory_used_mb,
-            &r.status,
+            r.status.as_str(),
             r.error_type.as_deref(),
             r.http_status,
             r.response_bytes,
             r.instance.as_deref(),
+            r.attempt,
         )
     }
+}
+
+/// A stored trigger kind; one this version does not know reads as `api`.
+fn trigger_of(s: &str) -> lampyr_api::TriggerKind {
+    s.parse().unwrap_or(lampyr_api::TriggerKind::Api)
+}
+
+/// A stored start kind; one this version does not know reads as `cold`.
+fn start_of(s: &str) -> lampyr_api::StartKind {
+    s.parse().unwrap_or(lampyr_api::StartKind::Cold)
+}
+
+/// A stored status; one this version does not know reads as `error`.
+fn status_of(s: &str) -> lampyr_api::Status {
+    s.parse().unwrap_or(lampyr_api::Status::Error)
 }
 
 impl<S> Row<S> {
@@ -166,9 +186,9 @@ impl Row<String> {
             request_id: r.0,
             function: function.to_string(),
             version: r.1,
-            trigger: r.2,
+            trigger: trigger_of(&r.2),
             start_time: crate::rfc3339(UNIX_EPOCH + Duration::from_millis(r.3.max(0) as u64)),
-            start: r.4,
+            start: start_of(&r.4),
             phases: PhaseTimes {
                 queue: r.5,
                 code: r.6,
@@ -182,11 +202,12 @@ impl Row<String> {
             gb_seconds: r.13,
             memory_mb: r.14,
             max_memory_used_mb: r.15,
-            status: r.16,
+            status: status_of(&r.16),
             error_type: r.17,
             http_status: r.18,
             response_bytes: r.19,
             instance: r.20,
+            attempt: r.21,
         }
     }
 }
@@ -268,22 +289,23 @@ impl RecordStore {
                     request_id: r.get(0)?,
                     function: r.get(1)?,
                     version: r.get::<_, i64>(2)? as u64,
-                    trigger: r.get(3)?,
+                    trigger: trigger_of(&r.get::<_, String>(3)?),
                     start_time: crate::rfc3339(
                         UNIX_EPOCH + Duration::from_millis(r.get::<_, i64>(4)?.max(0) as u64),
                     ),
-                    start: r.get(5)?,
+                    start: start_of(&r.get::<_, String>(5)?),
                     phases: serde_json::from_str::<PhaseTimes>(&phases).unwrap_or_default(),
                     duration_ms: r.get(7)?,
                     billed_ms: r.get::<_, i64>(8)? as u64,
                     gb_seconds: r.get(9)?,
                     memory_mb: r.get(10)?,
                     max_memory_used_mb: r.get(11)?,
-                    status: r.get(12)?,
+                    status: status_of(&r.get::<_, String>(12)?),
                     error_type: r.get(13)?,
                     http_status: r.get(14)?,
                     response_bytes: r.get::<_, i64>(15)? as u64,
                     instance: r.get(16)?,
+                    attempt: None,
                 })
             })?;
             rows.collect::<rusqlite::Result<_>>()?
@@ -347,7 +369,7 @@ impl RecordStore {
             };
             for (i, r) in batch.into_iter().enumerate() {
                 if r.start_ms() < since
-                    || q.status.as_deref().is_some_and(|s| r.status() != s)
+                    || q.status.is_some_and(|s| r.status() != s.as_str())
                     || (q.ran && !r.ran())
                 {
                     continue;
@@ -612,9 +634,13 @@ mod tests {
             request_id: format!("r{i}"),
             function: "f".into(),
             version: 1,
-            trigger: "http".into(),
+            trigger: lampyr_api::TriggerKind::Http,
             start_time: crate::rfc3339(at),
-            start: if i == 0 { "cold".into() } else { "warm".into() },
+            start: if i == 0 {
+                lampyr_api::StartKind::Cold
+            } else {
+                lampyr_api::StartKind::Warm
+            },
             phases: PhaseTimes {
                 queue: 0.01,
                 exec: 1.5,
@@ -626,12 +652,40 @@ mod tests {
             gb_seconds: 0.125 * 0.002,
             memory_mb: 128,
             max_memory_used_mb: Some(40.0),
-            status: status.into(),
+            status: status.parse().unwrap(),
             error_type: None,
-            http_status: 200,
+            http_status: Some(200),
             response_bytes: 12,
             instance: Some("f-1".into()),
+            attempt: None,
         }
+    }
+
+    /// A batch written before records had an attempt number, and when the
+    /// HTTP status was always a number, reads; one written now keeps both.
+    #[test]
+    fn batches_written_by_earlier_versions_read() {
+        let old = br#"[["r1",3,"http",1700000000000,"pooled",0.5,null,1.2,null,4.0,2.5,2.5,3,0.0004,128,40.5,"error","TypeError",500,80,"f-2"]]"#;
+        let rows = decode(old).expect("an old batch decodes");
+        let r = rows.into_iter().next().unwrap().into_record("f");
+        assert_eq!(r.request_id, "r1");
+        assert_eq!(r.start, lampyr_api::StartKind::Pooled);
+        assert_eq!(r.status, lampyr_api::Status::Error);
+        assert_eq!(r.http_status, Some(500));
+        assert_eq!(r.error_type.as_deref(), Some("TypeError"));
+        assert_eq!(r.attempt, None);
+        assert_eq!(r.instance.as_deref(), Some("f-2"));
+        let mut now = rec(1, "ok", SystemTime::now());
+        now.http_status = None;
+        now.attempt = Some(2);
+        let blob = serde_json::to_vec(&[Row::of(&now)]).unwrap();
+        let back = decode(&blob)
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap()
+            .into_record("f");
+        assert_eq!((back.http_status, back.attempt), (None, Some(2)));
     }
 
     #[test]
@@ -766,7 +820,7 @@ mod tests {
             "f",
             RecordQuery {
                 limit: 100,
-                status: Some("error".into()),
+                status: Some(lampyr_api::Status::Error),
                 ..Default::default()
             },
         );
@@ -795,7 +849,7 @@ mod tests {
         assert!(list(&s, "g", RecordQuery::default()).is_empty());
         let r0 = s.get("r0").unwrap().unwrap();
         assert_eq!(r0.phases.init, Some(3.0));
-        assert_eq!(r0.start, "cold");
+        assert_eq!(r0.start, lampyr_api::StartKind::Cold);
         assert_eq!(s.get("nope").unwrap(), None);
         let retention = |max_count| Retention {
             max_age: Duration::from_secs(600),
@@ -954,7 +1008,7 @@ mod tests {
         assert_eq!(r1.start_time, "2023-11-14T22:13:20.000Z");
         let g = list(&s, "g", RecordQuery::default());
         assert_eq!(g[0].error_type.as_deref(), Some("TypeError"));
-        assert_eq!(g[0].trigger, "api");
+        assert_eq!(g[0].trigger, lampyr_api::TriggerKind::Api);
         drop(s);
         let c = Connection::open(&path).unwrap();
         let left: i64 = c

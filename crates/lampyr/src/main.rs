@@ -1,10 +1,8 @@
 //! `lampyr`: the command-line entry point. A thin shell: it parses
-//! arguments, sets up logging, and hands over to the gateway (`serve`) or the
-//! CLI crate (every other command).
+//! arguments, sets up logging, and hands over to the server crate (`serve`)
+//! or the CLI crate (every other command).
 
 #![forbid(unsafe_code)]
-
-mod demo;
 
 /// The request path allocates small, short-lived buffers on every
 /// invocation; mimalloc serves those faster than the system allocator.
@@ -18,7 +16,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lampyr_api::Runtime;
 use lampyr_cli::{Client, CommandError};
-use lampyr_gateway::server::{Server, ServerConfig};
+use lampyr_server::{Server, ServerConfig};
 
 /// lampyr: a self-hosted serverless platform for Node.js and Python functions.
 ///
@@ -200,9 +198,9 @@ fn parse_runtime(s: &str) -> Result<Runtime, String> {
 fn main() -> ExitCode {
     // Every jailed instance starts as `lampyr __sandbox-init`.
     if std::env::args_os().nth(1).as_deref()
-        == Some(std::ffi::OsStr::new(lampyr_sandbox::init::INIT_ARG))
+        == Some(std::ffi::OsStr::new(lampyr_server::SANDBOX_INIT_ARG))
     {
-        lampyr_sandbox::init::main();
+        lampyr_server::sandbox_init();
     }
     let cli = Cli::parse();
     let json = cli.json;
@@ -327,67 +325,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             *follow,
             cli.json,
         )?),
-        Command::Doctor => {
-            doctor(&data_dir, cli.json);
-            Ok(())
-        }
+        Command::Doctor => doctor(&data_dir, cli.json),
     }
 }
 
-fn doctor(data_dir: &std::path::Path, json: bool) {
-    let runtimes = lampyr_runtime::Runtimes::discover();
-    let sandboxer = lampyr_gateway::server::SandboxSection::default()
-        .to_config(data_dir)
-        .map_err(anyhow::Error::msg)
-        .and_then(|c| Ok(lampyr_sandbox::Sandboxer::new(c)?));
-    let sandboxer = match sandboxer {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return;
-        }
-    };
-    let report = lampyr_gateway::server::doctor_report(&runtimes, &sandboxer, data_dir);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("serialises")
-        );
-        return;
-    }
-    println!("runtimes:");
-    for r in &report.runtimes {
-        match (&r.path, &r.version) {
-            (Some(p), Some(v)) => println!("  {:<8} ok   {v} at {p}", r.runtime),
-            _ => println!(
-                "  {:<8} MISSING  {}",
-                r.runtime,
-                r.problem.as_deref().unwrap_or("")
-            ),
-        }
-    }
-    println!("isolation:");
-    for f in &report.isolation {
-        println!(
-            "  {:<18} {:<4} {}",
-            f.feature,
-            if f.enabled { "on" } else { "off" },
-            f.detail
-        );
-    }
-    let writable = std::fs::create_dir_all(data_dir).is_ok() && tempfile_probe(data_dir);
-    println!(
-        "data directory:\n  {} ({})",
-        report.data_dir,
-        if writable { "writable" } else { "NOT writable" }
-    );
-}
-
-fn tempfile_probe(dir: &std::path::Path) -> bool {
-    let p = dir.join(".doctor-probe");
-    let ok = std::fs::write(&p, b"x").is_ok();
-    let _ = std::fs::remove_file(&p);
-    ok
+fn doctor(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let report = lampyr_server::doctor::local_report(data_dir)?;
+    lampyr_cli::print_doctor(&report, data_dir, json);
+    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {
@@ -430,19 +375,12 @@ fn serve(data_dir: Option<PathBuf>, args: &ServeArgs) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(lampyr_cli::paths::default_data_dir);
-    let workers = cfg
-        .worker_threads()
-        .map_err(|m| anyhow::anyhow!("server configuration: {m}"))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .on_thread_park(lampyr_runtime::instance::poll_before_park)
-        .build()
-        .context("starting the async runtime")?;
+    let workers = cfg.worker_threads()?;
+    let rt = lampyr_server::async_runtime(workers).context("starting the async runtime")?;
     rt.block_on(async move {
         let server = Server::start(cfg, data_dir).await?;
         if demo {
-            demo::deploy_examples(server.scheduler()).await?;
+            lampyr_server::demo::deploy_examples(server.scheduler()).await?;
         }
         let url = server.app_url();
         tracing::info!(data_dir = %server.data_dir.display(), workers, "lampyr listening on {url} (dashboard: {url}/ui, `lampyr ui` prints it with its token)");

@@ -324,3 +324,48 @@ fn logs_are_tagged_with_the_request_id() {
         }
     }
 }
+
+/// `[[triggers]]`: without the list a function has its URL, as every
+/// manifest before the list did; with `triggers = []` it has none and is
+/// called through the management API only.
+#[test]
+fn triggers_default_to_http_and_a_function_may_have_none() {
+    let server = Server::start();
+    let code = "exports.handler = async (e) => ({ statusCode: 200, body: 'hi' });";
+    server.deploy(Fixture::node("plain", "", code).path());
+    server.deploy(Fixture::node("explicit", "[[triggers]]\ntype = \"http\"\n", code).path());
+    server.deploy(Fixture::node("internal", "triggers = []\n", code).path());
+    for name in ["plain", "explicit"] {
+        let r = server.get(name);
+        assert_eq!((r.status, r.text().as_str()), (200, "hi"), "{name}");
+    }
+    let r = server.get("internal");
+    assert_eq!(r.status, 404, "{}", r.text());
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "no_trigger");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("lampyr invoke internal"), "{msg}");
+    let r = server.api("POST", "/functions/internal/invoke", Some(b"{}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"], "hi");
+    let request_id = r.header("x-lampyr-request-id").unwrap().to_string();
+    server.wait_until("the record is written", Duration::from_secs(10), || {
+        server
+            .api("GET", &format!("/invocations/{request_id}"), None)
+            .status
+            == 200
+    });
+    let rec = server
+        .api("GET", &format!("/invocations/{request_id}"), None)
+        .json();
+    assert_eq!(rec["trigger"], "api");
+    // A trigger type lampyr does not have is refused, by its key.
+    let bad = Fixture::node("bad", "[[triggers]]\ntype = \"carrier-pigeon\"\n", code);
+    let out = server.cli(&["deploy", bad.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("triggers[0].type") && err.contains("carrier-pigeon"),
+        "{err}"
+    );
+}

@@ -9,5 +9,5 @@
 #![forbid(unsafe_code)]
 
 fn main() {
-    lampyr_sandbox::init::main()
+    lampyr_server::sandbox_init()
 }

@@ -1,0 +1,698 @@
+//! The one way to call a function, whatever the trigger: [`Scheduler::call`].
+//!
+//! A [`Call`] names the function, the request id, the event, the trigger
+//! kind, the invocation type and what the caller presented. The service
+//! checks access, finds or starts an instance, runs the invocation and
+//! records it, refusals included; it answers with an [`Invocation`] (the
+//! handler ran: its outcome) or a [`Refused`] (it did not: why). The
+//! trigger only maps its input to an event and the answer to its output.
+//!
+//! The record is written when the answer is dropped, with what the trigger
+//! says it delivered ([`Invocation::delivered`]): a trigger that holds the
+//! answer until its response is out (the HTTP trigger does) has the
+//! record, and the refill of a pool the invocation took an instance from,
+//! wait until then. Starting an instance takes CPU the response still
+//! needs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use lampyr_api::{FunctionError, StartKind, Status, TriggerKind};
+use lampyr_runtime::{FirstInvoke, InvokeOutcome, PendingInvoke};
+
+use crate::state::{self, FunctionState, Grant, SlotGrant, SlotId};
+use crate::{records, Scheduler, SchedulerError, TriggerAccess, Version};
+
+/// How the caller waits for the invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvocationType {
+    /// The caller waits for the result.
+    #[default]
+    RequestResponse,
+}
+
+/// What the caller presented to be let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// lampyr itself, or a caller the edge authenticated as an operator
+    /// (with the management API's token): every function is open to it.
+    Operator,
+    /// A caller of a trigger, with the bearer token it sent, if any.
+    Bearer(Option<&'a str>),
+}
+
+/// One call of a function.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub function: &'a str,
+    pub request_id: String,
+    /// The event, JSON.
+    pub event: Vec<u8>,
+    pub trigger: TriggerKind,
+    pub invocation_type: InvocationType,
+    pub credential: Credential<'a>,
+}
+
+/// Time spent in each phase of one invocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    /// Waiting for a free instance.
+    pub queue: Duration,
+    /// Making the version's code available (cold start only).
+    pub code: Option<Duration>,
+    /// Building the sandbox (cold start only).
+    pub sandbox: Option<Duration>,
+    /// Starting the language runtime (cold start only).
+    pub runtime: Option<Duration>,
+    /// Loading the function's module and running its init code (cold start only).
+    pub init: Option<Duration>,
+    /// Running the handler.
+    pub exec: Duration,
+}
+
+/// How the handler's part of an invocation ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The handler's result as JSON.
+    Ok(Bytes),
+    /// The handler threw: the error object as JSON.
+    FunctionError(Bytes),
+    /// The handler ran past the function's timeout; its instance is killed.
+    Timeout { timeout: Duration },
+    /// The instance died while running the invocation.
+    Crashed { reason: String },
+    /// The instance exceeded its memory limit and the kernel killed it.
+    OutOfMemory { limit_mb: u32 },
+}
+
+impl Outcome {
+    /// How the records call it, and the error type they note.
+    fn recorded_as(&self) -> (Status, Option<String>) {
+        match self {
+            Outcome::Ok(_) => (Status::Ok, None),
+            Outcome::FunctionError(e) => (
+                Status::Error,
+                Some(FunctionError::parse(e, "Error").error_type),
+            ),
+            Outcome::Timeout { .. } => (Status::Timeout, Some("Runtime.Timeout".into())),
+            Outcome::OutOfMemory { .. } => {
+                (Status::OutOfMemory, Some("Runtime.OutOfMemory".into()))
+            }
+            Outcome::Crashed { .. } => (Status::Crashed, Some("Runtime.ExitError".into())),
+        }
+    }
+}
+
+/// What the trigger did with an answer, for its record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// The HTTP status it answered with, if it answered over HTTP.
+    pub http_status: Option<u16>,
+    /// The bytes of the response body.
+    pub response_bytes: u64,
+}
+
+/// An invocation whose handler ran: its outcome and how it went. Its
+/// record is written when it is dropped (see the module doc).
+pub struct Invocation {
+    pub request_id: String,
+    pub function: String,
+    pub version: u64,
+    pub start: StartKind,
+    pub phases: Phases,
+    pub outcome: Outcome,
+    pub memory_mb: u32,
+    /// When the call reached the function service.
+    pub started_at: SystemTime,
+    /// The instance that ran it.
+    pub instance: String,
+    after: After,
+}
+
+/// What happens when an [`Invocation`] is dropped.
+struct After {
+    sched: Scheduler,
+    trigger: TriggerKind,
+    delivery: Delivery,
+    sandbox: Arc<lampyr_sandbox::SandboxControl>,
+    /// The pool the instance came from, refilled then.
+    refill: Option<lampyr_api::Runtime>,
+}
+
+impl std::fmt::Debug for Invocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invocation")
+            .field("request_id", &self.request_id)
+            .field("function", &self.function)
+            .field("version", &self.version)
+            .field("start", &self.start)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Invocation {
+    /// Notes what the trigger delivered, for the record.
+    pub fn delivered(&mut self, delivery: Delivery) {
+        self.after.delivery = delivery;
+    }
+}
+
+impl Drop for Invocation {
+    fn drop(&mut self) {
+        let ms = lampyr_api::millis;
+        let p = self.phases;
+        let exec_ms = ms(p.exec);
+        let billed_ms = (exec_ms.ceil() as u64).max(1);
+        let (status, error_type) = self.outcome.recorded_as();
+        let record = lampyr_api::InvocationRecord {
+            request_id: std::mem::take(&mut self.request_id),
+            function: std::mem::take(&mut self.function),
+            version: self.version,
+            trigger: self.after.trigger,
+            // Formatted by the record writer, off the request path.
+            start_time: String::new(),
+            start: self.start,
+            phases: lampyr_api::PhaseTimes {
+                queue: ms(p.queue),
+                code: p.code.map(ms),
+                sandbox: p.sandbox.map(ms),
+                runtime: p.runtime.map(ms),
+                init: p.init.map(ms),
+                exec: exec_ms,
+            },
+            duration_ms: exec_ms,
+            billed_ms,
+            gb_seconds: f64::from(self.memory_mb) / 1024.0 * billed_ms as f64 / 1000.0,
+            memory_mb: self.memory_mb,
+            max_memory_used_mb: None,
+            status,
+            error_type,
+            http_status: self.after.delivery.http_status,
+            response_bytes: self.after.delivery.response_bytes,
+            instance: Some(std::mem::take(&mut self.instance)),
+            attempt: None,
+        };
+        let inner = &self.after.sched.inner;
+        inner.recorder.record(records::Draft {
+            record,
+            started_at: self.started_at,
+            instance: Some(self.after.sandbox.clone()),
+            report: true,
+        });
+        if let Some(rt) = self.after.refill {
+            inner.pools.replenish(rt);
+        }
+    }
+}
+
+/// A call that did not run the handler, and why. Refusals that are
+/// invocations of a function (throttled, an instance that did not start)
+/// are recorded when this is dropped.
+pub struct Refused {
+    error: SchedulerError,
+    record: Option<(Scheduler, lampyr_api::InvocationRecord, SystemTime)>,
+}
+
+impl Refused {
+    /// A refusal that is not recorded.
+    fn unrecorded(error: SchedulerError) -> Refused {
+        Refused {
+            error,
+            record: None,
+        }
+    }
+
+    /// Why the call was refused.
+    pub fn error(&self) -> &SchedulerError {
+        &self.error
+    }
+
+    /// Notes the HTTP status the trigger answered with, for the record.
+    pub fn delivered(&mut self, http_status: Option<u16>) {
+        if let Some((_, r, _)) = &mut self.record {
+            r.http_status = http_status;
+        }
+    }
+}
+
+impl std::fmt::Debug for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Refused").field(&self.error).finish()
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl Drop for Refused {
+    fn drop(&mut self) {
+        if let Some((sched, record, started_at)) = self.record.take() {
+            sched.inner.recorder.record(records::Draft {
+                record,
+                started_at,
+                instance: None,
+                report: false,
+            });
+        }
+    }
+}
+
+impl Scheduler {
+    /// Runs one call of a function (see the module doc).
+    ///
+    /// The invocation runs in a task of its own: if the caller goes away
+    /// (a client disconnected), it still finishes or times out and gives
+    /// its slot back properly, and a cold start it began still completes.
+    pub async fn call(&self, call: Call<'_>) -> Result<Invocation, Refused> {
+        let Call {
+            function,
+            request_id,
+            event,
+            trigger,
+            invocation_type: InvocationType::RequestResponse,
+            credential,
+        } = call;
+        let state = self
+            .state_of(function)
+            .ok_or_else(|| Refused::unrecorded(SchedulerError::NotFound(function.to_string())))?;
+        check_access(&state, trigger, credential).map_err(Refused::unrecorded)?;
+        let sched = self.clone();
+        let task = tokio::spawn(async move {
+            let started_at = SystemTime::now();
+            let queued_at = Instant::now();
+            match sched.run(&state, &request_id, &event).await {
+                Ok(done) => Ok(done.into_invocation(&sched, request_id, started_at, trigger)),
+                Err(error) => {
+                    Err(sched.refused(&state, error, request_id, trigger, started_at, queued_at))
+                }
+            }
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(Refused::unrecorded(SchedulerError::Internal(format!(
+                "the invocation task failed: {e}"
+            )))),
+        }
+    }
+
+    /// Whether a caller with `credential` may call `function` through
+    /// `trigger`, and who may: for a trigger to refuse early, before it
+    /// reads a request's body. [`Scheduler::call`] checks again.
+    pub fn check_access(
+        &self,
+        function: &str,
+        trigger: TriggerKind,
+        credential: Credential<'_>,
+    ) -> Result<TriggerAccess, SchedulerError> {
+        let state = self
+            .state_of(function)
+            .ok_or_else(|| SchedulerError::NotFound(function.to_string()))?;
+        check_access(&state, trigger, credential)
+    }
+
+    fn state_of(&self, function: &str) -> Option<Arc<FunctionState>> {
+        self.inner.functions.read().get(function).cloned()
+    }
+
+    /// The refusal of a call, with its record if it is recorded.
+    fn refused(
+        &self,
+        state: &FunctionState,
+        error: SchedulerError,
+        request_id: String,
+        trigger: TriggerKind,
+        started_at: SystemTime,
+        queued_at: Instant,
+    ) -> Refused {
+        let Some((status, error_type)) = error.recorded_as() else {
+            return Refused::unrecorded(error);
+        };
+        let version = state.current();
+        let record = lampyr_api::InvocationRecord {
+            request_id,
+            function: state.name.clone(),
+            version: version.record.version,
+            trigger,
+            start_time: String::new(),
+            start: StartKind::Cold,
+            phases: lampyr_api::PhaseTimes {
+                queue: lampyr_api::millis(queued_at.elapsed()),
+                ..Default::default()
+            },
+            duration_ms: 0.0,
+            billed_ms: 0,
+            gb_seconds: 0.0,
+            memory_mb: version.spec().memory_mb,
+            max_memory_used_mb: None,
+            status,
+            error_type,
+            http_status: None,
+            response_bytes: 0,
+            instance: None,
+            attempt: None,
+        };
+        Refused {
+            error,
+            record: Some((self.clone(), record, started_at)),
+        }
+    }
+
+    /// Finds a slot and runs the invocation on it.
+    async fn run(
+        &self,
+        state: &Arc<FunctionState>,
+        request_id: &str,
+        event: &[u8],
+    ) -> Result<Ran, SchedulerError> {
+        let queued_at = Instant::now();
+        let mut phases = Phases::default();
+        let timeout = state.current().spec().timeout();
+        let first = FirstInvoke {
+            request_id,
+            event,
+            timeout,
+            on_sent: None,
+        };
+        let (lease, start, sent) = self.acquire(state, &mut phases, first).await?;
+        if phases.code.is_none() {
+            phases.queue = queued_at.elapsed();
+        }
+        let version = lease.version.clone();
+        let spec = version.spec();
+        let timeout = spec.timeout();
+        let exec_started = Instant::now();
+        let pending = match sent {
+            // A cold start sent this invocation along with its LOAD.
+            Some(p) => p,
+            None => {
+                self.log_start(&state.name, &version, lease.instance.id(), request_id);
+                lease
+                    .instance
+                    .start_invoke(request_id, SystemTime::now() + timeout, event)
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, pending.outcome()).await;
+        phases.exec = exec_started.elapsed();
+        let name = &state.name;
+        let outcome = match outcome {
+            Ok(InvokeOutcome::Ok(b)) => Outcome::Ok(b),
+            // The runtime logged the error and its stack.
+            Ok(InvokeOutcome::Error(b)) => Outcome::FunctionError(b),
+            Ok(InvokeOutcome::Exited(report)) => {
+                lease.poison("crashed");
+                if report.oom {
+                    self.platform_log(
+                        &lease,
+                        request_id,
+                        "ERROR",
+                        format!(
+                            "Runtime.OutOfMemory: function '{name}' exceeded its memory limit of {} MiB; instance {} was killed",
+                            spec.memory_mb,
+                            lease.instance.id()
+                        ),
+                    );
+                    Outcome::OutOfMemory {
+                        limit_mb: spec.memory_mb,
+                    }
+                } else {
+                    self.platform_log(
+                        &lease,
+                        request_id,
+                        "ERROR",
+                        format!(
+                            "instance {} exited during the invocation: {}",
+                            lease.instance.id(),
+                            report.reason
+                        ),
+                    );
+                    Outcome::Crashed {
+                        reason: report.reason,
+                    }
+                }
+            }
+            Err(_) => {
+                self.platform_log(
+                    &lease,
+                    request_id,
+                    "ERROR",
+                    format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),
+                );
+                lease.poison(&format!(
+                    "an invocation timed out after {:.2} s",
+                    timeout.as_secs_f64()
+                ));
+                Outcome::Timeout { timeout }
+            }
+        };
+        Ok(Ran {
+            version: version.record.version,
+            start,
+            phases,
+            outcome,
+            memory_mb: spec.memory_mb,
+            instance: lease.instance.id().to_string(),
+            sandbox: lease.instance.sandbox(),
+            // A pooled start refills its pool once the answer is dropped.
+            refill: (start == StartKind::Pooled).then_some(spec.runtime),
+            function: state.name.clone(),
+        })
+    }
+
+    /// The START line of an invocation, for followers of the live log
+    /// (reads rebuild it from the invocation's record).
+    pub(crate) fn log_start(
+        &self,
+        function: &str,
+        version: &Version,
+        instance: &str,
+        request_id: &str,
+    ) {
+        if self.inner.logs.following() {
+            let version = version.record.version;
+            self.inner.logs.announce(
+                SystemTime::now(),
+                function,
+                version,
+                instance,
+                request_id,
+                crate::logs::start_message(request_id, version),
+            );
+        }
+    }
+
+    fn platform_log(&self, lease: &Lease, request_id: &str, level: &str, message: String) {
+        self.inner.logs.platform(
+            &lease.state.name,
+            lease.version.record.version,
+            lease.instance.id(),
+            Some(request_id),
+            level,
+            message,
+        );
+    }
+
+    /// Takes a slot: warm if possible, else a cold start, else a place in line.
+    /// A cold start sends `first` along with the LOAD and returns it sent.
+    async fn acquire(
+        &self,
+        state: &Arc<FunctionState>,
+        phases: &mut Phases,
+        first: FirstInvoke<'_>,
+    ) -> Result<(Lease, StartKind, Option<PendingInvoke>), SchedulerError> {
+        let started = Instant::now();
+        loop {
+            match state.try_acquire()? {
+                state::Acquire::Slot(grant) => {
+                    return Ok((Lease::new(state.clone(), grant), StartKind::Warm, None))
+                }
+                state::Acquire::Start(version) => {
+                    phases.queue = started.elapsed();
+                    let (grant, kind, sent) =
+                        self.cold_start(state, version, phases, Some(first)).await?;
+                    let grant = grant.expect("a claimed start returns a slot");
+                    return Ok((Lease::new(state.clone(), grant), kind, sent));
+                }
+                state::Acquire::Wait(rx) => {
+                    let version = state.current();
+                    let spec = version.spec();
+                    let left = spec.queue_timeout().saturating_sub(started.elapsed());
+                    let mut rx = rx;
+                    match tokio::time::timeout(left, &mut rx).await {
+                        Ok(Ok(Grant::Slot(g))) => {
+                            return Ok((Lease::new(state.clone(), g), StartKind::Warm, None))
+                        }
+                        Ok(Ok(Grant::Retry)) => continue,
+                        Ok(Err(_)) => return Err(SchedulerError::Deleted(state.name.clone())),
+                        Err(_) => {
+                            // A slot handed over just as the wait ran out is
+                            // used, not lost.
+                            rx.close();
+                            if let Ok(Grant::Slot(g)) = rx.try_recv() {
+                                return Ok((Lease::new(state.clone(), g), StartKind::Warm, None));
+                            }
+                            return Err(SchedulerError::QueueTimeout {
+                                function: state.name.clone(),
+                                max_instances: spec.max_instances,
+                                concurrency: spec.concurrency,
+                                waited_ms: started.elapsed().as_millis() as u64,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `credential` opens `state`'s function through `trigger`.
+fn check_access(
+    state: &FunctionState,
+    trigger: TriggerKind,
+    credential: Credential<'_>,
+) -> Result<TriggerAccess, SchedulerError> {
+    let version = state.current();
+    if trigger == TriggerKind::Http && !version.spec().has_http_trigger() {
+        return Err(SchedulerError::NoTrigger {
+            function: state.name.clone(),
+            trigger,
+        });
+    }
+    let access = version.access.clone();
+    match (&access, credential) {
+        (_, Credential::Operator) | (TriggerAccess::Public, _) => Ok(access),
+        (TriggerAccess::Token(token), Credential::Bearer(given)) => {
+            if given.is_some_and(|g| token_eq(g, token)) {
+                Ok(access)
+            } else {
+                Err(SchedulerError::Unauthorized {
+                    function: state.name.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// Compares two tokens in time independent of where they differ.
+pub fn token_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What ran, before it becomes an [`Invocation`].
+struct Ran {
+    function: String,
+    version: u64,
+    start: StartKind,
+    phases: Phases,
+    outcome: Outcome,
+    memory_mb: u32,
+    instance: String,
+    sandbox: Arc<lampyr_sandbox::SandboxControl>,
+    refill: Option<lampyr_api::Runtime>,
+}
+
+impl Ran {
+    fn into_invocation(
+        self,
+        sched: &Scheduler,
+        request_id: String,
+        started_at: SystemTime,
+        trigger: TriggerKind,
+    ) -> Invocation {
+        Invocation {
+            request_id,
+            function: self.function,
+            version: self.version,
+            start: self.start,
+            phases: self.phases,
+            outcome: self.outcome,
+            memory_mb: self.memory_mb,
+            started_at,
+            instance: self.instance,
+            after: After {
+                sched: sched.clone(),
+                trigger,
+                delivery: Delivery::default(),
+                sandbox: self.sandbox,
+                refill: self.refill,
+            },
+        }
+    }
+}
+
+/// One taken slot on an instance; giving it back (dropping it) frees the slot
+/// or hands it to the next waiter.
+struct Lease {
+    state: Arc<FunctionState>,
+    slot: SlotId,
+    instance: Arc<lampyr_runtime::Instance>,
+    version: Arc<Version>,
+}
+
+impl Lease {
+    fn new(state: Arc<FunctionState>, grant: SlotGrant<lampyr_runtime::Instance>) -> Self {
+        Lease {
+            state,
+            slot: grant.slot,
+            instance: grant.instance,
+            version: grant.version,
+        }
+    }
+
+    /// The instance must not take new work and is killed once idle.
+    fn poison(&self, reason: &str) {
+        self.state.poison(self.slot, reason);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some((inst, reason)) = self.state.release(self.slot) {
+            inst.kill(&reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_recorded_with_their_error_type() {
+        let thrown = Outcome::FunctionError(Bytes::from_static(
+            br#"{"errorType":"TypeError","errorMessage":"x"}"#,
+        ));
+        assert_eq!(
+            thrown.recorded_as(),
+            (Status::Error, Some("TypeError".into()))
+        );
+        let odd = Outcome::FunctionError(Bytes::from_static(b"not json"));
+        assert_eq!(odd.recorded_as(), (Status::Error, Some("Error".into())));
+        assert_eq!(
+            Outcome::OutOfMemory { limit_mb: 64 }.recorded_as(),
+            (Status::OutOfMemory, Some("Runtime.OutOfMemory".into()))
+        );
+        assert_eq!(Outcome::Ok(Bytes::new()).recorded_as(), (Status::Ok, None));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_eq("abc", "abc"));
+        assert!(!token_eq("abc", "abd"));
+        assert!(!token_eq("abc", "abcd"));
+    }
+}

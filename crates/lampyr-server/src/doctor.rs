@@ -1,0 +1,55 @@
+//! What `lampyr doctor` reports: the runtimes found, the isolation this
+//! host allows, the data directory.
+
+use std::path::Path;
+
+use lampyr_api::{DoctorReport, IsolationFeature, Runtime, RuntimeReport};
+use lampyr_runtime::Runtimes;
+use lampyr_sandbox::Sandboxer;
+
+/// What `lampyr doctor` reports: runtimes, isolation, data directory.
+pub fn doctor_report(runtimes: &Runtimes, sandboxer: &Sandboxer, data_dir: &Path) -> DoctorReport {
+    let rts = Runtime::ALL
+        .iter()
+        .map(|&rt| match runtimes.get(rt) {
+            Ok(info) => RuntimeReport {
+                runtime: rt.to_string(),
+                found: true,
+                path: Some(info.path.display().to_string()),
+                version: Some(info.version.clone()),
+                problem: None,
+            },
+            Err(e) => RuntimeReport {
+                runtime: rt.to_string(),
+                found: false,
+                path: None,
+                version: None,
+                problem: Some(e.to_string()),
+            },
+        })
+        .collect();
+    let isolation = sandboxer
+        .features()
+        .iter()
+        .map(|f| IsolationFeature {
+            feature: f.name.to_string(),
+            enabled: f.enabled,
+            detail: f.detail.clone(),
+        })
+        .collect();
+    DoctorReport {
+        runtimes: rts,
+        isolation,
+        data_dir: data_dir.display().to_string(),
+        limits: None,
+    }
+}
+
+/// The report of this host, without a running server (`lampyr doctor`):
+/// what a server with `data_dir` and the default configuration would find.
+pub fn local_report(data_dir: &Path) -> Result<DoctorReport, crate::ServerError> {
+    let runtimes = Runtimes::discover();
+    let cfg = crate::config::SandboxSection::default().to_config(data_dir)?;
+    let sandboxer = Sandboxer::new(cfg)?;
+    Ok(doctor_report(&runtimes, &sandboxer, data_dir))
+}
