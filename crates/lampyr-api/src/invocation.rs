@@ -58,6 +58,10 @@ names! {
         Http = "http",
         /// The management API's invoke (`lampyr invoke`).
         Api = "api",
+        /// An asynchronous event, from the event queue.
+        Async = "async",
+        /// A timer's firing (an asynchronous event of its own).
+        Timer = "timer",
     }
 }
 

@@ -11,10 +11,13 @@ pub mod invocation;
 pub mod manifest;
 pub mod network;
 pub mod runtimes;
+pub mod schedule;
 pub mod types;
 
 pub use invocation::{FunctionError, StartKind, Status, TriggerKind};
-pub use manifest::{Auth, FunctionSpec, ManifestError, Network, TriggerSpec};
+pub use manifest::{
+    Auth, CatchUp, FunctionSpec, ManifestError, Network, Overlap, TimerSpec, TriggerSpec,
+};
 pub use network::AllowRule;
 pub use runtimes::Runtime;
 pub use types::*;

@@ -108,6 +108,10 @@ struct RawManifest {
     network: Option<String>,
     allow: Option<Vec<String>>,
     triggers: Option<Vec<toml::Table>>,
+    retries: Option<i64>,
+    max_event_age: Option<DurationText>,
+    on_success: Option<String>,
+    on_failure: Option<String>,
 }
 
 /// A duration as written: a string such as `"10s"`, or a bare number,
@@ -160,6 +164,47 @@ pub struct FunctionSpec {
         skip_serializing_if = "is_default_triggers"
     )]
     pub triggers: Vec<TriggerSpec>,
+    /// Asynchronous invocation: how often a failed event is tried again.
+    #[serde(
+        default = "default_retries",
+        skip_serializing_if = "is_default_retries"
+    )]
+    pub retries: u32,
+    /// Asynchronous invocation: an event older than this is not run again.
+    #[serde(
+        default = "default_max_event_age_ms",
+        skip_serializing_if = "is_default_max_event_age_ms"
+    )]
+    pub max_event_age_ms: u64,
+    /// A function that receives a destination record when an asynchronous
+    /// event succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<String>,
+    /// A function that receives a destination record when an asynchronous
+    /// event fails for good (retries exhausted, or too old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+}
+
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const MAX_RETRIES: u32 = 2;
+pub const DEFAULT_MAX_EVENT_AGE: Duration = Duration::from_secs(6 * 3600);
+pub const MIN_MAX_EVENT_AGE: Duration = Duration::from_secs(60);
+
+fn default_retries() -> u32 {
+    DEFAULT_RETRIES
+}
+
+fn is_default_retries(n: &u32) -> bool {
+    *n == DEFAULT_RETRIES
+}
+
+fn default_max_event_age_ms() -> u64 {
+    DEFAULT_MAX_EVENT_AGE.as_millis() as u64
+}
+
+fn is_default_max_event_age_ms(ms: &u64) -> bool {
+    *ms == default_max_event_age_ms()
 }
 
 /// One way a function is called: a `[[triggers]]` table of the manifest.
@@ -168,7 +213,57 @@ pub struct FunctionSpec {
 pub enum TriggerSpec {
     /// Its URL, `/fn/NAME`, open to callers as `auth` says.
     Http,
+    /// A schedule: each firing is an asynchronous event.
+    Timer(TimerSpec),
 }
+
+/// A `[[triggers]]` table with `type = "timer"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerSpec {
+    /// Its name, unique among the function's timers (`triggerName`).
+    pub name: String,
+    /// A 5- or 6-field cron expression, or `@every DURATION`.
+    pub cron: String,
+    /// The IANA time zone the cron expression is read in.
+    pub timezone: String,
+    /// Passed in the event as `payload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    pub enabled: bool,
+    pub catch_up: CatchUp,
+    pub overlap: Overlap,
+}
+
+impl TimerSpec {
+    /// Its schedule (validated when the manifest was read).
+    pub fn schedule(&self) -> crate::schedule::Schedule {
+        crate::schedule::Schedule::parse(&self.cron, &self.timezone)
+            .expect("validated with the manifest")
+    }
+}
+
+/// What a timer does about ticks missed while the server was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Fire the most recent missed tick once at start.
+    One,
+    /// Skip missed ticks.
+    None,
+}
+
+/// What a timer does with a tick while its previous firing still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    Allow,
+    /// Drop the tick (it is counted).
+    Skip,
+}
+
+/// The largest timer payload.
+pub const MAX_TIMER_PAYLOAD: usize = 4096;
 
 impl TriggerSpec {
     /// Whether `triggers` is what a manifest without the list has.
@@ -177,12 +272,13 @@ impl TriggerSpec {
     }
 
     /// Every trigger type, by the name a manifest gives it.
-    pub const TYPES: &'static [&'static str] = &["http"];
+    pub const TYPES: &'static [&'static str] = &["http", "timer"];
 
     /// What the records call invocations from this trigger.
     pub fn kind(&self) -> crate::TriggerKind {
         match self {
             TriggerSpec::Http => crate::TriggerKind::Http,
+            TriggerSpec::Timer(_) => crate::TriggerKind::Timer,
         }
     }
 
@@ -209,6 +305,12 @@ impl TriggerSpec {
         };
         let (spec, keys): (TriggerSpec, &[&str]) = match kind {
             "http" => (TriggerSpec::Http, &["type"]),
+            "timer" => (
+                TriggerSpec::Timer(TimerSpec::from_table(i, table)?),
+                &[
+                    "type", "name", "cron", "timezone", "payload", "enabled", "catch_up", "overlap",
+                ],
+            ),
             other => {
                 return Err(ManifestError::invalid(
                     &key("type"),
@@ -226,6 +328,93 @@ impl TriggerSpec {
             ));
         }
         Ok(spec)
+    }
+}
+
+impl TimerSpec {
+    fn from_table(i: usize, t: &toml::Table) -> Result<TimerSpec, ManifestError> {
+        let key = |k: &str| format!("triggers[{i}].{k}");
+        let string = |k: &str| -> Result<Option<String>, ManifestError> {
+            match t.get(k) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(v) => Err(ManifestError::invalid(
+                    &key(k),
+                    format!("must be a string, not {}", v.type_str()),
+                )),
+            }
+        };
+        let name = string("name")?.unwrap_or_else(|| "timer".to_string());
+        validate_name(&name).map_err(|_| {
+            ManifestError::invalid(
+                &key("name"),
+                format!("\"{name}\" is not a valid trigger name: use 1-63 characters of a-z, 0-9, '-' and '_'"),
+            )
+        })?;
+        let cron = string("cron")?.ok_or_else(|| {
+            ManifestError::invalid(
+                &key("cron"),
+                "is missing: a timer needs a schedule, e.g. cron = \"0 */5 * * * *\" or \"@every 30s\"",
+            )
+        })?;
+        let timezone = string("timezone")?.unwrap_or_else(|| "UTC".to_string());
+        if let Err(m) = crate::schedule::Schedule::parse(&cron, &timezone) {
+            let k = if m.contains("time zone") {
+                "timezone"
+            } else {
+                "cron"
+            };
+            return Err(ManifestError::invalid(&key(k), m));
+        }
+        let payload = string("payload")?;
+        if payload
+            .as_ref()
+            .is_some_and(|p| p.len() > MAX_TIMER_PAYLOAD)
+        {
+            return Err(ManifestError::invalid(
+                &key("payload"),
+                format!("is over the limit of {MAX_TIMER_PAYLOAD} bytes"),
+            ));
+        }
+        let enabled = match t.get("enabled") {
+            None => true,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(v) => {
+                return Err(ManifestError::invalid(
+                    &key("enabled"),
+                    format!("must be true or false, not {}", v.type_str()),
+                ))
+            }
+        };
+        let catch_up = match string("catch_up")?.as_deref() {
+            None | Some("one") => CatchUp::One,
+            Some("none") => CatchUp::None,
+            Some(other) => {
+                return Err(ManifestError::invalid(
+                    &key("catch_up"),
+                    format!("unknown value \"{other}\": use \"one\" (run the latest tick missed while the server was down) or \"none\""),
+                ))
+            }
+        };
+        let overlap = match string("overlap")?.as_deref() {
+            None | Some("allow") => Overlap::Allow,
+            Some("skip") => Overlap::Skip,
+            Some(other) => {
+                return Err(ManifestError::invalid(
+                    &key("overlap"),
+                    format!("unknown value \"{other}\": use \"allow\" or \"skip\" (drop a tick while the previous one runs)"),
+                ))
+            }
+        };
+        Ok(TimerSpec {
+            name,
+            cron,
+            timezone,
+            payload,
+            enabled,
+            catch_up,
+            overlap,
+        })
     }
 }
 
@@ -415,11 +604,55 @@ impl FunctionSpec {
                             "is a second HTTP trigger: a function has one URL",
                         ));
                     }
+                    if let TriggerSpec::Timer(t) = &spec {
+                        let taken = triggers
+                            .iter()
+                            .any(|o| matches!(o, TriggerSpec::Timer(o) if o.name == t.name));
+                        if taken {
+                            return Err(ManifestError::invalid(
+                                &format!("triggers[{i}].name"),
+                                format!("\"{}\" is the name of another timer: give each timer a name of its own", t.name),
+                            ));
+                        }
+                    }
                     triggers.push(spec);
                 }
                 triggers
             }
         };
+        let retries = int_in(
+            "retries",
+            raw.retries,
+            DEFAULT_RETRIES as i64,
+            0,
+            MAX_RETRIES as i64,
+        )? as u32;
+        let max_event_age = duration_in(
+            "max_event_age",
+            raw.max_event_age
+                .as_ref()
+                .map(|t| t.text("max_event_age"))
+                .transpose()?,
+            DEFAULT_MAX_EVENT_AGE,
+            MIN_MAX_EVENT_AGE,
+            DEFAULT_MAX_EVENT_AGE,
+        )?;
+        for (key, dest) in [
+            ("on_success", &raw.on_success),
+            ("on_failure", &raw.on_failure),
+        ] {
+            if let Some(d) = dest {
+                validate_name(d).map_err(|_| {
+                    ManifestError::invalid(key, format!("\"{d}\" is not a function name"))
+                })?;
+                if *d == raw.name {
+                    return Err(ManifestError::invalid(
+                        key,
+                        "names the function itself: a destination is another function",
+                    ));
+                }
+            }
+        }
         Ok(FunctionSpec {
             name: raw.name,
             runtime,
@@ -437,6 +670,22 @@ impl FunctionSpec {
             network,
             allow,
             triggers,
+            retries,
+            max_event_age_ms: max_event_age.as_millis() as u64,
+            on_success: raw.on_success,
+            on_failure: raw.on_failure,
+        })
+    }
+
+    pub fn max_event_age(&self) -> Duration {
+        Duration::from_millis(self.max_event_age_ms)
+    }
+
+    /// The function's timers.
+    pub fn timers(&self) -> impl Iterator<Item = &TimerSpec> {
+        self.triggers.iter().filter_map(|t| match t {
+            TriggerSpec::Timer(t) => Some(t),
+            _ => None,
         })
     }
 
@@ -642,6 +891,51 @@ mod tests {
         // And a spec with the default list is stored as before.
         let again = serde_json::to_string(&s).unwrap();
         assert_eq!(again, old);
+    }
+
+    #[test]
+    fn async_settings_and_timers_are_validated() {
+        let s = FunctionSpec::from_toml(MIN).unwrap();
+        assert_eq!((s.retries, s.max_event_age()), (2, DEFAULT_MAX_EVENT_AGE));
+        let s = FunctionSpec::from_toml(&format!(
+            "{MIN}retries = 0\nmax_event_age = \"10m\"\non_failure = \"alerts\"\n[[triggers]]\ntype = \"timer\"\ncron = \"*/5 * * * * *\"\ntimezone = \"Asia/Shanghai\"\npayload = '{{\"job\": \"report\"}}'\noverlap = \"skip\"\n[[triggers]]\ntype = \"timer\"\nname = \"nightly\"\ncron = \"@every 1h\"\ncatch_up = \"none\"\nenabled = false\n"
+        ))
+        .unwrap();
+        assert_eq!(s.retries, 0);
+        assert_eq!(s.on_failure.as_deref(), Some("alerts"));
+        let timers: Vec<&TimerSpec> = s.timers().collect();
+        assert_eq!(timers.len(), 2);
+        assert_eq!(
+            (timers[0].name.as_str(), timers[0].overlap),
+            ("timer", Overlap::Skip)
+        );
+        assert_eq!(timers[0].payload.as_deref(), Some("{\"job\": \"report\"}"));
+        assert_eq!(
+            (timers[1].catch_up, timers[1].enabled),
+            (CatchUp::None, false)
+        );
+        assert!(
+            !s.has_http_trigger(),
+            "listing triggers lists the URL too, or not"
+        );
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<FunctionSpec>(&j).unwrap(), s);
+        for (extra, want) in [
+            ("retries = 3\n", "`retries`"),
+            ("max_event_age = \"10s\"\n", "`max_event_age`"),
+            ("max_event_age = \"7h\"\n", "`max_event_age`"),
+            ("on_success = \"hello\"\n", "names the function itself"),
+            ("on_failure = \"Bad Name\"\n", "`on_failure`"),
+            ("[[triggers]]\ntype = \"timer\"\n", "`triggers[0].cron`: is missing"),
+            ("[[triggers]]\ntype = \"timer\"\ncron = \"61 * * * *\"\n", "`triggers[0].cron`"),
+            ("[[triggers]]\ntype = \"timer\"\ncron = \"* * * * *\"\ntimezone = \"Moon/Base\"\n", "`triggers[0].timezone`"),
+            ("[[triggers]]\ntype = \"timer\"\ncron = \"@every 1s\"\novelap = \"skip\"\n", "`triggers[0].ovelap`"),
+            ("[[triggers]]\ntype = \"timer\"\ncron = \"@every 1s\"\noverlap = \"queue\"\n", "`triggers[0].overlap`"),
+            ("[[triggers]]\ntype = \"timer\"\ncron = \"@every 1s\"\n[[triggers]]\ntype = \"timer\"\ncron = \"@every 2s\"\n", "`triggers[1].name`"),
+        ] {
+            let e = err(extra);
+            assert!(e.contains(want), "{extra:?} gave {e}");
+        }
     }
 
     #[test]

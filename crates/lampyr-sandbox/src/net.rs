@@ -66,6 +66,17 @@ impl Drop for Tun {
     }
 }
 
+/// Whether the network namespace of process `pid` still routes anything
+/// through `eth0`. Closing an instance's TUN device takes `eth0` down, and
+/// its routes with it, some time after the close begins (the kernel waits
+/// for grace periods first): until then a connection would wait for a
+/// device nobody reads, not fail at once.
+pub fn routes_through_eth0(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/net/route"))
+        .map(|table| table.lines().skip(1).any(|l| l.starts_with("eth0\t")))
+        .unwrap_or(false)
+}
+
 /// Closes `fd` on the closer thread (started on first use).
 fn close_later(fd: OwnedFd) {
     static CLOSER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<OwnedFd>>> =

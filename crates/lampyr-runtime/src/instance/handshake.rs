@@ -126,9 +126,13 @@ impl Instance {
         first: Option<FirstInvoke<'_>>,
     ) -> Result<Loaded, SpecialiseError> {
         let t = Instant::now();
+        let closing = network.is_none() && self.has_egress();
         if let Err(e) = self.specialise(code_dir, load.memory_mb, network) {
             self.kill("could not be specialised");
             return Err(SpecialiseError::Unsuitable(e));
+        }
+        if closing {
+            self.until_eth0_is_gone().await;
         }
         let sandbox = t.elapsed();
         let started = self.send_load(load).await.map_err(SpecialiseError::Load)?;
@@ -146,6 +150,21 @@ impl Instance {
             },
             first,
         })
+    }
+
+    /// Waits (briefly) until the instance's `eth0`, whose device was just
+    /// closed, routes nothing: its function then sees loopback only from
+    /// its first line, and a connection out fails at once.
+    async fn until_eth0_is_gone(&self) {
+        const LIMIT: Duration = Duration::from_secs(1);
+        let started = Instant::now();
+        while lampyr_sandbox::net::routes_through_eth0(self.pid) {
+            if started.elapsed() > LIMIT {
+                tracing::warn!(instance = %self.id(), "eth0 still routes {LIMIT:?} after its device was closed");
+                return;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
     }
 
     fn send_first(&self, f: FirstInvoke<'_>) -> PendingInvoke {

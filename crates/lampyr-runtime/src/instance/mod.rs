@@ -155,6 +155,8 @@ pub struct Instance {
     runtime_dir: PathBuf,
     /// The instance's outbound network, when it has one.
     link: Mutex<Option<lampyr_egress::Link>>,
+    /// The host pid of the sandbox's first process.
+    pid: u32,
 }
 
 /// What [`Instance::start`] needs.

@@ -191,6 +191,7 @@ impl Instance {
         ));
         tokio::spawn(read_logs(capture, ctx, io.stderr, Stream::Stderr));
         LIVE.fetch_add(1, Ordering::Relaxed);
+        let pid = sandbox.pid();
         tokio::spawn(watch_exit(shared.clone(), sandbox));
         let inst = Arc::new(Instance {
             shared,
@@ -202,6 +203,7 @@ impl Instance {
             task_root: Mutex::new(task_root),
             runtime_dir: cfg.sandboxer.guest_runtime_dir(&cfg.runtime_dir),
             link: Mutex::new(link),
+            pid,
         });
         Ok((
             inst,
