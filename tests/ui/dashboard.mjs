@@ -122,6 +122,12 @@ try {
   }, args.failing);
   if (!/Error/.test(why)) fail(`the failing function's reason says no error: ${why}`);
   ok(`${args.failing} is marked failing: ${why}`);
+  const dlq = await until(page, `the dead letters of ${args.failing}`, (n) => {
+    const r = document.querySelector(`[data-testid="function-row"][data-name="${CSS.escape(n)}"]`);
+    return r?.querySelector('[data-testid="fn-dead-letters"]')?.textContent || false;
+  }, args.failing);
+  if (dlq !== '1 DLQ') fail(`${args.failing} shows ${dlq} for its one dead letter`);
+  ok(`${args.failing} shows its dead letter: ${dlq}`);
   await until(page, 'the runtime pools', () => document.querySelectorAll('[data-testid="pool"]').length > 0
     || !!document.querySelector('#pools .empty'));
   ok(`runtime pools: ${(await page.locator('[data-testid="pool"]').allInnerTexts()).map((s) => s.replace(/\s+/g, ' ')).join('; ') || 'none'}`);

@@ -7,6 +7,7 @@
 //! server and by its clients.
 #![forbid(unsafe_code)]
 
+pub mod events;
 pub mod invocation;
 pub mod manifest;
 pub mod network;

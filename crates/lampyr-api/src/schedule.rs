@@ -116,10 +116,11 @@ impl Schedule {
     }
 }
 
+/// `t` in whole seconds (cron matches seconds; a fraction would be kept
+/// in what croner finds).
 fn to_chrono(t: SystemTime) -> Option<DateTime<Utc>> {
     let d = t.duration_since(UNIX_EPOCH).ok()?;
-    Utc.timestamp_opt(d.as_secs() as i64, d.subsec_nanos())
-        .single()
+    Utc.timestamp_opt(d.as_secs() as i64, 0).single()
 }
 
 fn from_chrono(t: &DateTime<Utc>) -> SystemTime {
@@ -142,6 +143,11 @@ mod tests {
     #[test]
     fn cron_with_and_without_seconds_in_a_time_zone() {
         let s = Schedule::parse("0 */5 * * * *", "UTC").unwrap();
+        let frac = at("2026-01-01T10:02:03Z") + Duration::from_millis(697);
+        assert_eq!(show(s.next_after(frac).unwrap()), "2026-01-01T10:05:00Z");
+        let every_second = Schedule::parse("* * * * * *", "UTC").unwrap();
+        let next = every_second.next_after(frac).unwrap();
+        assert_eq!(next, at("2026-01-01T10:02:04Z"), "whole seconds");
         let next = s.upcoming(at("2026-01-01T10:02:03Z"), 3);
         let shown: Vec<String> = next.into_iter().map(show).collect();
         assert_eq!(

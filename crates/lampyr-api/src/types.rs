@@ -54,6 +54,12 @@ pub struct FunctionInfo {
     /// The token the HTTP trigger requires, when `auth = "token"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_token: Option<String>,
+    /// Its asynchronous events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<crate::events::AsyncCounts>,
+    /// Its timers: the next firings and the latest one's outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timers: Vec<crate::events::TimerInfo>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -90,6 +96,9 @@ pub struct FunctionSummary {
     /// What its invocations did in the list's window (`since`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity: Option<Activity>,
+    /// Its asynchronous events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<crate::events::AsyncCounts>,
 }
 
 /// A function's invocations over a window, for the function list.

@@ -64,6 +64,11 @@ impl Client {
         &self.base
     }
 
+    /// Whether requests go without a token.
+    pub(crate) fn has_no_token(&self) -> bool {
+        self.token.is_none()
+    }
+
     /// Sends a request; any non-2xx answer becomes [`ClientError::Server`]
     /// carrying the server's error message.
     pub fn call(
@@ -86,6 +91,17 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<Reply, ClientError> {
+        self.call_with(method, path, body, &[])
+    }
+
+    /// [`Client::call_raw`] with extra request headers.
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, ClientError> {
         let url = format!("{}{}", self.base, path);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let result = match method {
@@ -98,6 +114,9 @@ impl Client {
                 if let Some(a) = &auth {
                     req = req.header("authorization", a);
                 }
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
                 req.call()
             }
             _ => {
@@ -108,6 +127,9 @@ impl Client {
                 };
                 if let Some(a) = &auth {
                     req = req.header("authorization", a);
+                }
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
                 }
                 req.send(body.unwrap_or_default())
             }
@@ -171,7 +193,7 @@ impl Client {
     }
 }
 
-fn server_error(reply: &Reply, no_token: bool) -> ClientError {
+pub(crate) fn server_error(reply: &Reply, no_token: bool) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(&reply.body) {
         Ok(b) => {
             let mut message = b.error.message;

@@ -47,11 +47,11 @@ pub enum CommandError {
     FunctionFailed,
 }
 
-fn out() -> std::io::StdoutLock<'static> {
+pub(crate) fn out() -> std::io::StdoutLock<'static> {
     std::io::stdout().lock()
 }
 
-fn print_json<T: serde::Serialize>(v: &T) {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
     let _ = writeln!(
         out(),
         "{}",
@@ -422,6 +422,43 @@ pub fn info(client: &Client, name: &str, json: bool) -> Result<(), CommandError>
             "url:           none (no HTTP trigger: call it with `lampyr invoke {}`)",
             f.name
         );
+    }
+    if let Some(e) = &f.events {
+        if e.pending > 0 || e.dead_letters > 0 {
+            let _ = writeln!(
+                o,
+                "async:         {} pending{}, {} dead letter(s){}",
+                e.pending,
+                e.oldest_age_s
+                    .map(|a| format!(" (oldest {a:.0} s)"))
+                    .unwrap_or_default(),
+                e.dead_letters,
+                if e.dead_letters > 0 {
+                    format!(" (`lampyr dlq {}`)", f.name)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    for t in &f.timers {
+        let state = if t.enabled { "" } else { " (disabled)" };
+        let _ = writeln!(o, "timer {}:{state} {} ({})", t.name, t.cron, t.timezone);
+        if !t.next.is_empty() {
+            let _ = writeln!(o, "    next:      {}", t.next.join(", "));
+        }
+        if let Some(l) = &t.last {
+            let st = l
+                .state
+                .and_then(|s| serde_json::to_value(s).ok())
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "?".into());
+            let _ = writeln!(
+                o,
+                "    last:      {} → {st} ({})",
+                l.scheduled_at, l.request_id
+            );
+        }
     }
     if !lampyr_api::manifest::TriggerSpec::is_default(&s.triggers) {
         let kinds: Vec<&str> = s.triggers.iter().map(|t| t.kind().as_str()).collect();

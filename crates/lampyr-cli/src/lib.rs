@@ -7,6 +7,7 @@
 
 mod client;
 mod commands;
+pub mod events;
 pub mod paths;
 pub mod scaffold;
 

@@ -50,6 +50,12 @@ fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
         created_at: rfc3339(rec.created_at),
         updated_at: rfc3339(rec.updated_at),
         trigger_token: (spec.auth == lampyr_api::Auth::Token).then(|| rec.trigger_token.clone()),
+        events: app.events.as_ref().map(|q| q.counts(&rec.name)),
+        timers: app
+            .events
+            .as_ref()
+            .map(|q| lampyr_async::timer_info(q, &spec))
+            .unwrap_or_default(),
         spec,
     }
 }
@@ -106,6 +112,7 @@ pub(crate) async fn list_functions(
                 activity: recs.map(|recs| {
                     lampyr_scheduler::stats::activity(&recs, app.sched.init_failure(&rec.name))
                 }),
+                events: app.events.as_ref().map(|q| q.counts(&rec.name)),
             }
         })
         .collect();
@@ -166,9 +173,14 @@ pub(crate) async fn delete_function(
 pub(crate) async fn invoke_raw(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let request_id = new_request_id();
+    let (invocation_type, idempotency_key) = match trigger::invocation_headers(&headers) {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
     let event = if body.is_empty() {
         Bytes::from_static(b"{}")
     } else {
@@ -187,15 +199,19 @@ pub(crate) async fn invoke_raw(
                 request_id: request_id.clone(),
                 event: event.to_vec(),
                 trigger: lampyr_api::TriggerKind::Api,
-                invocation_type: lampyr_scheduler::InvocationType::RequestResponse,
+                invocation_type,
                 // The management API's token let this request in.
                 credential: lampyr_scheduler::Credential::Operator,
+                attempt: None,
+                idempotency_key: idempotency_key.as_deref(),
             };
             trigger::call_and_answer(&app, call, trigger::respond_raw).await
         }
     };
-    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(trigger::X_LAMPYR_REQUEST_ID, v);
+    if !resp.headers().contains_key(trigger::X_LAMPYR_REQUEST_ID) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert(trigger::X_LAMPYR_REQUEST_ID, v);
+        }
     }
     resp
 }
@@ -217,7 +233,7 @@ pub(crate) struct LogParams {
 
 /// A query string for the API: like axum's `Query`, but a bad parameter
 /// answers with lampyr's error body (400 `invalid_parameter`).
-pub(crate) struct ApiQuery<T>(T);
+pub(crate) struct ApiQuery<T>(pub(crate) T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
     for ApiQuery<T>
@@ -262,7 +278,7 @@ fn since_param(since: Option<&str>) -> Result<Option<std::time::SystemTime>, Api
 /// A request id as given (whole, or any unique beginning, or the short
 /// form people see: its end) made whole, among `function`'s invocations or
 /// everyone's.
-async fn whole_request_id(
+pub(crate) async fn whole_request_id(
     app: &AppState,
     function: Option<&str>,
     given: &str,
@@ -437,14 +453,18 @@ pub(crate) async fn function_invocations(
 pub(crate) async fn get_invocation(
     State(app): State<AppState>,
     Path(request_id): Path<String>,
-) -> Result<Json<lampyr_api::InvocationRecord>, ApiError> {
+) -> Result<Response, ApiError> {
     let request_id = whole_request_id(&app, None, &request_id).await?;
+    // An asynchronous event: its state and every attempt.
+    if let Some(detail) = crate::events::detail(&app, &request_id).await? {
+        return Ok(Json(detail).into_response());
+    }
     let records = app.sched.records().clone();
     let id = request_id.clone();
     let rec = tokio::task::spawn_blocking(move || records.get(&id))
         .await
         .map_err(ApiError::internal)??;
-    rec.map(Json).ok_or_else(|| {
+    rec.map(|r| Json(r).into_response()).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "invocation_not_found",
@@ -527,7 +547,11 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
         match &*cache {
             Some((at, text)) if at.elapsed() < std::time::Duration::from_secs(1) => text.clone(),
             _ => {
-                let text: Bytes = app.sched.metrics_text().into();
+                let mut text = app.sched.metrics_text();
+                if let Some(q) = &app.events {
+                    text.push_str(&q.metrics_text());
+                }
+                let text: Bytes = text.into();
                 *cache = Some((std::time::Instant::now(), text.clone()));
                 text
             }

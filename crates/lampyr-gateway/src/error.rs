@@ -128,6 +128,17 @@ impl From<&SchedulerError> for ApiError {
             }
             SchedulerError::Store(e) => e.into(),
             SchedulerError::Internal(_) => ApiError::internal(msg),
+            SchedulerError::AsyncUnavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "async_unavailable", msg)
+            }
+            SchedulerError::EventTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "event_too_large", msg)
+            }
+            SchedulerError::EventQueueFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "event_queue_full", msg)
+                    .retry_after(std::time::Duration::from_secs(5))
+            }
+            SchedulerError::EventStore { .. } => ApiError::internal(msg),
         }
     }
 }

@@ -15,6 +15,7 @@
 mod api;
 mod edge;
 pub mod error;
+mod events;
 pub mod listen;
 mod trigger;
 mod ui;
@@ -75,6 +76,8 @@ pub struct App {
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// The last rendering of `/metrics`, and when it was made.
     metrics_cache: parking_lot::Mutex<Option<(std::time::Instant, Bytes)>>,
+    /// The asynchronous event queue, where the server has one.
+    pub(crate) events: Option<Arc<lampyr_async::EventQueue>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -101,7 +104,18 @@ impl AppState {
             doctor,
             stopping: tokio::sync::watch::Sender::new(false),
             metrics_cache: parking_lot::Mutex::new(None),
+            events: None,
         }))
+    }
+
+    /// The same state with the asynchronous event queue (for dead letters,
+    /// event states and timers). Call before the state is shared.
+    pub fn with_events(mut self, events: Arc<lampyr_async::EventQueue>) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(app) => app.events = Some(events),
+            None => panic!("AppState::with_events called after the state was shared"),
+        }
+        self
     }
 
     /// The function service behind the edge.
@@ -133,6 +147,16 @@ pub fn router(app: AppState) -> Router {
         .route("/functions/{name}/stats", get(api::function_stats))
         .route("/functions/{name}/series", get(api::function_series))
         .route("/invocations/{request_id}", get(api::get_invocation))
+        .route("/functions/{name}/events", get(events::list_events))
+        .route(
+            "/functions/{name}/dlq",
+            get(events::dead_letters).delete(events::purge),
+        )
+        .route("/functions/{name}/dlq/redrive", post(events::redrive))
+        .route(
+            "/functions/{name}/dlq/{request_id}",
+            get(events::dead_letter),
+        )
         .route("/doctor", get(api::doctor))
         .route("/pools", get(api::pools))
         .layer(DefaultBodyLimit::max(app.limits.max_package))
@@ -159,18 +183,7 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// A new request id: a time-ordered (version 7) UUID, random bits from the
-/// thread's fast generator (no system call per request). Being ordered by
-/// time, ids sort like the requests did and index cheaply.
-pub(crate) fn new_request_id() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random())
-        .into_uuid()
-        .to_string()
-}
+pub(crate) use lampyr_scheduler::new_request_id;
 
 /// The bearer token in `Authorization`, if any.
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {

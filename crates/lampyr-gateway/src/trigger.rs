@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use lampyr_api::{FunctionError, TriggerKind};
 use lampyr_scheduler::{
-    Call, Credential, Delivery, Invocation, InvocationType, Outcome, TriggerAccess,
+    Answer, Call, Credential, Delivery, Invocation, InvocationType, Outcome, TriggerAccess,
 };
 use serde::Serialize;
 
@@ -30,6 +30,10 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 // Header names lampyr sets on every response. Constants: a name given as a
 // string is looked up and, when it is not a standard one, copied each time.
 pub(crate) const X_LAMPYR_REQUEST_ID: HeaderName = HeaderName::from_static("x-lampyr-request-id");
+pub(crate) const X_LAMPYR_INVOCATION_TYPE: HeaderName =
+    HeaderName::from_static("x-lampyr-invocation-type");
+pub(crate) const X_LAMPYR_IDEMPOTENCY_KEY: HeaderName =
+    HeaderName::from_static("x-lampyr-idempotency-key");
 const X_LAMPYR_START: HeaderName = HeaderName::from_static("x-lampyr-start");
 const X_LAMPYR_VERSION: HeaderName = HeaderName::from_static("x-lampyr-version");
 const X_LAMPYR_FUNCTION_ERROR: HeaderName = HeaderName::from_static("x-lampyr-function-error");
@@ -78,10 +82,48 @@ pub(crate) async fn handle(
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(X_LAMPYR_REQUEST_ID, v);
+    if !resp.headers().contains_key(X_LAMPYR_REQUEST_ID) {
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert(X_LAMPYR_REQUEST_ID, v);
+        }
     }
     resp
+}
+
+/// How the caller asked to be answered (`x-lampyr-invocation-type`) and
+/// its idempotency key (`x-lampyr-idempotency-key`).
+pub(crate) fn invocation_headers(
+    headers: &axum::http::HeaderMap,
+) -> Result<(InvocationType, Option<String>), ApiError> {
+    let kind = match headers.get(X_LAMPYR_INVOCATION_TYPE) {
+        None => InvocationType::RequestResponse,
+        Some(v) => v
+            .to_str()
+            .map_err(|_| "x-lampyr-invocation-type is not text".to_string())
+            .and_then(str::parse)
+            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_invocation_type", m))?,
+    };
+    let key = match headers.get(X_LAMPYR_IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 256);
+            Some(k.map(str::to_string).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_idempotency_key",
+                    "x-lampyr-idempotency-key must be 1 to 256 characters of text",
+                )
+            })?)
+        }
+    };
+    if key.is_some() && kind != InvocationType::Event {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "x-lampyr-idempotency-key applies to asynchronous calls: send it with x-lampyr-invocation-type: event",
+        ));
+    }
+    Ok((kind, key))
 }
 
 async fn run(
@@ -104,6 +146,7 @@ async fn run(
         .sched
         .check_access(name, TriggerKind::Http, credential)
         .map_err(ApiError::from)?;
+    let (invocation_type, idempotency_key) = invocation_headers(req.headers())?;
     let (mut parts, body) = req.into_parts();
     if matches!(access, TriggerAccess::Token(_)) {
         // The token that opened the trigger is lampyr's business, not the
@@ -146,8 +189,10 @@ async fn run(
         request_id: request_id.to_string(),
         event,
         trigger: TriggerKind::Http,
-        invocation_type: InvocationType::RequestResponse,
+        invocation_type,
         credential,
+        attempt: None,
+        idempotency_key: idempotency_key.as_deref(),
     };
     Ok(call_and_answer(app, call, |inv| {
         respond(inv, max).unwrap_or_else(IntoResponse::into_response)
@@ -166,7 +211,8 @@ pub(crate) async fn call_and_answer(
 ) -> Response {
     use hyper::body::Body as _;
     match app.sched.call(call).await {
-        Ok(mut inv) => {
+        Ok(Answer::Queued(q)) => accepted(&q),
+        Ok(Answer::Ran(mut inv)) => {
             let resp = respond(&inv);
             inv.delivered(Delivery {
                 http_status: Some(resp.status().as_u16()),
@@ -180,6 +226,23 @@ pub(crate) async fn call_and_answer(
             resp
         }
     }
+}
+
+/// `202 Accepted` for a queued event: its request id in the body and in
+/// `x-lampyr-request-id`.
+fn accepted(q: &lampyr_scheduler::Queued) -> Response {
+    let body = serde_json::json!({
+        "request_id": q.request_id,
+        "status": "queued",
+        "duplicate": q.duplicate,
+    });
+    let mut resp = (StatusCode::ACCEPTED, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&q.request_id) {
+        h.insert(X_LAMPYR_REQUEST_ID, v);
+    }
+    resp
 }
 
 /// A response body that holds a value until the response has been sent

@@ -270,11 +270,23 @@
       h('td', { class: `num err-rate${a.errors ? ' bad' : ''}`, 'data-testid': 'fn-error-rate', text: a.invocations ? fmtPct(a.error_rate) : '—' }),
       h('td', { class: 'num', 'data-testid': 'fn-p99', text: fmtMs(a.p99_ms ?? null) }),
       h('td', { class: 'muted', 'data-testid': 'fn-last', title: a.last_invocation || '', text: a.last_invocation ? fmtAgo(a.last_invocation) : `none in ${range[1]}` }),
+      asyncCell(f.events),
       h('td', { class: 'url mono' }, h('a', { href: f.url, target: '_blank', rel: 'noopener noreferrer', text: f.url })));
     }));
     const emptyEl = $('functions-empty');
     emptyEl.hidden = fns.length > 0;
     if (!fns.length) emptyEl.replaceChildren(empty('No functions yet', h('span', {}, 'Create one with ', h('code', { text: 'lampyr init DIR' }), ' and ', h('code', { text: 'lampyr deploy DIR' }), '.')));
+  }
+
+  // Pending asynchronous events, and dead letters (in red: `lampyr dlq NAME`).
+  function asyncCell(ev) {
+    const e = ev || {};
+    const pending = e.pending || 0;
+    const dead = e.dead_letters || 0;
+    const age = e.oldest_age_s != null ? ` (oldest ${Math.round(e.oldest_age_s)} s)` : '';
+    return h('td', { class: 'num', 'data-testid': 'fn-async', title: `${pending} pending${age} · ${dead} dead letter${dead === 1 ? '' : 's'}` },
+      h('span', { 'data-testid': 'fn-queued', text: String(pending) }),
+      dead ? h('span', { class: 'badge fail', 'data-testid': 'fn-dead-letters', text: `${dead} DLQ` }) : null);
   }
 
   function renderPools(pools) {

@@ -72,6 +72,24 @@ pub enum SchedulerError {
     NetworkUnavailable { function: String, why: String },
     #[error(transparent)]
     Store(#[from] lampyr_store::StoreError),
+    /// An event call, on a server without an event queue.
+    #[error(
+        "function '{0}' cannot be invoked asynchronously on this server: it has no event queue"
+    )]
+    AsyncUnavailable(String),
+    /// An event over the queue's size limit.
+    #[error("the event for function '{function}' is {size} bytes, over the asynchronous limit of {limit} bytes ([async] max_event_bytes): send less, or invoke it synchronously (up to the request limit)")]
+    EventTooLarge {
+        function: String,
+        size: usize,
+        limit: usize,
+    },
+    /// The function's event queue is at its depth limit.
+    #[error("function '{function}' has {depth} asynchronous events waiting, its limit ([async] max_queue_depth): retry later, or raise its max_instances so events drain faster")]
+    EventQueueFull { function: String, depth: u64 },
+    /// The event queue could not commit the event.
+    #[error("the event for function '{function}' could not be stored: {message}")]
+    EventStore { function: String, message: String },
     /// A task of the function service itself failed.
     #[error("internal error: {0}")]
     Internal(String),

@@ -30,6 +30,77 @@ pub enum InvocationType {
     /// The caller waits for the result.
     #[default]
     RequestResponse,
+    /// The event is queued durably and run later, with retries; the
+    /// caller gets its request id at once ([`Answer::Queued`]).
+    Event,
+}
+
+impl std::str::FromStr for InvocationType {
+    type Err = String;
+
+    /// The value of `x-lampyr-invocation-type` (Lambda's spellings too).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "requestresponse" | "request-response" | "sync" => Ok(InvocationType::RequestResponse),
+            "event" | "async" => Ok(InvocationType::Event),
+            other => Err(format!(
+                "x-lampyr-invocation-type: '{other}' is not an invocation type: use \"event\" (queued, answered 202) or \"request-response\" (the default)"
+            )),
+        }
+    }
+}
+
+/// An event for the asynchronous queue.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub function: String,
+    pub request_id: String,
+    pub trigger: TriggerKind,
+    pub payload: Vec<u8>,
+    /// Events with the same key for the same function within the
+    /// idempotency window are one event.
+    pub idempotency_key: Option<String>,
+}
+
+/// An event accepted by the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// The event's request id: the first event's, for a repeated
+    /// idempotency key.
+    pub request_id: String,
+    /// The key was seen before: nothing was queued.
+    pub duplicate: bool,
+}
+
+/// Where [`InvocationType::Event`] calls go: the durable event queue.
+pub trait EventSink: Send + Sync + 'static {
+    /// Commits `event` durably, then answers.
+    fn enqueue(
+        &self,
+        event: NewEvent,
+    ) -> futures_util::future::BoxFuture<'static, Result<Queued, SchedulerError>>;
+}
+
+/// The answer to a call.
+#[derive(Debug)]
+// `Ran` is the common answer, on the request path: boxing it would cost an
+// allocation per call.
+#[allow(clippy::large_enum_variant)]
+pub enum Answer {
+    /// The handler ran (a request-response call).
+    Ran(Invocation),
+    /// The event was queued (an event call).
+    Queued(Queued),
+}
+
+impl Answer {
+    /// The invocation, for a request-response call.
+    pub fn ran(self) -> Option<Invocation> {
+        match self {
+            Answer::Ran(i) => Some(i),
+            Answer::Queued(_) => None,
+        }
+    }
 }
 
 /// What the caller presented to be let in.
@@ -52,6 +123,31 @@ pub struct Call<'a> {
     pub trigger: TriggerKind,
     pub invocation_type: InvocationType,
     pub credential: Credential<'a>,
+    /// Which attempt this is, for an event that is retried.
+    pub attempt: Option<u32>,
+    /// For an event call: the caller's idempotency key.
+    pub idempotency_key: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    /// A request-response call by lampyr itself.
+    pub fn new(
+        function: &'a str,
+        request_id: String,
+        event: Vec<u8>,
+        trigger: TriggerKind,
+    ) -> Self {
+        Call {
+            function,
+            request_id,
+            event,
+            trigger,
+            invocation_type: InvocationType::RequestResponse,
+            credential: Credential::Operator,
+            attempt: None,
+            idempotency_key: None,
+        }
+    }
 }
 
 /// Time spent in each phase of one invocation.
@@ -134,6 +230,7 @@ pub struct Invocation {
 struct After {
     sched: Scheduler,
     trigger: TriggerKind,
+    attempt: Option<u32>,
     delivery: Delivery,
     sandbox: Arc<lampyr_sandbox::SandboxControl>,
     /// The pool the instance came from, refilled then.
@@ -192,7 +289,7 @@ impl Drop for Invocation {
             http_status: self.after.delivery.http_status,
             response_bytes: self.after.delivery.response_bytes,
             instance: Some(std::mem::take(&mut self.instance)),
-            attempt: None,
+            attempt: self.after.attempt,
         };
         let inner = &self.after.sched.inner;
         inner.recorder.record(records::Draft {
@@ -274,28 +371,57 @@ impl Scheduler {
     /// The invocation runs in a task of its own: if the caller goes away
     /// (a client disconnected), it still finishes or times out and gives
     /// its slot back properly, and a cold start it began still completes.
-    pub async fn call(&self, call: Call<'_>) -> Result<Invocation, Refused> {
+    pub async fn call(&self, call: Call<'_>) -> Result<Answer, Refused> {
         let Call {
             function,
             request_id,
             event,
             trigger,
-            invocation_type: InvocationType::RequestResponse,
+            invocation_type,
             credential,
+            attempt,
+            idempotency_key,
         } = call;
         let state = self
             .state_of(function)
             .ok_or_else(|| Refused::unrecorded(SchedulerError::NotFound(function.to_string())))?;
         check_access(&state, trigger, credential).map_err(Refused::unrecorded)?;
+        if invocation_type == InvocationType::Event {
+            let sink = self.inner.events.get().cloned().ok_or_else(|| {
+                Refused::unrecorded(SchedulerError::AsyncUnavailable(function.to_string()))
+            })?;
+            let queued = sink
+                .enqueue(NewEvent {
+                    function: function.to_string(),
+                    request_id,
+                    // Its attempts are the event queue's invocations.
+                    trigger: TriggerKind::Async,
+                    payload: event,
+                    idempotency_key: idempotency_key.map(str::to_string),
+                })
+                .await
+                .map_err(Refused::unrecorded)?;
+            return Ok(Answer::Queued(queued));
+        }
         let sched = self.clone();
         let task = tokio::spawn(async move {
             let started_at = SystemTime::now();
             let queued_at = Instant::now();
             match sched.run(&state, &request_id, &event).await {
-                Ok(done) => Ok(done.into_invocation(&sched, request_id, started_at, trigger)),
-                Err(error) => {
-                    Err(sched.refused(&state, error, request_id, trigger, started_at, queued_at))
-                }
+                Ok(done) => Ok(Answer::Ran(
+                    done.into_invocation(&sched, request_id, started_at, trigger, attempt),
+                )),
+                Err(error) => Err(sched.refused(
+                    &state,
+                    error,
+                    Called {
+                        request_id,
+                        trigger,
+                        attempt,
+                        started_at,
+                        queued_at,
+                    },
+                )),
             }
         });
         match task.await {
@@ -304,6 +430,11 @@ impl Scheduler {
                 "the invocation task failed: {e}"
             )))),
         }
+    }
+
+    /// Sets where event calls go (once, at start-up).
+    pub fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
+        let _ = self.inner.events.set(sink);
     }
 
     /// Whether a caller with `credential` may call `function` through
@@ -326,15 +457,14 @@ impl Scheduler {
     }
 
     /// The refusal of a call, with its record if it is recorded.
-    fn refused(
-        &self,
-        state: &FunctionState,
-        error: SchedulerError,
-        request_id: String,
-        trigger: TriggerKind,
-        started_at: SystemTime,
-        queued_at: Instant,
-    ) -> Refused {
+    fn refused(&self, state: &FunctionState, error: SchedulerError, c: Called) -> Refused {
+        let Called {
+            request_id,
+            trigger,
+            attempt,
+            started_at,
+            queued_at,
+        } = c;
         let Some((status, error_type)) = error.recorded_as() else {
             return Refused::unrecorded(error);
         };
@@ -360,7 +490,7 @@ impl Scheduler {
             http_status: None,
             response_bytes: 0,
             instance: None,
-            attempt: None,
+            attempt,
         };
         Refused {
             error,
@@ -583,6 +713,19 @@ fn check_access(
     }
 }
 
+/// A new request id: a time-ordered (version 7) UUID, random bits from the
+/// thread's fast generator (no system call per request). Being ordered by
+/// time, ids sort like the requests did and index cheaply.
+pub fn new_request_id() -> String {
+    let millis = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 /// Compares two tokens in time independent of where they differ.
 pub fn token_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -590,6 +733,15 @@ pub fn token_eq(a: &str, b: &str) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Who called, for the record of a refusal.
+struct Called {
+    request_id: String,
+    trigger: TriggerKind,
+    attempt: Option<u32>,
+    started_at: SystemTime,
+    queued_at: Instant,
 }
 
 /// What ran, before it becomes an [`Invocation`].
@@ -612,6 +764,7 @@ impl Ran {
         request_id: String,
         started_at: SystemTime,
         trigger: TriggerKind,
+        attempt: Option<u32>,
     ) -> Invocation {
         Invocation {
             request_id,
@@ -626,6 +779,7 @@ impl Ran {
             after: After {
                 sched: sched.clone(),
                 trigger,
+                attempt,
                 delivery: Delivery::default(),
                 sandbox: self.sandbox,
                 refill: self.refill,

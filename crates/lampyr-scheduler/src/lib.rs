@@ -55,7 +55,8 @@ use parking_lot::RwLock;
 pub use deploy::{DeployOptions, DeployOutcome};
 pub use error::SchedulerError;
 pub use invoke::{
-    token_eq, Call, Credential, Delivery, Invocation, InvocationType, Outcome, Phases, Refused,
+    new_request_id, token_eq, Answer, Call, Credential, Delivery, EventSink, Invocation,
+    InvocationType, NewEvent, Outcome, Phases, Queued, Refused,
 };
 pub use logs::{Follower, LogHub};
 pub use pool::{PoolBounds, PoolConfig};
@@ -103,6 +104,8 @@ pub(crate) struct Inner {
     deploying: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Deploys and deletes, for triggers that follow them.
     changes: tokio::sync::broadcast::Sender<Change>,
+    /// Where event calls go.
+    events: std::sync::OnceLock<Arc<dyn invoke::EventSink>>,
 }
 
 /// A deploy or delete, as triggers that follow the functions see it.
@@ -169,6 +172,7 @@ impl Scheduler {
             samples: parking_lot::Mutex::new(HashMap::new()),
             deploying: parking_lot::Mutex::new(HashMap::new()),
             changes: tokio::sync::broadcast::channel(256).0,
+            events: std::sync::OnceLock::new(),
         });
         inner.pools.start(&inner);
         let sched = Scheduler { inner };
@@ -336,6 +340,13 @@ impl Scheduler {
             .values()
             .map(|s| s.counts().total())
             .sum()
+    }
+
+    /// A function's capacity: `(max_instances, concurrency)`.
+    pub fn capacity(&self, name: &str) -> Option<(u32, u32)> {
+        let functions = self.inner.functions.read();
+        let v = functions.get(name)?.current();
+        Some((v.spec().max_instances, v.spec().concurrency))
     }
 
     /// The current version of a function, as the scheduler runs it.

@@ -70,6 +70,70 @@ pub struct ServerConfig {
     pub http: HttpSection,
     #[serde(default)]
     pub network: NetworkSection,
+    #[serde(default, rename = "async")]
+    pub async_: AsyncSection,
+}
+
+/// `[async]`: asynchronous invocation and its event queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsyncSection {
+    pub retry_base: String,
+    pub throttle_base: String,
+    pub max_event_bytes: usize,
+    pub max_queue_depth: u64,
+    /// `"process"`: an accepted event survives the server being killed;
+    /// `"power"`: also the machine losing power (a disk flush per commit).
+    pub durability: String,
+    pub keep_finished: String,
+}
+
+impl Default for AsyncSection {
+    fn default() -> Self {
+        let d = lampyr_async::AsyncConfig::default();
+        AsyncSection {
+            retry_base: humantime::format_duration(d.retry_base).to_string(),
+            throttle_base: humantime::format_duration(d.throttle_base).to_string(),
+            max_event_bytes: d.max_event_bytes,
+            max_queue_depth: d.max_queue_depth,
+            durability: "process".into(),
+            keep_finished: humantime::format_duration(d.keep_finished).to_string(),
+        }
+    }
+}
+
+impl AsyncSection {
+    pub fn to_config(&self) -> Result<lampyr_async::AsyncConfig, ConfigError> {
+        let fsync = match self.durability.as_str() {
+            "process" => false,
+            "power" => true,
+            other => {
+                return Err(ConfigError::invalid(
+                    "async.durability",
+                    format!("unknown value \"{other}\": use \"process\" (survives a killed server) or \"power\" (also a power loss: a disk flush per commit)"),
+                ))
+            }
+        };
+        if self.max_event_bytes == 0 || self.max_queue_depth == 0 {
+            return Err(ConfigError::invalid(
+                if self.max_event_bytes == 0 {
+                    "async.max_event_bytes"
+                } else {
+                    "async.max_queue_depth"
+                },
+                "must be at least 1",
+            ));
+        }
+        Ok(lampyr_async::AsyncConfig {
+            retry_base: duration("async.retry_base", &self.retry_base)?,
+            throttle_base: duration("async.throttle_base", &self.throttle_base)?,
+            max_event_bytes: self.max_event_bytes,
+            max_queue_depth: self.max_queue_depth,
+            fsync,
+            keep_finished: duration("async.keep_finished", &self.keep_finished)?,
+            ..lampyr_async::AsyncConfig::default()
+        })
+    }
 }
 
 /// `[network]`: the egress network of instances.
@@ -514,6 +578,7 @@ impl ServerConfig {
         self.http.to_limits()?;
         self.http.body_timeout()?;
         self.network.to_config()?;
+        self.async_.to_config()?;
         self.sandbox.to_config(Path::new("/"))?;
         Ok(())
     }

@@ -77,6 +77,8 @@ pub enum ServerError {
     Scheduler(#[from] lampyr_scheduler::SchedulerError),
     #[error(transparent)]
     Trigger(#[from] lampyr_triggers::TriggerError),
+    #[error(transparent)]
+    Events(#[from] lampyr_async::QueueError),
     #[error("the HTTP listener failed (the log says why); the server stopped")]
     Serve,
 }
@@ -236,7 +238,11 @@ impl Server {
             max_entries: cfg.limits.max_entries,
             max_request_body: cfg.limits.max_request_body as u64,
         });
-        let app = AppState::new(sched.clone(), token, public_url.clone(), limits, doctor);
+        let events =
+            lampyr_async::EventQueue::open(&data_dir.join("events.db"), cfg.async_.to_config()?)?;
+        sched.set_event_sink(lampyr_async::sink(&events));
+        let app = AppState::new(sched.clone(), token, public_url.clone(), limits, doctor)
+            .with_events(events.clone());
         // Every trigger starts here, beside the HTTP edge.
         let http = Arc::new(lampyr_gateway::HttpTrigger::new(
             app.clone(),
@@ -245,6 +251,8 @@ impl Server {
         ));
         let mut triggers = TriggerSet::new();
         triggers.add(http.clone());
+        triggers.add(Arc::new(lampyr_async::AsyncTrigger::new(events.clone())));
+        triggers.add(Arc::new(lampyr_async::TimerTrigger::new(events)));
         Ok(Server {
             app,
             sched,

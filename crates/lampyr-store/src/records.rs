@@ -429,6 +429,31 @@ impl RecordStore {
         Ok(found)
     }
 
+    /// Every record of `request_id` of `function`, oldest first: the
+    /// attempts of an asynchronous event, which share its id (and start
+    /// after it was made).
+    pub fn attempts(&self, function: &str, request_id: &str) -> Result<Vec<InvocationRecord>> {
+        let db = self.reader.lock();
+        let needle = serde_json::to_string(request_id).expect("a string serialises");
+        let since = uuid_v7_ms(request_id).map_or(i64::MIN, |t| t - ID_CLOCK_SLACK_MS);
+        let mut stmt = db.prepare_cached(
+            "SELECT records FROM invocation_batches
+             WHERE function = ?1 AND last_ms >= ?2 AND instr(records, ?3) > 0 ORDER BY last_ms",
+        )?;
+        let mut rows = stmt.query(params![function, since, needle.as_bytes()])?;
+        let mut out: Vec<(i64, InvocationRecord)> = Vec::new();
+        while let Some(row) = rows.next()? {
+            let Some(batch) = row.get_ref(0)?.as_blob().ok().and_then(decode) else {
+                continue;
+            };
+            for r in batch.into_iter().filter(|r| r.request_id() == request_id) {
+                out.push((r.start_ms(), r.into_record(function)));
+            }
+        }
+        out.sort_by_key(|(t, _)| *t);
+        Ok(out.into_iter().map(|(_, r)| r).collect())
+    }
+
     /// The request ids of `function`'s records (every function's with
     /// `None`) that begin or end with `part` (case-insensitively), newest
     /// batches first, at most `limit`: how a short id becomes a whole one.

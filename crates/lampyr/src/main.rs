@@ -128,6 +128,13 @@ enum Command {
         /// The event: inline JSON, `@file`, or `@-` for stdin [default: {}]
         #[arg(long, short)]
         data: Option<String>,
+        /// Queue the event and print its request id at once; it runs
+        /// later, retried on failure (see `lampyr invocations NAME --events`).
+        #[arg(long = "async")]
+        is_async: bool,
+        /// With --async: events with the same key within 24 h are one.
+        #[arg(long, requires = "is_async")]
+        idempotency_key: Option<String>,
     },
     /// List functions.
     #[command(alias = "list")]
@@ -165,6 +172,22 @@ enum Command {
         /// Only invocations newer than this, e.g. 10m or 2h.
         #[arg(long)]
         since: Option<String>,
+        /// List the function's asynchronous events and their states instead.
+        #[arg(long, conflicts_with_all = ["status", "since"])]
+        events: bool,
+        /// With --events: only this state: queued, running, retrying,
+        /// succeeded, dead_lettered.
+        #[arg(long, requires = "events")]
+        state: Option<String>,
+    },
+    /// A function's dead-letter list: asynchronous events that failed for
+    /// good. `lampyr dlq NAME` lists them.
+    #[command(args_conflicts_with_subcommands = true)]
+    Dlq {
+        #[command(subcommand)]
+        action: Option<DlqAction>,
+        /// The function whose dead letters to list.
+        name: Option<String>,
     },
     /// Summarise a function's invocations: counts, error and cold-start
     /// rates, p50/p95/p99 of duration and of each cold-start phase, GB-s.
@@ -183,6 +206,23 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Show one dead letter: its payload and every attempt's error.
+    Show { name: String, request_id: String },
+    /// Queue dead letters again (their attempts start over).
+    Redrive {
+        name: String,
+        /// The request ids to redrive.
+        request_ids: Vec<String>,
+        /// Redrive every dead letter of the function.
+        #[arg(long, conflicts_with = "request_ids")]
+        all: bool,
+    },
+    /// Delete a function's dead letters.
+    Purge { name: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -275,20 +315,75 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Invoke { name, data } => Ok(lampyr_cli::invoke(
+        Command::Invoke {
+            name,
+            data,
+            is_async: true,
+            idempotency_key,
+        } => Ok(lampyr_cli::events::invoke_async(
+            &client(),
+            name,
+            data.as_deref(),
+            idempotency_key.as_deref(),
+            cli.json,
+        )?),
+        Command::Invoke { name, data, .. } => Ok(lampyr_cli::invoke(
             &client(),
             name,
             data.as_deref(),
             cli.json,
         )?),
+        Command::Dlq { action, name } => match (action, name) {
+            (Some(DlqAction::Show { name, request_id }), _) => Ok(lampyr_cli::events::dlq_show(
+                &client(),
+                name,
+                request_id,
+                cli.json,
+            )?),
+            (
+                Some(DlqAction::Redrive {
+                    name,
+                    request_ids,
+                    all,
+                }),
+                _,
+            ) => Ok(lampyr_cli::events::dlq_redrive(
+                &client(),
+                name,
+                request_ids,
+                *all,
+                cli.json,
+            )?),
+            (Some(DlqAction::Purge { name }), _) => {
+                Ok(lampyr_cli::events::dlq_purge(&client(), name, cli.json)?)
+            }
+            (None, Some(name)) => Ok(lampyr_cli::events::dlq_list(&client(), name, cli.json)?),
+            (None, None) => anyhow::bail!(
+                "name the function: `lampyr dlq NAME` lists its dead letters (see `lampyr dlq --help`)"
+            ),
+        },
         Command::Ls => Ok(lampyr_cli::list(&client(), cli.json)?),
         Command::Info { name } => Ok(lampyr_cli::info(&client(), name, cli.json)?),
         Command::Rm { name } => Ok(lampyr_cli::remove(&client(), name, cli.json)?),
         Command::Invocations {
             name,
             limit,
+            events: true,
+            state,
+            ..
+        } => Ok(lampyr_cli::events::events(
+            &client(),
+            name,
+            state.as_deref(),
+            *limit,
+            cli.json,
+        )?),
+        Command::Invocations {
+            name,
+            limit,
             status,
             since,
+            ..
         } => Ok(lampyr_cli::invocations(
             &client(),
             name,

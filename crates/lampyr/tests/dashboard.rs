@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::{Fixture, Server};
 
@@ -71,7 +72,7 @@ fn dashboard_in_a_real_browser() {
     // A function whose initialisation fails (it passed no check), called.
     let broken = Fixture::node(
         "dash-broken",
-        "",
+        "retries = 0\n",
         "throw new Error('no database configured');",
     );
     let pkg = lampyr_store::pack_dir(broken.path()).unwrap();
@@ -82,6 +83,17 @@ fn dashboard_in_a_real_browser() {
         200
     );
     assert_eq!(server.get("dash-broken").status, 502);
+    // An event for it fails for good: a dead letter.
+    let r = common::request(
+        "POST",
+        &format!("{}/fn/dash-broken", server.url),
+        Some(b"{}"),
+        &[("x-lampyr-invocation-type", "event")],
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    server.wait_until("the dead letter", Duration::from_secs(20), || {
+        server.info("dash-broken")["events"]["dead_letters"] == 1
+    });
 
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
