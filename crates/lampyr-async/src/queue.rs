@@ -311,7 +311,11 @@ CREATE TABLE IF NOT EXISTS events (
     dead_reason TEXT,
     timer TEXT
 );
-CREATE INDEX IF NOT EXISTS events_by_state ON events (state, function, id);
+-- Indexes a state change does not touch: an event changes state three
+-- times or more, and every index entry moved is a page written.
+DROP INDEX IF EXISTS events_by_state;
+CREATE INDEX IF NOT EXISTS events_by_function ON events (function, id);
+CREATE INDEX IF NOT EXISTS events_finished ON events (finished_ms) WHERE finished_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS idempotency (
     function TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -394,6 +398,24 @@ impl EventQueue {
         let last_token: i64 =
             conn.query_row("SELECT COALESCE(MAX(lease), 0) FROM events", [], |r| {
                 r.get(0)
+            })?;
+        // The writer never checkpoints (that would stall accepts for the
+        // milliseconds it takes): a thread of its own does, every second.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = open_conn(path, sync)?;
+        std::thread::Builder::new()
+            .name("lampyr-events-checkpoint".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(1));
+                if let Err(e) =
+                    checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::debug!("event queue checkpoint: {e}");
+                }
+            })
+            .map_err(|e| QueueError::Open {
+                path: path.display().to_string(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
         let reader = open_conn(path, sync)?;
         reader.pragma_update(None, "query_only", true)?;
@@ -750,7 +772,7 @@ fn apply_group(
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for op in group.drain(..) {
             match op {
-                Op::Accept { accept, reply } => match insert(&tx, cfg, depths, &accept)? {
+                Op::Accept { accept, reply } => match insert(&tx, cfg, depths, accept)? {
                     Ok((queued, ev)) => then.push(Then::Accepted { reply, queued, ev }),
                     Err(error) => then.push(Then::Refused { reply, error }),
                 },
@@ -760,7 +782,8 @@ fn apply_group(
                     until_ms,
                     reply,
                 } => {
-                    let n = tx.execute(
+                    let n = exec(
+                        &tx,
                         "UPDATE events SET state = 'running', lease = ?2, lease_until_ms = ?3
                          WHERE id = ?1 AND state = 'queued'",
                         params![id, token, until_ms],
@@ -768,7 +791,8 @@ fn apply_group(
                     then.push(Then::Leased { reply, ok: n == 1 });
                 }
                 Op::TimerSeen { function, timer } => {
-                    tx.execute(
+                    exec(
+                        &tx,
                         "INSERT OR IGNORE INTO timer_ticks (function, timer, first_seen_ms) VALUES (?1, ?2, ?3)",
                         params![function, timer, now_ms()],
                     )?;
@@ -777,22 +801,26 @@ fn apply_group(
                     let now = now_ms();
                     let lease = "id = ?1 AND lease = ?2 AND state = 'running'";
                     let applied = match &outcome {
-                        Finish::Succeeded { .. } => tx.execute(
+                        Finish::Succeeded { .. } => exec(
+                        &tx,
                             &format!("UPDATE events SET state = 'succeeded', attempts = attempts + 1, finished_ms = ?3 WHERE {lease}"),
                             params![id, token, now],
                         )?,
-                        Finish::Retry { run_at_ms, error } => tx.execute(
+                        Finish::Retry { run_at_ms, error } => exec(
+                        &tx,
                             &format!("UPDATE events SET state = 'queued', attempts = attempts + 1, run_at_ms = ?3,
                                       errors = json_insert(errors, '$[#]', json(?4)) WHERE {lease}"),
                             params![id, token, run_at_ms, serde_json::to_string(error).unwrap_or_default()],
                         )?,
-                        Finish::Throttled { run_at_ms } => tx.execute(
+                        Finish::Throttled { run_at_ms } => exec(
+                        &tx,
                             &format!("UPDATE events SET state = 'queued', run_at_ms = ?3 WHERE {lease}"),
                             params![id, token, run_at_ms],
                         )?,
                         Finish::Dead { reason, error, .. } => {
                             let counted = i64::from(error.is_some());
-                            tx.execute(
+                            exec(
+                        &tx,
                                 &format!("UPDATE events SET state = 'dead', attempts = attempts + ?3, finished_ms = ?4,
                                           dead_reason = ?5,
                                           errors = CASE WHEN ?6 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?6)) END
@@ -807,7 +835,8 @@ fn apply_group(
                                 ],
                             )?
                         }
-                        Finish::Dropped => tx.execute(
+                        Finish::Dropped => exec(
+                        &tx,
                             &format!("DELETE FROM events WHERE {lease}"),
                             params![id, token],
                         )?,
@@ -841,11 +870,12 @@ fn apply_group(
                     if let Some(d) = destination {
                         // A destination that is full or refused is logged,
                         // not retried: the source event is done.
-                        match insert(&tx, cfg, depths, &d)? {
+                        let function = d.event.function.clone();
+                        match insert(&tx, cfg, depths, d)? {
                             Ok((_, Some(ev))) => follow_ups.push(ev),
                             Ok((_, None)) => {}
                             Err(e) => tracing::warn!(
-                                function = %d.event.function,
+                                function = %function,
                                 "a destination record was not queued: {e:?}"
                             ),
                         }
@@ -891,7 +921,8 @@ fn apply_group(
                         }
                     }
                     for ev in &redriven {
-                        tx.execute(
+                        exec(
+                            &tx,
                             "UPDATE events SET state = 'queued', attempts = 0, created_ms = ?2,
                              run_at_ms = ?2, finished_ms = NULL, dead_reason = NULL WHERE id = ?1",
                             params![ev.id, now],
@@ -905,7 +936,8 @@ fn apply_group(
                     });
                 }
                 Op::Purge { function, reply } => {
-                    let n = tx.execute(
+                    let n = exec(
+                        &tx,
                         "DELETE FROM events WHERE function = ?1 AND state = 'dead'",
                         params![function],
                     )?;
@@ -916,12 +948,18 @@ fn apply_group(
                     });
                 }
                 Op::Forget { function } => {
-                    tx.execute("DELETE FROM events WHERE function = ?1", params![function])?;
-                    tx.execute(
+                    exec(
+                        &tx,
+                        "DELETE FROM events WHERE function = ?1",
+                        params![function],
+                    )?;
+                    exec(
+                        &tx,
                         "DELETE FROM idempotency WHERE function = ?1",
                         params![function],
                     )?;
-                    tx.execute(
+                    exec(
+                        &tx,
                         "DELETE FROM timer_ticks WHERE function = ?1",
                         params![function],
                     )?;
@@ -930,11 +968,13 @@ fn apply_group(
                 Op::Prune => {
                     let now = now_ms();
                     let keep = cfg.keep_finished.as_millis() as i64;
-                    tx.execute(
+                    exec(
+                        &tx,
                         "DELETE FROM events WHERE state = 'succeeded' AND finished_ms < ?1",
                         params![now - keep],
                     )?;
-                    tx.execute(
+                    exec(
+                        &tx,
                         "DELETE FROM idempotency WHERE created_ms < ?1",
                         params![now - IDEMPOTENCY_WINDOW.as_millis() as i64],
                     )?;
@@ -997,6 +1037,17 @@ fn apply_group(
     queue.wake.notify_one();
 }
 
+/// Runs one statement through the connection's statement cache (every
+/// statement here runs once per event: parsing it each time would cost
+/// more than running it).
+fn exec(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(p)
+}
+
 /// How long an idempotency key holds.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -1008,14 +1059,16 @@ fn insert(
     tx: &rusqlite::Transaction<'_>,
     cfg: &AsyncConfig,
     depths: &mut HashMap<String, u64>,
-    a: &Accept,
+    a: Accept,
 ) -> rusqlite::Result<Result<(lampyr_scheduler::Queued, Option<Ev>), AcceptError>> {
-    let e = &a.event;
+    let Accept { event: e, tick } = a;
     let now = now_ms();
     if let Some(key) = &e.idempotency_key {
         let seen: Option<String> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT request_id FROM idempotency WHERE function = ?1 AND key = ?2 AND created_ms >= ?3",
+            )?
+            .query_row(
                 params![e.function, key, now - IDEMPOTENCY_WINDOW.as_millis() as i64],
                 |r| r.get(0),
             )
@@ -1034,21 +1087,24 @@ fn insert(
     if *depth >= cfg.max_queue_depth {
         return Ok(Err(AcceptError::Full { depth: *depth }));
     }
-    let timer = a.tick.as_ref().map(|(t, _)| t.clone());
-    tx.execute(
+    let timer = tick.as_ref().map(|(t, _)| t.clone());
+    exec(
+                        tx,
         "INSERT INTO events (request_id, function, trigger, payload, created_ms, state, run_at_ms, timer)
          VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?5, ?6)",
         params![e.request_id, e.function, e.trigger.as_str(), e.payload, now, timer],
     )?;
     let id = tx.last_insert_rowid();
     if let Some(key) = &e.idempotency_key {
-        tx.execute(
+        exec(
+                        tx,
             "INSERT OR REPLACE INTO idempotency (function, key, request_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
             params![e.function, key, e.request_id, now],
         )?;
     }
-    if let Some((t, tick)) = &a.tick {
-        tx.execute(
+    if let Some((t, tick)) = &tick {
+        exec(
+                        tx,
             "INSERT INTO timer_ticks (function, timer, first_seen_ms, last_tick_ms, last_request_id)
              VALUES (?1, ?2, ?3, ?3, ?4)
              ON CONFLICT (function, timer) DO UPDATE SET last_tick_ms = ?3, last_request_id = ?4",
@@ -1063,10 +1119,10 @@ fn insert(
         },
         Some(Ev {
             id,
-            request_id: e.request_id.clone(),
-            function: e.function.clone(),
+            request_id: e.request_id,
+            function: e.function,
             trigger: e.trigger,
-            payload: Some(Bytes::from(e.payload.clone())),
+            payload: Some(Bytes::from(e.payload)),
             created_ms: now,
             attempts: 0,
             timer,
