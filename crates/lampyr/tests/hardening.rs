@@ -83,6 +83,37 @@ fn package_links_never_lead_outside_the_package() {
             );
         }
     }
+
+    // The manifest as a link through a chain of links: each link, checked
+    // by its own text alone, stays inside (`lampyr.toml -> a/u11/...` names
+    // no `..`; each `a/uN -> uM/..` climbs one step), yet the chain leads
+    // to `/`, and from there to the file.
+    for target in ["proc/self/environ", "etc/passwd"] {
+        let mut pkg = RawPackage::new()
+            .file("index.js", b"exports.handler = async () => 1;")
+            .dir("a")
+            .link("a/u0", "..");
+        for i in 1..12 {
+            pkg = pkg.link(&format!("a/u{i}"), &format!("u{}/..", i - 1));
+        }
+        let pkg = pkg
+            .link("lampyr.toml", &format!("a/u11/{target}"))
+            .finish(0);
+        let r = server.deploy_package("links", &pkg);
+        assert_eq!(r.status, 400, "{target}: {}", r.text());
+        assert_eq!(error_code(&r), "invalid_package", "{target}");
+        let t = r.text();
+        assert!(
+            t.contains("outside the function directory") || t.contains("symbolic link"),
+            "{target}: {t}"
+        );
+        for leak in ["PATH=", "LAMPYR", "root:", "HOME=", "/bin/"] {
+            assert!(
+                !t.contains(leak),
+                "{target}: the error quotes the file: {t}"
+            );
+        }
+    }
     scratch_is_empty(&server);
     assert_eq!(
         server.api("GET", "/functions", None).json()["functions"],
