@@ -124,12 +124,16 @@ exports.handler = async () => new Promise((resolve) => {
             format!("host.lampyr.internal:{host_port}"),
             format!("127.0.0.1:{api}"),
             "10.0.2.3:80".to_string(),
+            // Link-local, where cloud metadata services answer: refused by
+            // the policy on the instance's SYN, before lampyr connects
+            // anywhere, so not one packet leaves for it.
+            "169.254.169.254:80".to_string(),
             "nope.test:80".to_string(),
         ];
         let v = probe(&server, "probe", &targets);
         assert!(reached(&v, "example.test:80"), "pools {pools}: {v}");
         assert!(reached(&v, &targets[1]), "{v}");
-        for t in &targets[2..8] {
+        for t in &targets[2..9] {
             assert_eq!(
                 v[t], "ECONNREFUSED",
                 "pools {pools}: {t} must be refused: {v}"
@@ -145,6 +149,19 @@ exports.handler = async () => new Promise((resolve) => {
                     })
             })
         });
+        // The link-local refusal is lampyr's own, by its policy.
+        server.wait_until(
+            "the link-local refusal in the log",
+            Duration::from_secs(10),
+            || {
+                server.logs("probe", "").iter().any(|l| {
+                    l["stream"] == "platform"
+                        && l["message"].as_str().is_some_and(|m| {
+                            m.contains("169.254.169.254:80") && m.contains("a link-local address")
+                        })
+                })
+            },
+        );
 
         // What `allow` names gets through: a private address, and the
         // host's loopback as host.lampyr.internal.

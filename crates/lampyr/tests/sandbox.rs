@@ -279,7 +279,7 @@ fn exceeding_memory_gives_out_of_memory_for_that_invocation_only() {
 }
 
 #[test]
-fn the_default_network_is_loopback_only_and_host_is_opt_in() {
+fn the_default_network_cannot_reach_the_hosts_loopback_and_host_is_opt_in() {
     for server in both_modes() {
         let code = "port = int(event['queryStringParameters']['port'])\ns = socket.socket()\ns.settimeout(2)\ntry:\n    s.connect(('127.0.0.1', port))\n    result = 'connected'\nexcept OSError as e:\n    result = errno.errorcode.get(e.errno, str(e))\nfinally:\n    s.close()";
         server.deploy(py_probe("isolated", "", code).path());
