@@ -376,6 +376,48 @@ fn lampyrignore_chooses_what_ships_and_dry_run_lists_it() {
         shipped.contains(".env") && !shipped.contains("src"),
         "{shipped}"
     );
+    // Deploying by the path of its lampyr.toml ships the same directory,
+    // under the same rules: from anywhere, and as `lampyr.toml` from inside.
+    f.write("by-path.txt", "1");
+    let manifest = f.path().join("lampyr.toml");
+    let (ok, v) = cli_json(&server, &["deploy", manifest.to_str().unwrap()]);
+    assert!(ok, "{v}");
+    assert_eq!(v["version"], 2, "{v}");
+    let shipped = server.get("shipping").text();
+    assert!(
+        shipped.contains("by-path.txt") && shipped.contains(".env") && !shipped.contains("src"),
+        "{shipped}"
+    );
+    f.write("relative.txt", "1");
+    let out = std::process::Command::new(common::bin())
+        .args(["--json", "deploy", "lampyr.toml"])
+        .current_dir(f.path())
+        .env("LAMPYR_URL", &server.url)
+        .env("LAMPYR_DATA_DIR", &server.data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], 3, "{v}");
+    let shipped = server.get("shipping").text();
+    assert!(
+        shipped.contains("relative.txt")
+            && shipped.contains("by-path.txt")
+            && !shipped.contains("src"),
+        "{shipped}"
+    );
+    // A path to another file is neither, and the CLI says what it takes.
+    let out = server.cli(&["deploy", f.path().join("index.js").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the lampyr.toml itself"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
