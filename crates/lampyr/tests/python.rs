@@ -111,7 +111,15 @@ fn pooled_python_imports_what_a_fresh_interpreter_does() {
     .unwrap();
     server
         .deploy(Fixture::python("stdlib", "timeout = \"120s\"\nmemory_mb = 1024\n", PROBE).path());
+    let host_prefix = {
+        let out = Command::new(&python)
+            .args(["-s", "-c", "import sys; print(sys.prefix)"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
     let mut results = Vec::new();
+    let mut homes = Vec::new();
     for pooled in [true, false] {
         let mut s = None;
         let server = if pooled {
@@ -142,21 +150,50 @@ fn pooled_python_imports_what_a_fresh_interpreter_does() {
             .iter()
             .map(|f| f.as_str().unwrap().to_string())
             .collect();
-        // In a jail a module may miss what the host has (a display, a
-        // device), never more than a fresh interpreter there misses.
+        // A module that fails in the jail fails on the host too: the jail
+        // shows the runtime, its libraries and what they open (the modules
+        // that need a display are left out of the list above).
         let only_here: Vec<&String> = failed.iter().filter(|f| !host_failed.contains(f)).collect();
         eprintln!("pooled {pooled}: {} of {} modules fail to import in the jail ({} on the host); jail only: {only_here:?}", failed.len(), modules.len(), host_failed.len());
+        let prefix = v["prefix"].as_str().unwrap().to_string();
+        let importlib = v["importlib"].as_str().unwrap().to_string();
+        eprintln!("pooled {pooled}: sys.prefix {prefix}, importlib {importlib}");
         results.push(failed);
+        homes.push((prefix, importlib));
         drop(s);
     }
     assert_eq!(
         results[0], results[1],
         "a pooled instance imports exactly what a fresh one does"
     );
+    // Both load the standard library from the same place: the runtime as
+    // the jail shows it, never the host's path to it.
+    assert_eq!(homes[0], homes[1], "pooled, then unpooled");
+    let (prefix, importlib) = &homes[0];
+    let expected = if host_prefix.starts_with("/usr") {
+        host_prefix.clone()
+    } else {
+        lampyr_sandbox::GUEST_RUNTIME_PREFIX.to_string()
+    };
+    assert_eq!(prefix, &expected, "the host's prefix is {host_prefix}");
     assert!(
-        results[0].len() <= host_failed.len() + 16,
-        "the jail misses many modules the host has: {:?}",
-        results[0]
+        importlib.starts_with(&format!("{expected}/lib/python3"))
+            && importlib.ends_with("/importlib/__init__.py"),
+        "{importlib}"
+    );
+    if !host_prefix.starts_with("/usr") {
+        assert!(
+            !importlib.starts_with(&host_prefix),
+            "the jail shows the host's path {host_prefix}: {importlib}"
+        );
+    }
+    let only_in_the_jail: Vec<&String> = results[0]
+        .iter()
+        .filter(|f| !host_failed.contains(f))
+        .collect();
+    assert!(
+        only_in_the_jail.is_empty(),
+        "modules that import on the host fail in the jail: {only_in_the_jail:?}"
     );
 }
 
