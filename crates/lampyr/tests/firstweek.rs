@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Fixture, Server};
 
@@ -241,44 +241,179 @@ fn short_request_ids_are_unique_and_prefixes_resolve() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no invocation of 'ids'"));
 }
 
+/// A Node.js function that, called, connects to the test's listener on the
+/// host's loopback (`host.lampyr.internal`, allowed) and answers `done`
+/// and what the test sends it: the test decides when a request in flight
+/// ends.
+fn held_function(port: u16) -> Fixture {
+    Fixture::node(
+        "held",
+        &format!("allow = [\"127.0.0.1:{port}\"]\ntimeout = \"120s\"\n"),
+        &format!(
+            "const net = require('net');
+exports.handler = async () => new Promise((resolve, reject) => {{
+  const s = net.connect({port}, '10.0.2.2');
+  s.once('data', (d) => {{ s.destroy(); resolve('done ' + d); }});
+  s.on('error', reject);
+}});"
+        ),
+    )
+}
+
+/// Starts a request to `held` on a connection of its own (closed after the
+/// answer); returns what came back, whatever it is, once the connection
+/// ends.
+fn call_held(server: &Server) -> std::thread::JoinHandle<String> {
+    let port = server.port();
+    std::thread::spawn(move || {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            c,
+            "GET /fn/held HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    })
+}
+
+/// The instance's connection to `listener`, once the function has made it.
+fn accept_held(server: &Server, listener: &std::net::TcpListener) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let mut held = None;
+    server.wait_until(
+        "the function to connect to the test",
+        Duration::from_secs(30),
+        || {
+            held = listener.accept().ok().map(|(c, _)| c);
+            held.is_some()
+        },
+    );
+    let held = held.unwrap();
+    held.set_nonblocking(false).unwrap();
+    held
+}
+
+/// Where in the server's log a line containing `what` is.
+fn log_line(log: &[String], what: &str) -> Option<usize> {
+    log.iter().position(|l| l.contains(what))
+}
+
 #[test]
 fn shutdown_ends_log_streams_and_idle_connections_and_drains() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut server = Server::start();
-    server.deploy(Fixture::node("slowish", "", "exports.handler = async (e) => { await new Promise(r => setTimeout(r, e.rawPath === '/slow' ? 1000 : 0)); return 'done'; };").path());
-    assert_eq!(server.get("slowish").text(), "done");
+    server.deploy(held_function(listener.local_addr().unwrap().port()).path());
     // A live log follower, as the dashboard keeps open.
     let auth = format!("Bearer {}", server.token());
     let mut follower = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-    write!(follower, "GET /api/v1/functions/slowish/logs?follow=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n").unwrap();
-    let mut buf = [0u8; 256];
+    write!(follower, "GET /api/v1/functions/held/logs?follow=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
     follower
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    assert!(follower.read(&mut buf).unwrap() > 0, "the stream began");
-    // An idle keep-alive connection.
-    let mut idle = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-    write!(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    assert!(idle.read(&mut buf).unwrap() > 0);
-    // A request in flight.
-    let url = format!("{}/fn/slowish/slow", server.url);
-    let in_flight = std::thread::spawn(move || common::request("GET", &url, None, &[]).text());
-    std::thread::sleep(Duration::from_millis(200));
-    let t = Instant::now();
-    let status = server.stop();
-    assert!(status.success(), "{status:?}");
+    let n = follower.read(&mut buf).unwrap();
     assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "stopped in {:?}",
-        t.elapsed()
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "the stream began: {}",
+        String::from_utf8_lossy(&buf[..n])
     );
-    assert_eq!(
-        in_flight.join().unwrap(),
-        "done",
-        "the request in flight finished"
+    // An idle keep-alive connection, its one answer read whole.
+    let mut idle = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    while !answer_complete(&answer) {
+        let n = idle.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection closed before its answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    // A request in flight: it has reached the function, which waits for
+    // the test.
+    let in_flight = call_held(&server);
+    let mut held = accept_held(&server, &listener);
+
+    server.terminate();
+    server.wait_until(
+        "the shutdown line in the server's log",
+        Duration::from_secs(10),
+        || log_line(&server.log(), "shutting down, 1 request(s) in flight").is_some(),
+    );
+    // The server itself ends the stream and closes both connections, while
+    // it still runs (the request in flight holds it).
+    let mut rest = Vec::new();
+    follower
+        .read_to_end(&mut rest)
+        .expect("the server closes the log stream");
+    assert!(
+        rest.ends_with(b"0\r\n\r\n"),
+        "the stream ended cleanly: {}",
+        String::from_utf8_lossy(&rest)
     );
     let mut rest = Vec::new();
-    let _ = follower.read_to_end(&mut rest);
-    let _ = idle.read_to_end(&mut rest);
+    idle.read_to_end(&mut rest)
+        .expect("the server closes the idle connection");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(server.running(), "the request in flight keeps the server");
+    // The request in flight finishes, and the server exits once it has.
+    held.write_all(b"at last").unwrap();
+    let answer = in_flight.join().unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("done at last"),
+        "the request in flight finished: {answer}"
+    );
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    let log = server.final_log();
+    assert_eq!(log_line(&log, "were cut off"), None, "{log:#?}");
+}
+
+/// True once `answer` holds a whole response with a `Content-Length`.
+fn answer_complete(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .expect("the answer has a Content-Length");
+    body.len() >= len
+}
+
+#[test]
+fn shutdown_cuts_off_a_request_still_running_at_its_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_d, cfg) = common::config_file("[http]\nshutdown_timeout = \"1s\"\n");
+    let mut server = Server::start_with(&["--config", &cfg]);
+    server.deploy(held_function(listener.local_addr().unwrap().port()).path());
+    let in_flight = call_held(&server);
+    let mut held = accept_held(&server, &listener);
+    // The function is never let go: the server stops at its deadline
+    // anyway, and cleanly.
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    let log = server.final_log();
+    let began = log_line(&log, "shutting down, 1 request(s) in flight");
+    let cut = log_line(&log, "were cut off");
+    assert!(began.is_some() && cut.is_some() && began < cut, "{log:#?}");
+    // The request got no answer of the function's, and its instance is
+    // gone with the server: its connection to the test is closed.
+    let answer = in_flight.join().unwrap();
+    assert!(!answer.contains("done"), "{answer}");
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest)
+        .expect("the instance's connection closes with the server");
+    assert!(rest.is_empty());
 }
 
 #[test]

@@ -52,7 +52,13 @@ pub struct Server {
     pub data: PathBuf,
     child: Child,
     _tmp: Option<tempfile::TempDir>,
+    /// The server's stderr (its log), line by line, the latest
+    /// [`LOG_LINES`] kept; and whether the pipe has closed.
+    log: std::sync::Arc<std::sync::Mutex<(std::collections::VecDeque<String>, bool)>>,
 }
+
+/// How many of the server's latest log lines a test can read.
+const LOG_LINES: usize = 10_000;
 
 pub struct Resp {
     pub status: u16,
@@ -180,12 +186,24 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen2 = seen.clone();
+        let log = std::sync::Arc::new(std::sync::Mutex::new((
+            std::collections::VecDeque::new(),
+            false,
+        )));
+        let log2 = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if !sent {
                     seen2.lock().unwrap().push(line.clone());
+                }
+                {
+                    let mut log = log2.lock().unwrap();
+                    if log.0.len() >= LOG_LINES {
+                        log.0.pop_front();
+                    }
+                    log.0.push_back(line.clone());
                 }
                 if !sent {
                     if let Some(i) = line.find("lampyr listening on ") {
@@ -202,6 +220,7 @@ impl Server {
                     eprintln!("[server] {line}");
                 }
             }
+            log2.lock().unwrap().1 = true;
         });
         let url = rx
             .recv_timeout(Duration::from_secs(30))
@@ -216,7 +235,40 @@ impl Server {
             data: data.to_path_buf(),
             child,
             _tmp: None,
+            log,
         }
+    }
+
+    /// The server's log (its stderr) so far, one line each.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().0.iter().cloned().collect()
+    }
+
+    /// The server's whole log once it has exited: waits (boundedly) until
+    /// the last line is read.
+    pub fn final_log(&mut self) -> Vec<String> {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "the server is still running"
+        );
+        wait_until(
+            "the server's stderr to close",
+            Duration::from_secs(10),
+            &mut || self.log.lock().unwrap().1,
+        );
+        self.log()
+    }
+
+    /// Sends the server SIGTERM, without waiting for it to stop.
+    pub fn terminate(&self) {
+        use nix::sys::signal::{kill, Signal};
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        kill(pid, Signal::SIGTERM).unwrap();
+    }
+
+    /// Whether the server process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits until every enabled runtime pool has an instance ready.
