@@ -23,8 +23,13 @@ use lampyr_api::FunctionSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
-    #[error("the {what} is larger than the limit of {} MiB", limit >> 20)]
-    TooLarge { what: &'static str, limit: u64 },
+    /// Over a limit of the server's: `setting` is its name in `[limits]`.
+    #[error("the {what} is larger than the server's limit of {} ([limits] {setting} in the server configuration)", size(*limit))]
+    TooLarge {
+        what: &'static str,
+        limit: u64,
+        setting: &'static str,
+    },
     #[error("invalid package: {0}")]
     Invalid(String),
     #[error("handler '{handler}': no file {tried} in the function directory")]
@@ -35,6 +40,17 @@ pub enum PackageError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A size as people read it: bytes below a KiB, else KiB or MiB.
+pub fn size(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} bytes")
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackageError + '_ {
@@ -301,8 +317,33 @@ pub fn no_space(e: &std::io::Error) -> bool {
         || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
+/// The errors `e` wraps, itself first: the tar reader wraps what a read
+/// of its entry's contents returned in an error of its own.
+fn chain(e: &std::io::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    std::iter::from_fn(move || {
+        let cur = next?;
+        // An io::Error's `source` is its inner error's source: look at
+        // the inner error itself too.
+        next = match cur
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => cur.source(),
+        };
+        Some(cur)
+    })
+}
+
 fn spent(e: &std::io::Error) -> bool {
-    e.get_ref().is_some_and(|i| i.is::<BudgetSpent>())
+    chain(e).any(|c| c.is::<BudgetSpent>())
+}
+
+/// What went wrong, without the paths on the server the tar reader puts in
+/// its own messages.
+fn cause(e: &std::io::Error) -> String {
+    chain(e).last().map(|c| c.to_string()).unwrap_or_default()
 }
 
 /// Unpacks a package into `dst`, refusing anything that could escape it.
@@ -318,6 +359,7 @@ pub fn unpack(package: &[u8], dst: &Path, limits: UnpackLimits) -> Result<(), Pa
     let too_large = || PackageError::TooLarge {
         what: "unpacked code",
         limit: limits.max_bytes,
+        setting: "max_unpacked",
     };
     let used = std::rc::Rc::new(std::cell::Cell::new(0u64));
     let budget = Budget {
@@ -403,7 +445,7 @@ pub fn unpack(package: &[u8], dst: &Path, limits: UnpackLimits) -> Result<(), Pa
             } else if no_space(&e) {
                 io(dst)(e)
             } else {
-                invalid(format!("cannot unpack {} ({e})", path.display()))
+                invalid(format!("cannot unpack {} ({})", path.display(), cause(&e)))
             }
         })?;
         if !ok {
@@ -801,6 +843,28 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let pkg = archive(&[("index.js", Some(b"x"))], &[], 1 << 20);
         unpack(&pkg, d.path(), limits).unwrap();
+    }
+
+    /// A file whose own contents spend the budget is over the limit too
+    /// (the tar reader wraps the read's error in one of its own), and the
+    /// error names the limit and its setting, never a path on the server.
+    #[test]
+    fn one_file_over_the_unpacked_limit_is_too_large() {
+        let zeros = vec![0u8; 2 << 20];
+        let pkg = archive(&[("zeros.bin", Some(&zeros[..]))], &[], 0);
+        let d = tempfile::tempdir().unwrap();
+        let limits = UnpackLimits {
+            max_bytes: 1 << 20,
+            max_entries: 100,
+        };
+        let e = unpack(&pkg, d.path(), limits).unwrap_err();
+        assert!(matches!(e, PackageError::TooLarge { .. }), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("limit of 1.0 MiB") && m.contains("[limits] max_unpacked"),
+            "{m}"
+        );
+        assert!(!m.contains(d.path().to_str().unwrap()), "{m}");
     }
 
     #[test]

@@ -282,6 +282,7 @@ impl Store {
             return Err(PackageError::TooLarge {
                 what: "package",
                 limit: self.limits.max_package_bytes,
+                setting: "max_package",
             }
             .into());
         }
