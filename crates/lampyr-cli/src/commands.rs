@@ -159,10 +159,17 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
     let reply = match client.call("PUT", &path, Some(&pkg)) {
         Ok(r) => r,
         Err(ClientError::Server { status: 413, code, message }) => {
+            // A server names the limit and its setting; for one that does
+            // not, the settings it may be.
+            let raise = if message.contains("[limits]") {
+                ""
+            } else {
+                ": raise [limits] max_package (or max_unpacked, max_entries) in the server configuration"
+            };
             return Err(ClientError::Server {
                 status: 413,
                 code,
-                message: format!("{message}: raise [limits] max_package (or max_unpacked, max_entries) in the server configuration, or leave files out with .lampyrignore (`lampyr deploy --dry-run` lists what is shipped)"),
+                message: format!("{message}{raise}; or leave files out with .lampyrignore (`lampyr deploy --dry-run` lists what is shipped)"),
             }
             .into())
         }

@@ -139,8 +139,23 @@ pub(crate) async fn deploy(
     State(app): State<AppState>,
     Path(name): Path<String>,
     ApiQuery(p): ApiQuery<DeployParams>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<DeployResult>, ApiError> {
+    // A package over the limit is refused before it is read, saying the
+    // limit (the store says the same of one that gets that far).
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::from(&lampyr_store::StoreError::Package(
+                lampyr_store::PackageError::TooLarge {
+                    what: "package",
+                    limit: app.limits.max_package as u64,
+                    setting: "max_package",
+                },
+            ))
+        } else {
+            ApiError::new(e.status(), "bad_request", e.body_text())
+        }
+    })?;
     let opts = lampyr_scheduler::DeployOptions {
         verify: p.verify.unwrap_or(true),
     };

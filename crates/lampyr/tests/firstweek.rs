@@ -573,6 +573,12 @@ fn the_cli_names_limits_speaks_json_and_completes() {
     let pkg = lampyr_store::pack_dir(f.path()).unwrap();
     let r = server.deploy_package("big", &pkg);
     assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "package_too_large");
+    let m = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        m.contains("limit of 97.7 KiB") && m.contains("[limits] max_package"),
+        "{m}"
+    );
     // Every failure in --json is the API's error body, on stdout.
     let (ok, v) = cli_json(&server, &["info", "nope"]);
     assert!(!ok);
@@ -606,6 +612,146 @@ fn the_cli_names_limits_speaks_json_and_completes() {
     // The root redirects to the dashboard; throttling says when to retry.
     let r = common::request("GET", &format!("{}/", server.url), None, &[]);
     assert!(r.text().contains("lampyr"), "followed to /ui");
+}
+
+/// Listens on loopback in front of `server`, as a server whose doctor
+/// report has no limits (one from before reports had them): it answers
+/// `GET /api/v1/doctor` itself with the server's report less `limits`, and
+/// passes every other request, and the rest of its connection, to the
+/// server byte for byte. When the server ends the connection, so does
+/// this, dropping what the client still sends. Returns its URL.
+fn without_reported_limits(server: &Server) -> String {
+    let mut doctor = server.api("GET", "/doctor", None).json();
+    assert!(doctor["limits"].is_object(), "{doctor}");
+    doctor.as_object_mut().unwrap().remove("limits");
+    let doctor = serde_json::to_vec(&doctor).unwrap();
+    let upstream = ("127.0.0.1", server.port());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let doctor = doctor.clone();
+            std::thread::spawn(move || relay(client, upstream, &doctor));
+        }
+    });
+    url
+}
+
+fn relay(mut client: TcpStream, upstream: (&'static str, u16), doctor: &[u8]) {
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match client.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+            continue;
+        };
+        if !pending.starts_with(b"GET /api/v1/doctor ") {
+            break;
+        }
+        pending.drain(..end + 4);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            doctor.len()
+        );
+        if client.write_all(head.as_bytes()).is_err() || client.write_all(doctor).is_err() {
+            return;
+        }
+    }
+    let Ok(mut server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let (Ok(mut to_client), Ok(mut from_server)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let down = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_server, &mut to_client);
+    });
+    if server.write_all(&pending).is_ok() {
+        let _ = std::io::copy(&mut client, &mut server);
+    }
+    let _ = server.shutdown(std::net::Shutdown::Write);
+    let _ = down.join();
+}
+
+#[test]
+fn the_cli_names_the_servers_limit_when_it_cannot_check_first() {
+    let (_d, cfg) = common::config_file("[limits]\nmax_package = 100000\nmax_unpacked = 1048576\n");
+    let server = Server::start_with(&["--config", &cfg]);
+    let cli = |url: &str, args: &[&str]| {
+        std::process::Command::new(common::bin())
+            .args(args)
+            .env("LAMPYR_URL", url)
+            .env("LAMPYR_DATA_DIR", &server.data)
+            .env_remove("LAMPYR_TOKEN")
+            .output()
+            .unwrap()
+    };
+    // Small packed, over max_unpacked once unpacked: no size the CLI can
+    // check first; the server's 413 names the limit and its setting.
+    let zeros = Fixture::node("zeros", "", "exports.handler = async () => 1;");
+    zeros.write("zeros.bin", &"\0".repeat(2 << 20));
+    let dir = zeros.path().to_str().unwrap();
+    let out = cli(&server.url, &["--json", "deploy", dir]);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "package_too_large", "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("limit of 1.0 MiB")
+            && m.contains("[limits] max_unpacked")
+            && m.contains(".lampyrignore"),
+        "{m}"
+    );
+    let out = cli(&server.url, &["deploy", dir]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("limit of 1.0 MiB") && said.contains("max_unpacked"),
+        "{said}"
+    );
+
+    // Over max_package, to a server that does not report its limits: the
+    // CLI uploads, and the server refuses.
+    let relayed = without_reported_limits(&server);
+    let noise = |len: u32| -> String {
+        (0..len)
+            .map(|i| char::from(b'!' + ((i.wrapping_mul(2_654_435_761) >> 13) % 90) as u8))
+            .collect()
+    };
+    // A package that fits in the connection's buffers: the server's 413
+    // arrives.
+    let big = Fixture::node("big", "", "exports.handler = async () => 1;");
+    big.write("noise.txt", &noise(400_000));
+    let out = cli(
+        &relayed,
+        &["--json", "deploy", big.path().to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "package_too_large", "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("limit of 97.7 KiB") && m.contains("[limits] max_package"),
+        "{m}"
+    );
+    // One far larger: the server refuses it from its head and closes the
+    // connection while the CLI still sends.
+    let huge = Fixture::node("huge", "", "exports.handler = async () => 1;");
+    huge.write("noise.txt", &noise(48 << 20));
+    let out = cli(&relayed, &["deploy", huge.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("closed the connection during the upload")
+            && said.contains("[limits] max_package"),
+        "{said}"
+    );
+    assert_eq!(
+        server.api("GET", "/functions", None).json()["functions"],
+        serde_json::json!([])
+    );
 }
 
 #[test]
