@@ -2,13 +2,17 @@
 // End-to-end test of the lampyr dashboard in a real headless Chromium
 // (Debian's /usr/bin/chromium driven by playwright-core; no browser download).
 //
-//   node tests/ui/dashboard.mjs --url URL --token TOKEN --function NAME --failing NAME2 --screenshot PATH
+//   node tests/ui/dashboard.mjs --url URL --token TOKEN --function NAME --failing NAME2 --timers NAME3 --screenshot PATH
 //
 // The function must have been invoked at least 3 times (a cold or pooled
-// start, then warm ones) and must log something for each request. The
-// script invokes it itself too (`URL/fn/NAME?from=ui-test`). NAME2 is a
-// function whose initialisation fails, called at least once. It prints each
-// check and exits non-zero with a clear message on the first failure.
+// start, then warm ones) and must log something for each request
+// (`hello from QUERY`, and `got METHOD BODY` when there is a body, which
+// it echoes after `Hello QUERY`). The script invokes it itself too
+// (`URL/fn/NAME?from=ui-test`). NAME2 is a function whose initialisation
+// fails, called at least once. NAME3 has three timers: `often` (@every
+// 1s, logging `tick often`), `daily` and `paused` (disabled). The page
+// may ask nothing of any address but URL's. It prints each check and exits
+// non-zero with a clear message on the first failure.
 import { mkdtempSync, rmSync, statSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -20,18 +24,20 @@ const { values: args } = parseArgs({
     token: { type: 'string' },
     function: { type: 'string' },
     failing: { type: 'string' },
+    timers: { type: 'string' },
     screenshot: { type: 'string' },
     chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
     timeout: { type: 'string', default: '20' },
   },
 });
-for (const k of ['url', 'token', 'function', 'failing', 'screenshot']) {
+for (const k of ['url', 'token', 'function', 'failing', 'timers', 'screenshot']) {
   if (!args[k]) {
-    console.error(`usage: node dashboard.mjs --url URL --token TOKEN --function NAME --failing NAME2 --screenshot PATH (missing --${k})`);
+    console.error(`usage: node dashboard.mjs --url URL --token TOKEN --function NAME --failing NAME2 --timers NAME3 --screenshot PATH (missing --${k})`);
     process.exit(2);
   }
 }
 const BASE = args.url.replace(/\/+$/, '');
+const ORIGIN = new URL(BASE).origin;
 const NAME = args.function;
 const WAIT = Number(args.timeout) * 1000;
 
@@ -63,6 +69,14 @@ async function until(page, what, fn, arg, limit = WAIT) {
   }
 }
 
+// The management API, from Node (not from the page).
+async function api(p) {
+  const r = await fetch(`${BASE}/api/v1${p}`, { headers: { authorization: `Bearer ${args.token}` } });
+  const body = await r.text();
+  if (r.status !== 200) fail(`GET /api/v1${p} answered ${r.status}: ${body}`);
+  return JSON.parse(body);
+}
+
 // Invokes the function from Node (not from the page) and returns the request id.
 async function invoke(query) {
   const r = await fetch(`${BASE}/fn/${encodeURIComponent(NAME)}?${query}`);
@@ -75,6 +89,9 @@ async function invoke(query) {
 
 const profile = mkdtempSync(path.join(tmpdir(), 'lampyr-ui-chromium-'));
 const consoleErrors = [];
+// Requests the page made to any address but the server's (`data:` URLs
+// are the page's own bytes, not requests).
+const foreign = [];
 let context;
 let page;
 const timer = setTimeout(() => {
@@ -89,6 +106,10 @@ try {
     viewport: { width: 1360, height: 900 },
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  context.on('request', (r) => {
+    const u = r.url();
+    if (!u.startsWith('data:') && new URL(u).origin !== ORIGIN) foreign.push(`${r.method()} ${u}`);
   });
   page = context.pages()[0] || (await context.newPage());
   page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`console: ${m.text()} (${m.location().url || ''})`); });
@@ -183,13 +204,18 @@ try {
   if (!phaseLabels.includes('init')) fail(`the cold-start phase chart lacks init: ${phaseLabels.join(', ')}`);
   ok(`charts drawn (invocations, latency, instances, cold-start phases without exec); ${count} invocations in the last hour`);
 
-  // 4b. The time range: 15 minutes, then back to an hour.
-  await page.locator('[data-testid="range-15m"]').click();
-  await until(page, 'the tiles to show 15 minutes', () => /15 min/.test(document.querySelector('[data-testid="tile-count"]')?.textContent || '')
-    && Number((document.querySelector('[data-testid="tile-count"] b')?.textContent || '').replace(/,/g, '')) >= 3);
-  await page.locator('[data-testid="range-1h"]').click();
-  await until(page, 'the tiles to show an hour', () => /1 h/.test(document.querySelector('[data-testid="tile-count"]')?.textContent || ''));
-  ok('the time range picker switches the window (15 min, 1 h)');
+  // 4b. The time ranges, each in turn, ending at an hour: the tiles count
+  // this test's invocations in every window.
+  for (const [key, label] of [['15m', '15 min'], ['1h', '1 h'], ['6h', '6 h'], ['24h', '24 h'], ['1h', '1 h']]) {
+    await page.locator(`[data-testid="range-${key}"]`).click();
+    await until(page, `the tiles to show ${label}`, ([k, l]) => {
+      const tile = document.querySelector('[data-testid="tile-count"]');
+      return document.querySelector(`[data-testid="range-${k}"]`)?.getAttribute('aria-pressed') === 'true'
+        && (tile?.querySelector('span')?.textContent || '').endsWith(`· ${l}`)
+        && Number((tile?.querySelector('b')?.textContent || '').replace(/,/g, '')) >= 3;
+    }, [key, label]);
+  }
+  ok('the time range picker switches the window (15 min, 1 h, 6 h, 24 h)');
 
   // 4c. The test panel: an event, then an HTTP request.
   await page.locator('[data-testid="test-json"]').fill('{"rawQueryString": "from=panel"}');
@@ -213,6 +239,19 @@ try {
     return code === '200' && out.includes('Hello from=panel-http') && start && exec ? { code, start } : false;
   });
   ok(`test panel sent an HTTP request: ${http.code}, ${http.start}, with its Server-Timing phases`);
+  await page.locator('[data-testid="test-method"]').selectOption('POST');
+  await page.locator('[data-testid="test-path"]').fill('?from=panel-post');
+  await page.locator('[data-testid="test-body"]').fill('{"order": 7}');
+  await page.locator('[data-testid="test-run"]').click();
+  const post = await until(page, 'the test panel\'s result and log lines for a POST with a body', () => {
+    const code = document.querySelector('[data-testid="test-code"]')?.textContent;
+    const out = document.querySelector('[data-testid="test-out"]')?.textContent || '';
+    const logs = [...document.querySelectorAll('[data-testid="test-logs"] [data-testid="log-line"]')].map((l) => l.textContent);
+    return code === '200' && out.includes('Hello from=panel-post {"order": 7}')
+      && logs.some((l) => l.includes('hello from from=panel-post')) && logs.some((l) => l.includes('got POST {"order": 7}'))
+      ? { code, lines: logs.length } : false;
+  });
+  ok(`test panel sent a POST with a body: ${post.code}, ${post.lines} log lines with the body the function got`);
 
   // 5. An invocation's log link shows the lines of that request.
   const pick = rows.find((r) => r.start === 'warm') || rows[0];
@@ -245,7 +284,71 @@ try {
   await until(page, 'the held-back line after resuming', (id) => !!document.querySelector(`[data-testid="live-log"] [data-testid="log-line"][data-request-id="${id}"]`), live2);
   ok('pause holds lines back, resume shows them');
 
-  // 8. Let the tables and charts catch up, then the screenshot.
+  // 8. A function's timers: each one's schedule, its next three firings
+  // (as the API gives them) and how its latest firing went, with that
+  // request's logs one click away. Reached from the list, like a person.
+  const TIMERS = args.timers;
+  await page.locator('#crumbs a').first().click();
+  await page.locator(`[data-testid="function-row"][data-name="${TIMERS}"] [data-testid="function-link"]`).click();
+  const timerRows = await until(page, `the timers of ${TIMERS}`, (n) => {
+    if (document.querySelector('[data-testid="detail-name"]')?.textContent !== n) return false;
+    const card = document.querySelector('[data-testid="timers"]');
+    const rs = [...document.querySelectorAll('[data-testid="timer-row"]')];
+    return card && !card.hidden && rs.length === 3 ? rs.map((r) => r.dataset.name) : false;
+  }, TIMERS);
+  if (timerRows.join() !== 'often,daily,paused') fail(`the timers shown are ${timerRows.join(', ')}`);
+  const timerRow = (name) => page.evaluate((nm) => {
+    const r = document.querySelector(`[data-testid="timer-row"][data-name="${nm}"]`);
+    const last = r.querySelector('[data-testid="timer-last"]');
+    return {
+      schedule: r.querySelector('[data-testid="timer-schedule"]').textContent,
+      next: [...r.querySelectorAll('[data-testid="timer-next"]')].map((li) => ({ at: li.dataset.at, text: li.textContent.trim() })),
+      disabled: !!r.querySelector('[data-testid="timer-disabled"]'),
+      last: { id: last.dataset.requestId, state: last.dataset.state, text: last.textContent.trim() },
+    };
+  }, name);
+  // The daily timer's next firings are the same for the whole test: the
+  // page shows the API's, each with its time.
+  const apiNext = async () => (await api(`/functions/${encodeURIComponent(TIMERS)}`)).timers.find((t) => t.name === 'daily').next;
+  const before = await apiNext();
+  const daily = await timerRow('daily');
+  const after = await apiNext();
+  if (before.join() !== after.join()) fail(`the daily timer's next firings changed during the test: ${before} then ${after}`);
+  if (before.length !== 3) fail(`the API gives ${before.length} next firings of the daily timer`);
+  if (daily.next.map((n) => Date.parse(n.at)).join() !== before.map((t) => Date.parse(t)).join()
+    || daily.next.some((n) => !/\d\d:\d\d:\d\d/.test(n.text))) {
+    fail(`the daily timer shows ${JSON.stringify(daily.next)}, the API ${JSON.stringify(before)}`);
+  }
+  if (!daily.schedule.includes('0 30 9 * * *') || !daily.schedule.includes('Asia/Tokyo')) fail(`the daily timer's schedule reads ${daily.schedule}`);
+  const paused = await timerRow('paused');
+  if (!paused.disabled || paused.next.length) fail(`the disabled timer shows ${JSON.stringify(paused)}`);
+  // The frequent one has fired: its latest firing succeeded, and the API
+  // knows that request as this timer's.
+  await until(page, 'the latest firing of the often timer to show as succeeded', () => {
+    const last = document.querySelector('[data-testid="timer-row"][data-name="often"] [data-testid="timer-last"]');
+    return last?.dataset.state === 'succeeded' && !!last.dataset.requestId;
+  });
+  const often = await timerRow('often');
+  const at = often.next.map((n) => Date.parse(n.at));
+  if (at.length !== 3 || !(at[0] < at[1] && at[1] < at[2])) fail(`the often timer's next firings are ${JSON.stringify(often.next)}`);
+  const fired = await api(`/invocations/${encodeURIComponent(often.last.id)}`);
+  if (fired.trigger !== 'timer' || fired.function !== TIMERS || fired.state !== 'succeeded') fail(`the often timer's last firing ${often.last.id} is ${JSON.stringify(fired)}`);
+  if (!/succeeded/.test(often.last.text)) fail(`the often timer's last firing reads ${often.last.text}`);
+  await page.locator('[data-testid="timer-row"][data-name="often"] [data-testid="timer-last-logs"]').click();
+  const tickLines = await until(page, 'the log lines of the often timer\'s latest firing', () => {
+    const panel = document.querySelector('[data-testid="request-logs"]');
+    if (!panel || panel.hidden) return false;
+    const ls = [...panel.querySelectorAll('[data-testid="log-line"]')];
+    return ls.some((l) => l.textContent.includes('tick often'))
+      ? { id: panel.dataset.requestId, ids: [...new Set(ls.map((l) => l.dataset.requestId))] } : false;
+  });
+  if (tickLines.ids.join() !== tickLines.id) fail(`the timer firing's log panel shows lines of ${tickLines.ids.join(', ')}, not only ${tickLines.id}`);
+  ok(`timers: ${daily.next.map((n) => n.text).join(', ')} next for daily; paused disabled; often last fired ${often.last.text}, its log lines one click away`);
+  await page.locator('#crumbs a').first().click();
+  await page.locator(`[data-testid="function-row"][data-name="${NAME}"] [data-testid="function-link"]`).click();
+  await until(page, 'the detail of the function again', (n) => document.querySelector('[data-testid="detail-name"]')?.textContent === n, NAME);
+
+  // 9. Let the tables and charts catch up, then the screenshot.
   await until(page, 'the new invocations in the table', (id) => !!document.querySelector(`[data-testid="invocation-row"][data-request-id="${id}"]`), live2);
   await page.locator(`[data-testid="invocation-row"][data-request-id="${pick.id}"] [data-testid="invocation-logs-link"]`).click();
   await until(page, 'the request log panel again', (id) => document.querySelector('[data-testid="request-logs"]')?.dataset.requestId === id
@@ -256,11 +359,11 @@ try {
   const size = statSync(args.screenshot).size;
   ok(`screenshot saved: ${args.screenshot} (${size} bytes)`);
 
-  // 9. No console errors on the page.
+  // 10. No console errors on the page.
   if (consoleErrors.length) fail(`the page logged ${consoleErrors.length} console error(s):\n  ${consoleErrors.join('\n  ')}`);
   ok('no console errors');
 
-  // 10. A wrong token brings the sign-in form back with the server's message.
+  // 11. A wrong token brings the sign-in form back with the server's message.
   const other = await context.newPage();
   await other.goto(`${BASE}/ui#token=not-the-token`);
   const msg = await until(other, 'the sign-in form after a wrong token', () => {
@@ -271,6 +374,10 @@ try {
   await other.close();
   ok(`a wrong token shows the sign-in form: "${msg}"`);
 
+  // 12. Nothing but the server was asked for anything.
+  if (foreign.length) fail(`the page made ${foreign.length} request(s) outside ${ORIGIN}:\n  ${foreign.join('\n  ')}`);
+  ok(`every request went to ${ORIGIN}`);
+
   console.log('PASS: dashboard end-to-end test');
   await context.close();
   clearTimeout(timer);
@@ -280,6 +387,7 @@ try {
   const msg = e instanceof Failure ? e.message : (e.stack || String(e));
   console.error(`FAIL: ${msg}`);
   if (consoleErrors.length && !msg.includes('console error')) console.error(`page console errors so far:\n  ${consoleErrors.join('\n  ')}`);
+  if (foreign.length && !msg.includes('outside')) console.error(`requests outside ${ORIGIN} so far:\n  ${foreign.join('\n  ')}`);
   if (page) {
     const shot = args.screenshot.replace(/(\.png)?$/i, '.failed.png');
     try {

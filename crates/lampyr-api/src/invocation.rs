@@ -28,7 +28,8 @@ macro_rules! names {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
+                // `pad`, so that a width (a CLI table's column) applies.
+                f.pad(self.as_str())
             }
         }
 
@@ -200,6 +201,10 @@ mod tests {
             TriggerKind::Http
         );
         assert_eq!(StartKind::Pooled.to_string(), "pooled");
+        assert_eq!(
+            format!("{:<6}|{:>7}|", StartKind::Warm, TriggerKind::Async),
+            "warm  |  async|"
+        );
     }
 
     #[test]

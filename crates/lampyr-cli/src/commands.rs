@@ -342,15 +342,8 @@ pub fn invoke(
             "result": result,
         }));
     } else if failed {
-        let t = result
-            .get("errorType")
-            .and_then(|v| v.as_str())
-            .unwrap_or("Error");
-        let m = result
-            .get("errorMessage")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
-        eprintln!("error: {name} failed with {t}: {m}");
+        let e = lampyr_api::FunctionError::parse(&reply.body, "Error");
+        eprintln!("error: {name} failed with {}", e.summary());
         if let Some(rid) = reply.header("x-lampyr-request-id") {
             eprintln!("see its log: lampyr logs {name} --request-id {rid}");
         }
@@ -551,18 +544,39 @@ pub fn invocations(
     let mut o = out();
     let _ = writeln!(
         o,
-        "{:<24}  {:<36}  {:<6}  {:<13}  {:>10}  {:>6}  {:>7}",
-        "START", "REQUEST ID", "KIND", "STATUS", "DURATION", "BILLED", "MEMORY"
+        "{:<24}  {:<36}  {:<7}  {:>7}  {:<6}  {:<13}  {:>10}  {:>6}  {:>7}",
+        "START",
+        "REQUEST ID",
+        "TRIGGER",
+        "ATTEMPT",
+        "KIND",
+        "STATUS",
+        "DURATION",
+        "BILLED",
+        "MEMORY"
     );
     for r in &list.invocations {
         let mem = r
             .max_memory_used_mb
             .map(|m| format!("{m:.0} MB"))
             .unwrap_or_else(|| "-".into());
+        // Attempts of an asynchronous event share its request id.
+        let attempt = r
+            .attempt
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             o,
-            "{:<24}  {:<36}  {:<6}  {:<13}  {:>7.2} ms  {:>3} ms  {:>7}",
-            r.start_time, r.request_id, r.start, r.status, r.duration_ms, r.billed_ms, mem
+            "{:<24}  {:<36}  {:<7}  {:>7}  {:<6}  {:<13}  {:>7.2} ms  {:>3} ms  {:>7}",
+            r.start_time,
+            r.request_id,
+            r.trigger,
+            attempt,
+            r.start,
+            r.status,
+            r.duration_ms,
+            r.billed_ms,
+            mem
         );
     }
     Ok(())

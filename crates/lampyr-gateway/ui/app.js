@@ -318,6 +318,8 @@
     $('test-error').hidden = true;
     $('d-states').replaceChildren();
     $('d-facts').replaceChildren();
+    $('d-timers').replaceChildren();
+    $('d-timers-card').hidden = true;
     $('d-error').hidden = true;
     renderTiles(null);
     for (const id of ['chart-invocations', 'chart-latency', 'chart-instances', 'chart-phases']) $(id).replaceChildren(empty('Loading…'));
@@ -366,6 +368,63 @@
       fact('Idle timeout', fmtDur(s.idle_timeout_ms), 'detail-idle'),
       fact('Code', `${fmtBytes(f.code_size)} · ${(f.code_sha256 || '').slice(0, 8)}`, 'detail-code'),
       fact('Updated', fmtAgo(f.updated_at), 'detail-updated'));
+    renderTimers(st, f.timers || []);
+  }
+
+  // ---------- timers ----------
+  // A date and time in this browser's time zone; the date only when it is
+  // not today.
+  function fmtWhen(ts) {
+    const d = new Date(ts);
+    if (Number.isNaN(d.getTime())) return '';
+    if (d.toDateString() === new Date().toDateString()) return fmtClock(d);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${fmtClock(d)}`;
+  }
+  function fmtIn(ts) {
+    const s = (new Date(ts).getTime() - Date.now()) / 1000;
+    if (!Number.isFinite(s)) return '';
+    if (s < 1) return 'now';
+    if (s < 60) return `in ${Math.round(s)} s`;
+    if (s < 3600) return `in ${Math.round(s / 60)} min`;
+    if (s < 86400) return `in ${+(s / 3600).toFixed(1)} h`;
+    return `in ${+(s / 86400).toFixed(1)} d`;
+  }
+  const TIMER_STATES = { succeeded: 'status-ok', dead_lettered: 'status-bad' };
+
+  // Each timer trigger: its schedule, its next three firings and how its
+  // latest firing went (that request's logs one click away).
+  function renderTimers(st, timers) {
+    $('d-timers-card').hidden = !timers.length;
+    $('d-timers').replaceChildren(...timers.map((t) => {
+      const last = t.last;
+      let lastCell;
+      if (!last) {
+        lastCell = h('span', { class: 'muted', text: 'not fired yet' });
+      } else {
+        const state = last.state || '';
+        lastCell = h('span', {},
+          h('span', { class: TIMER_STATES[state] || 'muted', 'data-testid': 'timer-last-state', text: state ? state.replace(/_/g, ' ') : 'no longer kept' }),
+          ' · ',
+          h('span', { class: 'mono', title: last.scheduled_at, text: fmtWhen(last.scheduled_at) }),
+          h('span', { class: 'muted small', text: ` ${fmtAgo(last.scheduled_at)}` }),
+          ' · ',
+          h('a', {
+            href: '#', class: 'mono', title: last.request_id, 'data-testid': 'timer-last-logs',
+            onclick: (e) => { e.preventDefault(); openRequest(st, last.request_id); },
+            text: `${shortId(last.request_id)} logs →`,
+          }));
+      }
+      const next = t.enabled && (t.next || []).length
+        ? h('ol', { class: 'timer-next' }, ...t.next.map((n) => h('li', { 'data-testid': 'timer-next', 'data-at': n, title: n },
+          h('span', { class: 'mono', text: fmtWhen(n) }), h('span', { class: 'muted small', text: ` ${fmtIn(n)}` }))))
+        : h('span', { class: 'muted', text: '—' });
+      return h('tr', { class: t.enabled ? '' : 'off', 'data-testid': 'timer-row', 'data-name': t.name },
+        h('td', { class: 'name' }, t.name,
+          t.enabled ? null : h('span', { class: 'badge', 'data-testid': 'timer-disabled', text: 'disabled' })),
+        h('td', { 'data-testid': 'timer-schedule' }, h('code', { text: t.cron }), h('span', { class: 'muted small', text: ` ${t.timezone}` })),
+        h('td', {}, next),
+        h('td', { 'data-testid': 'timer-last', 'data-request-id': last && last.request_id, 'data-state': last && last.state }, lastCell));
+    }));
   }
 
   // Fetches an optional endpoint; a missing one (older server) gives

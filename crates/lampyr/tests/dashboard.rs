@@ -1,8 +1,10 @@
 //! The web dashboard end to end: a real headless Chromium (Debian's
 //! `chromium`, driven by npm `playwright-core` from `tests/ui`) opens `/ui`
 //! on a live server and checks the function list, the detail view, the
-//! recent invocations, a request's logs and the live log tail
-//! (`tests/ui/dashboard.mjs` says exactly what it checks).
+//! time ranges, the test panel, the recent invocations, a request's logs,
+//! the live log tail and a function's timers, and that the page asks
+//! nothing of any other address (`tests/ui/dashboard.mjs` says exactly
+//! what it checks).
 
 mod common;
 
@@ -17,9 +19,32 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 
 const HANDLER: &str = "exports.handler = async (event) => {
   console.log('hello from ' + event.rawQueryString);
-  return { statusCode: 200, headers: { 'content-type': 'text/plain' }, body: 'Hello ' + event.rawQueryString + '\\n' };
+  const body = event.body ? (event.isBase64Encoded ? Buffer.from(event.body, 'base64').toString() : event.body) : '';
+  if (body) console.log('got ' + event.requestContext.http.method + ' ' + body);
+  return { statusCode: 200, headers: { 'content-type': 'text/plain' }, body: 'Hello ' + event.rawQueryString + (body ? ' ' + body : '') + '\\n' };
 };
 ";
+
+/// Timers for the detail view: one firing every second, one a day (its
+/// next firings fixed for the test's length), one disabled.
+const TIMERS: &str = r#"
+[[triggers]]
+type = "timer"
+name = "often"
+cron = "@every 1s"
+
+[[triggers]]
+type = "timer"
+name = "daily"
+cron = "0 30 9 * * *"
+timezone = "Asia/Tokyo"
+
+[[triggers]]
+type = "timer"
+name = "paused"
+cron = "@every 1m"
+enabled = false
+"#;
 
 fn on_path(cmd: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
@@ -95,6 +120,16 @@ fn dashboard_in_a_real_browser() {
         server.info("dash-broken")["events"]["dead_letters"] == 1
     });
 
+    // A function with timers only.
+    server.deploy(
+        Fixture::node(
+            "dash-timers",
+            TIMERS,
+            "exports.handler = async (event) => { console.log('tick ' + event.triggerName); return 'ok'; };",
+        )
+        .path(),
+    );
+
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let out = Command::new(node.unwrap())
@@ -105,6 +140,8 @@ fn dashboard_in_a_real_browser() {
             "dash",
             "--failing",
             "dash-broken",
+            "--timers",
+            "dash-timers",
             "--screenshot",
         ])
         .arg(&shot)

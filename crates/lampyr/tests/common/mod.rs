@@ -90,8 +90,19 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// Sends a request; `token` adds a bearer token.
+/// Sends a request; panics if no answer comes (the connection failed).
 pub fn request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
+    try_request(method, url, body, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Sends a request; `Err` says why no answer came (the connection failed
+/// or broke before the response's head).
+pub fn try_request(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Result<Resp, String> {
     let a = agent();
     let result = match method {
         "GET" | "DELETE" | "HEAD" => {
@@ -117,7 +128,7 @@ pub fn request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &
             r.send(body.unwrap_or_default())
         }
     };
-    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let mut resp = result.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -130,11 +141,11 @@ pub fn request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &
         .limit(1 << 30)
         .read_to_vec()
         .unwrap_or_default();
-    Resp {
+    Ok(Resp {
         status,
         headers,
         body,
-    }
+    })
 }
 
 impl Server {
