@@ -63,6 +63,12 @@ names! {
         Async = "async",
         /// A timer's firing (an asynchronous event of its own).
         Timer = "timer",
+        /// A message from a NATS JetStream stream.
+        Nats = "nats",
+        /// An object-storage (S3-format) bucket notification.
+        Storage = "storage",
+        /// A row change from a PostgreSQL database (logical decoding).
+        Postgres = "postgres",
     }
 }
 

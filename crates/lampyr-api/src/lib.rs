@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod network;
 pub mod runtimes;
 pub mod schedule;
+pub mod sources;
 pub mod types;
 
 pub use invocation::{FunctionError, StartKind, Status, TriggerKind};

@@ -60,6 +60,10 @@ pub struct FunctionInfo {
     /// Its timers: the next firings and the latest one's outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timers: Vec<crate::events::TimerInfo>,
+    /// Its event-source triggers (brokers, buckets, databases) and how
+    /// each is doing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::sources::SourceStatus>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -56,6 +56,7 @@ fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
             .as_ref()
             .map(|q| lampyr_async::timer_info(q, &spec))
             .unwrap_or_default(),
+        sources: Vec::new(),
         spec,
     }
 }

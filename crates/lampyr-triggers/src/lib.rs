@@ -58,6 +58,13 @@ pub trait Trigger: Send + Sync + 'static {
     /// Stops accepting work and finishes what was accepted (within the
     /// trigger's own limit).
     fn shutdown(&self) -> BoxFuture<'static, ()>;
+
+    /// How this trigger's sources for `function` are doing (event-source
+    /// triggers: one entry per `[[triggers]]` table). Cheap: it reads what
+    /// the trigger already knows.
+    fn status(&self, _function: &str) -> Vec<lampyr_api::sources::SourceStatus> {
+        Vec::new()
+    }
 }
 
 /// Whether `spec` lists a trigger of `kind`.
@@ -135,6 +142,11 @@ impl TriggerSet {
             }
         }));
         Ok(())
+    }
+
+    /// How the event sources of `function` are doing, every trigger's.
+    pub fn status(&self, function: &str) -> Vec<lampyr_api::sources::SourceStatus> {
+        self.triggers.iter().flat_map(|t| t.status(function)).collect()
     }
 
     /// Shuts every trigger down, all at once, and waits for them.
