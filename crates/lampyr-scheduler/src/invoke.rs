@@ -394,8 +394,13 @@ impl Scheduler {
                 .enqueue(NewEvent {
                     function: function.to_string(),
                     request_id,
-                    // Its attempts are the event queue's invocations.
-                    trigger: TriggerKind::Async,
+                    // Its attempts are the event queue's invocations: an
+                    // HTTP or API caller's event runs as `async`, an event
+                    // source's as that source.
+                    trigger: match trigger {
+                        TriggerKind::Http | TriggerKind::Api => TriggerKind::Async,
+                        other => other,
+                    },
                     payload: event,
                     idempotency_key: idempotency_key.map(str::to_string),
                 })
