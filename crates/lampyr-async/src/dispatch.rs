@@ -1,7 +1,7 @@
 //! The asynchronous trigger: runs queued events through the function
 //! service and applies what happened (see the crate doc).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::destination::{self, Condition};
+use crate::governor::{Governor, TICK};
 use crate::queue::{now_ms, rfc3339, Ev, EventQueue, Finish};
 
 /// Runs the event queue (see the crate doc).
@@ -57,6 +58,7 @@ impl Trigger for AsyncTrigger {
             sched: ctx.scheduler,
             stopping: self.stopping.clone(),
             in_flight: self.in_flight.clone(),
+            own_calls: AtomicU64::new(0),
         };
         let stop = self.stop.clone();
         *self.task.lock() = Some(tokio::spawn(d.run(stop)));
@@ -102,6 +104,8 @@ struct Dispatcher {
     sched: Scheduler,
     stopping: Arc<AtomicBool>,
     in_flight: Arc<InFlight>,
+    /// Calls this dispatcher made (see `governor.rs`).
+    own_calls: AtomicU64,
 }
 
 /// How many of a function's events may run at once: half its capacity
@@ -115,25 +119,34 @@ impl Dispatcher {
     async fn run(self, stop: Arc<Notify>) {
         let me = Arc::new(self);
         let mut last_prune = std::time::Instant::now();
+        let mut governor = Governor::new();
         loop {
             if me.stopping.load(Ordering::Acquire) {
                 return;
             }
             let now = now_ms();
             let mut picks: Vec<Ev> = Vec::new();
+            let limit = governor.limit(me.sched.calls(), me.own_calls.load(Ordering::Relaxed));
+            let mut held_back = false;
             let next_due = {
                 let mut board = me.queue.board.lock();
                 let next = board.due(now);
+                let mut running: u32 = board.lanes.values().map(|l| l.running).sum();
                 for (function, lane) in board.lanes.iter_mut() {
                     if lane.ready.is_empty() {
                         continue;
                     }
                     let cap = me.sched.capacity(function).map_or(1, |(i, c)| share(i, c));
                     while lane.running < cap {
+                        if running >= limit {
+                            held_back = true;
+                            break;
+                        }
                         let Some(ev) = lane.ready.pop_front() else {
                             break;
                         };
                         lane.running += 1;
+                        running += 1;
                         picks.push(ev);
                     }
                 }
@@ -154,10 +167,14 @@ impl Dispatcher {
                 last_prune = std::time::Instant::now();
                 me.queue.prune();
             }
-            let wait = next_due
+            let mut wait = next_due
                 .map(|t| Duration::from_millis((t - now_ms()).max(1) as u64))
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(1));
+            if held_back || governor.limited() {
+                // The limit is reconsidered every tick.
+                wait = wait.min(TICK);
+            }
             tokio::select! {
                 _ = me.queue.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -179,24 +196,24 @@ impl Dispatcher {
         let lease_until = now_ms() + (spec.timeout() + q.cfg.lease_slack).as_millis() as i64;
         ev.lease = token;
         if !q.lease(ev.id, token, lease_until).await {
-            let mut board = q.board.lock();
-            if let Some(l) = board.lanes.get_mut(&ev.function) {
-                l.running = l.running.saturating_sub(1);
-            }
-            board.finished(&ev);
+            // The journal could not be written: the event stays queued,
+            // and is tried again in a while.
+            ev.lease = 0;
+            self.again(ev, now_ms() + 1000);
             return;
         }
         let age = now_ms() - ev.created_ms;
         if age > spec.max_event_age_ms as i64 {
-            let payload = self.payload(&ev).unwrap_or_default();
+            let payload = self.payload(&ev).await.unwrap_or_default();
             self.too_old(&ev, spec, &payload);
             return;
         }
-        let Some(payload) = self.payload(&ev) else {
+        let Some(payload) = self.payload(&ev).await else {
             self.done(&ev, None, Finish::Dropped);
             return;
         };
         let attempt = ev.attempts + 1;
+        self.own_calls.fetch_add(1, Ordering::Relaxed);
         let call = Call {
             function: &ev.function,
             request_id: ev.request_id.clone(),
@@ -278,7 +295,12 @@ impl Dispatcher {
                         self.too_old(&ev, spec, &payload);
                     } else {
                         q.metrics.count(&ev.function, "throttled");
-                        q.finish(ev.id, ev.lease, Finish::Throttled { run_at_ms: run_at });
+                        q.finish(
+                            ev.id,
+                            ev.lease,
+                            &ev.function,
+                            Finish::Throttled { run_at_ms: run_at },
+                        );
                         self.again(ev, run_at);
                     }
                     return;
@@ -331,6 +353,7 @@ impl Dispatcher {
         q.finish(
             ev.id,
             ev.lease,
+            &ev.function,
             Finish::Retry {
                 run_at_ms: run_at,
                 error,
@@ -366,10 +389,10 @@ impl Dispatcher {
         );
     }
 
-    fn payload(&self, ev: &Ev) -> Option<bytes::Bytes> {
+    async fn payload(&self, ev: &Ev) -> Option<bytes::Bytes> {
         match &ev.payload {
             Some(p) => Some(p.clone()),
-            None => self.queue.payload(ev.id).ok().flatten(),
+            None => self.queue.payload(ev.id).await.ok().flatten(),
         }
     }
 
@@ -380,7 +403,7 @@ impl Dispatcher {
         }
         // Applied only under the event's lease: one never leased (its
         // function is gone) has none, and is dropped with its function.
-        self.queue.finish(ev.id, ev.lease, outcome);
+        self.queue.finish(ev.id, ev.lease, &ev.function, outcome);
         let mut board = self.queue.board.lock();
         if let Some(l) = board.lanes.get_mut(&ev.function) {
             l.running = l.running.saturating_sub(1);

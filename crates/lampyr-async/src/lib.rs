@@ -22,9 +22,13 @@
 
 mod destination;
 mod dispatch;
+mod governor;
+mod journal;
 mod metrics;
 pub mod queue;
+mod settle;
 mod timer;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,37 +77,39 @@ impl Default for AsyncConfig {
     }
 }
 
-impl EventSink for EventQueue {
+/// The event queue as the function service's event sink.
+struct Sink(Arc<EventQueue>);
+
+impl EventSink for Sink {
     fn enqueue(&self, event: NewEvent) -> BoxFuture<'static, Result<Queued, SchedulerError>> {
-        let too_large = (event.payload.len() > self.cfg.max_event_bytes).then(|| {
-            SchedulerError::EventTooLarge {
-                function: event.function.clone(),
-                size: event.payload.len(),
-                limit: self.cfg.max_event_bytes,
-            }
-        });
-        // The accept is sent now, so that accepts keep their order.
-        let (reply, rx) = tokio::sync::oneshot::channel();
         let function = event.function.clone();
-        if too_large.is_none() {
-            self.send_accept(queue::Accept { event, tick: None }, reply);
+        if event.payload.len() > self.0.cfg.max_event_bytes {
+            let e = SchedulerError::EventTooLarge {
+                function,
+                size: event.payload.len(),
+                limit: self.0.cfg.max_event_bytes,
+            };
+            return Box::pin(async move { Err(e) });
         }
+        // Written now, in the caller's order; only a sync is waited for.
+        let written = self.0.accept_now(queue::Accept { event, tick: None });
+        let queue = self.0.clone();
         Box::pin(async move {
-            if let Some(e) = too_large {
-                return Err(e);
-            }
-            match rx.await {
-                Ok(Ok(q)) => Ok(q),
-                Ok(Err(queue::AcceptError::Full { depth })) => {
+            let store = |message: String| SchedulerError::EventStore {
+                function: function.clone(),
+                message,
+            };
+            match written {
+                Ok((q, end)) => {
+                    if let Some(end) = end {
+                        queue.durable(end).await.map_err(|e| store(e.to_string()))?;
+                    }
+                    Ok(q)
+                }
+                Err(queue::AcceptError::Full { depth }) => {
                     Err(SchedulerError::EventQueueFull { function, depth })
                 }
-                Ok(Err(queue::AcceptError::Store(message))) => {
-                    Err(SchedulerError::EventStore { function, message })
-                }
-                Err(_) => Err(SchedulerError::EventStore {
-                    function,
-                    message: "the event queue is closed".into(),
-                }),
+                Err(queue::AcceptError::Store(message)) => Err(store(message)),
             }
         })
     }
@@ -137,12 +143,12 @@ impl EventQueue {
         lampyr_api::events::AsyncCounts {
             pending,
             oldest_age_s: oldest.map(|d| d.as_secs_f64()),
-            dead_letters: self.dead_count(function).unwrap_or(0),
+            dead_letters: self.dead_count(function),
         }
     }
 }
 
 /// Shares the queue as the function service's event sink.
 pub fn sink(queue: &Arc<EventQueue>) -> Arc<dyn EventSink> {
-    queue.clone()
+    Arc::new(Sink(queue.clone()))
 }

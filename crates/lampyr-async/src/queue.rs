@@ -1,11 +1,15 @@
-//! The durable event queue: SQLite (`DATA/events.db`, WAL), one writer
-//! thread, and the dispatcher's board in memory.
+//! The durable event queue: a journal, a SQLite database
+//! (`DATA/events.db`, WAL) it is applied to, and the dispatcher's board in
+//! memory.
 //!
-//! * **Group commit.** Every write (accepts, leases, outcomes, redrives) is
-//!   an [`Op`] sent to the writer thread, which applies whatever has
-//!   arrived in one transaction and answers only after it committed: an
-//!   accepted event is on disk before its 202, and concurrent accepts
-//!   share one commit.
+//! * **Group commit.** Every write is an [`Op`] sent to the writer thread
+//!   (`writer.rs`), which appends whatever has arrived to the journal
+//!   (`journal.rs`) with one write and answers only then: an accepted
+//!   event is on disk before its 202, and concurrent accepts share one
+//!   write. The settler (`settle.rs`) applies the journal to the database
+//!   later, at idle priority, in large transactions; reads of the database
+//!   wait for it first ([`EventQueue::settled`]), so they see every write
+//!   answered before them.
 //! * **Leases.** An event being run is `running` with a lease token and an
 //!   expiry; an outcome is applied only with the token of the lease it
 //!   ran under, so a late completion of an attempt that was taken over is
@@ -21,6 +25,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +37,9 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
+use crate::journal::Pos;
+use crate::settle::SlowOp;
+use crate::writer::{Progress, Writer};
 use crate::AsyncConfig;
 
 /// Why the queue could not be opened or written.
@@ -49,6 +57,8 @@ pub enum QueueError {
     Closed,
     #[error("event queue: could not commit: {0}")]
     Commit(String),
+    #[error("event queue journal: {0}")]
+    Journal(String),
 }
 
 /// Milliseconds since the Unix epoch.
@@ -66,45 +76,6 @@ pub(crate) struct Accept {
     /// A timer's firing: `(timer name, scheduled time in ms)`, recorded
     /// with the event.
     pub(crate) tick: Option<(String, i64)>,
-}
-
-/// What the writer thread does.
-pub(crate) enum Op {
-    Accept {
-        accept: Accept,
-        reply: oneshot::Sender<Result<lampyr_scheduler::Queued, AcceptError>>,
-    },
-    Lease {
-        id: i64,
-        token: i64,
-        until_ms: i64,
-        reply: oneshot::Sender<bool>,
-    },
-    Finish {
-        id: i64,
-        token: i64,
-        outcome: Finish,
-    },
-    Redrive {
-        function: String,
-        /// `None`: all of them.
-        request_ids: Option<Vec<String>>,
-        reply: oneshot::Sender<Result<usize, QueueError>>,
-    },
-    Purge {
-        function: String,
-        reply: oneshot::Sender<Result<usize, QueueError>>,
-    },
-    /// The function was deleted: its events and dead letters go.
-    Forget {
-        function: String,
-    },
-    /// A timer exists from now (its catch-up starts here).
-    TimerSeen {
-        function: String,
-        timer: String,
-    },
-    Prune,
 }
 
 /// Why an accept was refused.
@@ -184,7 +155,7 @@ const BOARD_PAYLOAD_BYTES: usize = 256 << 20;
 
 impl Board {
     /// Adds a new event (it counts towards its lane's depth).
-    fn add(&mut self, mut ev: Ev, run_at_ms: i64) {
+    pub(crate) fn add(&mut self, mut ev: Ev, run_at_ms: i64) {
         let lane = self.lanes.entry(ev.function.clone()).or_default();
         lane.depth += 1;
         if let Some(t) = &ev.timer {
@@ -282,17 +253,29 @@ pub(crate) struct TimerState {
 
 /// The event queue. Cheap to share.
 pub struct EventQueue {
-    writer: mpsc::Sender<Op>,
+    writer: Mutex<Writer>,
+    /// Syncs run one at a time (`fsync = true`); `synced` is how far the
+    /// journal is synced (a packed [`Pos`]).
+    sync_lock: tokio::sync::Mutex<()>,
+    synced: AtomicU64,
     reader: Mutex<Connection>,
     pub(crate) board: Mutex<Board>,
     /// Woken when the board changes.
     pub(crate) wake: Notify,
     pub(crate) cfg: AsyncConfig,
     pub(crate) metrics: crate::metrics::Metrics,
-    next_token: std::sync::atomic::AtomicI64,
+    next_token: AtomicI64,
+    /// Per function: events not finished (queued, waiting or running), for
+    /// the depth limit.
+    pub(crate) depths: Mutex<HashMap<String, u64>>,
+    /// Per function: dead letters.
+    pub(crate) dead: Mutex<HashMap<String, u64>>,
+    /// How far the journal is applied to the database (a packed
+    /// [`crate::journal::Pos`]).
+    pub(crate) settled: AtomicU64,
 }
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     request_id TEXT NOT NULL UNIQUE,
@@ -348,13 +331,22 @@ fn open_conn(path: &Path, sync: &str) -> Result<Connection, QueueError> {
 }
 
 impl EventQueue {
-    /// Opens (or creates) the queue at `path`: events the previous process
-    /// was running are queued again (crash rescues), and the board is
-    /// rebuilt. Starts the writer thread.
+    /// Opens (or creates) the queue at `path`: the journal beside it is
+    /// applied, events the previous process was running are queued again
+    /// (crash rescues), and the board is rebuilt. Starts the writer and the
+    /// settler threads.
     pub fn open(path: &Path, cfg: AsyncConfig) -> Result<Arc<EventQueue>, QueueError> {
         let sync = if cfg.fsync { "FULL" } else { "NORMAL" };
-        let conn = open_conn(path, sync)?;
+        let open_err = |e: std::io::Error| QueueError::Open {
+            path: path.display().to_string(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        };
+        let mut conn = open_conn(path, sync)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::settle::SCHEMA)?;
+        let dir = path.with_extension("journal");
+        std::fs::create_dir_all(&dir).map_err(open_err)?;
+        let end = crate::settle::replay(&mut conn, &dir)?;
         let rescued = conn.execute(
             "UPDATE events SET state = 'queued', rescues = rescues + 1, run_at_ms = ?1
              WHERE state = 'running'",
@@ -395,106 +387,212 @@ impl EventQueue {
                 board.add(ev, run_at);
             }
         }
-        let last_token: i64 =
-            conn.query_row("SELECT COALESCE(MAX(lease), 0) FROM events", [], |r| {
-                r.get(0)
-            })?;
-        // The writer never checkpoints (that would stall accepts for the
-        // milliseconds it takes): a thread of its own does, every second.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = open_conn(path, sync)?;
-        std::thread::Builder::new()
-            .name("lampyr-events-checkpoint".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(1));
-                if let Err(e) =
-                    checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                {
-                    tracing::debug!("event queue checkpoint: {e}");
-                }
-            })
-            .map_err(|e| QueueError::Open {
-                path: path.display().to_string(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+        let depths: HashMap<String, u64> = board
+            .lanes
+            .iter()
+            .map(|(f, l)| (f.clone(), l.depth))
+            .collect();
+        let dead = crate::settle::dead_counts(&conn)?;
+        let (last_token, last_id): (i64, i64) = conn.query_row(
+            "SELECT COALESCE(MAX(lease), 0), COALESCE(MAX(id), 0) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        // Everything in the journal is applied: a new segment starts, and
+        // the old ones go.
+        let start = crate::journal::Pos {
+            seg: end.seg + 1,
+            off: 0,
+        };
+        let appender =
+            crate::journal::Appender::create(&dir, start.seg, cfg.fsync).map_err(open_err)?;
+        crate::journal::delete_before(&dir, start.seg).map_err(open_err)?;
         let reader = open_conn(path, sync)?;
         reader.pragma_update(None, "query_only", true)?;
-        let (tx, rx) = mpsc::channel::<Op>();
+        let keys_db = open_conn(path, sync)?;
+        keys_db.pragma_update(None, "query_only", true)?;
+        let (to_settler, settler_rx) = mpsc::channel();
+        let progress = Arc::new(Progress::default());
+        progress.written.store(start.pack(), Ordering::SeqCst);
+        let writer = Writer::new(appender, keys_db, to_settler, progress.clone(), last_id + 1);
         let queue = Arc::new(EventQueue {
-            writer: tx,
+            writer: Mutex::new(writer),
+            sync_lock: tokio::sync::Mutex::new(()),
+            synced: AtomicU64::new(start.pack()),
             reader: Mutex::new(reader),
             board: Mutex::new(board),
             wake: Notify::new(),
             cfg,
             metrics: crate::metrics::Metrics::new(),
-            next_token: std::sync::atomic::AtomicI64::new(last_token + 1),
+            next_token: AtomicI64::new(last_token + 1),
+            depths: Mutex::new(depths),
+            dead: Mutex::new(dead),
+            settled: AtomicU64::new(start.pack()),
         });
-        let weak = Arc::downgrade(&queue);
+        let settler = crate::settle::Settler {
+            conn,
+            dir: dir.clone(),
+            rx: settler_rx,
+            queue: Arc::downgrade(&queue),
+            reader: crate::journal::Reader::new(&dir, start),
+            progress,
+            written: start,
+        };
         std::thread::Builder::new()
-            .name("lampyr-events".into())
-            .spawn(move || write_loop(conn, rx, weak))
-            .map_err(|e| QueueError::Open {
-                path: path.display().to_string(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+            .name("lampyr-events-settle".into())
+            .spawn(move || settler.run())
+            .map_err(open_err)?;
         Ok(queue)
     }
 
-    fn send(&self, op: Op) {
-        let _ = self.writer.send(op);
-    }
-
-    /// Accepts an event: committed before it answers.
+    /// Accepts an event: in the journal (and synced, with `fsync`) before
+    /// it answers.
     pub(crate) async fn accept(
         &self,
         accept: Accept,
     ) -> Result<lampyr_scheduler::Queued, AcceptError> {
-        let (reply, rx) = oneshot::channel();
-        self.send_accept(accept, reply);
-        rx.await
-            .unwrap_or_else(|_| Err(AcceptError::Store("the event queue is closed".into())))
+        let (queued, end) = self.accept_now(accept)?;
+        if let Some(end) = end {
+            self.durable(end)
+                .await
+                .map_err(|e| AcceptError::Store(e.to_string()))?;
+        }
+        Ok(queued)
     }
 
-    pub(crate) fn send_accept(
+    /// Writes an accept; returns where its record ends (none for a repeated
+    /// idempotency key).
+    pub(crate) fn accept_now(
         &self,
         accept: Accept,
-        reply: oneshot::Sender<Result<lampyr_scheduler::Queued, AcceptError>>,
-    ) {
-        if let Err(mpsc::SendError(Op::Accept { reply, .. })) =
-            self.writer.send(Op::Accept { accept, reply })
-        {
-            let _ = reply.send(Err(AcceptError::Store("the event queue is closed".into())));
+    ) -> Result<(lampyr_scheduler::Queued, Option<Pos>), AcceptError> {
+        let now = now_ms();
+        let mut w = self.writer.lock();
+        let depth = self
+            .depths
+            .lock()
+            .get(&accept.event.function)
+            .copied()
+            .unwrap_or(0);
+        let (queued, new) = w.decide(depth, self.cfg.max_queue_depth, accept, now)?;
+        let Some((ev, rec)) = new else {
+            return Ok((queued, None));
+        };
+        let end = w
+            .append_accept(rec)
+            .map_err(|e| AcceptError::Store(format!("could not write the event: {e}")))?;
+        *self.depths.lock().entry(ev.function.clone()).or_default() += 1;
+        w.trim_keys(self.settled.load(Ordering::Acquire));
+        drop(w);
+        self.metrics.accepted(&ev.function);
+        self.board.lock().add(ev, now);
+        self.wake.notify_one();
+        Ok((queued, Some(end)))
+    }
+
+    /// With `fsync = true`, waits until the journal is synced up to `end`;
+    /// the first waiter syncs for everyone behind it (group commit).
+    pub(crate) async fn durable(&self, end: Pos) -> std::io::Result<()> {
+        if !self.cfg.fsync {
+            return Ok(());
         }
+        let _one_at_a_time = self.sync_lock.lock().await;
+        if self.synced.load(Ordering::Acquire) >= end.pack() {
+            return Ok(());
+        }
+        let (file, target) = {
+            let w = self.writer.lock();
+            (w.sync_handle()?, w.end())
+        };
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(std::io::Error::other)??;
+        self.synced.fetch_max(target.pack(), Ordering::AcqRel);
+        Ok(())
     }
 
     /// A new lease token.
     pub(crate) fn token(&self) -> i64 {
-        self.next_token
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Takes the lease of a queued event, committed before it answers
-    /// (a run whose record survives a crash is then known to be a rescue).
-    /// False if the event is no longer queued.
+    /// Takes the lease of a queued event, in the journal before it answers
+    /// (a run that a crash interrupts is then known to be a rescue). False
+    /// if it could not be written.
     pub(crate) async fn lease(&self, id: i64, token: i64, until_ms: i64) -> bool {
-        let (reply, rx) = oneshot::channel();
-        self.send(Op::Lease {
+        let end = self.writer.lock().append_lease(id, token, until_ms);
+        match end {
+            Ok(end) => self.durable(end).await.is_ok(),
+            Err(e) => {
+                tracing::error!("the event queue could not write a lease: {e}");
+                false
+            }
+        }
+    }
+
+    /// Writes how an attempt ended; a destination's event is queued with it.
+    pub(crate) fn finish(&self, id: i64, token: i64, function: &str, outcome: Finish) {
+        let now = now_ms();
+        let mut w = self.writer.lock();
+        let destination = match &outcome {
+            Finish::Succeeded { destination } | Finish::Dead { destination, .. } => {
+                destination.clone()
+            }
+            _ => None,
+        };
+        // A destination that is full or refused is logged, not retried:
+        // the source event is done.
+        let destination = destination.and_then(|a| {
+            let target = a.event.function.clone();
+            let depth = self.depths.lock().get(&target).copied().unwrap_or(0);
+            match w.decide(depth, self.cfg.max_queue_depth, a, now) {
+                Ok((_, new)) => new,
+                Err(e) => {
+                    tracing::warn!(function = %target, "a destination record was not queued: {e:?}");
+                    None
+                }
+            }
+        });
+        w.append_finish(
             id,
             token,
-            until_ms,
-            reply,
-        });
-        rx.await.unwrap_or(false)
+            now,
+            &outcome,
+            destination.as_ref().map(|(_, rec)| rec.clone()),
+        );
+        {
+            let mut depths = self.depths.lock();
+            if !matches!(outcome, Finish::Retry { .. } | Finish::Throttled { .. }) {
+                if let Some(d) = depths.get_mut(function) {
+                    *d = d.saturating_sub(1);
+                }
+            }
+            if let Some((ev, _)) = &destination {
+                *depths.entry(ev.function.clone()).or_default() += 1;
+            }
+        }
+        if matches!(outcome, Finish::Dead { .. }) {
+            *self.dead.lock().entry(function.to_string()).or_default() += 1;
+        }
+        drop(w);
+        if let Some((ev, _)) = destination {
+            self.metrics.accepted(&ev.function);
+            self.board.lock().add(ev, now);
+            self.wake.notify_one();
+        }
     }
 
-    pub(crate) fn finish(&self, id: i64, token: i64, outcome: Finish) {
-        self.send(Op::Finish { id, token, outcome });
+    /// Hands an operation to the settler, after everything written so far.
+    fn slow(&self, op: SlowOp) {
+        self.writer.lock().slow(op);
     }
 
     /// Forgets a deleted function's events.
     pub fn forget(&self, function: &str) {
         self.board.lock().forget(function);
-        self.send(Op::Forget {
+        self.depths.lock().remove(function);
+        self.dead.lock().remove(function);
+        self.slow(SlowOp::Forget {
             function: function.to_string(),
         });
     }
@@ -507,35 +605,64 @@ impl EventQueue {
         request_ids: Option<Vec<String>>,
     ) -> Result<usize, QueueError> {
         let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Op::Redrive {
-                function: function.to_string(),
-                request_ids,
-                reply,
-            })
-            .map_err(|_| QueueError::Closed)?;
+        self.slow(SlowOp::Redrive {
+            function: function.to_string(),
+            request_ids,
+            reply,
+        });
         rx.await.map_err(|_| QueueError::Closed)?
     }
 
     /// Deletes a function's dead letters. Returns how many.
     pub async fn purge(&self, function: &str) -> Result<usize, QueueError> {
         let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Op::Purge {
-                function: function.to_string(),
-                reply,
-            })
-            .map_err(|_| QueueError::Closed)?;
+        self.slow(SlowOp::Purge {
+            function: function.to_string(),
+            reply,
+        });
         rx.await.map_err(|_| QueueError::Closed)?
     }
 
     /// Prunes succeeded events and idempotency keys past their window.
     pub(crate) fn prune(&self) {
-        self.send(Op::Prune);
+        self.slow(SlowOp::Prune {
+            keep_finished: self.cfg.keep_finished,
+        });
+    }
+
+    /// Events the settler queued again (a redrive): on the board, counted.
+    pub(crate) fn redriven(&self, function: &str, evs: Vec<Ev>) {
+        let n = evs.len() as u64;
+        *self.depths.lock().entry(function.to_string()).or_default() += n;
+        if let Some(d) = self.dead.lock().get_mut(function) {
+            *d = d.saturating_sub(n);
+        }
+        let mut board = self.board.lock();
+        for ev in evs {
+            board.add(ev, now_ms());
+        }
+        drop(board);
+        self.wake.notify_one();
+    }
+
+    /// Waits until everything written before this call is in the database.
+    pub async fn settled(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.slow(SlowOp::Barrier(tx));
+        let _ = rx.await;
+    }
+
+    /// [`EventQueue::settled`] for a thread that may block (never an async
+    /// task's).
+    pub fn settled_blocking(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.slow(SlowOp::Barrier(tx));
+        let _ = rx.blocking_recv();
     }
 
     /// An event's payload, from the database.
-    pub(crate) fn payload(&self, id: i64) -> Result<Option<Bytes>, QueueError> {
+    pub(crate) async fn payload(&self, id: i64) -> Result<Option<Bytes>, QueueError> {
+        self.settled().await;
         let db = self.reader.lock();
         Ok(db
             .query_row(
@@ -547,8 +674,20 @@ impl EventQueue {
             .map(Bytes::from))
     }
 
-    /// One event, by request id; with its payload if `payload`.
+    /// One event, by request id; with its payload if `payload`. Blocks
+    /// until the journal is applied: call it where blocking is allowed.
     pub fn get(&self, request_id: &str, payload: bool) -> Result<Option<EventInfo>, QueueError> {
+        self.settled_blocking();
+        self.read_one(request_id, payload)
+    }
+
+    /// One event as the database has it now (the latest writes may not be
+    /// applied yet).
+    pub(crate) fn read_one(
+        &self,
+        request_id: &str,
+        payload: bool,
+    ) -> Result<Option<EventInfo>, QueueError> {
         let db = self.reader.lock();
         let mut stmt = db.prepare_cached(&format!("{SELECT_INFO} WHERE request_id = ?1"))?;
         let info = stmt
@@ -558,6 +697,8 @@ impl EventQueue {
     }
 
     /// A function's events, newest first; only those in `state` if given.
+    /// Blocks until the journal is applied: call it where blocking is
+    /// allowed.
     pub fn list(
         &self,
         function: &str,
@@ -565,6 +706,7 @@ impl EventQueue {
         limit: usize,
         payload: bool,
     ) -> Result<Vec<EventInfo>, QueueError> {
+        self.settled_blocking();
         let db = self.reader.lock();
         let db_state = match state {
             None => None,
@@ -591,14 +733,8 @@ impl EventQueue {
     }
 
     /// How many dead letters a function has.
-    pub fn dead_count(&self, function: &str) -> Result<u64, QueueError> {
-        let db = self.reader.lock();
-        let n: i64 = db.query_row(
-            "SELECT COUNT(*) FROM events WHERE function = ?1 AND state = 'dead'",
-            params![function],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
+    pub fn dead_count(&self, function: &str) -> u64 {
+        self.dead.lock().get(function).copied().unwrap_or(0)
     }
 
     /// Events not finished (queued, waiting, running) and the age of the
@@ -613,7 +749,8 @@ impl EventQueue {
         )
     }
 
-    /// The last firing of a timer, and when it was first seen.
+    /// The last firing of a timer, and when it was first seen, as the
+    /// database has it now.
     pub(crate) fn timer_state(
         &self,
         function: &str,
@@ -648,7 +785,7 @@ impl EventQueue {
 
     /// Notes that a timer exists, from now (its catch-up starts here).
     pub(crate) fn timer_seen(&self, function: &str, timer: &str) {
-        self.send(Op::TimerSeen {
+        self.slow(SlowOp::TimerSeen {
             function: function.to_string(),
             timer: timer.to_string(),
         });
@@ -701,433 +838,5 @@ pub(crate) fn rfc3339(ms: i64) -> String {
     lampyr_store::rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
 
-/// The most operations applied in one transaction.
-const MAX_GROUP: usize = 4096;
-
-/// The writer thread: applies operations in groups, one transaction each.
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, queue: std::sync::Weak<EventQueue>) {
-    // Per function: events not finished, for the depth limit. Counted
-    // here, the only writer, so accepts see their own batch.
-    let mut depths: HashMap<String, u64> = HashMap::new();
-    if let Ok(mut stmt) = conn.prepare(
-        "SELECT function, COUNT(*) FROM events WHERE state IN ('queued', 'running') GROUP BY function",
-    ) {
-        if let Ok(rows) = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))) {
-            for (f, n) in rows.flatten() {
-                depths.insert(f, n as u64);
-            }
-        }
-    }
-    let mut group: Vec<Op> = Vec::with_capacity(256);
-    loop {
-        match rx.recv() {
-            Ok(op) => group.push(op),
-            Err(_) => return,
-        }
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(op) => group.push(op),
-                Err(_) => break,
-            }
-        }
-        let Some(queue) = queue.upgrade() else { return };
-        apply_group(&mut conn, &queue, &mut depths, &mut group);
-    }
-}
-
-/// What to do once a group has committed.
-enum Then {
-    Accepted {
-        reply: oneshot::Sender<Result<lampyr_scheduler::Queued, AcceptError>>,
-        queued: lampyr_scheduler::Queued,
-        ev: Option<Ev>,
-    },
-    Refused {
-        reply: oneshot::Sender<Result<lampyr_scheduler::Queued, AcceptError>>,
-        error: AcceptError,
-    },
-    Count {
-        reply: oneshot::Sender<Result<usize, QueueError>>,
-        n: usize,
-        redriven: Vec<Ev>,
-    },
-    Leased {
-        reply: oneshot::Sender<bool>,
-        ok: bool,
-    },
-}
-
-fn apply_group(
-    conn: &mut Connection,
-    queue: &EventQueue,
-    depths: &mut HashMap<String, u64>,
-    group: &mut Vec<Op>,
-) {
-    let cfg = &queue.cfg;
-    let mut then: Vec<Then> = Vec::with_capacity(group.len());
-    // Destination events are accepted in the same transaction as the
-    // outcome that made them.
-    let mut follow_ups: Vec<Ev> = Vec::new();
-    let result = (|| -> Result<(), rusqlite::Error> {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for op in group.drain(..) {
-            match op {
-                Op::Accept { accept, reply } => match insert(&tx, cfg, depths, accept)? {
-                    Ok((queued, ev)) => then.push(Then::Accepted { reply, queued, ev }),
-                    Err(error) => then.push(Then::Refused { reply, error }),
-                },
-                Op::Lease {
-                    id,
-                    token,
-                    until_ms,
-                    reply,
-                } => {
-                    let n = exec(
-                        &tx,
-                        "UPDATE events SET state = 'running', lease = ?2, lease_until_ms = ?3
-                         WHERE id = ?1 AND state = 'queued'",
-                        params![id, token, until_ms],
-                    )?;
-                    then.push(Then::Leased { reply, ok: n == 1 });
-                }
-                Op::TimerSeen { function, timer } => {
-                    exec(
-                        &tx,
-                        "INSERT OR IGNORE INTO timer_ticks (function, timer, first_seen_ms) VALUES (?1, ?2, ?3)",
-                        params![function, timer, now_ms()],
-                    )?;
-                }
-                Op::Finish { id, token, outcome } => {
-                    let now = now_ms();
-                    let lease = "id = ?1 AND lease = ?2 AND state = 'running'";
-                    let applied = match &outcome {
-                        Finish::Succeeded { .. } => exec(
-                        &tx,
-                            &format!("UPDATE events SET state = 'succeeded', attempts = attempts + 1, finished_ms = ?3 WHERE {lease}"),
-                            params![id, token, now],
-                        )?,
-                        Finish::Retry { run_at_ms, error } => exec(
-                        &tx,
-                            &format!("UPDATE events SET state = 'queued', attempts = attempts + 1, run_at_ms = ?3,
-                                      errors = json_insert(errors, '$[#]', json(?4)) WHERE {lease}"),
-                            params![id, token, run_at_ms, serde_json::to_string(error).unwrap_or_default()],
-                        )?,
-                        Finish::Throttled { run_at_ms } => exec(
-                        &tx,
-                            &format!("UPDATE events SET state = 'queued', run_at_ms = ?3 WHERE {lease}"),
-                            params![id, token, run_at_ms],
-                        )?,
-                        Finish::Dead { reason, error, .. } => {
-                            let counted = i64::from(error.is_some());
-                            exec(
-                        &tx,
-                                &format!("UPDATE events SET state = 'dead', attempts = attempts + ?3, finished_ms = ?4,
-                                          dead_reason = ?5,
-                                          errors = CASE WHEN ?6 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?6)) END
-                                          WHERE {lease}"),
-                                params![
-                                    id,
-                                    token,
-                                    counted,
-                                    now,
-                                    reason.as_str(),
-                                    error.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default())
-                                ],
-                            )?
-                        }
-                        Finish::Dropped => exec(
-                        &tx,
-                            &format!("DELETE FROM events WHERE {lease}"),
-                            params![id, token],
-                        )?,
-                    };
-                    if applied == 0 {
-                        // Not its lease any more (taken over): too late.
-                        continue;
-                    }
-                    let finished =
-                        !matches!(outcome, Finish::Retry { .. } | Finish::Throttled { .. });
-                    if finished {
-                        let function: Option<String> = tx
-                            .query_row(
-                                "SELECT function FROM events WHERE id = ?1",
-                                params![id],
-                                |r| r.get(0),
-                            )
-                            .optional()?;
-                        if let Some(f) = function {
-                            if let Some(d) = depths.get_mut(&f) {
-                                *d = d.saturating_sub(1);
-                            }
-                        }
-                    }
-                    let destination = match outcome {
-                        Finish::Succeeded { destination } | Finish::Dead { destination, .. } => {
-                            destination
-                        }
-                        _ => None,
-                    };
-                    if let Some(d) = destination {
-                        // A destination that is full or refused is logged,
-                        // not retried: the source event is done.
-                        let function = d.event.function.clone();
-                        match insert(&tx, cfg, depths, d)? {
-                            Ok((_, Some(ev))) => follow_ups.push(ev),
-                            Ok((_, None)) => {}
-                            Err(e) => tracing::warn!(
-                                function = %function,
-                                "a destination record was not queued: {e:?}"
-                            ),
-                        }
-                    }
-                }
-                Op::Redrive {
-                    function,
-                    request_ids,
-                    reply,
-                } => {
-                    let now = now_ms();
-                    let mut redriven = Vec::new();
-                    {
-                        let mut stmt = tx.prepare_cached(
-                            "SELECT id, request_id, trigger, payload, timer FROM events
-                             WHERE function = ?1 AND state = 'dead' ORDER BY id",
-                        )?;
-                        let rows = stmt.query_map(params![function], |r| {
-                            Ok(Ev {
-                                id: r.get(0)?,
-                                request_id: r.get(1)?,
-                                function: function.clone(),
-                                trigger: r
-                                    .get::<_, String>(2)?
-                                    .parse()
-                                    .unwrap_or(TriggerKind::Async),
-                                payload: Some(Bytes::from(r.get::<_, Vec<u8>>(3)?)),
-                                created_ms: now,
-                                attempts: 0,
-                                timer: r.get(4)?,
-                                lease: 0,
-                                throttles: 0,
-                            })
-                        })?;
-                        for ev in rows {
-                            let ev = ev?;
-                            if request_ids
-                                .as_ref()
-                                .is_none_or(|ids| ids.contains(&ev.request_id))
-                            {
-                                redriven.push(ev);
-                            }
-                        }
-                    }
-                    for ev in &redriven {
-                        exec(
-                            &tx,
-                            "UPDATE events SET state = 'queued', attempts = 0, created_ms = ?2,
-                             run_at_ms = ?2, finished_ms = NULL, dead_reason = NULL WHERE id = ?1",
-                            params![ev.id, now],
-                        )?;
-                    }
-                    *depths.entry(function).or_default() += redriven.len() as u64;
-                    then.push(Then::Count {
-                        reply,
-                        n: redriven.len(),
-                        redriven,
-                    });
-                }
-                Op::Purge { function, reply } => {
-                    let n = exec(
-                        &tx,
-                        "DELETE FROM events WHERE function = ?1 AND state = 'dead'",
-                        params![function],
-                    )?;
-                    then.push(Then::Count {
-                        reply,
-                        n,
-                        redriven: Vec::new(),
-                    });
-                }
-                Op::Forget { function } => {
-                    exec(
-                        &tx,
-                        "DELETE FROM events WHERE function = ?1",
-                        params![function],
-                    )?;
-                    exec(
-                        &tx,
-                        "DELETE FROM idempotency WHERE function = ?1",
-                        params![function],
-                    )?;
-                    exec(
-                        &tx,
-                        "DELETE FROM timer_ticks WHERE function = ?1",
-                        params![function],
-                    )?;
-                    depths.remove(&function);
-                }
-                Op::Prune => {
-                    let now = now_ms();
-                    let keep = cfg.keep_finished.as_millis() as i64;
-                    exec(
-                        &tx,
-                        "DELETE FROM events WHERE state = 'succeeded' AND finished_ms < ?1",
-                        params![now - keep],
-                    )?;
-                    exec(
-                        &tx,
-                        "DELETE FROM idempotency WHERE created_ms < ?1",
-                        params![now - IDEMPOTENCY_WINDOW.as_millis() as i64],
-                    )?;
-                }
-            }
-        }
-        tx.commit()
-    })();
-    let mut board = queue.board.lock();
-    match result {
-        Ok(()) => {
-            for t in then {
-                match t {
-                    Then::Accepted { reply, queued, ev } => {
-                        if let Some(ev) = ev {
-                            queue.metrics.accepted(&ev.function);
-                            board.add(ev, now_ms());
-                        }
-                        let _ = reply.send(Ok(queued));
-                    }
-                    Then::Refused { reply, error } => {
-                        let _ = reply.send(Err(error));
-                    }
-                    Then::Count { reply, n, redriven } => {
-                        for ev in redriven {
-                            board.add(ev, now_ms());
-                        }
-                        let _ = reply.send(Ok(n));
-                    }
-                    Then::Leased { reply, ok } => {
-                        let _ = reply.send(ok);
-                    }
-                }
-            }
-            for ev in follow_ups {
-                queue.metrics.accepted(&ev.function);
-                board.add(ev, now_ms());
-            }
-        }
-        Err(e) => {
-            tracing::error!("the event queue could not commit: {e}");
-            for t in then {
-                match t {
-                    Then::Accepted { reply, .. } | Then::Refused { reply, .. } => {
-                        let _ = reply.send(Err(AcceptError::Store(e.to_string())));
-                    }
-                    Then::Count { reply, .. } => {
-                        let _ = reply.send(Err(QueueError::Commit(e.to_string())));
-                    }
-                    Then::Leased { reply, .. } => {
-                        let _ = reply.send(false);
-                    }
-                }
-            }
-            // The depth counts may be off now; read them again.
-            depths.clear();
-        }
-    }
-    drop(board);
-    queue.wake.notify_one();
-}
-
-/// Runs one statement through the connection's statement cache (every
-/// statement here runs once per event: parsing it each time would cost
-/// more than running it).
-fn exec(
-    tx: &rusqlite::Transaction<'_>,
-    sql: &str,
-    p: impl rusqlite::Params,
-) -> rusqlite::Result<usize> {
-    tx.prepare_cached(sql)?.execute(p)
-}
-
 /// How long an idempotency key holds.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
-
-/// Inserts one accepted event, unless its key was seen or its function's
-/// queue is full. Returns the answer and, for a new event, what the board
-/// gets.
-#[allow(clippy::type_complexity)]
-fn insert(
-    tx: &rusqlite::Transaction<'_>,
-    cfg: &AsyncConfig,
-    depths: &mut HashMap<String, u64>,
-    a: Accept,
-) -> rusqlite::Result<Result<(lampyr_scheduler::Queued, Option<Ev>), AcceptError>> {
-    let Accept { event: e, tick } = a;
-    let now = now_ms();
-    if let Some(key) = &e.idempotency_key {
-        let seen: Option<String> = tx
-            .prepare_cached(
-                "SELECT request_id FROM idempotency WHERE function = ?1 AND key = ?2 AND created_ms >= ?3",
-            )?
-            .query_row(
-                params![e.function, key, now - IDEMPOTENCY_WINDOW.as_millis() as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(request_id) = seen {
-            return Ok(Ok((
-                lampyr_scheduler::Queued {
-                    request_id,
-                    duplicate: true,
-                },
-                None,
-            )));
-        }
-    }
-    let depth = depths.entry(e.function.clone()).or_default();
-    if *depth >= cfg.max_queue_depth {
-        return Ok(Err(AcceptError::Full { depth: *depth }));
-    }
-    let timer = tick.as_ref().map(|(t, _)| t.clone());
-    exec(
-                        tx,
-        "INSERT INTO events (request_id, function, trigger, payload, created_ms, state, run_at_ms, timer)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?5, ?6)",
-        params![e.request_id, e.function, e.trigger.as_str(), e.payload, now, timer],
-    )?;
-    let id = tx.last_insert_rowid();
-    if let Some(key) = &e.idempotency_key {
-        exec(
-                        tx,
-            "INSERT OR REPLACE INTO idempotency (function, key, request_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![e.function, key, e.request_id, now],
-        )?;
-    }
-    if let Some((t, tick)) = &tick {
-        exec(
-                        tx,
-            "INSERT INTO timer_ticks (function, timer, first_seen_ms, last_tick_ms, last_request_id)
-             VALUES (?1, ?2, ?3, ?3, ?4)
-             ON CONFLICT (function, timer) DO UPDATE SET last_tick_ms = ?3, last_request_id = ?4",
-            params![e.function, t, tick, e.request_id],
-        )?;
-    }
-    *depth += 1;
-    Ok(Ok((
-        lampyr_scheduler::Queued {
-            request_id: e.request_id.clone(),
-            duplicate: false,
-        },
-        Some(Ev {
-            id,
-            request_id: e.request_id,
-            function: e.function,
-            trigger: e.trigger,
-            payload: Some(Bytes::from(e.payload)),
-            created_ms: now,
-            attempts: 0,
-            timer,
-            lease: 0,
-            throttles: 0,
-        }),
-    )))
-}

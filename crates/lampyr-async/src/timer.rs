@@ -106,6 +106,8 @@ fn ms_of(t: SystemTime) -> i64 {
 /// One timer: catch up, then fire at every tick.
 async fn run_timer(queue: Arc<EventQueue>, function: String, timer: TimerSpec) {
     let schedule = timer.schedule();
+    // Every firing written so far is in the database before it is read.
+    queue.settled().await;
     let state = queue.timer_state(&function, &timer.name).ok().flatten();
     if state.is_none() {
         queue.timer_seen(&function, &timer.name);
@@ -195,7 +197,7 @@ pub fn timer_info(queue: &EventQueue, spec: &FunctionSpec) -> Vec<TimerInfo> {
                 .map(|(tick, request_id)| TimerFiring {
                     scheduled_at: rfc3339(tick),
                     state: queue
-                        .get(&request_id, false)
+                        .read_one(&request_id, false)
                         .ok()
                         .flatten()
                         .map(|e| e.state),

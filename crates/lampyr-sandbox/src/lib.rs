@@ -46,8 +46,8 @@ pub use spawn::{
     describe_exit, ExitInfo, InstanceSpec, NetMode, Sandbox, SandboxControl, SandboxIo,
 };
 pub use sys::{
-    batch_scheduling, idle_scheduling, ReadySet, FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO,
-    FRAME_SANDBOX_READY,
+    batch_scheduling, caller_cpu_wait, count_as_caller_thread, idle_scheduling,
+    uncount_caller_thread, ReadySet, FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO, FRAME_SANDBOX_READY,
 };
 
 /// The file descriptor at which an instance finds its protocol socket.

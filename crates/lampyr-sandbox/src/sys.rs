@@ -308,6 +308,56 @@ pub fn idle_scheduling() -> std::io::Result<()> {
     set_scheduler(libc::SCHED_IDLE)
 }
 
+/// The threads that serve callers (the server's async workers), whose
+/// waits for a CPU [`caller_cpu_wait`] adds up.
+static CALLER_THREADS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Counts the calling thread among those that serve callers, until
+/// [`uncount_caller_thread`].
+pub fn count_as_caller_thread() {
+    let tid = nix::unistd::gettid().as_raw();
+    CALLER_THREADS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(tid);
+}
+
+/// Stops counting the calling thread (it is about to exit).
+pub fn uncount_caller_thread() {
+    let tid = nix::unistd::gettid().as_raw();
+    CALLER_THREADS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|t| *t != tid);
+}
+
+/// How long the threads that serve callers have waited for a CPU while
+/// they had work (runnable, not running), added up since they started:
+/// the kernel's run delay (`/proc/self/task/TID/schedstat`). `None` when
+/// no thread is counted or the kernel does not say.
+pub fn caller_cpu_wait() -> Option<std::time::Duration> {
+    let tids = CALLER_THREADS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut total: u64 = 0;
+    let mut any = false;
+    for tid in tids {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")) else {
+            continue;
+        };
+        if let Some(wait) = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|w| w.parse::<u64>().ok())
+        {
+            total += wait;
+            any = true;
+        }
+    }
+    any.then(|| std::time::Duration::from_nanos(total))
+}
+
 /// Sets the calling thread's policy to `policy` (one without priorities).
 fn set_scheduler(policy: libc::c_int) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };

@@ -366,12 +366,21 @@ impl Drop for Refused {
 }
 
 impl Scheduler {
+    /// How many calls [`Scheduler::call`] has taken so far, of every kind
+    /// (refused ones too): how busy callers keep the service.
+    pub fn calls(&self) -> u64 {
+        self.inner.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Runs one call of a function (see the module doc).
     ///
     /// The invocation runs in a task of its own: if the caller goes away
     /// (a client disconnected), it still finishes or times out and gives
     /// its slot back properly, and a cold start it began still completes.
     pub async fn call(&self, call: Call<'_>) -> Result<Answer, Refused> {
+        self.inner
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Call {
             function,
             request_id,

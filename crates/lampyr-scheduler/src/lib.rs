@@ -106,6 +106,8 @@ pub(crate) struct Inner {
     changes: tokio::sync::broadcast::Sender<Change>,
     /// Where event calls go.
     events: std::sync::OnceLock<Arc<dyn invoke::EventSink>>,
+    /// Calls so far, of every kind (see [`Scheduler::calls`]).
+    calls: AtomicU64,
 }
 
 /// A deploy or delete, as triggers that follow the functions see it.
@@ -173,6 +175,7 @@ impl Scheduler {
             deploying: parking_lot::Mutex::new(HashMap::new()),
             changes: tokio::sync::broadcast::channel(256).0,
             events: std::sync::OnceLock::new(),
+            calls: AtomicU64::new(0),
         });
         inner.pools.start(&inner);
         let sched = Scheduler { inner };

@@ -41,12 +41,15 @@ pub fn sandbox_init() -> ! {
 
 /// The async runtime a server runs on: `workers` threads, which check the
 /// instances' sockets before they sleep when polling pays
-/// ([`lampyr_runtime::poll_before_park`]).
+/// ([`lampyr_runtime::poll_before_park`]), and whose waits for a CPU tell
+/// asynchronous work when to give way ([`lampyr_sandbox::caller_cpu_wait`]).
 pub fn async_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .on_thread_park(lampyr_runtime::poll_before_park)
+        .on_thread_start(lampyr_sandbox::count_as_caller_thread)
+        .on_thread_stop(lampyr_sandbox::uncount_caller_thread)
         .build()
 }
 

@@ -1,0 +1,274 @@
+//! The queue's writing side: turns accepts, leases and outcomes into
+//! journal records, under one lock, in the caller's thread.
+//!
+//! An append is one `write` of a few hundred bytes to the page cache, which
+//! a killed server does not lose: cheaper than handing the record to
+//! another thread and waking the caller again when it is done. With
+//! `fsync = true` the caller then waits for the syncer thread, which syncs
+//! whatever has been appended since its last sync in one `fdatasync`
+//! (group commit).
+//!
+//! It decides what can be decided in memory: an accept is refused when its
+//! function's queue is full, a repeated idempotency key answers with the
+//! first event's request id (keys not applied yet are in memory, older
+//! ones in the database), and event ids are counted here. What the records
+//! change in the database is the settler's (`settle.rs`) to apply.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::journal::{AcceptRec, Appender, Outcome, Pos, Rec};
+use crate::queue::{Accept, AcceptError, Ev, Finish, IDEMPOTENCY_WINDOW};
+use crate::settle::{SlowOp, ToSettler};
+
+/// Idempotency keys kept in memory before the applied ones are dropped.
+const KEYS_IN_MEMORY: usize = 4096;
+
+/// Where the settler learns how far the journal goes, without a message
+/// per append.
+#[derive(Default)]
+pub(crate) struct Progress {
+    /// The end of the journal (a packed [`Pos`]).
+    pub(crate) written: AtomicU64,
+    /// The settler is waiting for a message: the next append sends one.
+    pub(crate) parked: AtomicBool,
+}
+
+pub(crate) struct Writer {
+    journal: Appender,
+    /// Reads idempotency keys the settler has applied.
+    keys_db: Connection,
+    /// Keys not applied yet (or not long ago): `(function, key)` → the
+    /// first event's request id and where its record ends.
+    keys: HashMap<(String, String), (String, Pos)>,
+    next_id: i64,
+    settler: mpsc::Sender<ToSettler>,
+    progress: Arc<Progress>,
+    /// Records whose append failed, written before the next ones.
+    carried: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+/// A decided accept: the event and its record.
+pub(crate) type NewEvent = (Ev, AcceptRec);
+
+impl Writer {
+    pub(crate) fn new(
+        journal: Appender,
+        keys_db: Connection,
+        settler: mpsc::Sender<ToSettler>,
+        progress: Arc<Progress>,
+        next_id: i64,
+    ) -> Writer {
+        Writer {
+            journal,
+            keys_db,
+            keys: HashMap::new(),
+            next_id,
+            settler,
+            progress,
+            carried: Vec::new(),
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Decides an accept: the event and its journal record, or the first
+    /// event's request id for a repeated key (no event), or why not.
+    pub(crate) fn decide(
+        &mut self,
+        depth: u64,
+        max_depth: u64,
+        a: Accept,
+        now: i64,
+    ) -> Result<(lampyr_scheduler::Queued, Option<NewEvent>), AcceptError> {
+        let Accept { event: e, tick } = a;
+        if let Some(key) = &e.idempotency_key {
+            if let Some(request_id) = self.seen(&e.function, key, now)? {
+                return Ok((
+                    lampyr_scheduler::Queued {
+                        request_id,
+                        duplicate: true,
+                    },
+                    None,
+                ));
+            }
+        }
+        if depth >= max_depth {
+            return Err(AcceptError::Full { depth });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let rec = AcceptRec {
+            id,
+            request_id: e.request_id.clone(),
+            function: e.function.clone(),
+            trigger: e.trigger.as_str().to_string(),
+            payload: Bytes::from(e.payload),
+            created_ms: now,
+            timer: tick.as_ref().map(|(t, _)| t.clone()),
+            tick_ms: tick.map(|(_, t)| t),
+            idempotency_key: e.idempotency_key,
+        };
+        let ev = Ev {
+            id,
+            request_id: e.request_id,
+            function: e.function,
+            trigger: e.trigger,
+            payload: Some(rec.payload.clone()),
+            created_ms: now,
+            attempts: 0,
+            timer: rec.timer.clone(),
+            lease: 0,
+            throttles: 0,
+        };
+        Ok((
+            lampyr_scheduler::Queued {
+                request_id: ev.request_id.clone(),
+                duplicate: false,
+            },
+            Some((ev, rec)),
+        ))
+    }
+
+    /// Appends an accept's record; returns where the journal ends.
+    pub(crate) fn append_accept(&mut self, rec: AcceptRec) -> std::io::Result<Pos> {
+        let key = rec
+            .idempotency_key
+            .clone()
+            .map(|k| ((rec.function.clone(), k), rec.request_id.clone()));
+        let end = self.append(&Rec::Accept(rec))?;
+        if let Some((k, request_id)) = key {
+            self.keys.insert(k, (request_id, end));
+        }
+        Ok(end)
+    }
+
+    /// Appends a lease; returns where the journal ends.
+    pub(crate) fn append_lease(
+        &mut self,
+        id: i64,
+        token: i64,
+        until_ms: i64,
+    ) -> std::io::Result<Pos> {
+        self.append(&Rec::Lease {
+            id,
+            token,
+            until_ms,
+        })
+    }
+
+    /// Appends an outcome (with the destination's record, if any). An
+    /// outcome is never refused: if it cannot be written now it is written
+    /// before the next record.
+    pub(crate) fn append_finish(
+        &mut self,
+        id: i64,
+        token: i64,
+        now: i64,
+        outcome: &Finish,
+        destination: Option<AcceptRec>,
+    ) -> Option<Pos> {
+        let outcome = match outcome {
+            Finish::Succeeded { .. } => Outcome::Succeeded,
+            Finish::Retry { run_at_ms, error } => Outcome::Retry {
+                run_at_ms: *run_at_ms,
+                error: serde_json::to_string(error).unwrap_or_default(),
+            },
+            Finish::Throttled { run_at_ms } => Outcome::Throttled {
+                run_at_ms: *run_at_ms,
+            },
+            Finish::Dead { reason, error, .. } => Outcome::Dead {
+                reason: reason.as_str().to_string(),
+                error: error
+                    .as_ref()
+                    .map(|e| serde_json::to_string(e).unwrap_or_default()),
+            },
+            Finish::Dropped => Outcome::Dropped,
+        };
+        let rec = Rec::Finish {
+            id,
+            token,
+            at_ms: now,
+            outcome,
+            destination,
+        };
+        match self.append(&rec) {
+            Ok(end) => Some(end),
+            Err(e) => {
+                tracing::error!("the event queue could not write an outcome (written later): {e}");
+                rec.encode(&mut self.carried);
+                None
+            }
+        }
+    }
+
+    /// Sends an operation to the settler, to apply after everything
+    /// appended so far.
+    pub(crate) fn slow(&mut self, op: SlowOp) {
+        if let SlowOp::Forget { function } = &op {
+            self.keys.retain(|(f, _), _| f != function);
+        }
+        let _ = self.settler.send(ToSettler::Op(self.journal.end(), op));
+    }
+
+    /// Drops keys the settler has applied, once there are many.
+    pub(crate) fn trim_keys(&mut self, settled: u64) {
+        if self.keys.len() > KEYS_IN_MEMORY {
+            self.keys.retain(|_, (_, p)| p.pack() > settled);
+        }
+    }
+
+    fn append(&mut self, rec: &Rec) -> std::io::Result<Pos> {
+        self.buf.clear();
+        self.buf.append(&mut self.carried);
+        let carried = self.buf.len();
+        rec.encode(&mut self.buf);
+        match self.journal.append(&self.buf) {
+            Ok(end) => {
+                self.progress.written.store(end.pack(), Ordering::SeqCst);
+                if self.progress.parked.swap(false, Ordering::SeqCst) {
+                    let _ = self.settler.send(ToSettler::Written);
+                }
+                Ok(end)
+            }
+            Err(e) => {
+                self.carried.extend_from_slice(&self.buf[..carried]);
+                Err(e)
+            }
+        }
+    }
+
+    /// The request id of an earlier event with this key, if any.
+    fn seen(&self, function: &str, key: &str, now: i64) -> Result<Option<String>, AcceptError> {
+        let k = (function.to_string(), key.to_string());
+        if let Some((request_id, _)) = self.keys.get(&k) {
+            return Ok(Some(request_id.clone()));
+        }
+        self.keys_db
+            .prepare_cached(
+                "SELECT request_id FROM idempotency WHERE function = ?1 AND key = ?2 AND created_ms >= ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![function, key, now - IDEMPOTENCY_WINDOW.as_millis() as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .map_err(|e| AcceptError::Store(e.to_string()))
+    }
+
+    /// The current segment's file, to sync.
+    pub(crate) fn sync_handle(&self) -> std::io::Result<std::fs::File> {
+        self.journal.try_clone_file()
+    }
+
+    /// Where the journal ends.
+    pub(crate) fn end(&self) -> Pos {
+        self.journal.end()
+    }
+}
