@@ -2,12 +2,14 @@
 //! later, with Lambda's semantics, and timer triggers, whose firings are
 //! such calls.
 //!
-//! * [`queue`]: the durable event queue (SQLite, group commit, leases,
-//!   dead letters, idempotency keys). An event is on disk before its 202.
+//! * [`queue`]: the durable event queue (a journal appended in the
+//!   caller's thread and applied to SQLite in the background; leases, dead
+//!   letters, idempotency keys). An event is on disk before its 202.
 //! * [`AsyncTrigger`] (`dispatch.rs`): the trigger that runs queued events
 //!   through `lampyr_scheduler::Scheduler::call`, like any other trigger:
 //!   at least once, oldest first per function, using at most half of a
-//!   function's capacity so synchronous calls always have the rest;
+//!   function's capacity so synchronous calls always have the rest, and
+//!   fewer while callers wait for a CPU (`governor.rs`);
 //!   failures retried with exponential back-off and jitter, throttles
 //!   retried without using an attempt, too-old or exhausted events
 //!   dead-lettered, destinations (`on_success`, `on_failure`) sent
