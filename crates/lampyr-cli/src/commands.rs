@@ -65,16 +65,6 @@ fn progress(json: bool, msg: &str) {
     }
 }
 
-fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 {
-        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
-    } else if n >= 1 << 10 {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    } else {
-        format!("{n} B")
-    }
-}
-
 /// What `lampyr deploy` was asked to do.
 #[derive(Debug, Clone)]
 pub struct DeployArgs {
@@ -148,7 +138,7 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
         json,
         &format!(
             "[2/3] uploading {} to {}",
-            human_bytes(pkg.len() as u64),
+            lampyr_package::size(pkg.len() as u64),
             client.base()
         ),
     );
@@ -176,7 +166,7 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
         Err(ClientError::Connect { url, detail }) if pkg.len() > 1 << 20 => {
             return Err(CommandError::Input(format!(
                 "the server at {url} closed the connection during the upload of a {} package ({detail}): the package may be over its size limit ([limits] max_package in its configuration)",
-                human_bytes(pkg.len() as u64)
+                lampyr_package::size(pkg.len() as u64)
             )))
         }
         Err(e) => return Err(e.into()),
@@ -217,8 +207,8 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
 fn too_big(size: u64, max: u64) -> String {
     format!(
         "the package is {}, over the server's limit of {} ([limits] max_package in the server configuration): leave files out with .lampyrignore (`lampyr deploy --dry-run` lists what is shipped)",
-        human_bytes(size),
-        human_bytes(max)
+        lampyr_package::size(size),
+        lampyr_package::size(max)
     )
 }
 
@@ -272,7 +262,7 @@ fn dry_run(
             lampyr_package::EntryKind::Link => " ->",
             lampyr_package::EntryKind::File => "",
         };
-        let _ = writeln!(o, "{:>10}  {}{mark}", human_bytes(e.size), e.path.display());
+        let _ = writeln!(o, "{:>10}  {}{mark}", lampyr_package::size(e.size), e.path.display());
     }
     let files = plan
         .entries
@@ -283,8 +273,8 @@ fn dry_run(
         o,
         "{} would ship {files} file(s), {} ({} packed); left out by {rules}; nothing was uploaded",
         spec.name,
-        human_bytes(plan.bytes()),
-        human_bytes(package_bytes)
+        lampyr_package::size(plan.bytes()),
+        lampyr_package::size(package_bytes)
     );
     Ok(())
 }
@@ -478,7 +468,7 @@ pub fn info(client: &Client, name: &str, json: bool) -> Result<(), CommandError>
         "version:       {}  (code sha256 {}, {})",
         f.version,
         &f.code_sha256[..12.min(f.code_sha256.len())],
-        human_bytes(f.code_size)
+        lampyr_package::size(f.code_size)
     );
     let _ = writeln!(
         o,
