@@ -126,7 +126,10 @@ impl Dispatcher {
             }
             let now = now_ms();
             let mut picks: Vec<Ev> = Vec::new();
-            let limit = governor.limit(me.sched.calls(), me.own_calls.load(Ordering::Relaxed));
+            let limit = governor.limit(
+                me.sched.waiting_calls(),
+                me.own_calls.load(Ordering::Relaxed),
+            );
             let mut held_back = false;
             let next_due = {
                 let mut board = me.queue.board.lock();

@@ -1,15 +1,17 @@
 //! How many asynchronous events run at once: as many as their functions
 //! allow while the CPUs have room, fewer while callers wait for a CPU.
 //!
-//! An event can wait; a caller holding a connection cannot. Every [`TICK`]
-//! the dispatcher asks the governor for its limit. If callers came in
-//! during the tick (calls other than the dispatcher's own) and the threads
-//! that serve them waited for a CPU for more than [`CONTENDED`] of it
-//! ([`lampyr_sandbox::caller_cpu_wait`]), the limit halves, down to one
-//! event at a time, so that events still move; otherwise it doubles, up to
-//! no limit. Under a burst of accepts the queue then builds up (on disk)
-//! and drains when the burst is over, and synchronous calls keep their
-//! CPU whatever the queue holds.
+//! An event can wait; a caller waiting for the function's answer cannot.
+//! Every [`TICK`] the dispatcher asks the governor for its limit. If such
+//! callers came in during the tick (synchronous calls other than the
+//! dispatcher's own) and the threads that serve them waited for a CPU for
+//! more than [`CONTENDED`] of it ([`lampyr_sandbox::caller_cpu_wait`]),
+//! the limit halves, down to one event at a time, so that events still
+//! move; otherwise it doubles, up to no limit. Synchronous calls keep their
+//! CPU whatever the queue holds; the queue builds up meanwhile and drains
+//! when they let up. Accepting an event is not such a call: it is cheap,
+//! and holding events back while they keep coming would only grow the
+//! queue.
 
 use std::time::{Duration, Instant};
 
@@ -42,8 +44,9 @@ impl Governor {
         }
     }
 
-    /// The most events that may run at once now. `calls` counts every call
-    /// the function service has taken, `own` the dispatcher's.
+    /// The most events that may run at once now. `calls` counts the calls
+    /// waiting for an answer the function service has taken, `own` the
+    /// dispatcher's.
     pub(crate) fn limit(&mut self, calls: u64, own: u64) -> u32 {
         let elapsed = self.at.elapsed();
         if elapsed < TICK {

@@ -262,7 +262,12 @@ fn dry_run(
             lampyr_package::EntryKind::Link => " ->",
             lampyr_package::EntryKind::File => "",
         };
-        let _ = writeln!(o, "{:>10}  {}{mark}", lampyr_package::size(e.size), e.path.display());
+        let _ = writeln!(
+            o,
+            "{:>10}  {}{mark}",
+            lampyr_package::size(e.size),
+            e.path.display()
+        );
     }
     let files = plan
         .entries

@@ -366,9 +366,10 @@ impl Drop for Refused {
 }
 
 impl Scheduler {
-    /// How many calls [`Scheduler::call`] has taken so far, of every kind
-    /// (refused ones too): how busy callers keep the service.
-    pub fn calls(&self) -> u64 {
+    /// How many calls that wait for the function's answer
+    /// ([`InvocationType::RequestResponse`]) [`Scheduler::call`] has taken
+    /// so far, refused ones too: how busy waiting callers keep the service.
+    pub fn waiting_calls(&self) -> u64 {
         self.inner.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -378,9 +379,11 @@ impl Scheduler {
     /// (a client disconnected), it still finishes or times out and gives
     /// its slot back properly, and a cold start it began still completes.
     pub async fn call(&self, call: Call<'_>) -> Result<Answer, Refused> {
-        self.inner
-            .calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if call.invocation_type == InvocationType::RequestResponse {
+            self.inner
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let Call {
             function,
             request_id,

@@ -106,7 +106,8 @@ pub(crate) struct Inner {
     changes: tokio::sync::broadcast::Sender<Change>,
     /// Where event calls go.
     events: std::sync::OnceLock<Arc<dyn invoke::EventSink>>,
-    /// Calls so far, of every kind (see [`Scheduler::calls`]).
+    /// Calls that wait for an answer so far (see
+    /// [`Scheduler::waiting_calls`]).
     calls: AtomicU64,
 }
 
