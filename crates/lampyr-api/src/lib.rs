@@ -14,6 +14,7 @@ pub mod network;
 pub mod runtimes;
 pub mod schedule;
 pub mod sources;
+pub mod storage;
 pub mod types;
 
 pub use invocation::{FunctionError, StartKind, Status, TriggerKind};
@@ -21,5 +22,6 @@ pub use manifest::{
     Auth, CatchUp, FunctionSpec, ManifestError, Network, Overlap, TimerSpec, TriggerSpec,
 };
 pub use network::AllowRule;
+pub use storage::StorageSpec;
 pub use runtimes::Runtime;
 pub use types::*;
