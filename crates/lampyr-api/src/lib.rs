@@ -22,6 +22,6 @@ pub use manifest::{
     Auth, CatchUp, FunctionSpec, ManifestError, Network, Overlap, TimerSpec, TriggerSpec,
 };
 pub use network::AllowRule;
-pub use storage::StorageSpec;
 pub use runtimes::Runtime;
+pub use storage::StorageSpec;
 pub use types::*;

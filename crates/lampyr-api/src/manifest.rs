@@ -623,9 +623,10 @@ impl FunctionSpec {
                         }
                     }
                     if let TriggerSpec::Storage(t) = &spec {
-                        if triggers.iter().any(
-                            |o| matches!(o, TriggerSpec::Storage(o) if o.name == t.name),
-                        ) {
+                        if triggers
+                            .iter()
+                            .any(|o| matches!(o, TriggerSpec::Storage(o) if o.name == t.name))
+                        {
                             return Err(ManifestError::invalid(
                                 &format!("triggers[{i}].name"),
                                 format!("\"{}\" is the name of another storage trigger: give each a name of its own (it is the last part of its webhook's path)", t.name),

@@ -113,7 +113,10 @@ impl StorageSpec {
                     .collect(),
                 Some(v) => Err(ManifestError::invalid(
                     &key(k),
-                    format!("must be a string or a list of strings, not {}", v.type_str()),
+                    format!(
+                        "must be a string or a list of strings, not {}",
+                        v.type_str()
+                    ),
                 )),
             }
         };
@@ -253,17 +256,47 @@ mod tests {
     fn storage_keys_are_validated_by_name() {
         let t = "[[triggers]]\ntype = \"storage\"\n";
         for (extra, want) in [
-            ("buckets = \"x\"\n", "`triggers[0].buckets`: is not a setting of a trigger of type \"storage\""),
-            ("bucket = \"a b\"\n", "`triggers[0].bucket`: \"a b\" is not a bucket name"),
-            ("bucket = 3\n", "`triggers[0].bucket`: must be a string or a list"),
-            ("bucket = [\"photos\", 1]\n", "`triggers[0].bucket[1]`: must be a string"),
-            ("events = [\"created\"]\n", "`triggers[0].events`: \"created\" is not an event type"),
-            ("events = [\"ObjectCreated:Put*\"]\n", "`triggers[0].events`"),
+            (
+                "buckets = \"x\"\n",
+                "`triggers[0].buckets`: is not a setting of a trigger of type \"storage\"",
+            ),
+            (
+                "bucket = \"a b\"\n",
+                "`triggers[0].bucket`: \"a b\" is not a bucket name",
+            ),
+            (
+                "bucket = 3\n",
+                "`triggers[0].bucket`: must be a string or a list",
+            ),
+            (
+                "bucket = [\"photos\", 1]\n",
+                "`triggers[0].bucket[1]`: must be a string",
+            ),
+            (
+                "events = [\"created\"]\n",
+                "`triggers[0].events`: \"created\" is not an event type",
+            ),
+            (
+                "events = [\"ObjectCreated:Put*\"]\n",
+                "`triggers[0].events`",
+            ),
             ("prefix = 1\n", "`triggers[0].prefix`: must be a string"),
-            ("token = \"short\"\n", "`triggers[0].token`: must be 16 to 256"),
-            ("token = \"has a space in it, long\"\n", "`triggers[0].token`"),
-            ("sns_confirm_hosts = [\"http://sns.example\"]\n", "`triggers[0].sns_confirm_hosts`: \"http://sns.example\" is not a host"),
-            ("sns_confirm_hosts = [\"h:0\"]\n", "`triggers[0].sns_confirm_hosts`"),
+            (
+                "token = \"short\"\n",
+                "`triggers[0].token`: must be 16 to 256",
+            ),
+            (
+                "token = \"has a space in it, long\"\n",
+                "`triggers[0].token`",
+            ),
+            (
+                "sns_confirm_hosts = [\"http://sns.example\"]\n",
+                "`triggers[0].sns_confirm_hosts`: \"http://sns.example\" is not a host",
+            ),
+            (
+                "sns_confirm_hosts = [\"h:0\"]\n",
+                "`triggers[0].sns_confirm_hosts`",
+            ),
             ("name = \"Up Loads\"\n", "`triggers[0].name`"),
         ] {
             let e = parse(&format!("{t}{extra}")).unwrap_err();

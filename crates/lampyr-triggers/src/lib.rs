@@ -16,6 +16,8 @@
 //! server's assembly that adds it to the set.
 #![forbid(unsafe_code)]
 
+pub mod webhook;
+
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -146,7 +148,10 @@ impl TriggerSet {
 
     /// How the event sources of `function` are doing, every trigger's.
     pub fn status(&self, function: &str) -> Vec<lampyr_api::sources::SourceStatus> {
-        self.triggers.iter().flat_map(|t| t.status(function)).collect()
+        self.triggers
+            .iter()
+            .flat_map(|t| t.status(function))
+            .collect()
     }
 
     /// Shuts every trigger down, all at once, and waits for them.
