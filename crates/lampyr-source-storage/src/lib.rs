@@ -70,6 +70,8 @@ struct Inner {
     functions: RwLock<HashMap<String, Arc<Entry>>>,
     /// Per function and trigger name, since the server started.
     stats: Mutex<HashMap<(String, String), Arc<Stats>>>,
+    /// Set once the functions deployed at start are loaded.
+    ready: AtomicBool,
     stopping: AtomicBool,
     agent: ureq::Agent,
 }
@@ -112,6 +114,7 @@ impl StorageTrigger {
                 sched: OnceLock::new(),
                 functions: RwLock::new(HashMap::new()),
                 stats: Mutex::new(HashMap::new()),
+                ready: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 agent,
             }),
@@ -165,6 +168,10 @@ impl StorageTrigger {
         } = req;
         if self.inner.stopping.load(Ordering::Relaxed) {
             return error(503, "unavailable", "lampyr is shutting down: send again").retry(1);
+        }
+        // The edge may serve before this trigger has started.
+        if !self.inner.ready.load(Ordering::Acquire) {
+            return error(503, "unavailable", "lampyr is starting: send again").retry(1);
         }
         let (Some(sched), Some(entry)) = (
             self.inner.sched.get().cloned(),
@@ -401,6 +408,7 @@ impl Trigger for StorageTrigger {
         for spec in &ctx.functions {
             self.load(spec);
         }
+        self.inner.ready.store(true, Ordering::Release);
         Ok(())
     }
 

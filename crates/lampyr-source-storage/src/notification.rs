@@ -250,9 +250,7 @@ mod tests {
         let ev: Value = serde_json::from_slice(&r[0].event()).unwrap();
         assert_eq!(ev["Records"][0]["s3"]["object"]["size"], 3);
 
-        let minio = format!(
-            r#"{{"EventName":"s3:ObjectRemoved:Delete","Key":"photos/a b","Records":[{{"eventName":"s3:ObjectRemoved:Delete","s3":{{"bucket":{{"name":"photos"}},"object":{{"key":"a+b","sequencer":"17"}}}}}}]}}"#
-        );
+        let minio = r#"{"EventName":"s3:ObjectRemoved:Delete","Key":"photos/a b","Records":[{"eventName":"s3:ObjectRemoved:Delete","s3":{"bucket":{"name":"photos"},"object":{"key":"a+b","sequencer":"17"}}}]}"#;
         let Notification::Records(r) = parse(minio.as_bytes()).unwrap() else {
             panic!()
         };
