@@ -478,3 +478,58 @@ impl Trigger for StorageTrigger {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(function: &str) -> WebhookRequest {
+        WebhookRequest {
+            function: function.into(),
+            trigger: "storage".into(),
+            authorization: None,
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn status_reports_the_webhook_and_counts_and_it_waits_for_start() {
+        let t = StorageTrigger::new();
+        // Before the trigger has loaded its functions: senders retry.
+        let r = t.receive(request("thumbs")).await;
+        assert_eq!((r.status, r.retry_after), (503, Some(1)));
+        assert!(t.status("thumbs").is_empty());
+
+        let spec = lampyr_api::FunctionSpec::from_toml(
+            "name = \"thumbs\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n[[triggers]]\ntype = \"storage\"\n",
+        )
+        .unwrap();
+        t.inner.functions.write().insert(
+            "thumbs".into(),
+            Arc::new(Entry {
+                triggers: spec.storage_triggers().cloned().collect(),
+                function_token: "0123456789abcdef".into(),
+            }),
+        );
+        t.inner.ready.store(true, Ordering::Release);
+        let stats = t.stats("thumbs", "storage");
+        stats.delivered.fetch_add(3, Ordering::Relaxed);
+        stats.error("a request with no token was refused (401)".into());
+        let st = t.status("thumbs");
+        assert_eq!(st.len(), 1);
+        assert_eq!(st[0].trigger, "storage");
+        assert_eq!(st[0].kind, TriggerKind::Storage);
+        assert_eq!(st[0].state, SourceState::Connected);
+        assert_eq!(st[0].delivered, 3);
+        assert!(st[0].last_error.as_deref().unwrap().contains("401"));
+        assert!(st[0].last_error_at.is_some());
+        assert_eq!(st[0].detail["webhook"], "/sources/storage/thumbs/storage");
+        assert!(!format!("{st:?}").contains("0123456789abcdef"));
+
+        let _ = t.shutdown().await;
+        assert_eq!(t.status("thumbs")[0].state, SourceState::Stopped);
+        assert_eq!(t.receive(request("thumbs")).await.status, 503);
+        t.deleted("thumbs");
+        assert!(t.status("thumbs").is_empty());
+    }
+}
