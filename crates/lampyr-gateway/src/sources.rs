@@ -14,6 +14,7 @@ use crate::AppState;
 pub(crate) async fn receive(
     State(app): State<AppState>,
     Path((kind, function, trigger)): Path<(String, String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -38,6 +39,7 @@ pub(crate) async fn receive(
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
+            query: uri.query().map(str::to_string),
             body: body.to_vec(),
         })
         .await;

@@ -7,8 +7,9 @@
 //!   function's trigger token (`lampyr info`). It is taken as
 //!   `Authorization: Bearer TOKEN` (MinIO's one-word `auth_token`), as the
 //!   whole header (MinIO's two-word token), or as the password of Basic
-//!   credentials (SNS, from `http://user:TOKEN@host/...`). A wrong one is
-//!   401. Tokens are never logged.
+//!   credentials (SNS, from `http://user:TOKEN@host/...`), or, for senders
+//!   that set no header (Ceph RGW's HTTP endpoint), as `?token=TOKEN`. A
+//!   wrong one is 401. Tokens are never logged.
 //! * **Bodies.** A raw S3 `{"Records": [...]}`, MinIO's
 //!   `{"EventName", "Key", "Records"}`, or an SNS envelope: a
 //!   `Notification`'s `Message` is unwrapped; a `SubscriptionConfirmation`
@@ -164,6 +165,7 @@ impl StorageTrigger {
             function,
             trigger,
             authorization,
+            query,
             body,
         } = req;
         if self.inner.stopping.load(Ordering::Relaxed) {
@@ -185,19 +187,17 @@ impl StorageTrigger {
         };
         let stats = self.stats(&function, &trigger);
         let want = spec.token.as_deref().unwrap_or(&entry.function_token);
+        let sent =
+            authorization.is_some() || query.as_deref().is_some_and(|q| q.contains("token="));
         let ok = !want.is_empty()
-            && notification::presented(authorization.as_deref())
+            && notification::presented(authorization.as_deref(), query.as_deref())
                 .iter()
                 .any(|t| lampyr_scheduler::token_eq(t, want));
         if !ok {
-            let what = if authorization.is_some() {
-                "a wrong token"
-            } else {
-                "no token"
-            };
+            let what = if sent { "a wrong token" } else { "no token" };
             tracing::info!(%function, %trigger, "storage webhook request refused: {what}");
             stats.error(format!("a request with {what} was refused (401)"));
-            return error(401, "unauthorized", format!("the storage trigger's token is {}: send `Authorization: Bearer TOKEN` with the trigger's `token`, or the function's trigger token (`lampyr info {function}`)", if authorization.is_some() { "wrong" } else { "missing" }));
+            return error(401, "unauthorized", format!("the storage trigger's token is {}: send `Authorization: Bearer TOKEN` with the trigger's `token`, or the function's trigger token (`lampyr info {function}`)", if sent { "wrong" } else { "missing" }));
         }
         let parsed = match notification::parse(&body) {
             Ok(p) => p,
@@ -488,6 +488,7 @@ mod tests {
             function: function.into(),
             trigger: "storage".into(),
             authorization: None,
+            query: None,
             body: b"{}".to_vec(),
         }
     }

@@ -180,12 +180,18 @@ pub fn decode_key(key: &str) -> String {
 /// The tokens a request presents in its `Authorization` header: a bearer
 /// token (MinIO's one-word `auth_token`), the header as is (MinIO sends a
 /// two-word token unchanged), and the password of Basic credentials (SNS
-/// sends those from an endpoint URL's `user:password@`).
-pub fn presented(authorization: Option<&str>) -> Vec<String> {
+/// sends those from an endpoint URL's `user:password@`); and the query's
+/// `token` (for senders that set no header, such as Ceph RGW's HTTP
+/// endpoint).
+pub fn presented(authorization: Option<&str>, query: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .collect();
     let Some(h) = authorization.map(str::trim) else {
-        return Vec::new();
+        return out;
     };
-    let mut out = vec![h.to_string()];
+    out.push(h.to_string());
     if let Some((scheme, rest)) = h.split_once(' ') {
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
@@ -302,11 +308,12 @@ mod tests {
 
     #[test]
     fn tokens_and_hosts() {
-        assert!(presented(Some("Bearer abc")).contains(&"abc".to_string()));
-        assert!(presented(Some("Token abc")).contains(&"Token abc".to_string()));
+        assert!(presented(Some("Bearer abc"), None).contains(&"abc".to_string()));
+        assert!(presented(Some("Token abc"), None).contains(&"Token abc".to_string()));
         // "lampyr:s3cret"
-        assert!(presented(Some("Basic bGFtcHlyOnMzY3JldA==")).contains(&"s3cret".to_string()));
-        assert!(presented(None).is_empty());
+        assert!(presented(Some("Basic bGFtcHlyOnMzY3JldA=="), None).contains(&"s3cret".to_string()));
+        assert_eq!(presented(None, Some("a=1&token=t%2Bk")), ["t+k"]);
+        assert!(presented(None, None).is_empty());
         assert_eq!(
             url_host("http://u:p@Sns.Example:8080/?Action=x"),
             Some(("http", "sns.example".into(), 8080))

@@ -13,6 +13,8 @@ pub struct WebhookRequest {
     pub trigger: String,
     /// The `Authorization` header, as sent.
     pub authorization: Option<String>,
+    /// The URL's query string, if any.
+    pub query: Option<String>,
     pub body: Vec<u8>,
 }
 

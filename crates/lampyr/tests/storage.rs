@@ -356,6 +356,29 @@ fn webhook_checks_tokens_and_bodies_and_deduplicates_minio_and_sns_notifications
         r.text()
     );
 
+    // A sender that sets no header (Ceph RGW's HTTP endpoint) puts the
+    // token in the query.
+    let one = json!({ "Records": [record("photos", "rgw/one.jpg", "ObjectCreated:Put", "r1")] });
+    let r = request(
+        "POST",
+        &format!("{}?token={token}", webhook(&server, "ingest", "sns")),
+        Some(one.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.json()["accepted"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.text()
+    );
+    let r = request(
+        "POST",
+        &format!("{}?token=nope", webhook(&server, "ingest", "sns")),
+        Some(one.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+
     // SNS subscription confirmations: a GET of the SubscribeURL for an
     // allowed host; another host is refused, and logged.
     let confirmation = |port: u16| {
@@ -406,7 +429,7 @@ fn webhook_checks_tokens_and_bodies_and_deduplicates_minio_and_sns_notifications
     // Every accepted record ran once, in Lambda's S3 shape, as `storage`.
     drained(&server, "ingest");
     let runs = ledger.runs_by_key();
-    assert_eq!(runs.len(), 10, "{runs:?}");
+    assert_eq!(runs.len(), 11, "{runs:?}");
     assert!(runs.values().all(|n| *n == 1), "{runs:?}");
     let minio = ledger
         .runs()
