@@ -6,10 +6,11 @@
 //! * **Auth.** Each trigger has a token: its `token` setting, or the
 //!   function's trigger token (`lampyr info`). It is taken as
 //!   `Authorization: Bearer TOKEN` (MinIO's one-word `auth_token`), as the
-//!   whole header (MinIO's two-word token), or as the password of Basic
-//!   credentials (SNS, from `http://user:TOKEN@host/...`), or, for senders
-//!   that set no header (Ceph RGW's HTTP endpoint), as `?token=TOKEN`. A
-//!   wrong one is 401. Tokens are never logged.
+//!   second word of another scheme (MinIO sends a two-word `auth_token` as
+//!   is), as the password of Basic credentials (SNS, from
+//!   `http://user:TOKEN@host/...`), or, for senders that set no header
+//!   (Ceph RGW's HTTP endpoint), as `?token=TOKEN`. A wrong one is 401.
+//!   Tokens are never logged.
 //! * **Bodies.** A raw S3 `{"Records": [...]}`, MinIO's
 //!   `{"EventName", "Key", "Records"}`, or an SNS envelope: a
 //!   `Notification`'s `Message` is unwrapped; a `SubscriptionConfirmation`

@@ -177,9 +177,10 @@ pub fn decode_key(key: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The tokens a request presents in its `Authorization` header: a bearer
-/// token (MinIO's one-word `auth_token`), the header as is (MinIO sends a
-/// two-word token unchanged), and the password of Basic credentials (SNS
+/// The tokens a request presents in its `Authorization` header: the header
+/// as is, its second word (a bearer token, as MinIO sends a one-word
+/// `auth_token`; MinIO sends a two-word one, `SCHEME TOKEN`, unchanged),
+/// and the password of Basic credentials (SNS
 /// sends those from an endpoint URL's `user:password@`); and the query's
 /// `token` (for senders that set no header, such as Ceph RGW's HTTP
 /// endpoint).
@@ -194,9 +195,9 @@ pub fn presented(authorization: Option<&str>, query: Option<&str>) -> Vec<String
     out.push(h.to_string());
     if let Some((scheme, rest)) = h.split_once(' ') {
         let rest = rest.trim();
-        if scheme.eq_ignore_ascii_case("bearer") {
+        if !scheme.eq_ignore_ascii_case("basic") {
             out.push(rest.to_string());
-        } else if scheme.eq_ignore_ascii_case("basic") {
+        } else {
             use base64::Engine;
             if let Some(pass) = base64::engine::general_purpose::STANDARD
                 .decode(rest)
@@ -309,7 +310,7 @@ mod tests {
     #[test]
     fn tokens_and_hosts() {
         assert!(presented(Some("Bearer abc"), None).contains(&"abc".to_string()));
-        assert!(presented(Some("Token abc"), None).contains(&"Token abc".to_string()));
+        assert!(presented(Some("Token abc"), None).contains(&"abc".to_string()));
         // "lampyr:s3cret"
         assert!(presented(Some("Basic bGFtcHlyOnMzY3JldA=="), None).contains(&"s3cret".to_string()));
         assert_eq!(presented(None, Some("a=1&token=t%2Bk")), ["t+k"]);
