@@ -14,6 +14,7 @@ pub mod network;
 pub mod runtimes;
 pub mod schedule;
 pub mod sources;
+pub mod storage;
 pub mod types;
 
 pub use invocation::{FunctionError, StartKind, Status, TriggerKind};
@@ -22,4 +23,5 @@ pub use manifest::{
 };
 pub use network::AllowRule;
 pub use runtimes::Runtime;
+pub use storage::StorageSpec;
 pub use types::*;

@@ -79,7 +79,7 @@ pub enum ManifestError {
 }
 
 impl ManifestError {
-    fn invalid(key: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &str, message: impl Into<String>) -> Self {
         ManifestError::Invalid {
             key: key.to_string(),
             message: message.into(),
@@ -215,6 +215,8 @@ pub enum TriggerSpec {
     Http,
     /// A schedule: each firing is an asynchronous event.
     Timer(TimerSpec),
+    /// S3-format bucket notifications: each record is an asynchronous event.
+    Storage(crate::storage::StorageSpec),
 }
 
 /// A `[[triggers]]` table with `type = "timer"`.
@@ -272,13 +274,14 @@ impl TriggerSpec {
     }
 
     /// Every trigger type, by the name a manifest gives it.
-    pub const TYPES: &'static [&'static str] = &["http", "timer"];
+    pub const TYPES: &'static [&'static str] = &["http", "timer", "storage"];
 
     /// What the records call invocations from this trigger.
     pub fn kind(&self) -> crate::TriggerKind {
         match self {
             TriggerSpec::Http => crate::TriggerKind::Http,
             TriggerSpec::Timer(_) => crate::TriggerKind::Timer,
+            TriggerSpec::Storage(_) => crate::TriggerKind::Storage,
         }
     }
 
@@ -310,6 +313,10 @@ impl TriggerSpec {
                 &[
                     "type", "name", "cron", "timezone", "payload", "enabled", "catch_up", "overlap",
                 ],
+            ),
+            "storage" => (
+                TriggerSpec::Storage(crate::storage::StorageSpec::from_table(i, table)?),
+                crate::storage::KEYS,
             ),
             other => {
                 return Err(ManifestError::invalid(
@@ -615,6 +622,17 @@ impl FunctionSpec {
                             ));
                         }
                     }
+                    if let TriggerSpec::Storage(t) = &spec {
+                        if triggers
+                            .iter()
+                            .any(|o| matches!(o, TriggerSpec::Storage(o) if o.name == t.name))
+                        {
+                            return Err(ManifestError::invalid(
+                                &format!("triggers[{i}].name"),
+                                format!("\"{}\" is the name of another storage trigger: give each a name of its own (it is the last part of its webhook's path)", t.name),
+                            ));
+                        }
+                    }
                     triggers.push(spec);
                 }
                 triggers
@@ -685,6 +703,14 @@ impl FunctionSpec {
     pub fn timers(&self) -> impl Iterator<Item = &TimerSpec> {
         self.triggers.iter().filter_map(|t| match t {
             TriggerSpec::Timer(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    /// The function's storage-event triggers.
+    pub fn storage_triggers(&self) -> impl Iterator<Item = &crate::storage::StorageSpec> {
+        self.triggers.iter().filter_map(|t| match t {
+            TriggerSpec::Storage(t) => Some(t),
             _ => None,
         })
     }

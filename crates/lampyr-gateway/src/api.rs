@@ -49,7 +49,10 @@ fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
         code_size: rec.current.code_size,
         created_at: rfc3339(rec.created_at),
         updated_at: rfc3339(rec.updated_at),
-        trigger_token: (spec.auth == lampyr_api::Auth::Token).then(|| rec.trigger_token.clone()),
+        // Also the webhook token of a storage trigger that sets none.
+        trigger_token: (spec.auth == lampyr_api::Auth::Token
+            || spec.storage_triggers().any(|t| t.token.is_none()))
+        .then(|| rec.trigger_token.clone()),
         events: app.events.as_ref().map(|q| q.counts(&rec.name)),
         timers: app
             .events

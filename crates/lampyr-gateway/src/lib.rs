@@ -17,6 +17,7 @@ mod edge;
 pub mod error;
 mod events;
 pub mod listen;
+mod sources;
 mod trigger;
 mod ui;
 
@@ -78,6 +79,8 @@ pub struct App {
     metrics_cache: parking_lot::Mutex<Option<(std::time::Instant, Bytes)>>,
     /// The asynchronous event queue, where the server has one.
     pub(crate) events: Option<Arc<lampyr_async::EventQueue>>,
+    /// Event-source triggers served at `/sources/KIND/...`, by kind.
+    pub(crate) webhooks: Vec<(&'static str, Arc<dyn lampyr_triggers::webhook::Webhook>)>,
 }
 
 impl std::ops::Deref for AppState {
@@ -105,6 +108,7 @@ impl AppState {
             stopping: tokio::sync::watch::Sender::new(false),
             metrics_cache: parking_lot::Mutex::new(None),
             events: None,
+            webhooks: Vec::new(),
         }))
     }
 
@@ -114,6 +118,20 @@ impl AppState {
         match Arc::get_mut(&mut self.0) {
             Some(app) => app.events = Some(events),
             None => panic!("AppState::with_events called after the state was shared"),
+        }
+        self
+    }
+
+    /// The same state with `hook` serving `POST /sources/KIND/FUNCTION/TRIGGER`
+    /// for `kind`. Call before the state is shared.
+    pub fn with_webhook(
+        mut self,
+        kind: &'static str,
+        hook: Arc<dyn lampyr_triggers::webhook::Webhook>,
+    ) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(app) => app.webhooks.push((kind, hook)),
+            None => panic!("AppState::with_webhook called after the state was shared"),
         }
         self
     }
@@ -166,6 +184,10 @@ pub fn router(app: AppState) -> Router {
         .route("/fn/{name}/", any(trigger::invoke_root))
         .route("/fn/{name}/{*rest}", any(trigger::invoke_rest))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
+        .route(
+            "/sources/{kind}/{function}/{trigger}",
+            post(sources::receive),
+        )
         .route("/healthz", get(api::health))
         .route("/metrics", get(api::metrics))
         .route("/ui", get(ui::index))

@@ -244,8 +244,10 @@ impl Server {
         let events =
             lampyr_async::EventQueue::open(&data_dir.join("events.db"), cfg.async_.to_config()?)?;
         sched.set_event_sink(lampyr_async::sink(&events));
+        let storage = Arc::new(lampyr_source_storage::StorageTrigger::new());
         let app = AppState::new(sched.clone(), token, public_url.clone(), limits, doctor)
-            .with_events(events.clone());
+            .with_events(events.clone())
+            .with_webhook("storage", storage.clone());
         // Every trigger starts here, beside the HTTP edge.
         let http = Arc::new(lampyr_gateway::HttpTrigger::new(
             app.clone(),
@@ -256,6 +258,7 @@ impl Server {
         triggers.add(http.clone());
         triggers.add(Arc::new(lampyr_async::AsyncTrigger::new(events.clone())));
         triggers.add(Arc::new(lampyr_async::TimerTrigger::new(events)));
+        triggers.add(storage);
         Ok(Server {
             app,
             sched,

@@ -16,6 +16,8 @@
 //! server's assembly that adds it to the set.
 #![forbid(unsafe_code)]
 
+pub mod webhook;
+
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;

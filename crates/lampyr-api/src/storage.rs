@@ -1,0 +1,311 @@
+//! The storage-event trigger's manifest table, `type = "storage"`: S3-format
+//! bucket notifications (AWS S3, MinIO, Ceph RGW, SNS) delivered to the
+//! webhook `/sources/storage/FUNCTION/NAME`.
+//!
+//! ```toml
+//! [[triggers]]
+//! type = "storage"
+//! name = "uploads"                       # default "storage"
+//! bucket = "photos"                      # or a list; default: any bucket
+//! events = ["ObjectCreated:*"]           # default: every event
+//! prefix = "incoming/"                   # of the decoded object key
+//! suffix = ".jpg"
+//! token = "…"                            # default: the function's trigger token
+//! sns_confirm_hosts = ["sns.eu-west-1.amazonaws.com"]
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{validate_name, ManifestError};
+
+/// A `[[triggers]]` table with `type = "storage"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSpec {
+    /// Its name, unique among the function's storage triggers: the last
+    /// part of its webhook's path.
+    pub name: String,
+    /// Buckets whose events are taken; empty: any bucket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<String>,
+    /// Event types taken (`ObjectCreated:*`, `ObjectRemoved:Delete`, ...,
+    /// without the `s3:` prefix); empty: every event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// The decoded object key starts with this.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// The decoded object key ends with this.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub suffix: String,
+    /// The webhook's bearer token; `None`: the function's trigger token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Hosts (`host` or `host:port`) whose SNS `SubscribeURL` the trigger
+    /// opens to confirm a subscription; any other is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sns_confirm_hosts: Vec<String>,
+}
+
+/// The settings of a storage trigger, as a manifest writes them.
+pub(crate) const KEYS: &[&str] = &[
+    "type",
+    "name",
+    "bucket",
+    "events",
+    "prefix",
+    "suffix",
+    "token",
+    "sns_confirm_hosts",
+];
+
+/// The shortest token a manifest may set.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl StorageSpec {
+    /// Whether `event` (as a record names it, `s3:` prefix or not) is one
+    /// this trigger takes.
+    pub fn takes_event(&self, event: &str) -> bool {
+        let event = event.strip_prefix("s3:").unwrap_or(event);
+        self.events.is_empty()
+            || self.events.iter().any(|want| match want.strip_suffix('*') {
+                Some(category) => event.starts_with(category),
+                None => want == event,
+            })
+    }
+
+    /// Whether an object of `bucket` with the (decoded) `key` is one this
+    /// trigger takes.
+    pub fn takes_object(&self, bucket: &str, key: &str) -> bool {
+        (self.buckets.is_empty() || self.buckets.iter().any(|b| b == bucket))
+            && key.starts_with(&self.prefix)
+            && key.ends_with(&self.suffix)
+    }
+
+    /// Reads `[[triggers]]` table `i` (its `type` is `"storage"`).
+    pub(crate) fn from_table(i: usize, t: &toml::Table) -> Result<StorageSpec, ManifestError> {
+        let key = |k: &str| format!("triggers[{i}].{k}");
+        let string = |k: &str| -> Result<Option<String>, ManifestError> {
+            match t.get(k) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(v) => Err(ManifestError::invalid(
+                    &key(k),
+                    format!("must be a string, not {}", v.type_str()),
+                )),
+            }
+        };
+        // A string or a list of strings.
+        let strings = |k: &str| -> Result<Vec<String>, ManifestError> {
+            match t.get(k) {
+                None => Ok(Vec::new()),
+                Some(toml::Value::String(s)) => Ok(vec![s.clone()]),
+                Some(toml::Value::Array(a)) => a
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| match v {
+                        toml::Value::String(s) => Ok(s.clone()),
+                        v => Err(ManifestError::invalid(
+                            &format!("triggers[{i}].{k}[{j}]"),
+                            format!("must be a string, not {}", v.type_str()),
+                        )),
+                    })
+                    .collect(),
+                Some(v) => Err(ManifestError::invalid(
+                    &key(k),
+                    format!(
+                        "must be a string or a list of strings, not {}",
+                        v.type_str()
+                    ),
+                )),
+            }
+        };
+        let name = string("name")?.unwrap_or_else(|| "storage".to_string());
+        validate_name(&name).map_err(|_| {
+            ManifestError::invalid(
+                &key("name"),
+                format!("\"{name}\" is not a valid trigger name: use 1-63 characters of a-z, 0-9, '-' and '_'"),
+            )
+        })?;
+        let buckets = strings("bucket")?;
+        for b in &buckets {
+            let ok = (3..=255).contains(&b.len())
+                && b.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if !ok {
+                return Err(ManifestError::invalid(
+                    &key("bucket"),
+                    format!("\"{b}\" is not a bucket name: use 3-255 characters of letters, digits, '.', '-' and '_'"),
+                ));
+            }
+        }
+        let mut events = Vec::new();
+        for e in strings("events")? {
+            let bare = e.strip_prefix("s3:").unwrap_or(&e).to_string();
+            let (category, kind) = bare.split_once(':').unwrap_or((bare.as_str(), ""));
+            let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric());
+            let ok = word(category)
+                && category.starts_with(|c: char| c.is_ascii_uppercase())
+                && (kind.is_empty() || kind == "*" || word(kind));
+            if !ok {
+                return Err(ManifestError::invalid(
+                    &key("events"),
+                    format!("\"{e}\" is not an event type: write e.g. \"ObjectCreated:*\", \"ObjectRemoved:*\" or \"ObjectCreated:Put\""),
+                ));
+            }
+            events.push(bare);
+        }
+        let prefix = string("prefix")?.unwrap_or_default();
+        let suffix = string("suffix")?.unwrap_or_default();
+        for (k, v) in [("prefix", &prefix), ("suffix", &suffix)] {
+            if v.len() > 1024 {
+                return Err(ManifestError::invalid(
+                    &key(k),
+                    "is longer than an object key can be (1024 bytes)",
+                ));
+            }
+        }
+        let token = string("token")?;
+        if let Some(tok) = &token {
+            let ok = tok.len() >= MIN_TOKEN_LEN
+                && tok.len() <= 256
+                && tok.chars().all(|c| c.is_ascii_graphic());
+            if !ok {
+                return Err(ManifestError::invalid(
+                    &key("token"),
+                    format!("must be {MIN_TOKEN_LEN} to 256 printable characters without spaces: generate one with e.g. `openssl rand -hex 24`, or leave it out to use the function's trigger token (`lampyr info`)"),
+                ));
+            }
+        }
+        let sns_confirm_hosts = strings("sns_confirm_hosts")?;
+        for h in &sns_confirm_hosts {
+            let (host, port) = match h.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (h.as_str(), None),
+            };
+            let ok = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+                && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(ManifestError::invalid(
+                    &key("sns_confirm_hosts"),
+                    format!("\"{h}\" is not a host: write a host name or address, with a port if needed, e.g. \"sns.us-east-1.amazonaws.com\" or \"127.0.0.1:9911\""),
+                ));
+            }
+        }
+        Ok(StorageSpec {
+            name,
+            buckets,
+            events,
+            prefix,
+            suffix,
+            token,
+            sns_confirm_hosts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{FunctionSpec, TriggerSpec};
+
+    const MIN: &str = "name = \"thumbs\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
+
+    fn parse(extra: &str) -> Result<FunctionSpec, String> {
+        FunctionSpec::from_toml(&format!("{MIN}{extra}")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn storage_triggers_parse_with_defaults_and_filters() {
+        let s = parse("[[triggers]]\ntype = \"storage\"\n").unwrap();
+        let TriggerSpec::Storage(st) = &s.triggers[0] else {
+            panic!("{s:?}")
+        };
+        assert_eq!(st.name, "storage");
+        assert!(st.buckets.is_empty() && st.events.is_empty() && st.token.is_none());
+        assert!(st.takes_event("s3:ObjectRemoved:Delete") && st.takes_object("b", "k"));
+        assert_eq!(s.triggers[0].kind(), crate::TriggerKind::Storage);
+
+        let s = parse(
+            "[[triggers]]\ntype = \"storage\"\nname = \"uploads\"\nbucket = [\"photos\", \"raw.data\"]\nevents = [\"s3:ObjectCreated:*\", \"ObjectRemoved:Delete\"]\nprefix = \"in/\"\nsuffix = \".jpg\"\ntoken = \"0123456789abcdef0123\"\nsns_confirm_hosts = [\"127.0.0.1:9911\", \"sns.eu-west-1.amazonaws.com\"]\n[[triggers]]\ntype = \"storage\"\nname = \"other\"\nbucket = \"logs\"\nevents = \"ObjectCreated:Put\"\n",
+        )
+        .unwrap();
+        let st: Vec<_> = s.storage_triggers().collect();
+        assert_eq!(st.len(), 2);
+        let u = st[0];
+        assert_eq!(u.buckets, ["photos", "raw.data"]);
+        assert_eq!(u.events, ["ObjectCreated:*", "ObjectRemoved:Delete"]);
+        assert!(u.takes_event("ObjectCreated:Put") && u.takes_event("s3:ObjectCreated:Copy"));
+        assert!(u.takes_event("ObjectRemoved:Delete"));
+        assert!(!u.takes_event("ObjectRemoved:DeleteMarkerCreated"));
+        assert!(!u.takes_event("ObjectTagging:Put"));
+        assert!(u.takes_object("photos", "in/a b.jpg"));
+        assert!(!u.takes_object("photos", "out/a.jpg"));
+        assert!(!u.takes_object("photos", "in/a.png"));
+        assert!(!u.takes_object("videos", "in/a.jpg"));
+        assert_eq!(st[1].buckets, ["logs"]);
+        assert_eq!(st[1].events, ["ObjectCreated:Put"]);
+        // The stored form reads back.
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<FunctionSpec>(&j).unwrap(), s);
+    }
+
+    #[test]
+    fn storage_keys_are_validated_by_name() {
+        let t = "[[triggers]]\ntype = \"storage\"\n";
+        for (extra, want) in [
+            (
+                "buckets = \"x\"\n",
+                "`triggers[0].buckets`: is not a setting of a trigger of type \"storage\"",
+            ),
+            (
+                "bucket = \"a b\"\n",
+                "`triggers[0].bucket`: \"a b\" is not a bucket name",
+            ),
+            (
+                "bucket = 3\n",
+                "`triggers[0].bucket`: must be a string or a list",
+            ),
+            (
+                "bucket = [\"photos\", 1]\n",
+                "`triggers[0].bucket[1]`: must be a string",
+            ),
+            (
+                "events = [\"created\"]\n",
+                "`triggers[0].events`: \"created\" is not an event type",
+            ),
+            (
+                "events = [\"ObjectCreated:Put*\"]\n",
+                "`triggers[0].events`",
+            ),
+            ("prefix = 1\n", "`triggers[0].prefix`: must be a string"),
+            (
+                "token = \"short\"\n",
+                "`triggers[0].token`: must be 16 to 256",
+            ),
+            (
+                "token = \"has a space in it, long\"\n",
+                "`triggers[0].token`",
+            ),
+            (
+                "sns_confirm_hosts = [\"http://sns.example\"]\n",
+                "`triggers[0].sns_confirm_hosts`: \"http://sns.example\" is not a host",
+            ),
+            (
+                "sns_confirm_hosts = [\"h:0\"]\n",
+                "`triggers[0].sns_confirm_hosts`",
+            ),
+            ("name = \"Up Loads\"\n", "`triggers[0].name`"),
+        ] {
+            let e = parse(&format!("{t}{extra}")).unwrap_err();
+            assert!(e.contains(want), "{extra:?} gave {e}");
+        }
+        let e = parse(&format!("{t}{t}")).unwrap_err();
+        assert!(
+            e.contains("`triggers[1].name`") && e.contains("another storage trigger"),
+            "{e}"
+        );
+    }
+}

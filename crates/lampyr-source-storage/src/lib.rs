@@ -1,0 +1,537 @@
+//! The storage-event trigger (`type = "storage"`): S3-format bucket
+//! notifications, as AWS S3, MinIO, Ceph RGW and SNS send them, received
+//! at the webhook `POST /sources/storage/FUNCTION/TRIGGER` of the HTTP
+//! edge (the [`Webhook`] for kind `storage`).
+//!
+//! * **Auth.** Each trigger has a token: its `token` setting, or the
+//!   function's trigger token (`lampyr info`). It is taken as
+//!   `Authorization: Bearer TOKEN` (MinIO's one-word `auth_token`), as the
+//!   second word of another scheme (MinIO sends a two-word `auth_token` as
+//!   is), as the password of Basic credentials (SNS, from
+//!   `http://user:TOKEN@host/...`), or, for senders that set no header
+//!   (Ceph RGW's HTTP endpoint), as `?token=TOKEN`. A wrong one is 401.
+//!   Tokens are never logged.
+//! * **Bodies.** A raw S3 `{"Records": [...]}`, MinIO's
+//!   `{"EventName", "Key", "Records"}`, or an SNS envelope: a
+//!   `Notification`'s `Message` is unwrapped; a `SubscriptionConfirmation`
+//!   is confirmed with a GET of its `SubscribeURL` only when its host is in
+//!   the trigger's `sns_confirm_hosts` (otherwise refused, 403, and
+//!   logged). Anything else is 400 with `{"error": {"code", "message"}}`.
+//! * **Filters.** Bucket, event type, and the decoded key's prefix and
+//!   suffix; records that do not match are counted and dropped.
+//! * **Delivery.** One durable asynchronous invocation per matching record
+//!   (`Scheduler::call` with `InvocationType::Event`, trigger kind
+//!   `storage`), event `{"Records": [record]}` (Lambda's S3 shape, the key
+//!   as sent), with an idempotency key of bucket, key, version or eTag,
+//!   sequencer (or event time) and event name. The webhook answers 200 only
+//!   once every record is committed to the queue; until then, or if one
+//!   could not be, the sender gets no 2xx and its own retries cover a
+//!   lampyr that was down, and the keys drop the duplicates.
+#![forbid(unsafe_code)]
+
+pub mod notification;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use lampyr_api::sources::{SourceState, SourceStatus};
+use lampyr_api::{FunctionSpec, StorageSpec, TriggerKind};
+use lampyr_scheduler::{Answer, Call, Credential, InvocationType, Scheduler, SchedulerError};
+use lampyr_triggers::webhook::{Webhook, WebhookReply, WebhookRequest};
+use lampyr_triggers::{Context, Trigger, TriggerError};
+use parking_lot::{Mutex, RwLock};
+
+use notification::{Notification, Record};
+
+/// Why an SNS subscription could not be confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    #[error("the SubscribeURL is not an http(s) URL")]
+    NotAUrl,
+    #[error("host {host} is not in the trigger's sns_confirm_hosts: add \"{host}\" (or \"{host}:{port}\") there if this topic is yours")]
+    HostRefused { host: String, port: u16 },
+    #[error("this build of lampyr opens no https URLs: confirm the subscription yourself by opening its SubscribeURL (logged at WARN), or use an http endpoint")]
+    NoTls,
+    #[error("the GET of the SubscribeURL failed: {0}")]
+    Get(String),
+}
+
+/// The storage-event trigger (see the crate doc).
+#[derive(Clone)]
+pub struct StorageTrigger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sched: OnceLock<Scheduler>,
+    /// Per function using the trigger: its storage triggers and the
+    /// function's own trigger token.
+    functions: RwLock<HashMap<String, Arc<Entry>>>,
+    /// Per function and trigger name, since the server started.
+    stats: Mutex<HashMap<(String, String), Arc<Stats>>>,
+    /// Set once the functions deployed at start are loaded.
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    agent: ureq::Agent,
+}
+
+struct Entry {
+    triggers: Vec<StorageSpec>,
+    function_token: String,
+}
+
+#[derive(Default)]
+struct Stats {
+    delivered: AtomicU64,
+    duplicates: AtomicU64,
+    filtered: AtomicU64,
+    last_error: Mutex<Option<(String, SystemTime)>>,
+}
+
+impl Stats {
+    fn error(&self, message: String) {
+        *self.last_error.lock() = Some((message, SystemTime::now()));
+    }
+}
+
+impl Default for StorageTrigger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StorageTrigger {
+    pub fn new() -> StorageTrigger {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        StorageTrigger {
+            inner: Arc::new(Inner {
+                sched: OnceLock::new(),
+                functions: RwLock::new(HashMap::new()),
+                stats: Mutex::new(HashMap::new()),
+                ready: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
+                agent,
+            }),
+        }
+    }
+
+    fn load(&self, spec: &FunctionSpec) {
+        let triggers: Vec<StorageSpec> = spec.storage_triggers().cloned().collect();
+        if triggers.is_empty() {
+            self.inner.functions.write().remove(&spec.name);
+            return;
+        }
+        let Some(sched) = self.inner.sched.get() else {
+            return;
+        };
+        let function_token = match sched.store().get(&spec.name) {
+            Ok(rec) => rec.trigger_token,
+            Err(e) => {
+                tracing::warn!(function = %spec.name, "storage trigger: the function's record could not be read: {e}");
+                String::new()
+            }
+        };
+        for t in &triggers {
+            tracing::debug!(function = %spec.name, trigger = %t.name, path = %format!("/sources/storage/{}/{}", spec.name, t.name), "storage trigger");
+        }
+        self.inner.functions.write().insert(
+            spec.name.clone(),
+            Arc::new(Entry {
+                triggers,
+                function_token,
+            }),
+        );
+    }
+
+    fn stats(&self, function: &str, trigger: &str) -> Arc<Stats> {
+        self.inner
+            .stats
+            .lock()
+            .entry((function.to_string(), trigger.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Handles one webhook request (see the crate doc).
+    pub async fn receive(&self, req: WebhookRequest) -> WebhookReply {
+        let WebhookRequest {
+            function,
+            trigger,
+            authorization,
+            query,
+            body,
+        } = req;
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            return error(503, "unavailable", "lampyr is shutting down: send again").retry(1);
+        }
+        // The edge may serve before this trigger has started.
+        if !self.inner.ready.load(Ordering::Acquire) {
+            return error(503, "unavailable", "lampyr is starting: send again").retry(1);
+        }
+        let (Some(sched), Some(entry)) = (
+            self.inner.sched.get().cloned(),
+            self.inner.functions.read().get(&function).cloned(),
+        ) else {
+            return error(404, "not_found", format!("function '{function}' has no storage trigger: add a [[triggers]] table with type = \"storage\" to its lampyr.toml"));
+        };
+        let Some(spec) = entry.triggers.iter().find(|t| t.name == trigger) else {
+            let names: Vec<&str> = entry.triggers.iter().map(|t| t.name.as_str()).collect();
+            return error(404, "not_found", format!("function '{function}' has no storage trigger named '{trigger}': its storage triggers are {}", names.join(", ")));
+        };
+        let stats = self.stats(&function, &trigger);
+        let want = spec.token.as_deref().unwrap_or(&entry.function_token);
+        let sent =
+            authorization.is_some() || query.as_deref().is_some_and(|q| q.contains("token="));
+        let ok = !want.is_empty()
+            && notification::presented(authorization.as_deref(), query.as_deref())
+                .iter()
+                .any(|t| lampyr_scheduler::token_eq(t, want));
+        if !ok {
+            let what = if sent { "a wrong token" } else { "no token" };
+            tracing::info!(%function, %trigger, "storage webhook request refused: {what}");
+            stats.error(format!("a request with {what} was refused (401)"));
+            return error(401, "unauthorized", format!("the storage trigger's token is {}: send `Authorization: Bearer TOKEN` with the trigger's `token`, or the function's trigger token (`lampyr info {function}`)", if sent { "wrong" } else { "missing" }));
+        }
+        let parsed = match notification::parse(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                stats.error(format!("a malformed notification was refused: {e}"));
+                return error(400, "bad_notification", e.0);
+            }
+        };
+        match parsed {
+            Notification::Nothing(what) => {
+                ok_body(serde_json::json!({ "accepted": 0, "ignored": what }))
+            }
+            Notification::Confirm {
+                subscribe_url,
+                topic,
+            } => {
+                self.confirm(spec, &function, &trigger, &stats, subscribe_url, topic)
+                    .await
+            }
+            Notification::Records(records) => {
+                self.deliver(&sched, spec, &function, &stats, records).await
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        sched: &Scheduler,
+        spec: &StorageSpec,
+        function: &str,
+        stats: &Stats,
+        records: Vec<Record>,
+    ) -> WebhookReply {
+        let total = records.len();
+        let taken: Vec<Record> = records
+            .into_iter()
+            .filter(|r| {
+                spec.takes_event(&r.event_name) && spec.takes_object(&r.bucket, &r.decoded_key)
+            })
+            .collect();
+        let filtered = (total - taken.len()) as u64;
+        stats.filtered.fetch_add(filtered, Ordering::Relaxed);
+        // All at once: the queue commits them in one group.
+        let calls = taken.iter().map(|r| {
+            let key = r.idempotency_key(&spec.name);
+            let event = r.event();
+            async move {
+                sched
+                    .call(Call {
+                        function,
+                        request_id: lampyr_scheduler::new_request_id(),
+                        event,
+                        trigger: TriggerKind::Storage,
+                        invocation_type: InvocationType::Event,
+                        credential: Credential::Operator,
+                        attempt: None,
+                        idempotency_key: Some(&key),
+                    })
+                    .await
+            }
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let (mut queued, mut duplicates, mut ids) = (0u64, 0u64, Vec::new());
+        let mut failed: Option<(u16, &'static str, String)> = None;
+        for a in answers {
+            match a {
+                Ok(Answer::Queued(q)) => {
+                    if q.duplicate {
+                        duplicates += 1;
+                    } else {
+                        queued += 1;
+                    }
+                    ids.push(q.request_id);
+                }
+                Ok(Answer::Ran(_)) => {}
+                Err(refused) => {
+                    if failed.is_none() {
+                        let e = refused.error();
+                        let (status, code) = match e {
+                            SchedulerError::NotFound(_) | SchedulerError::Deleted(_) => {
+                                (404, "function_not_found")
+                            }
+                            SchedulerError::EventTooLarge { .. } => (413, "event_too_large"),
+                            _ => (503, "not_queued"),
+                        };
+                        failed = Some((status, code, e.to_string()));
+                    }
+                }
+            }
+        }
+        stats.delivered.fetch_add(queued, Ordering::Relaxed);
+        stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        if let Some((status, code, e)) = failed {
+            let message = format!(
+                "{} of {} event(s) could not be queued: {e}",
+                taken.len() - ids.len(),
+                taken.len()
+            );
+            tracing::warn!(function, trigger = %spec.name, "storage notification not taken: {message}");
+            stats.error(message.clone());
+            return match status {
+                503 => error(503, code, format!("{message}; send the notification again (the events already queued are not repeated)")).retry(1),
+                _ => error(status, code, message),
+            };
+        }
+        ok_body(serde_json::json!({
+            "accepted": queued,
+            "duplicates": duplicates,
+            "filtered": filtered,
+            "request_ids": ids,
+        }))
+    }
+
+    async fn confirm(
+        &self,
+        spec: &StorageSpec,
+        function: &str,
+        trigger: &str,
+        stats: &Stats,
+        url: String,
+        topic: String,
+    ) -> WebhookReply {
+        let result = match notification::url_host(&url) {
+            None => Err(ConfirmError::NotAUrl),
+            Some((_, host, port))
+                if !notification::host_allowed(&spec.sns_confirm_hosts, &host, port) =>
+            {
+                Err(ConfirmError::HostRefused { host, port })
+            }
+            Some(("https", ..)) => {
+                tracing::warn!(function, trigger, %topic, subscribe_url = %url, "SNS subscription to confirm by hand: lampyr opens no https URLs");
+                Err(ConfirmError::NoTls)
+            }
+            Some(_) => {
+                let agent = self.inner.agent.clone();
+                let u = url.clone();
+                tokio::task::spawn_blocking(move || match agent.get(&u).call() {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(ConfirmError::Get(format!("HTTP {}", r.status()))),
+                    Err(e) => Err(ConfirmError::Get(e.to_string())),
+                })
+                .await
+                .unwrap_or_else(|e| Err(ConfirmError::Get(e.to_string())))
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(function, trigger, %topic, "SNS subscription confirmed");
+                ok_body(serde_json::json!({ "confirmed": true, "topic": topic }))
+            }
+            Err(e) => {
+                let message = format!("SNS subscription to {topic} not confirmed: {e}");
+                tracing::warn!(function, trigger, "{message}");
+                stats.error(message.clone());
+                match e {
+                    ConfirmError::HostRefused { .. } => error(403, "sns_host_refused", message),
+                    ConfirmError::NotAUrl => error(400, "bad_notification", message),
+                    ConfirmError::NoTls => error(501, "sns_confirm_unsupported", message),
+                    ConfirmError::Get(_) => error(502, "sns_confirm_failed", message),
+                }
+            }
+        }
+    }
+}
+
+trait Retry {
+    fn retry(self, secs: u64) -> Self;
+}
+
+impl Retry for WebhookReply {
+    fn retry(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+fn error(status: u16, code: &str, message: impl Into<String>) -> WebhookReply {
+    WebhookReply {
+        status,
+        body: serde_json::to_vec(&lampyr_api::ErrorBody::new(code, message.into()))
+            .expect("an error body serialises"),
+        retry_after: None,
+    }
+}
+
+fn ok_body(v: serde_json::Value) -> WebhookReply {
+    WebhookReply {
+        status: 200,
+        body: serde_json::to_vec(&v).expect("a JSON value serialises"),
+        retry_after: None,
+    }
+}
+
+impl Webhook for StorageTrigger {
+    fn receive(&self, req: WebhookRequest) -> BoxFuture<'static, WebhookReply> {
+        let me = self.clone();
+        Box::pin(async move { me.receive(req).await })
+    }
+}
+
+impl Trigger for StorageTrigger {
+    fn kind(&self) -> TriggerKind {
+        TriggerKind::Storage
+    }
+
+    fn start(&self, ctx: Context) -> Result<(), TriggerError> {
+        let _ = self.inner.sched.set(ctx.scheduler);
+        for spec in &ctx.functions {
+            self.load(spec);
+        }
+        self.inner.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn deployed(&self, spec: &Arc<FunctionSpec>) {
+        self.load(spec);
+    }
+
+    fn deleted(&self, name: &str) {
+        self.inner.functions.write().remove(name);
+        self.inner.stats.lock().retain(|(f, _), _| f != name);
+    }
+
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        Box::pin(async {})
+    }
+
+    fn status(&self, function: &str) -> Vec<SourceStatus> {
+        let Some(entry) = self.inner.functions.read().get(function).cloned() else {
+            return Vec::new();
+        };
+        let stopping = self.inner.stopping.load(Ordering::Relaxed);
+        entry
+            .triggers
+            .iter()
+            .map(|t| {
+                let stats = self.stats(function, &t.name);
+                let last = stats.last_error.lock().clone();
+                let mut detail = std::collections::BTreeMap::new();
+                detail.insert(
+                    "webhook".to_string(),
+                    format!("/sources/storage/{function}/{}", t.name),
+                );
+                detail.insert(
+                    "duplicates".to_string(),
+                    stats.duplicates.load(Ordering::Relaxed).to_string(),
+                );
+                detail.insert(
+                    "filtered".to_string(),
+                    stats.filtered.load(Ordering::Relaxed).to_string(),
+                );
+                detail.insert(
+                    "token".to_string(),
+                    if t.token.is_some() {
+                        "its own (lampyr.toml)"
+                    } else {
+                        "the function's trigger token"
+                    }
+                    .to_string(),
+                );
+                SourceStatus {
+                    trigger: t.name.clone(),
+                    kind: TriggerKind::Storage,
+                    state: if stopping {
+                        SourceState::Stopped
+                    } else {
+                        SourceState::Connected
+                    },
+                    lag: None,
+                    lag_unit: None,
+                    last_error_at: last.as_ref().map(|(_, at)| lampyr_store::rfc3339(*at)),
+                    last_error: last.map(|(m, _)| m),
+                    delivered: stats.delivered.load(Ordering::Relaxed),
+                    detail,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(function: &str) -> WebhookRequest {
+        WebhookRequest {
+            function: function.into(),
+            trigger: "storage".into(),
+            authorization: None,
+            query: None,
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn status_reports_the_webhook_and_counts_and_it_waits_for_start() {
+        let t = StorageTrigger::new();
+        // Before the trigger has loaded its functions: senders retry.
+        let r = t.receive(request("thumbs")).await;
+        assert_eq!((r.status, r.retry_after), (503, Some(1)));
+        assert!(t.status("thumbs").is_empty());
+
+        let spec = lampyr_api::FunctionSpec::from_toml(
+            "name = \"thumbs\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n[[triggers]]\ntype = \"storage\"\n",
+        )
+        .unwrap();
+        t.inner.functions.write().insert(
+            "thumbs".into(),
+            Arc::new(Entry {
+                triggers: spec.storage_triggers().cloned().collect(),
+                function_token: "0123456789abcdef".into(),
+            }),
+        );
+        t.inner.ready.store(true, Ordering::Release);
+        let stats = t.stats("thumbs", "storage");
+        stats.delivered.fetch_add(3, Ordering::Relaxed);
+        stats.error("a request with no token was refused (401)".into());
+        let st = t.status("thumbs");
+        assert_eq!(st.len(), 1);
+        assert_eq!(st[0].trigger, "storage");
+        assert_eq!(st[0].kind, TriggerKind::Storage);
+        assert_eq!(st[0].state, SourceState::Connected);
+        assert_eq!(st[0].delivered, 3);
+        assert!(st[0].last_error.as_deref().unwrap().contains("401"));
+        assert!(st[0].last_error_at.is_some());
+        assert_eq!(st[0].detail["webhook"], "/sources/storage/thumbs/storage");
+        assert!(!format!("{st:?}").contains("0123456789abcdef"));
+
+        let _ = t.shutdown().await;
+        assert_eq!(t.status("thumbs")[0].state, SourceState::Stopped);
+        assert_eq!(t.receive(request("thumbs")).await.status, 503);
+        t.deleted("thumbs");
+        assert!(t.status("thumbs").is_empty());
+    }
+}
