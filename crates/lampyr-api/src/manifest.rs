@@ -79,7 +79,7 @@ pub enum ManifestError {
 }
 
 impl ManifestError {
-    fn invalid(key: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &str, message: impl Into<String>) -> Self {
         ManifestError::Invalid {
             key: key.to_string(),
             message: message.into(),
@@ -215,6 +215,8 @@ pub enum TriggerSpec {
     Http,
     /// A schedule: each firing is an asynchronous event.
     Timer(TimerSpec),
+    /// A PostgreSQL database's row changes (logical decoding).
+    Postgres(crate::postgres::PostgresSpec),
 }
 
 /// A `[[triggers]]` table with `type = "timer"`.
@@ -272,13 +274,14 @@ impl TriggerSpec {
     }
 
     /// Every trigger type, by the name a manifest gives it.
-    pub const TYPES: &'static [&'static str] = &["http", "timer"];
+    pub const TYPES: &'static [&'static str] = &["http", "timer", "postgres"];
 
     /// What the records call invocations from this trigger.
     pub fn kind(&self) -> crate::TriggerKind {
         match self {
             TriggerSpec::Http => crate::TriggerKind::Http,
             TriggerSpec::Timer(_) => crate::TriggerKind::Timer,
+            TriggerSpec::Postgres(_) => crate::TriggerKind::Postgres,
         }
     }
 
@@ -310,6 +313,10 @@ impl TriggerSpec {
                 &[
                     "type", "name", "cron", "timezone", "payload", "enabled", "catch_up", "overlap",
                 ],
+            ),
+            "postgres" => (
+                TriggerSpec::Postgres(crate::postgres::PostgresSpec::from_table(i, table)?),
+                crate::postgres::KEYS,
             ),
             other => {
                 return Err(ManifestError::invalid(
@@ -615,6 +622,9 @@ impl FunctionSpec {
                             ));
                         }
                     }
+                    if let TriggerSpec::Postgres(p) = &spec {
+                        p.check_unique(i, &raw.name, &triggers)?;
+                    }
                     triggers.push(spec);
                 }
                 triggers
@@ -687,6 +697,18 @@ impl FunctionSpec {
             TriggerSpec::Timer(t) => Some(t),
             _ => None,
         })
+    }
+
+    /// The same spec with every secret in it (a database's password)
+    /// replaced by `***`: what the API shows.
+    pub fn redacted(&self) -> FunctionSpec {
+        let mut s = self.clone();
+        for t in &mut s.triggers {
+            if let TriggerSpec::Postgres(p) = t {
+                p.dsn = crate::postgres::redact_dsn(&p.dsn);
+            }
+        }
+        s
     }
 
     /// Whether the function can be called through its URL.
@@ -816,7 +838,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-fn duration_in(
+pub(crate) fn duration_in(
     key: &str,
     value: Option<&str>,
     default: Duration,

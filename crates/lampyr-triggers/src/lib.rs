@@ -146,7 +146,10 @@ impl TriggerSet {
 
     /// How the event sources of `function` are doing, every trigger's.
     pub fn status(&self, function: &str) -> Vec<lampyr_api::sources::SourceStatus> {
-        self.triggers.iter().flat_map(|t| t.status(function)).collect()
+        self.triggers
+            .iter()
+            .flat_map(|t| t.status(function))
+            .collect()
     }
 
     /// Shuts every trigger down, all at once, and waits for them.
