@@ -275,7 +275,7 @@ impl Conn {
             Ok(Err(e)) => {
                 return Err(SourceError::Connect {
                     database,
-                    reason: scrub(e.to_string(), password.as_deref()),
+                    reason: scrub(db_message(&e), password.as_deref()),
                 })
             }
             Err(_) => {
@@ -331,12 +331,22 @@ fn password_of_text(dsn: &str) -> Option<String> {
         .flatten()
 }
 
-/// A server error's own message (`ERROR: …`), or the client's.
+/// A server error's own message (`ERROR: …`), or the client's with its
+/// causes (`error connecting to server: Connection refused`).
 fn db_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Reads one slot for one function, for as long as the trigger lives.
@@ -597,12 +607,22 @@ impl Reader {
                         idempotency_key: Some(&key),
                     })
                     .await
-                    .map(|_| ())
+                    .map(|a| matches!(a, lampyr_scheduler::Answer::Queued(q) if q.duplicate))
                     .map_err(|e| SourceError::Enqueue(e.to_string()))
             }
         });
+        let mut again = 0;
         for r in futures_util::future::join_all(calls).await {
-            r?;
+            again += r? as usize;
+        }
+        if again > 0 {
+            tracing::info!(
+                function = %self.function,
+                trigger = %self.spec.name,
+                slot = %self.slot,
+                events = again,
+                "postgres trigger: changes read again (the slot had not moved past them before a restart) were queued before: not queued twice"
+            );
         }
         Ok(count as u64)
     }
