@@ -168,7 +168,8 @@ fn row_changes_arrive_whole_in_commit_order_filtered_and_slots_go_with_their_tri
             "orders",
             &ledger,
             &pg.dsn(),
-            "",
+            // One at a time: events run in the order they were queued.
+            "max_instances = 1\n",
             "tables = [\"orders\"]\nbatch_size = 10\n",
         )
         .path(),
@@ -178,7 +179,7 @@ fn row_changes_arrive_whole_in_commit_order_filtered_and_slots_go_with_their_tri
             "removals",
             &ledger,
             &pg.dsn(),
-            "",
+            "max_instances = 1\n",
             "slot = \"removals\"\nevents = [\"REMOVE\"]\n",
         )
         .path(),
