@@ -83,6 +83,9 @@ pub struct PostgresTrigger {
 struct Source {
     spec: PostgresSpec,
     slot: String,
+    /// False for a trigger refused because another function's reads the
+    /// same slot: its removal leaves the slot alone.
+    owns_slot: bool,
     status: Arc<Mutex<SourceStatus>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -123,19 +126,45 @@ impl PostgresTrigger {
             let same_slot = wanted
                 .iter()
                 .any(|(p, slot)| *slot == s.slot && p.dsn == s.spec.dsn);
-            if !same_slot {
+            if s.owns_slot && !same_slot {
                 tokio::spawn(drop_slot(function.to_string(), s.spec, s.slot));
             }
         }
         for (spec, slot) in wanted {
-            kept.push(self.spawn(sched, function, spec, slot));
+            let place = where_of(&spec.dsn);
+            let taken = all.iter().find_map(|(f, sources)| {
+                sources
+                    .iter()
+                    .any(|o| o.owns_slot && o.slot == slot && where_of(&o.spec.dsn) == place)
+                    .then(|| f.clone())
+            });
+            let source = self.spawn(sched, function, spec, slot, taken.is_none());
+            if let Some(other) = taken {
+                let why = format!(
+                    "the replication slot {} is read by a trigger of the function {other}: a slot has one reader, name another slot",
+                    source.slot
+                );
+                tracing::error!(function, trigger = %source.spec.name, "postgres trigger not started: {why}");
+                let mut st = source.status.lock();
+                st.state = SourceState::Stopped;
+                st.last_error = Some(why);
+                st.last_error_at = Some(lampyr_time(SystemTime::now()));
+            }
+            kept.push(source);
         }
         if !kept.is_empty() {
             all.insert(function.to_string(), kept);
         }
     }
 
-    fn spawn(&self, sched: &Scheduler, function: &str, spec: PostgresSpec, slot: String) -> Source {
+    fn spawn(
+        &self,
+        sched: &Scheduler,
+        function: &str,
+        spec: PostgresSpec,
+        slot: String,
+        run: bool,
+    ) -> Source {
         let mut detail = std::collections::BTreeMap::new();
         detail.insert("slot".to_string(), slot.clone());
         detail.insert("database".to_string(), redact_dsn(&spec.dsn));
@@ -164,8 +193,13 @@ impl PostgresTrigger {
         Source {
             spec,
             slot,
+            owns_slot: run,
             status,
-            task: tokio::spawn(reader.run()),
+            task: if run {
+                tokio::spawn(reader.run())
+            } else {
+                tokio::spawn(async {})
+            },
         }
     }
 }
@@ -245,6 +279,17 @@ fn describe(cfg: &tokio_postgres::Config) -> String {
         cfg.get_user().unwrap_or("?"),
         cfg.get_dbname().or(cfg.get_user()).unwrap_or("?")
     )
+}
+
+/// The database a DSN names (`user@host:port/db`), to tell two triggers
+/// on the same one.
+fn where_of(dsn: &str) -> String {
+    dsn.parse::<tokio_postgres::Config>()
+        .map(|c| {
+            let d = describe(&c);
+            d.split_once('@').map(|(_, w)| w.to_string()).unwrap_or(d)
+        })
+        .unwrap_or_else(|_| redact_dsn(dsn))
 }
 
 /// A connection whose driver task ends with it.

@@ -250,27 +250,32 @@ fn row_changes_arrive_whole_in_commit_order_filtered_and_slots_go_with_their_tri
     assert_eq!(delete["Keys"], json!({"id": 1}));
     assert_eq!(delete["OldImage"]["item"], "apple");
     assert!(delete.get("NewImage").is_none());
-    // The multi-row transaction: one invocation, whole, in order, one
-    // transaction id.
+    // The multi-row transaction: whole in one invocation (with whatever
+    // else fit in the batch), its changes together and in order.
     let runs = ledger.runs("orders");
     let tx = runs
         .iter()
         .find(|(_, r)| r.iter().any(|r| r["dbChange"]["Keys"]["id"] == 2))
         .unwrap();
-    assert_eq!(tx.1.len(), 3, "{:#?}", tx.1);
-    let xids: Vec<&Value> =
+    let xid =
         tx.1.iter()
-            .map(|r| &r["dbChange"]["TransactionId"])
-            .collect();
-    assert!(xids.iter().all(|x| *x == xids[0]), "{xids:?}");
-    let seq: Vec<&str> =
-        tx.1.iter()
-            .map(|r| r["dbChange"]["SequenceNumber"].as_str().unwrap())
-            .collect();
+            .find(|r| r["dbChange"]["Keys"]["id"] == 2)
+            .unwrap()["dbChange"]["TransactionId"]
+            .clone();
+    let at: Vec<usize> = (0..tx.1.len())
+        .filter(|&i| tx.1[i]["dbChange"]["TransactionId"] == xid)
+        .collect();
+    assert_eq!(at.len(), 3, "{:#?}", tx.1);
+    assert!(at.windows(2).all(|w| w[1] == w[0] + 1), "{:#?}", tx.1);
+    let seq: Vec<&str> = at
+        .iter()
+        .map(|&i| tx.1[i]["dbChange"]["SequenceNumber"].as_str().unwrap())
+        .collect();
     assert!(
         seq.windows(2).all(|w| lsn_num(w[0]) < lsn_num(w[1])),
         "{seq:?}"
     );
+    assert!(runs.iter().all(|(_, r)| r.len() <= 10), "batch_size = 10");
     // Recorded as the postgres trigger's invocations.
     let mut rec = Value::Null;
     server.wait_until("the invocation's record", Duration::from_secs(10), || {
@@ -337,6 +342,20 @@ fn row_changes_arrive_whole_in_commit_order_filtered_and_slots_go_with_their_tri
         Duration::from_secs(30),
         &mut || !pg.has_slot("lampyr_orders_postgres"),
     );
+    // A second reader of a slot is refused, and its removal leaves the
+    // slot to its reader.
+    server.deploy(function("copycat", &ledger, &pg.dsn(), "", "slot = \"removals\"\n").path());
+    server.wait_until(
+        "the second reader to be refused",
+        Duration::from_secs(10),
+        || {
+            server.log().join("\n").contains(
+                "the replication slot removals is read by a trigger of the function removals",
+            )
+        },
+    );
+    let r = server.api("DELETE", "/functions/copycat", None);
+    assert!(r.status < 300, "{}", r.text());
     let r = server.api("DELETE", "/functions/removals", None);
     assert!(r.status < 300, "{}", r.text());
     common::wait_until(
@@ -346,6 +365,13 @@ fn row_changes_arrive_whole_in_commit_order_filtered_and_slots_go_with_their_tri
     );
     let log = server.log().join("\n");
     assert!(log.contains("replication slot dropped"), "{log}");
+    assert!(
+        !server
+            .log()
+            .iter()
+            .any(|l| l.contains("replication slot dropped") && l.contains("copycat")),
+        "{log}"
+    );
     assert!(!log.contains(&pg.password), "the log shows the password");
 }
 
