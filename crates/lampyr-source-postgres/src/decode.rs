@@ -237,6 +237,37 @@ pub fn batches(per_tx: Vec<Vec<Record>>, size: usize, slot: &str) -> Vec<Batch> 
     out
 }
 
+/// The events of `batches` as `(idempotency key, {"Records": [...]})`. A
+/// batch over `max_bytes` goes as one event per record (key `KEY#I`), and
+/// a record still over it without its images, marked `"Truncated": true`
+/// (its keys say which row to read).
+pub fn events(batches: Vec<Batch>, max_bytes: usize) -> Vec<(String, Vec<u8>)> {
+    let body = |records: &[Value]| {
+        serde_json::to_vec(&json!({ "Records": records })).expect("an event serialises")
+    };
+    let mut out = Vec::new();
+    for b in batches {
+        let bytes = body(&b.records);
+        if bytes.len() <= max_bytes {
+            out.push((b.key, bytes));
+            continue;
+        }
+        for (i, mut r) in b.records.into_iter().enumerate() {
+            let mut bytes = body(std::slice::from_ref(&r));
+            if bytes.len() > max_bytes {
+                if let Some(db) = r["dbChange"].as_object_mut() {
+                    db.remove("NewImage");
+                    db.remove("OldImage");
+                    db.insert("Truncated".into(), Value::Bool(true));
+                }
+                bytes = body(std::slice::from_ref(&r));
+            }
+            out.push((format!("{}#{i}", b.key), bytes));
+        }
+    }
+    out
+}
+
 /// An LSN (`X/Y`, hexadecimal) as a number.
 pub fn lsn_value(lsn: &str) -> Option<u64> {
     let (hi, lo) = lsn.split_once('/')?;
@@ -401,6 +432,32 @@ mod tests {
         let sizes: Vec<usize> = two.iter().map(|b| b.records.len()).collect();
         assert_eq!(sizes, [2, 1, 2]);
         assert_eq!(batches(per_tx(), 2, "s"), two, "the same cut every time");
+    }
+
+    #[test]
+    fn events_over_the_limit_are_cut_and_images_dropped_last() {
+        let txs = transactions(&sample()).unwrap();
+        let per_tx: Vec<Vec<Record>> = txs.iter().map(|t| records(t, &spec(""), "shop")).collect();
+        let all = batches(per_tx, 10, "s");
+        let whole = events(all.clone(), 1 << 20);
+        assert_eq!(whole.len(), 1);
+        let one: Value = serde_json::from_slice(&whole[0].1).unwrap();
+        assert_eq!(one["Records"].as_array().unwrap().len(), 5);
+        // Too large together: one event per record, keys apart.
+        let largest = whole[0].1.len() / 2;
+        let cut = events(all.clone(), largest);
+        assert_eq!(cut.len(), 5);
+        assert!(cut[0].0.ends_with("#0") && cut[4].0.ends_with("#4"));
+        assert!(cut.iter().all(|(_, b)| b.len() <= largest));
+        // A record too large alone keeps its keys, without images.
+        let tiny = events(all, 400);
+        let r: Value = serde_json::from_slice(&tiny[0].1).unwrap();
+        let db = &r["Records"][0]["dbChange"];
+        assert_eq!(
+            (db["Truncated"].as_bool(), &db["Keys"]),
+            (Some(true), &json!({"id": 1}))
+        );
+        assert!(db.get("NewImage").is_none());
     }
 
     #[test]

@@ -608,32 +608,10 @@ impl Reader {
         if count == 0 {
             return Ok(0);
         }
-        let mut events: Vec<(String, Vec<u8>)> = Vec::new();
-        for b in decode::batches(per_tx, self.spec.batch_size as usize, &self.slot) {
-            let body = serde_json::json!({ "Records": b.records });
-            let bytes = serde_json::to_vec(&body).expect("an event serialises");
-            if bytes.len() <= self.max_event_bytes {
-                events.push((b.key, bytes));
-                continue;
-            }
-            // Too large for one event: each record alone, and a record
-            // still too large without its images (its keys say which row).
-            for (i, mut r) in b.records.into_iter().enumerate() {
-                let key = format!("{}#{i}", b.key);
-                let mut bytes = serde_json::to_vec(&serde_json::json!({ "Records": [&r] }))
-                    .expect("an event serialises");
-                if bytes.len() > self.max_event_bytes {
-                    if let Some(db) = r["dbChange"].as_object_mut() {
-                        db.remove("NewImage");
-                        db.remove("OldImage");
-                        db.insert("Truncated".into(), serde_json::Value::Bool(true));
-                    }
-                    bytes = serde_json::to_vec(&serde_json::json!({ "Records": [r] }))
-                        .expect("an event serialises");
-                }
-                events.push((key, bytes));
-            }
-        }
+        let events = decode::events(
+            decode::batches(per_tx, self.spec.batch_size as usize, &self.slot),
+            self.max_event_bytes,
+        );
         // Every call is sent to the queue in order as soon as it is first
         // polled; they commit together.
         let calls = events.into_iter().map(|(key, bytes)| {
