@@ -11,6 +11,7 @@ pub mod events;
 pub mod invocation;
 pub mod manifest;
 pub mod network;
+pub mod postgres;
 pub mod runtimes;
 pub mod schedule;
 pub mod sources;

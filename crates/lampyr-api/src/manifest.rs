@@ -217,6 +217,8 @@ pub enum TriggerSpec {
     Timer(TimerSpec),
     /// S3-format bucket notifications: each record is an asynchronous event.
     Storage(crate::storage::StorageSpec),
+    /// A PostgreSQL database's row changes (logical decoding).
+    Postgres(crate::postgres::PostgresSpec),
 }
 
 /// A `[[triggers]]` table with `type = "timer"`.
@@ -274,7 +276,7 @@ impl TriggerSpec {
     }
 
     /// Every trigger type, by the name a manifest gives it.
-    pub const TYPES: &'static [&'static str] = &["http", "timer", "storage"];
+    pub const TYPES: &'static [&'static str] = &["http", "timer", "storage", "postgres"];
 
     /// What the records call invocations from this trigger.
     pub fn kind(&self) -> crate::TriggerKind {
@@ -282,6 +284,7 @@ impl TriggerSpec {
             TriggerSpec::Http => crate::TriggerKind::Http,
             TriggerSpec::Timer(_) => crate::TriggerKind::Timer,
             TriggerSpec::Storage(_) => crate::TriggerKind::Storage,
+            TriggerSpec::Postgres(_) => crate::TriggerKind::Postgres,
         }
     }
 
@@ -317,6 +320,10 @@ impl TriggerSpec {
             "storage" => (
                 TriggerSpec::Storage(crate::storage::StorageSpec::from_table(i, table)?),
                 crate::storage::KEYS,
+            ),
+            "postgres" => (
+                TriggerSpec::Postgres(crate::postgres::PostgresSpec::from_table(i, table)?),
+                crate::postgres::KEYS,
             ),
             other => {
                 return Err(ManifestError::invalid(
@@ -633,6 +640,9 @@ impl FunctionSpec {
                             ));
                         }
                     }
+                    if let TriggerSpec::Postgres(p) = &spec {
+                        p.check_unique(i, &raw.name, &triggers)?;
+                    }
                     triggers.push(spec);
                 }
                 triggers
@@ -713,6 +723,18 @@ impl FunctionSpec {
             TriggerSpec::Storage(t) => Some(t),
             _ => None,
         })
+    }
+
+    /// The same spec with every secret in it (a database's password)
+    /// replaced by `***`: what the API shows.
+    pub fn redacted(&self) -> FunctionSpec {
+        let mut s = self.clone();
+        for t in &mut s.triggers {
+            if let TriggerSpec::Postgres(p) = t {
+                p.dsn = crate::postgres::redact_dsn(&p.dsn);
+            }
+        }
+        s
     }
 
     /// Whether the function can be called through its URL.
@@ -842,7 +864,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-fn duration_in(
+pub(crate) fn duration_in(
     key: &str,
     value: Option<&str>,
     default: Duration,

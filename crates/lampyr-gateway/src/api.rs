@@ -60,7 +60,8 @@ fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
             .map(|q| lampyr_async::timer_info(q, &spec))
             .unwrap_or_default(),
         sources: Vec::new(),
-        spec,
+        // Secrets (a database's password) are not shown.
+        spec: spec.redacted(),
     }
 }
 

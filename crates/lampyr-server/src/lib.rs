@@ -259,6 +259,9 @@ impl Server {
         triggers.add(Arc::new(lampyr_async::AsyncTrigger::new(events.clone())));
         triggers.add(Arc::new(lampyr_async::TimerTrigger::new(events)));
         triggers.add(storage);
+        triggers.add(Arc::new(lampyr_source_postgres::PostgresTrigger::new(
+            cfg.async_.to_config()?.max_event_bytes,
+        )));
         Ok(Server {
             app,
             sched,
