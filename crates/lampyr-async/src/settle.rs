@@ -28,7 +28,7 @@ use crate::journal::{self, AcceptRec, Outcome, Pos, Reader, Rec};
 use crate::queue::{now_ms, Ev, EventQueue, QueueError, IDEMPOTENCY_WINDOW};
 
 /// Records applied in one transaction at most.
-const MAX_BATCH: usize = 16_384;
+const MAX_BATCH: usize = 4096;
 
 /// Journal bytes behind at which settling runs at normal priority.
 const URGENT_BACKLOG: u64 = 128 << 20;
