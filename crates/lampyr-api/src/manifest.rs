@@ -29,6 +29,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::network::AllowRule;
+pub use nats::{NatsAuth, NatsSpec};
+
+mod nats;
 pub use crate::runtimes::Runtime;
 
 /// Who may call a function's HTTP trigger.
@@ -215,6 +218,8 @@ pub enum TriggerSpec {
     Http,
     /// A schedule: each firing is an asynchronous event.
     Timer(TimerSpec),
+    /// A NATS JetStream stream: its messages, in batches.
+    Nats(NatsSpec),
 }
 
 /// A `[[triggers]]` table with `type = "timer"`.
@@ -272,13 +277,14 @@ impl TriggerSpec {
     }
 
     /// Every trigger type, by the name a manifest gives it.
-    pub const TYPES: &'static [&'static str] = &["http", "timer"];
+    pub const TYPES: &'static [&'static str] = &["http", "timer", "nats"];
 
     /// What the records call invocations from this trigger.
     pub fn kind(&self) -> crate::TriggerKind {
         match self {
             TriggerSpec::Http => crate::TriggerKind::Http,
             TriggerSpec::Timer(_) => crate::TriggerKind::Timer,
+            TriggerSpec::Nats(_) => crate::TriggerKind::Nats,
         }
     }
 
@@ -310,6 +316,10 @@ impl TriggerSpec {
                 &[
                     "type", "name", "cron", "timezone", "payload", "enabled", "catch_up", "overlap",
                 ],
+            ),
+            "nats" => (
+                TriggerSpec::Nats(NatsSpec::from_table(i, table)?),
+                NatsSpec::KEYS,
             ),
             other => {
                 return Err(ManifestError::invalid(
@@ -604,6 +614,17 @@ impl FunctionSpec {
                             "is a second HTTP trigger: a function has one URL",
                         ));
                     }
+                    if let TriggerSpec::Nats(n) = &spec {
+                        if triggers
+                            .iter()
+                            .any(|o| matches!(o, TriggerSpec::Nats(o) if o.name == n.name))
+                        {
+                            return Err(ManifestError::invalid(
+                                &format!("triggers[{i}].name"),
+                                format!("\"{}\" is the name of another NATS trigger: give each one a name of its own", n.name),
+                            ));
+                        }
+                    }
                     if let TriggerSpec::Timer(t) = &spec {
                         let taken = triggers
                             .iter()
@@ -687,6 +708,25 @@ impl FunctionSpec {
             TriggerSpec::Timer(t) => Some(t),
             _ => None,
         })
+    }
+
+    /// The function's NATS triggers.
+    pub fn nats(&self) -> impl Iterator<Item = &NatsSpec> {
+        self.triggers.iter().filter_map(|t| match t {
+            TriggerSpec::Nats(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// The spec as shown outside the server: trigger credentials replaced.
+    pub fn redacted(&self) -> FunctionSpec {
+        let mut s = self.clone();
+        for t in &mut s.triggers {
+            if let TriggerSpec::Nats(n) = t {
+                n.auth = n.auth.redacted();
+            }
+        }
+        s
     }
 
     /// Whether the function can be called through its URL.
