@@ -78,6 +78,8 @@ pub struct App {
     metrics_cache: parking_lot::Mutex<Option<(std::time::Instant, Bytes)>>,
     /// The asynchronous event queue, where the server has one.
     pub(crate) events: Option<Arc<lampyr_async::EventQueue>>,
+    /// The event sources' states, once the triggers are assembled.
+    sources: std::sync::OnceLock<lampyr_triggers::Statuses>,
 }
 
 impl std::ops::Deref for AppState {
@@ -105,6 +107,7 @@ impl AppState {
             stopping: tokio::sync::watch::Sender::new(false),
             metrics_cache: parking_lot::Mutex::new(None),
             events: None,
+            sources: std::sync::OnceLock::new(),
         }))
     }
 
@@ -116,6 +119,19 @@ impl AppState {
             None => panic!("AppState::with_events called after the state was shared"),
         }
         self
+    }
+
+    /// Where `GET /api/v1/functions/NAME`, the dashboard and `/metrics`
+    /// read how the function's event sources are doing (set once).
+    pub fn set_sources(&self, statuses: lampyr_triggers::Statuses) {
+        let _ = self.sources.set(statuses);
+    }
+
+    pub(crate) fn sources_of(&self, function: &str) -> Vec<lampyr_api::sources::SourceStatus> {
+        self.sources
+            .get()
+            .map(|s| s.of(function))
+            .unwrap_or_default()
     }
 
     /// The function service behind the edge.

@@ -253,6 +253,8 @@ impl Server {
         triggers.add(http.clone());
         triggers.add(Arc::new(lampyr_async::AsyncTrigger::new(events.clone())));
         triggers.add(Arc::new(lampyr_async::TimerTrigger::new(events)));
+        triggers.add(Arc::new(lampyr_source_nats::NatsTrigger::new()));
+        app.set_sources(triggers.statuses());
         Ok(Server {
             app,
             sched,

@@ -146,7 +146,16 @@ impl TriggerSet {
 
     /// How the event sources of `function` are doing, every trigger's.
     pub fn status(&self, function: &str) -> Vec<lampyr_api::sources::SourceStatus> {
-        self.triggers.iter().flat_map(|t| t.status(function)).collect()
+        self.triggers
+            .iter()
+            .flat_map(|t| t.status(function))
+            .collect()
+    }
+
+    /// A handle that reads [`TriggerSet::status`] from elsewhere (the API,
+    /// `/metrics`), for the triggers added so far.
+    pub fn statuses(&self) -> Statuses {
+        Statuses(self.triggers.clone().into())
     }
 
     /// Shuts every trigger down, all at once, and waits for them.
@@ -155,5 +164,16 @@ impl TriggerSet {
             f.abort();
         }
         futures_util::future::join_all(self.triggers.iter().map(|t| t.shutdown())).await;
+    }
+}
+
+/// How the event sources of a function are doing, read from outside the
+/// set (see [`TriggerSet::statuses`]).
+#[derive(Clone)]
+pub struct Statuses(Arc<[Arc<dyn Trigger>]>);
+
+impl Statuses {
+    pub fn of(&self, function: &str) -> Vec<lampyr_api::sources::SourceStatus> {
+        self.0.iter().flat_map(|t| t.status(function)).collect()
     }
 }
