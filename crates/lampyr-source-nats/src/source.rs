@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind, Message};
-use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
+use async_nats::{ConnectOptions, ServerAddr};
 use futures_util::StreamExt;
 use lampyr_api::sources::{SourceState, SourceStatus};
 use lampyr_api::{FunctionError, NatsAuth, NatsSpec, TriggerKind};
@@ -433,7 +433,7 @@ async fn settle_failure(
         let _ = m.double_ack_with(AckKind::Term).await;
         return;
     };
-    let mut headers = m.headers.clone().unwrap_or_else(HeaderMap::new);
+    let mut headers = m.headers.clone().unwrap_or_default();
     headers.insert("Lampyr-Function", ctx.function.as_str());
     headers.insert("Lampyr-Trigger", spec.name.as_str());
     headers.insert("Lampyr-Original-Subject", m.subject.as_str());

@@ -564,6 +564,10 @@ fn sigkill_while_messages_flow_loses_nothing() {
             );
         }
     }
+    eprintln!(
+        "{} of {N} messages seen before the kill; {duplicates} delivered again after it",
+        before.len()
+    );
     assert!(
         duplicates <= 10,
         "{duplicates} duplicates, more than were in flight"

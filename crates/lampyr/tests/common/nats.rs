@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
+/// A message as a stream keeps it: subject, headers, payload.
+pub type StoredMessage = (String, Vec<(String, String)>, Vec<u8>);
+
 /// A running `nats-server` with JetStream.
 pub struct NatsServer {
     pub port: u16,
@@ -143,8 +146,8 @@ impl NatsServer {
             .sequence
     }
 
-    /// The messages of `stream`, in order: (subject, headers, payload).
-    pub fn messages(&self, stream: &str) -> Vec<(String, Vec<(String, String)>, Vec<u8>)> {
+    /// The messages of `stream`, in order.
+    pub fn messages(&self, stream: &str) -> Vec<StoredMessage> {
         let js = self.js();
         self.rt.block_on(async move {
             let mut s = js.get_stream(stream).await.expect("the stream");
