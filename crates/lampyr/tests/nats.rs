@@ -574,3 +574,67 @@ fn sigkill_while_messages_flow_loses_nothing() {
     );
     drop(server);
 }
+
+/// A deploy that changes the trigger replaces its source (the durable
+/// consumer carries on where it was); a deploy without it, or a delete,
+/// stops it: messages then wait in the stream.
+#[test]
+fn deploys_and_deletes_replace_and_stop_sources() {
+    let nats = NatsServer::start();
+    nats.stream("ORDERS", &["orders.>"]);
+    let server = Server::start();
+    let witness = Witness::start(Policy::default());
+    let f = function("moving", &witness, &nats_trigger(&nats, ""));
+    server.deploy(f.path());
+    nats.publish("orders.new", &[], b"one");
+    server.wait_until("the first delivery", LIMIT, || witness.seen().len() == 1);
+    // A new setting: a new source on the same consumer.
+    let f = function("moving", &witness, &nats_trigger(&nats, "batch_size = 5\n"));
+    server.deploy(f.path());
+    nats.publish("orders.new", &[], b"two");
+    server.wait_until("the second delivery", LIMIT, || witness.seen().len() == 2);
+    let seqs: Vec<u64> = witness.seen().iter().map(|s| s.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+    // Without the trigger: stopped, and no longer shown.
+    let f = function("moving", &witness, "triggers = []\n");
+    server.deploy(f.path());
+    server.wait_until("no source", LIMIT, || {
+        info_json(&server, "moving")["sources"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+    });
+    nats.publish("orders.new", &[], b"three");
+    server.wait_until("the message waits in the stream", LIMIT, || {
+        nats.consumer("ORDERS", "lampyr-moving-nats").0 == 1
+    });
+    // Back, then deleted.
+    let f = function("moving", &witness, &nats_trigger(&nats, ""));
+    server.deploy(f.path());
+    server.wait_until("the waiting message", LIMIT, || witness.seen().len() == 3);
+    let r = server.api("DELETE", "/functions/moving", None);
+    assert!(r.status < 300, "{}", r.text());
+    nats.publish("orders.new", &[], b"four");
+    server.wait_until("the message waits in the stream", LIMIT, || {
+        nats.consumer("ORDERS", "lampyr-moving-nats").0 == 1
+    });
+    assert_eq!(witness.seen().len(), 3);
+}
+
+/// SIGTERM while a batch runs: the server stops fetching, the running
+/// invocation finishes and its message is acked, not redelivered.
+#[test]
+fn shutdown_lets_running_batches_finish_and_ack() {
+    let nats = NatsServer::start();
+    nats.stream("ORDERS", &["orders.>"]);
+    let mut server = Server::start();
+    let witness = Witness::start(Policy {
+        sleep_ms: 1500,
+        ..Default::default()
+    });
+    let f = function("draining", &witness, &nats_trigger(&nats, ""));
+    server.deploy(f.path());
+    nats.publish("orders.new", &[], b"one");
+    server.wait_until("the delivery", LIMIT, || witness.seen().len() == 1);
+    assert!(server.stop().success());
+    assert_eq!(nats.consumer("ORDERS", "lampyr-draining-nats"), (0, 0, 1));
+}
