@@ -488,6 +488,13 @@ fn a_source_that_is_down_retries_and_connects_when_it_comes_up() {
         request("GET", &format!("{}/healthz", server.url), None, &[]).status,
         200
     );
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("NATS trigger not consuming") && l.contains(&url)),
+        "the log says why"
+    );
     let nats = NatsServer::start_on(port, None);
     nats.stream("ORDERS", &["orders.>"]);
     server.wait_until("the source connects", LIMIT, || {
