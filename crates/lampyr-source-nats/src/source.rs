@@ -541,3 +541,15 @@ async fn invoke(ctx: &Ctx, meta: &[Delivered], body: Vec<u8>) -> Verdict {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_wait_is_half_the_timeout_within_bounds() {
+        assert_eq!(ack_wait(Duration::from_secs(10)), Duration::from_secs(5));
+        assert_eq!(ack_wait(Duration::from_millis(500)), Duration::from_secs(1));
+        assert_eq!(ack_wait(Duration::from_secs(900)), Duration::from_secs(30));
+    }
+}
