@@ -645,3 +645,43 @@ fn shutdown_lets_running_batches_finish_and_ack() {
     assert!(server.stop().success());
     assert_eq!(nats.consumer("ORDERS", "lampyr-draining-nats"), (0, 0, 1));
 }
+
+/// User and password: the right ones connect; a wrong password leaves the
+/// source retrying with the server's reason, and neither password shows
+/// in the CLI, the API or the log.
+#[test]
+fn user_and_password_connect_and_a_wrong_one_is_reported_without_it() {
+    let nats = NatsServer::start_with_user("app", "right-pass-1");
+    nats.stream("ORDERS", &["orders.>"]);
+    let server = Server::start();
+    let witness = Witness::start(Policy::default());
+    let good = function(
+        "userpass",
+        &witness,
+        &nats_trigger(&nats, "user = \"app\"\npassword = \"right-pass-1\"\n"),
+    );
+    server.deploy(good.path());
+    nats.publish("orders.new", &[], b"hi");
+    server.wait_until("the delivery", LIMIT, || witness.seen().len() == 1);
+    let bad = function(
+        "wrongpass",
+        &witness,
+        &nats_trigger(&nats, "user = \"app\"\npassword = \"wrong-pass-2\"\n"),
+    );
+    server.deploy(bad.path());
+    server.wait_until("the source retries", LIMIT, || {
+        source_state(&server, "wrongpass") == "retrying"
+    });
+    let info = info_json(&server, "wrongpass");
+    let err = info["sources"][0]["last_error"].as_str().unwrap_or("");
+    assert!(err.to_lowercase().contains("authorization"), "{err}");
+    let shown = format!(
+        "{info}{}{}",
+        server.api("GET", "/functions/userpass", None).text(),
+        server.log().join("\n")
+    );
+    assert!(
+        !shown.contains("right-pass-1") && !shown.contains("wrong-pass-2"),
+        "{shown}"
+    );
+}

@@ -56,17 +56,37 @@ impl NatsServer {
         NatsServer::start_on(free_port(), Some(token))
     }
 
+    /// One that requires `user` and `password` from its clients.
+    pub fn start_with_user(user: &str, password: &str) -> NatsServer {
+        NatsServer::launch(
+            free_port(),
+            &["--user", user, "--pass", password],
+            async_nats::ConnectOptions::new().user_and_password(user.into(), password.into()),
+        )
+    }
+
     /// One on `port`.
     pub fn start_on(port: u16, token: Option<&str>) -> NatsServer {
+        let mut s = match token {
+            Some(t) => NatsServer::launch(
+                port,
+                &["--auth", t],
+                async_nats::ConnectOptions::new().token(t.to_string()),
+            ),
+            None => NatsServer::launch(port, &[], async_nats::ConnectOptions::new()),
+        };
+        s.token = token.map(str::to_string);
+        s
+    }
+
+    fn launch(port: u16, args: &[&str], opts: async_nats::ConnectOptions) -> NatsServer {
         let store = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(executable());
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store.path())
             .arg("-l")
             .arg(store.path().join("server.log"));
-        if let Some(t) = token {
-            cmd.args(["--auth", t]);
-        }
+        cmd.args(args);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -93,10 +113,6 @@ impl NatsServer {
             .build()
             .unwrap();
         let url = format!("nats://127.0.0.1:{port}");
-        let mut opts = async_nats::ConnectOptions::new();
-        if let Some(t) = token {
-            opts = opts.token(t.to_string());
-        }
         let client = rt
             .block_on(opts.connect(url))
             .expect("the test connects to its nats-server");
@@ -105,7 +121,7 @@ impl NatsServer {
             child,
             _store: store,
             rt,
-            token: token.map(str::to_string),
+            token: None,
             client,
         }
     }
