@@ -10,7 +10,8 @@
 // it echoes after `Hello QUERY`). The script invokes it itself too
 // (`URL/fn/NAME?from=ui-test`). NAME2 is a function whose initialisation
 // fails, called at least once. NAME3 has three timers: `often` (@every
-// 1s, logging `tick often`), `daily` and `paused` (disabled). The page
+// 1s, logging `tick often`), `daily` and `paused` (disabled), and a NATS
+// trigger `orders` whose server cannot be reached. The page
 // may ask nothing of any address but URL's. It prints each check and exits
 // non-zero with a clear message on the first failure.
 import { mkdtempSync, rmSync, statSync, existsSync } from 'node:fs';
@@ -344,6 +345,18 @@ try {
   });
   if (tickLines.ids.join() !== tickLines.id) fail(`the timer firing's log panel shows lines of ${tickLines.ids.join(', ')}, not only ${tickLines.id}`);
   ok(`timers: ${daily.next.map((n) => n.text).join(', ')} next for daily; paused disabled; often last fired ${often.last.text}, its log lines one click away`);
+  // Its event source: retrying, with the error the API gives.
+  const src = await until(page, 'the event source retrying', () => {
+    const card = document.querySelector('[data-testid="sources"]');
+    const rs = [...document.querySelectorAll('[data-testid="source-row"]')];
+    return card && !card.hidden && rs.length === 1 && rs[0].dataset.state === 'retrying'
+      ? { trigger: rs[0].dataset.trigger, error: rs[0].querySelector('[data-testid="source-error"]').textContent } : false;
+  });
+  const apiSource = (await api(`/functions/${encodeURIComponent(TIMERS)}`)).sources[0];
+  if (src.trigger !== 'orders' || apiSource.state !== 'retrying' || !apiSource.last_error || !src.error.includes(apiSource.last_error)) {
+    fail(`the event source shows ${JSON.stringify(src)}, the API ${JSON.stringify(apiSource)}`);
+  }
+  ok(`event source: orders retrying, "${apiSource.last_error}"`);
   await page.locator('#crumbs a').first().click();
   await page.locator(`[data-testid="function-row"][data-name="${NAME}"] [data-testid="function-link"]`).click();
   await until(page, 'the detail of the function again', (n) => document.querySelector('[data-testid="detail-name"]')?.textContent === n, NAME);

@@ -20,7 +20,8 @@ pub mod types;
 
 pub use invocation::{FunctionError, StartKind, Status, TriggerKind};
 pub use manifest::{
-    Auth, CatchUp, FunctionSpec, ManifestError, Network, Overlap, TimerSpec, TriggerSpec,
+    Auth, CatchUp, FunctionSpec, ManifestError, NatsAuth, NatsSpec, Network, Overlap, TimerSpec,
+    TriggerSpec,
 };
 pub use network::AllowRule;
 pub use runtimes::Runtime;

@@ -29,6 +29,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::network::AllowRule;
+pub use nats::{NatsAuth, NatsSpec};
+
+mod nats;
 pub use crate::runtimes::Runtime;
 
 /// Who may call a function's HTTP trigger.
@@ -219,6 +222,8 @@ pub enum TriggerSpec {
     Storage(crate::storage::StorageSpec),
     /// A PostgreSQL database's row changes (logical decoding).
     Postgres(crate::postgres::PostgresSpec),
+    /// A NATS JetStream stream: its messages, in batches.
+    Nats(NatsSpec),
 }
 
 /// A `[[triggers]]` table with `type = "timer"`.
@@ -276,7 +281,7 @@ impl TriggerSpec {
     }
 
     /// Every trigger type, by the name a manifest gives it.
-    pub const TYPES: &'static [&'static str] = &["http", "timer", "storage", "postgres"];
+    pub const TYPES: &'static [&'static str] = &["http", "timer", "nats", "storage", "postgres"];
 
     /// What the records call invocations from this trigger.
     pub fn kind(&self) -> crate::TriggerKind {
@@ -285,6 +290,7 @@ impl TriggerSpec {
             TriggerSpec::Timer(_) => crate::TriggerKind::Timer,
             TriggerSpec::Storage(_) => crate::TriggerKind::Storage,
             TriggerSpec::Postgres(_) => crate::TriggerKind::Postgres,
+            TriggerSpec::Nats(_) => crate::TriggerKind::Nats,
         }
     }
 
@@ -324,6 +330,10 @@ impl TriggerSpec {
             "postgres" => (
                 TriggerSpec::Postgres(crate::postgres::PostgresSpec::from_table(i, table)?),
                 crate::postgres::KEYS,
+            ),
+            "nats" => (
+                TriggerSpec::Nats(NatsSpec::from_table(i, table)?),
+                NatsSpec::KEYS,
             ),
             other => {
                 return Err(ManifestError::invalid(
@@ -618,6 +628,17 @@ impl FunctionSpec {
                             "is a second HTTP trigger: a function has one URL",
                         ));
                     }
+                    if let TriggerSpec::Nats(n) = &spec {
+                        if triggers
+                            .iter()
+                            .any(|o| matches!(o, TriggerSpec::Nats(o) if o.name == n.name))
+                        {
+                            return Err(ManifestError::invalid(
+                                &format!("triggers[{i}].name"),
+                                format!("\"{}\" is the name of another NATS trigger: give each one a name of its own", n.name),
+                            ));
+                        }
+                    }
                     if let TriggerSpec::Timer(t) = &spec {
                         let taken = triggers
                             .iter()
@@ -725,13 +746,24 @@ impl FunctionSpec {
         })
     }
 
-    /// The same spec with every secret in it (a database's password)
-    /// replaced by `***`: what the API shows.
+    /// The function's NATS triggers.
+    pub fn nats(&self) -> impl Iterator<Item = &NatsSpec> {
+        self.triggers.iter().filter_map(|t| match t {
+            TriggerSpec::Nats(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// The spec as shown outside the server: secrets in triggers (a
+    /// database's password, a broker's credentials) replaced.
     pub fn redacted(&self) -> FunctionSpec {
         let mut s = self.clone();
         for t in &mut s.triggers {
             if let TriggerSpec::Postgres(p) = t {
                 p.dsn = crate::postgres::redact_dsn(&p.dsn);
+            }
+            if let TriggerSpec::Nats(n) = t {
+                n.auth = n.auth.redacted();
             }
         }
         s

@@ -455,6 +455,24 @@ pub fn info(client: &Client, name: &str, json: bool) -> Result<(), CommandError>
             );
         }
     }
+    for src in &f.sources {
+        let lag = src
+            .lag
+            .map(|l| format!(", lag {l} {}", src.lag_unit.as_deref().unwrap_or("")))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "source {} ({}): {}{lag}, {} delivered",
+            src.trigger,
+            src.kind,
+            src.state.as_str(),
+            src.delivered
+        );
+        if let Some(e) = &src.last_error {
+            let at = src.last_error_at.as_deref().unwrap_or("?");
+            let _ = writeln!(o, "    last error: {e} ({at})");
+        }
+    }
     if !lampyr_api::manifest::TriggerSpec::is_default(&s.triggers) {
         let kinds: Vec<&str> = s.triggers.iter().map(|t| t.kind().as_str()).collect();
         let _ = writeln!(

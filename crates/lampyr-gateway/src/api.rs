@@ -59,7 +59,7 @@ fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
             .as_ref()
             .map(|q| lampyr_async::timer_info(q, &spec))
             .unwrap_or_default(),
-        sources: Vec::new(),
+        sources: app.sources_of(&rec.name),
         // Secrets (a database's password) are not shown.
         spec: spec.redacted(),
     }
@@ -571,6 +571,7 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
                 if let Some(q) = &app.events {
                     text.push_str(&q.metrics_text());
                 }
+                text.push_str(&sources_metrics(&app));
                 let text: Bytes = text.into();
                 *cache = Some((std::time::Instant::now(), text.clone()));
                 text
@@ -583,4 +584,64 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
         axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// The event sources' gauges, per function and trigger.
+fn sources_metrics(app: &AppState) -> String {
+    use lampyr_api::sources::SourceState;
+    use std::fmt::Write;
+    let mut rows = Vec::new();
+    for f in app.sched.functions() {
+        for s in app.sources_of(&f.name) {
+            rows.push((f.name.clone(), s));
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let label = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    out.push_str("# HELP lampyr_source_state Whether an event source is in each state (1) or not (0).\n# TYPE lampyr_source_state gauge\n");
+    for (f, s) in &rows {
+        for st in [
+            SourceState::Connecting,
+            SourceState::Connected,
+            SourceState::Retrying,
+            SourceState::Stopped,
+        ] {
+            let _ =
+                writeln!(
+                out,
+                "lampyr_source_state{{function=\"{}\",trigger=\"{}\",kind=\"{}\",state=\"{}\"}} {}",
+                label(f), label(&s.trigger), s.kind, st.as_str(), u8::from(s.state == st)
+            );
+        }
+    }
+    out.push_str("# HELP lampyr_source_lag How far behind its source a trigger is, in the source's unit (unit label).\n# TYPE lampyr_source_lag gauge\n");
+    for (f, s) in &rows {
+        if let Some(lag) = s.lag {
+            let _ =
+                writeln!(
+                out,
+                "lampyr_source_lag{{function=\"{}\",trigger=\"{}\",kind=\"{}\",unit=\"{}\"}} {lag}",
+                label(f), label(&s.trigger), s.kind, label(s.lag_unit.as_deref().unwrap_or(""))
+            );
+        }
+    }
+    out.push_str("# HELP lampyr_source_delivered Events an event source delivered to its function since the server started.\n# TYPE lampyr_source_delivered gauge\n");
+    for (f, s) in &rows {
+        let _ = writeln!(
+            out,
+            "lampyr_source_delivered{{function=\"{}\",trigger=\"{}\",kind=\"{}\"}} {}",
+            label(f),
+            label(&s.trigger),
+            s.kind,
+            s.delivered
+        );
+    }
+    out
 }

@@ -81,6 +81,8 @@ pub struct App {
     pub(crate) events: Option<Arc<lampyr_async::EventQueue>>,
     /// Event-source triggers served at `/sources/KIND/...`, by kind.
     pub(crate) webhooks: Vec<(&'static str, Arc<dyn lampyr_triggers::webhook::Webhook>)>,
+    /// The event sources' states, once the triggers are assembled.
+    sources: std::sync::OnceLock<lampyr_triggers::Statuses>,
 }
 
 impl std::ops::Deref for AppState {
@@ -109,6 +111,7 @@ impl AppState {
             metrics_cache: parking_lot::Mutex::new(None),
             events: None,
             webhooks: Vec::new(),
+            sources: std::sync::OnceLock::new(),
         }))
     }
 
@@ -134,6 +137,19 @@ impl AppState {
             None => panic!("AppState::with_webhook called after the state was shared"),
         }
         self
+    }
+
+    /// Where `GET /api/v1/functions/NAME`, the dashboard and `/metrics`
+    /// read how the function's event sources are doing (set once).
+    pub fn set_sources(&self, statuses: lampyr_triggers::Statuses) {
+        let _ = self.sources.set(statuses);
+    }
+
+    pub(crate) fn sources_of(&self, function: &str) -> Vec<lampyr_api::sources::SourceStatus> {
+        self.sources
+            .get()
+            .map(|s| s.of(function))
+            .unwrap_or_default()
     }
 
     /// The function service behind the edge.

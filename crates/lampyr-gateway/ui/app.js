@@ -320,6 +320,8 @@
     $('d-facts').replaceChildren();
     $('d-timers').replaceChildren();
     $('d-timers-card').hidden = true;
+    $('d-sources').replaceChildren();
+    $('d-sources-card').hidden = true;
     $('d-error').hidden = true;
     renderTiles(null);
     for (const id of ['chart-invocations', 'chart-latency', 'chart-instances', 'chart-phases']) $(id).replaceChildren(empty('Loading…'));
@@ -369,6 +371,23 @@
       fact('Code', `${fmtBytes(f.code_size)} · ${(f.code_sha256 || '').slice(0, 8)}`, 'detail-code'),
       fact('Updated', fmtAgo(f.updated_at), 'detail-updated'));
     renderTimers(st, f.timers || []);
+    renderSources(f.sources || []);
+  }
+
+  // Each event source (broker, bucket, database): its state, lag and
+  // latest error, as the trigger reports them.
+  const SOURCE_STATES = { connected: 'status-ok', retrying: 'status-bad' };
+  function renderSources(sources) {
+    $('d-sources-card').hidden = !sources.length;
+    $('d-sources').replaceChildren(...sources.map((s) => h('tr', { 'data-testid': 'source-row', 'data-trigger': s.trigger, 'data-state': s.state },
+      h('td', { class: 'name' }, s.trigger),
+      h('td', { text: s.kind }),
+      h('td', {}, h('span', { class: SOURCE_STATES[s.state] || 'muted', 'data-testid': 'source-state', text: s.state })),
+      h('td', { class: 'mono', text: s.lag != null ? `${s.lag} ${s.lag_unit || ''}` : '—' }),
+      h('td', { class: 'mono', text: String(s.delivered || 0) }),
+      h('td', { 'data-testid': 'source-error' }, s.last_error
+        ? h('span', { title: s.last_error_at || '' }, h('span', { text: s.last_error }), h('span', { class: 'muted small', text: s.last_error_at ? ` ${fmtAgo(s.last_error_at)}` : '' }))
+        : h('span', { class: 'muted', text: '—' })))));
   }
 
   // ---------- timers ----------

@@ -262,6 +262,8 @@ impl Server {
         triggers.add(Arc::new(lampyr_source_postgres::PostgresTrigger::new(
             cfg.async_.to_config()?.max_event_bytes,
         )));
+        triggers.add(Arc::new(lampyr_source_nats::NatsTrigger::new()));
+        app.set_sources(triggers.statuses());
         Ok(Server {
             app,
             sched,

@@ -154,11 +154,28 @@ impl TriggerSet {
             .collect()
     }
 
+    /// A handle that reads [`TriggerSet::status`] from elsewhere (the API,
+    /// `/metrics`), for the triggers added so far.
+    pub fn statuses(&self) -> Statuses {
+        Statuses(self.triggers.clone().into())
+    }
+
     /// Shuts every trigger down, all at once, and waits for them.
     pub async fn shutdown(&mut self) {
         if let Some(f) = self.follower.take() {
             f.abort();
         }
         futures_util::future::join_all(self.triggers.iter().map(|t| t.shutdown())).await;
+    }
+}
+
+/// How the event sources of a function are doing, read from outside the
+/// set (see [`TriggerSet::statuses`]).
+#[derive(Clone)]
+pub struct Statuses(Arc<[Arc<dyn Trigger>]>);
+
+impl Statuses {
+    pub fn of(&self, function: &str) -> Vec<lampyr_api::sources::SourceStatus> {
+        self.0.iter().flat_map(|t| t.status(function)).collect()
     }
 }

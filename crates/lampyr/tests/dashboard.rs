@@ -2,7 +2,7 @@
 //! `chromium`, driven by npm `playwright-core` from `tests/ui`) opens `/ui`
 //! on a live server and checks the function list, the detail view, the
 //! time ranges, the test panel, the recent invocations, a request's logs,
-//! the live log tail and a function's timers, and that the page asks
+//! the live log tail, a function's timers and event sources, and that the page asks
 //! nothing of any other address (`tests/ui/dashboard.mjs` says exactly
 //! what it checks).
 
@@ -120,11 +120,16 @@ fn dashboard_in_a_real_browser() {
         server.info("dash-broken")["events"]["dead_letters"] == 1
     });
 
-    // A function with timers only.
+    // A function with timers only, and an event source that cannot be
+    // reached (nothing listens on its port).
+    let source = format!(
+        "{TIMERS}\n[[triggers]]\ntype = \"nats\"\nname = \"orders\"\nservers = [\"nats://127.0.0.1:{}\"]\nstream = \"ORDERS\"\n",
+        common::nats::free_port()
+    );
     server.deploy(
         Fixture::node(
             "dash-timers",
-            TIMERS,
+            &source,
             "exports.handler = async (event) => { console.log('tick ' + event.triggerName); return 'ok'; };",
         )
         .path(),
