@@ -79,6 +79,7 @@ impl Trigger for AsyncTrigger {
         self.stop.notify_one();
         let task = self.task.lock().take();
         let in_flight = self.in_flight.clone();
+        let queue = self.queue.clone();
         Box::pin(async move {
             if let Some(t) = task {
                 let _ = t.await;
@@ -95,6 +96,8 @@ impl Trigger for AsyncTrigger {
                 }
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), all_done).await;
+            // Their outcomes are written before the server stops.
+            queue.flush();
         })
     }
 }
@@ -155,6 +158,28 @@ impl Dispatcher {
                 }
                 next
             };
+            // Every pick's lease in one write, before any of them runs.
+            let now = now_ms();
+            let leases: Vec<(i64, i64, i64)> = picks
+                .iter_mut()
+                .map(|ev| {
+                    let timeout = me
+                        .sched
+                        .current(&ev.function)
+                        .map_or(Duration::ZERO, |v| v.spec.timeout());
+                    ev.lease = me.queue.token();
+                    let until = now + (timeout + me.queue.cfg.lease_slack).as_millis() as i64;
+                    (ev.id, ev.lease, until)
+                })
+                .collect();
+            if !picks.is_empty() && !me.queue.lease(&leases).await {
+                // The journal could not be written: the events stay queued,
+                // and are tried again in a while.
+                for mut ev in picks.drain(..) {
+                    ev.lease = 0;
+                    me.again(ev, now + 1000);
+                }
+            }
             for ev in picks {
                 me.in_flight.n.fetch_add(1, Ordering::AcqRel);
                 let d = me.clone();
@@ -166,6 +191,9 @@ impl Dispatcher {
                     d.queue.wake.notify_one();
                 });
             }
+            // Outcomes reported since the last round are written now, in
+            // one write with whatever else is pending.
+            me.queue.flush();
             if last_prune.elapsed() > Duration::from_secs(60) {
                 last_prune = std::time::Instant::now();
                 me.queue.prune();
@@ -187,6 +215,7 @@ impl Dispatcher {
     }
 
     /// Runs one event and records what happened.
+    /// Runs one event, leased already.
     async fn run_one(&self, mut ev: Ev) {
         let q = &self.queue;
         let Some(version) = self.sched.current(&ev.function) else {
@@ -195,16 +224,6 @@ impl Dispatcher {
             return;
         };
         let spec = &version.spec;
-        let token = q.token();
-        let lease_until = now_ms() + (spec.timeout() + q.cfg.lease_slack).as_millis() as i64;
-        ev.lease = token;
-        if !q.lease(ev.id, token, lease_until).await {
-            // The journal could not be written: the event stays queued,
-            // and is tried again in a while.
-            ev.lease = 0;
-            self.again(ev, now_ms() + 1000);
-            return;
-        }
         let age = now_ms() - ev.created_ms;
         if age > spec.max_event_age_ms as i64 {
             let payload = self.payload(&ev).await.unwrap_or_default();

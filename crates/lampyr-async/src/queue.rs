@@ -516,11 +516,12 @@ impl EventQueue {
         self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Takes the lease of a queued event, in the journal before it answers
-    /// (a run that a crash interrupts is then known to be a rescue). False
-    /// if it could not be written.
-    pub(crate) async fn lease(&self, id: i64, token: i64, until_ms: i64) -> bool {
-        let end = self.writer.lock().append_lease(id, token, until_ms);
+    /// Takes the leases of queued events, `(id, token, until_ms)`, in the
+    /// journal (one write) before it answers (a run that a crash
+    /// interrupts is then known to be a rescue). False if they could not
+    /// be written.
+    pub(crate) async fn lease(&self, leases: &[(i64, i64, i64)]) -> bool {
+        let end = self.writer.lock().append_leases(leases);
         match end {
             Ok(end) => self.durable(end).await.is_ok(),
             Err(e) => {
@@ -530,7 +531,14 @@ impl EventQueue {
         }
     }
 
-    /// Writes how an attempt ended; a destination's event is queued with it.
+    /// Writes the outcomes reported since the last write.
+    pub(crate) fn flush(&self) {
+        self.writer.lock().flush();
+    }
+
+    /// Records how an attempt ended (written with the next write, or at
+    /// the next [`EventQueue::flush`]); a destination's event is queued
+    /// with it.
     pub(crate) fn finish(&self, id: i64, token: i64, function: &str, outcome: Finish) {
         let now = now_ms();
         let mut w = self.writer.lock();

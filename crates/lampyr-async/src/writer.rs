@@ -48,8 +48,8 @@ pub(crate) struct Writer {
     next_id: i64,
     settler: mpsc::Sender<ToSettler>,
     progress: Arc<Progress>,
-    /// Records whose append failed, written before the next ones.
-    carried: Vec<u8>,
+    /// Outcomes waiting to be written, before the next records.
+    unwritten: Vec<u8>,
     buf: Vec<u8>,
 }
 
@@ -71,7 +71,7 @@ impl Writer {
             next_id,
             settler,
             progress,
-            carried: Vec::new(),
+            unwritten: Vec::new(),
             buf: Vec::with_capacity(4096),
         }
     }
@@ -147,23 +147,37 @@ impl Writer {
         Ok(end)
     }
 
-    /// Appends a lease; returns where the journal ends.
-    pub(crate) fn append_lease(
-        &mut self,
-        id: i64,
-        token: i64,
-        until_ms: i64,
-    ) -> std::io::Result<Pos> {
-        self.append(&Rec::Lease {
-            id,
-            token,
-            until_ms,
-        })
+    /// Appends leases, `(id, token, until_ms)`; returns where the journal
+    /// ends.
+    pub(crate) fn append_leases(&mut self, leases: &[(i64, i64, i64)]) -> std::io::Result<Pos> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        for &(id, token, until_ms) in leases {
+            Rec::Lease {
+                id,
+                token,
+                until_ms,
+            }
+            .encode(&mut buf);
+        }
+        let end = self.write_with(&buf);
+        self.buf = buf;
+        end
     }
 
-    /// Appends an outcome (with the destination's record, if any). An
-    /// outcome is never refused: if it cannot be written now it is written
-    /// before the next record.
+    /// Writes the outcomes waiting to be written, if any.
+    pub(crate) fn flush(&mut self) {
+        if self.unwritten.is_empty() {
+            return;
+        }
+        if let Err(e) = self.write_with(&[]) {
+            tracing::error!("the event queue could not write outcomes (written later): {e}");
+        }
+    }
+
+    /// Records an outcome (with the destination's record, if any), to be
+    /// written with the next write or flush: an outcome needs no answer,
+    /// and one lost to a crash only means its event runs again (a rescue).
     pub(crate) fn append_finish(
         &mut self,
         id: i64,
@@ -171,7 +185,7 @@ impl Writer {
         now: i64,
         outcome: &Finish,
         destination: Option<AcceptRec>,
-    ) -> Option<Pos> {
+    ) {
         let outcome = match outcome {
             Finish::Succeeded { .. } => Outcome::Succeeded,
             Finish::Retry { run_at_ms, error } => Outcome::Retry {
@@ -196,14 +210,7 @@ impl Writer {
             outcome,
             destination,
         };
-        match self.append(&rec) {
-            Ok(end) => Some(end),
-            Err(e) => {
-                tracing::error!("the event queue could not write an outcome (written later): {e}");
-                rec.encode(&mut self.carried);
-                None
-            }
-        }
+        rec.encode(&mut self.unwritten);
     }
 
     /// Sends an operation to the settler, to apply after everything
@@ -212,6 +219,8 @@ impl Writer {
         if let SlowOp::Forget { function } = &op {
             self.keys.retain(|(f, _), _| f != function);
         }
+        // The outcomes waiting are written first: the operation comes after.
+        self.flush();
         let _ = self.settler.send(ToSettler::Op(self.journal.end(), op));
     }
 
@@ -222,13 +231,25 @@ impl Writer {
         }
     }
 
+    /// Writes `rec` after the outcomes waiting to be written.
     fn append(&mut self, rec: &Rec) -> std::io::Result<Pos> {
-        self.buf.clear();
-        self.buf.append(&mut self.carried);
-        let carried = self.buf.len();
-        rec.encode(&mut self.buf);
-        match self.journal.append(&self.buf) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        rec.encode(&mut buf);
+        let end = self.write_with(&buf);
+        self.buf = buf;
+        end
+    }
+
+    /// Writes the outcomes waiting, then `records`, in one write. On an
+    /// error the outcomes wait for the next write (they must not be lost);
+    /// `records` are dropped (their callers hear of the error).
+    fn write_with(&mut self, records: &[u8]) -> std::io::Result<Pos> {
+        let waiting = self.unwritten.len();
+        self.unwritten.extend_from_slice(records);
+        match self.journal.append(&self.unwritten) {
             Ok(end) => {
+                self.unwritten.clear();
                 self.progress.written.store(end.pack(), Ordering::SeqCst);
                 if self.progress.parked.swap(false, Ordering::SeqCst) {
                     let _ = self.settler.send(ToSettler::Written);
@@ -236,7 +257,7 @@ impl Writer {
                 Ok(end)
             }
             Err(e) => {
-                self.carried.extend_from_slice(&self.buf[..carried]);
+                self.unwritten.truncate(waiting);
                 Err(e)
             }
         }
