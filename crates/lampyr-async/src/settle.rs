@@ -388,6 +388,14 @@ fn accept(
 
 fn insert_row(tx: &rusqlite::Transaction<'_>, r: Row) -> rusqlite::Result<()> {
     let a = r.a;
+    // A succeeded event's payload is not kept: nothing reads it again (a
+    // destination got it when the event ended), and most of the queue's
+    // bytes are payloads.
+    let payload: &[u8] = if r.state == "succeeded" {
+        &[]
+    } else {
+        a.payload.as_ref()
+    };
     let n = exec(
         tx,
         "INSERT OR IGNORE INTO events (id, request_id, function, trigger, payload, created_ms, state,
@@ -398,7 +406,7 @@ fn insert_row(tx: &rusqlite::Transaction<'_>, r: Row) -> rusqlite::Result<()> {
             a.request_id,
             a.function,
             a.trigger,
-            a.payload.as_ref(),
+            payload,
             a.created_ms,
             r.state,
             r.attempts,
@@ -430,7 +438,8 @@ fn finish(
     match outcome {
         Outcome::Succeeded => exec(
             tx,
-            "UPDATE events SET state = 'succeeded', attempts = attempts + 1, finished_ms = ?3
+            "UPDATE events SET state = 'succeeded', attempts = attempts + 1, finished_ms = ?3,
+                               payload = X''
              WHERE id = ?1 AND lease = ?2 AND state = 'running'",
             params![id, token, now],
         ),
