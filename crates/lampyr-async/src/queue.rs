@@ -253,11 +253,11 @@ pub(crate) struct TimerState {
 
 /// The event queue. Cheap to share.
 pub struct EventQueue {
-    writer: Mutex<Writer>,
+    pub(crate) writer: Mutex<Writer>,
     /// Syncs run one at a time (`fsync = true`); `synced` is how far the
     /// journal is synced (a packed [`Pos`]).
     sync_lock: tokio::sync::Mutex<()>,
-    synced: AtomicU64,
+    pub(crate) synced: AtomicU64,
     reader: Mutex<Connection>,
     pub(crate) board: Mutex<Board>,
     /// Woken when the board changes.

@@ -950,4 +950,43 @@ mod tests {
         assert_eq!(running.rescues, 1);
         assert_eq!(running.payload, Some(serde_json::json!({})));
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_fsync_accepts_arriving_together_share_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("events.db");
+        let cfg = crate::AsyncConfig {
+            fsync: true,
+            ..crate::AsyncConfig::default()
+        };
+        let q = EventQueue::open(&db_path, cfg).unwrap();
+        let accepts = (0..32).map(|n| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                q.accept(crate::queue::Accept {
+                    event: lampyr_scheduler::NewEvent {
+                        function: "f".into(),
+                        request_id: format!("sync-{n}"),
+                        trigger: lampyr_api::TriggerKind::Async,
+                        payload: b"{}".to_vec(),
+                        idempotency_key: None,
+                    },
+                    tick: None,
+                })
+                .await
+            })
+        });
+        for a in futures_util::future::join_all(accepts).await {
+            assert!(!a.unwrap().unwrap().duplicate);
+        }
+        // Synced as far as the journal goes once every accept answered.
+        let end = q.writer.lock().end();
+        assert!(q.synced.load(Ordering::Acquire) >= end.pack());
+        q.settled().await;
+        let n: i64 = Connection::open(&db_path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 32);
+    }
 }
