@@ -262,8 +262,9 @@ pub(crate) trait LineContext: Send + Sync {
     /// The function the instance is loaded with, if any yet.
     fn function(&self) -> Option<(Arc<str>, u64)>;
     /// The request id a line may be filed under: `claimed` if that
-    /// invocation is in flight on this instance, else the only invocation
-    /// in flight, if exactly one is.
+    /// invocation is in flight on this instance (or just finished), else
+    /// the only invocation in flight if exactly one is, else, with none in
+    /// flight, the one that finished last.
     fn request_id(&self, claimed: Option<&str>) -> Option<String>;
 }
 

@@ -329,10 +329,13 @@ impl LineContext for Shared {
                 return Some(rid.to_string());
             }
         }
-        if pending.len() == 1 {
-            pending.values().next().map(|p| p.request_id.clone())
-        } else {
-            None
+        match pending.len() {
+            1 => pending.values().next().map(|p| p.request_id.clone()),
+            // Nothing in flight: the line was written before the last
+            // invocation's result and read after it (pipe and socket are
+            // read apart), or written after it; it is that invocation's.
+            0 => self.recent.lock().back().cloned(),
+            _ => None,
         }
     }
 }
