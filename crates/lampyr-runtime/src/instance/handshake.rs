@@ -14,6 +14,10 @@ use serde::Serialize;
 use super::{Instance, InstanceConfig, InstanceError, PendingInvoke};
 use crate::protocol::{self, Frame};
 
+/// How long, once a starting runtime has exited, the frames it wrote before
+/// it exited may take to be read.
+const EXIT_DRAIN: Duration = Duration::from_secs(1);
+
 /// What an instance is loaded with: one version of a function.
 #[derive(Debug, Clone)]
 pub struct FunctionLoad {
@@ -257,8 +261,10 @@ impl Instance {
                 None => Err(InstanceError::Exited { stage, reason: self.wait_exit().await.reason }),
             },
             _ = async { exit.wait_for(|e| e.is_some()).await.map(|_| ()) } => {
-                // Frames sent just before the exit (a sandbox error) win.
-                if let Ok(f) = rx.try_recv() {
+                // Frames sent just before the exit (a load error, a sandbox
+                // error) win: the process is gone, so its socket ends as
+                // soon as the reader has taken what it wrote.
+                if let Ok(Some(f)) = tokio::time::timeout(EXIT_DRAIN, rx.recv()).await {
                     return Ok(f);
                 }
                 Err(InstanceError::Exited { stage, reason: self.shared.exit_report().unwrap_or_default().reason })
