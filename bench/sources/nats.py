@@ -306,7 +306,7 @@ def write_report(a, results):
 
 Node.js functions (`max_instances = 1`, `concurrency = {TRIGGER_CONCURRENCY}`) with a `type = "nats"` trigger (`concurrency = {TRIGGER_CONCURRENCY}`, `max_batching_window` 0) on a stream of a local `nats-server -js` (file storage). **Throughput**: a burst of {a.messages} messages published at once to a no-op function's subject, events/s from the first publish until the trigger has run the function on all of them (each batch then acked, the ack confirmed by the broker). **Lag**: {a.lag_messages} messages published one at a time at {a.rate:g}/s; the payload is the publisher's wall clock and the function reads the clock first thing (lag = publish → handler start, p50/p99 in ms); the **broker** columns are a plain core-NATS subscriber of the same subject receiving the same messages in the same run (the broker's own delivery latency, which lampyr's path includes along with JetStream's storage, the pull consumer and the acks). At {a.rate:g}/s a batch of 10 seldom fills: its lag is a lone message's.
 
-Machine: 2 CPUs ({cpu}), Linux {platform.release()}, Node.js {node}, {server_version}; lampyr {commit}; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. One short run on a busy machine (load average {load} at the end, other builds and tests sharing the CPUs): read the numbers as indicative.
+Machine: 2 CPUs ({cpu}), Linux {platform.release()}, Node.js {node}, {server_version}; lampyr {commit}; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Load average {load} at the end.
 
 | batch size | events/s | lag p50 ms | lag p99 ms | broker p50 ms | broker p99 ms | lampyr adds (p50) ms |
 | ---: | ---: | ---: | ---: | ---: | ---: | ---: |

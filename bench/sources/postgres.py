@@ -361,8 +361,8 @@ def main():
              "half a poll interval of waiting. lampyr's added lag is the difference at p50. **Throughput**: a burst of "
              f"{a.burst} single-row transactions, events/s from the first commit to the last handler start. The handler "
              "reports its start time to the script over loopback HTTP (its only work).", "",
-             f"Machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, load average {load:.1f} at the end "
-             f"(the machine was shared with other work during this run); lampyr {commit}; run "
+             f"Machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, load average {load:.1f} at the end; "
+             f"lampyr {commit}; run "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "| batch size | lag p50 ms | lag p99 ms | reference p50 ms | reference p99 ms | lampyr adds (p50) ms | events/s (burst) | invocations |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -259,8 +259,7 @@ def main():
              f"records at {a.rate:.0f} records/s. Records/s: {a.burst} records sent back to back, until the last "
              "function start (or arrival).", "",
              f"Machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Node.js {node}; lampyr {commit}; "
-             f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load} when it ended "
-             "(the machine was shared with other builds: numbers are noisy).", "",
+             f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load} when it ended.", "",
              "| records per notification | target | records/s | lag p50 ms | lag p99 ms | lampyr adds (p50) |",
              "| ---: | --- | ---: | ---: | ---: | ---: |"]
     for batch in (1, 10):
