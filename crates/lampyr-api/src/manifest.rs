@@ -355,19 +355,27 @@ impl TriggerSpec {
     }
 }
 
+/// A `[[triggers]]` table's string value `k` (named `key` in errors), if
+/// there is one: what every trigger type reads the same way.
+pub(crate) fn table_string(
+    t: &toml::Table,
+    key: &str,
+    k: &str,
+) -> Result<Option<String>, ManifestError> {
+    match t.get(k) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(ManifestError::invalid(
+            key,
+            format!("must be a string, not {}", v.type_str()),
+        )),
+    }
+}
+
 impl TimerSpec {
     fn from_table(i: usize, t: &toml::Table) -> Result<TimerSpec, ManifestError> {
         let key = |k: &str| format!("triggers[{i}].{k}");
-        let string = |k: &str| -> Result<Option<String>, ManifestError> {
-            match t.get(k) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-                Some(v) => Err(ManifestError::invalid(
-                    &key(k),
-                    format!("must be a string, not {}", v.type_str()),
-                )),
-            }
-        };
+        let string = |k: &str| table_string(t, &key(k), k);
         let name = string("name")?.unwrap_or_else(|| "timer".to_string());
         validate_name(&name).map_err(|_| {
             ManifestError::invalid(

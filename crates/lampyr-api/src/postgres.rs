@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{duration_in, ManifestError, TriggerSpec};
+use crate::manifest::{duration_in, table_string, ManifestError, TriggerSpec};
 
 /// The keys of a postgres trigger's table.
 pub(crate) const KEYS: &[&str] = &[
@@ -132,16 +132,7 @@ impl PostgresSpec {
 
     pub(crate) fn from_table(i: usize, t: &toml::Table) -> Result<PostgresSpec, ManifestError> {
         let key = |k: &str| format!("triggers[{i}].{k}");
-        let string = |k: &str| -> Result<Option<String>, ManifestError> {
-            match t.get(k) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-                Some(v) => Err(ManifestError::invalid(
-                    &key(k),
-                    format!("must be a string, not {}", v.type_str()),
-                )),
-            }
-        };
+        let string = |k: &str| table_string(t, &key(k), k);
         let strings = |k: &str| -> Result<Option<Vec<String>>, ManifestError> {
             match t.get(k) {
                 None => Ok(None),

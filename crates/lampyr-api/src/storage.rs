@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{validate_name, ManifestError};
+use crate::manifest::{table_string, validate_name, ManifestError};
 
 /// A `[[triggers]]` table with `type = "storage"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,16 +85,7 @@ impl StorageSpec {
     /// Reads `[[triggers]]` table `i` (its `type` is `"storage"`).
     pub(crate) fn from_table(i: usize, t: &toml::Table) -> Result<StorageSpec, ManifestError> {
         let key = |k: &str| format!("triggers[{i}].{k}");
-        let string = |k: &str| -> Result<Option<String>, ManifestError> {
-            match t.get(k) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-                Some(v) => Err(ManifestError::invalid(
-                    &key(k),
-                    format!("must be a string, not {}", v.type_str()),
-                )),
-            }
-        };
+        let string = |k: &str| table_string(t, &key(k), k);
         // A string or a list of strings.
         let strings = |k: &str| -> Result<Vec<String>, ManifestError> {
             match t.get(k) {

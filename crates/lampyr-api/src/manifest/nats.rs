@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{duration_in, int_in, parse_duration, validate_name, ManifestError};
+use super::{duration_in, int_in, parse_duration, table_string, validate_name, ManifestError};
 
 /// A validated NATS trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,16 +148,7 @@ impl NatsSpec {
 
     pub(super) fn from_table(i: usize, t: &toml::Table) -> Result<NatsSpec, ManifestError> {
         let key = |k: &str| format!("triggers[{i}].{k}");
-        let string = |k: &str| -> Result<Option<String>, ManifestError> {
-            match t.get(k) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-                Some(v) => Err(ManifestError::invalid(
-                    &key(k),
-                    format!("must be a string, not {}", v.type_str()),
-                )),
-            }
-        };
+        let string = |k: &str| table_string(t, &key(k), k);
         let int = |k: &str| -> Result<Option<i64>, ManifestError> {
             match t.get(k) {
                 None => Ok(None),
