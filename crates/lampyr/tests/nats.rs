@@ -259,12 +259,19 @@ fn messages_reach_the_function_in_the_documented_shape() {
         let at = r["publishedAt"].as_str().unwrap();
         assert!(at.ends_with('Z') && at.contains('T'), "{at}");
     }
-    // Records carry the trigger kind.
+    // Records carry the trigger kind (they are written in batches, a
+    // moment after the invocations).
+    server.wait_until("the invocation records", LIMIT, || {
+        server
+            .api("GET", "/functions/shape/invocations", None)
+            .json()["invocations"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    });
     let inv = server
         .api("GET", "/functions/shape/invocations", None)
         .json();
     let recs = inv["invocations"].as_array().cloned().unwrap_or_default();
-    assert!(!recs.is_empty(), "{inv}");
     assert!(recs.iter().all(|r| r["trigger"] == "nats"), "{inv}");
     // The source as the API, the CLI and /metrics show it.
     server.wait_until("the lag and the count", LIMIT, || {
