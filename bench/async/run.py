@@ -209,8 +209,9 @@ def main():
               f"**{e2e['events'] / e2e['seconds']:.0f} events/s** through the queue.", "",
               f"Target (16 connections): accepts/s ≥ 1.0× synchronous requests/s and the 202's p99 ≤ 10 ms: "
               f"{ratio:.2f}× and {p99:.2f} ms, **{'met' if met else 'not met'}**.", "",
-              "How: accepting an event is one append to the queue's journal, in the thread that answers "
-              "the request (no hand-over to another thread, no SQLite transaction); the journal is applied to "
+              "How: accepting an event appends its record to the queue's journal in the thread that answers "
+              "the request (no hand-over to another thread, no SQLite transaction), and the accepts that arrive "
+              "together share one write (group commit); the journal is applied to "
               "SQLite in the background at idle priority, where an event accepted, run and finished within "
               "200 ms is one row written once. The drain runs at the same time as the accepts, on the same two "
               "CPUs and the same server thread, so every accepted event is also run within the measurement, "

@@ -118,10 +118,25 @@ fn share(max_instances: u32, concurrency: u32) -> u32 {
     (max_instances.saturating_mul(concurrency) / 2).max(1)
 }
 
+/// How long an outcome waits for a write to ride along with.
+const FLUSH_EVERY: Duration = Duration::from_millis(5);
+
+/// Events being run now.
+fn in_flight_now(d: &Dispatcher) -> usize {
+    d.in_flight.n.load(Ordering::Acquire)
+}
+
+/// How much of a running lane's share must be free before it takes more
+/// events: a quarter, at least one.
+fn refill(share: u32) -> u32 {
+    (share / 4).max(1)
+}
+
 impl Dispatcher {
     async fn run(self, stop: Arc<Notify>) {
         let me = Arc::new(self);
         let mut last_prune = std::time::Instant::now();
+        let mut last_flush = std::time::Instant::now();
         let mut governor = Governor::new();
         loop {
             if me.stopping.load(Ordering::Acquire) {
@@ -143,6 +158,11 @@ impl Dispatcher {
                         continue;
                     }
                     let cap = me.sched.capacity(function).map_or(1, |(i, c)| share(i, c));
+                    if lane.running > 0 && cap.saturating_sub(lane.running) < refill(cap) {
+                        // Refilled when a batch's worth of room is free: one
+                        // round and one lease write for several events.
+                        continue;
+                    }
                     while lane.running < cap {
                         if running >= limit {
                             held_back = true;
@@ -191,9 +211,14 @@ impl Dispatcher {
                     d.queue.wake.notify_one();
                 });
             }
-            // Outcomes reported since the last round are written now, in
-            // one write with whatever else is pending.
-            me.queue.flush();
+            // Outcomes ride along with the next write (an accept's or a
+            // lease's); left alone, they are written within FLUSH_EVERY, or
+            // at once when nothing runs (nothing else would write them).
+            let idle = in_flight_now(&me) == 0;
+            if idle || last_flush.elapsed() >= FLUSH_EVERY {
+                me.queue.flush();
+                last_flush = std::time::Instant::now();
+            }
             if last_prune.elapsed() > Duration::from_secs(60) {
                 last_prune = std::time::Instant::now();
                 me.queue.prune();
@@ -202,6 +227,9 @@ impl Dispatcher {
                 .map(|t| Duration::from_millis((t - now_ms()).max(1) as u64))
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(1));
+            if me.queue.outcomes_waiting() {
+                wait = wait.min(FLUSH_EVERY);
+            }
             if held_back || governor.limited() {
                 // The limit is reconsidered every tick.
                 wait = wait.min(TICK);
@@ -469,6 +497,11 @@ mod tests {
         assert_eq!(share(1, 1), 1);
         assert_eq!(share(10, 1), 5);
         assert_eq!(share(3, 4), 6);
+        // A running lane takes more once a quarter of its share is free;
+        // a share of one refills at every free place.
+        assert_eq!(refill(32), 8);
+        assert_eq!(refill(5), 1);
+        assert_eq!(refill(1), 1);
     }
 
     #[test]

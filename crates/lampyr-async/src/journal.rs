@@ -15,7 +15,7 @@
 //! match its checksum (a write a power loss cut off).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The size past which the writer starts a new segment.
@@ -403,9 +403,13 @@ impl Appender {
 pub(crate) struct Reader {
     dir: PathBuf,
     at: Pos,
-    file: Option<File>,
+    /// Buffered: the settler reads every record, most of them small.
+    file: Option<BufReader<File>>,
     buf: Vec<u8>,
 }
+
+/// How much the reader reads from a segment at once.
+const READ_BUFFER: usize = 256 << 10;
 
 impl Reader {
     pub(crate) fn new(dir: &Path, at: Pos) -> Reader {
@@ -437,7 +441,8 @@ impl Reader {
             }
             if self.file.is_none() {
                 match File::open(segment_path(&self.dir, self.at.seg)) {
-                    Ok(mut f) => {
+                    Ok(f) => {
+                        let mut f = BufReader::with_capacity(READ_BUFFER, f);
                         f.seek(SeekFrom::Start(self.at.off))?;
                         self.file = Some(f);
                     }
@@ -464,16 +469,17 @@ impl Reader {
                     };
                     continue;
                 }
-                n => {
-                    // A record cut short: the journal ends here.
-                    file.seek(SeekFrom::Current(-(n as i64)))?;
+                _ => {
+                    // A record cut short: the journal ends here (for now:
+                    // read from the record's start again next time).
+                    file.seek(SeekFrom::Start(self.at.off))?;
                     return Ok(None);
                 }
             }
             let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
             let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
             if len > MAX_RECORD {
-                file.seek(SeekFrom::Current(-8))?;
+                file.seek(SeekFrom::Start(self.at.off))?;
                 return Ok(None);
             }
             self.buf.resize(len, 0);
@@ -482,7 +488,7 @@ impl Reader {
                 .then(|| Rec::decode(&self.buf))
                 .flatten();
             let Some(rec) = rec else {
-                file.seek(SeekFrom::Current(-((8 + n) as i64)))?;
+                file.seek(SeekFrom::Start(self.at.off))?;
                 return Ok(None);
             };
             self.at.off += (8 + len) as u64;
@@ -492,7 +498,7 @@ impl Reader {
 }
 
 /// Reads until `buf` is full or the file ends; returns how much it read.
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..]) {
@@ -647,6 +653,36 @@ mod tests {
             read_all(dir.path(), Pos { seg: 1, off: 0 }, whole),
             vec![Rec::Accept(accept(1))]
         );
+    }
+
+    #[test]
+    fn a_record_being_written_is_read_whole_once_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Appender::create(dir.path(), 1, false).unwrap();
+        let mut buf = Vec::new();
+        Rec::Accept(accept(1)).encode(&mut buf);
+        a.append(&buf).unwrap();
+        let mut second = Vec::new();
+        Rec::Accept(accept(2)).encode(&mut second);
+        let whole = Pos {
+            seg: 1,
+            off: u64::MAX >> 24,
+        };
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(segment_path(dir.path(), 1))
+            .unwrap();
+        // One reader follows the file as it grows, a piece at a time (its
+        // buffer must not keep a record's first part as the whole of it).
+        let mut r = Reader::new(dir.path(), Pos { seg: 1, off: 0 });
+        assert_eq!(r.next(whole).unwrap().unwrap().0, Rec::Accept(accept(1)));
+        for (from, to) in [(0, 3), (3, 9), (9, second.len() - 1)] {
+            f.write_all(&second[from..to]).unwrap();
+            assert!(r.next(whole).unwrap().is_none(), "cut at {to}");
+        }
+        f.write_all(&second[second.len() - 1..]).unwrap();
+        assert_eq!(r.next(whole).unwrap().unwrap().0, Rec::Accept(accept(2)));
+        assert!(r.next(whole).unwrap().is_none());
     }
 
     #[test]

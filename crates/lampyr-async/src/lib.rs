@@ -93,7 +93,8 @@ impl EventSink for Sink {
             };
             return Box::pin(async move { Err(e) });
         }
-        // Written now, in the caller's order; only a sync is waited for.
+        // Decided now, in the caller's order; the write (shared with the
+        // accepts arriving meanwhile) and a sync are waited for.
         let written = self.0.accept_now(queue::Accept { event, tick: None });
         let queue = self.0.clone();
         Box::pin(async move {
@@ -102,9 +103,12 @@ impl EventSink for Sink {
                 message,
             };
             match written {
-                Ok((q, end)) => {
-                    if let Some(end) = end {
-                        queue.durable(end).await.map_err(|e| store(e.to_string()))?;
+                Ok((q, written)) => {
+                    if let Some(written) = written {
+                        queue
+                            .committed(written)
+                            .await
+                            .map_err(|e| store(e.to_string()))?;
                     }
                     Ok(q)
                 }

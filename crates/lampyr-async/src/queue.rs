@@ -2,14 +2,15 @@
 //! (`DATA/events.db`, WAL) it is applied to, and the dispatcher's board in
 //! memory.
 //!
-//! * **Group commit.** Every write is an [`Op`] sent to the writer thread
-//!   (`writer.rs`), which appends whatever has arrived to the journal
-//!   (`journal.rs`) with one write and answers only then: an accepted
-//!   event is on disk before its 202, and concurrent accepts share one
-//!   write. The settler (`settle.rs`) applies the journal to the database
-//!   later, at idle priority, in large transactions; reads of the database
-//!   wait for it first ([`EventQueue::settled`]), so they see every write
-//!   answered before them.
+//! * **Group commit.** Every write is a journal append (`journal.rs`)
+//!   made by the caller under the writer's lock (`writer.rs`). An accept
+//!   is answered only once its record is written; the accepts that arrive
+//!   together share one write (the first of them to look writes them all),
+//!   and outcomes ride along with the next write. The settler
+//!   (`settle.rs`) applies the journal to the database later, at idle
+//!   priority, in large transactions; reads of the database wait for it
+//!   first ([`EventQueue::settled`]), so they see every write answered
+//!   before them.
 //! * **Leases.** An event being run is `running` with a lease token and an
 //!   expiry; an outcome is applied only with the token of the lease it
 //!   ran under, so a late completion of an attempt that was taken over is
@@ -76,6 +77,15 @@ pub(crate) struct Accept {
     /// A timer's firing: `(timer name, scheduled time in ms)`, recorded
     /// with the event.
     pub(crate) tick: Option<(String, i64)>,
+}
+
+/// Where an accepted event's record is (see [`EventQueue::accept_now`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Written {
+    /// Written; the journal ends here.
+    Now(Pos),
+    /// Held for a group write, with this ticket.
+    Held(u64),
 }
 
 /// Why an accept was refused.
@@ -342,6 +352,12 @@ impl EventQueue {
             source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
         };
         let mut conn = open_conn(path, sync)?;
+        // The settler's connection, the only writer: a page cache that
+        // holds a large batch's pages (none written twice in a
+        // transaction), and checkpoints far enough apart that a page
+        // rewritten by every batch is copied to the database once per many.
+        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::settle::SCHEMA)?;
         let dir = path.with_extension("journal");
@@ -451,21 +467,23 @@ impl EventQueue {
         &self,
         accept: Accept,
     ) -> Result<lampyr_scheduler::Queued, AcceptError> {
-        let (queued, end) = self.accept_now(accept)?;
-        if let Some(end) = end {
-            self.durable(end)
+        let (queued, written) = self.accept_now(accept)?;
+        if let Some(written) = written {
+            self.committed(written)
                 .await
                 .map_err(|e| AcceptError::Store(e.to_string()))?;
         }
         Ok(queued)
     }
 
-    /// Writes an accept; returns where its record ends (none for a repeated
-    /// idempotency key).
+    /// Decides an accept and puts its event on the board; its record is
+    /// written ([`Written::Now`]), or held for a group write
+    /// ([`Written::Held`], see [`EventQueue::committed`]). `None` for a
+    /// repeated idempotency key.
     pub(crate) fn accept_now(
         &self,
         accept: Accept,
-    ) -> Result<(lampyr_scheduler::Queued, Option<Pos>), AcceptError> {
+    ) -> Result<(lampyr_scheduler::Queued, Option<Written>), AcceptError> {
         let now = now_ms();
         let mut w = self.writer.lock();
         let depth = self
@@ -478,16 +496,46 @@ impl EventQueue {
         let Some((ev, rec)) = new else {
             return Ok((queued, None));
         };
-        let end = w
-            .append_accept(rec)
-            .map_err(|e| AcceptError::Store(format!("could not write the event: {e}")))?;
+        // A record with an idempotency key is written at once (the key is
+        // kept with its position); others wait for the accepts arriving
+        // with them, and the first of them to look writes them all.
+        let written = if rec.idempotency_key.is_some() {
+            Written::Now(
+                w.append_accept(rec)
+                    .map_err(|e| AcceptError::Store(format!("could not write the event: {e}")))?,
+            )
+        } else {
+            Written::Held(w.hold_accept(rec))
+        };
         *self.depths.lock().entry(ev.function.clone()).or_default() += 1;
         w.trim_keys(self.settled.load(Ordering::Acquire));
         drop(w);
         self.metrics.accepted(&ev.function);
         self.board.lock().add(ev, now);
         self.wake.notify_one();
-        Ok((queued, Some(end)))
+        Ok((queued, Some(written)))
+    }
+
+    /// Waits until an accept's record is written (and synced, with
+    /// `fsync = true`). A held record is written by the first of the
+    /// accepts held with it to get here, after the other tasks ready to run
+    /// had their turn: concurrent accepts share one write (group commit).
+    pub(crate) async fn committed(&self, written: Written) -> std::io::Result<()> {
+        let end = match written {
+            Written::Now(end) => end,
+            Written::Held(ticket) => {
+                tokio::task::yield_now().await;
+                let mut w = self.writer.lock();
+                if w.written(ticket) {
+                    w.end()
+                } else {
+                    w.write_held().map_err(|e| {
+                        std::io::Error::other(format!("could not write the event: {e}"))
+                    })?
+                }
+            }
+        };
+        self.durable(end).await
     }
 
     /// With `fsync = true`, waits until the journal is synced up to `end`;
@@ -529,6 +577,11 @@ impl EventQueue {
                 false
             }
         }
+    }
+
+    /// Whether outcomes (or held accepts) wait to be written.
+    pub(crate) fn outcomes_waiting(&self) -> bool {
+        self.writer.lock().waiting()
     }
 
     /// Writes the outcomes reported since the last write.

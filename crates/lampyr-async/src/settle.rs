@@ -951,6 +951,45 @@ mod tests {
         assert_eq!(running.payload, Some(serde_json::json!({})));
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn accepts_arriving_together_share_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("events.db");
+        let q = EventQueue::open(&db_path, crate::AsyncConfig::default()).unwrap();
+        let before = q.writer.lock().writes;
+        let accepts = (0..32).map(|n| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                q.accept(crate::queue::Accept {
+                    event: lampyr_scheduler::NewEvent {
+                        function: "f".into(),
+                        request_id: format!("group-{n}"),
+                        trigger: lampyr_api::TriggerKind::Async,
+                        payload: b"{}".to_vec(),
+                        idempotency_key: None,
+                    },
+                    tick: None,
+                })
+                .await
+            })
+        });
+        for a in futures_util::future::join_all(accepts).await {
+            assert!(!a.unwrap().unwrap().duplicate);
+        }
+        // All 32 ready at once: the first to look wrote them all.
+        assert_eq!(q.writer.lock().writes - before, 1);
+        assert!(
+            !q.writer.lock().waiting(),
+            "every answered accept is written"
+        );
+        q.settled().await;
+        let n: i64 = Connection::open(&db_path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 32);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_fsync_accepts_arriving_together_share_a_sync() {
         let dir = tempfile::tempdir().unwrap();

@@ -48,9 +48,16 @@ pub(crate) struct Writer {
     next_id: i64,
     settler: mpsc::Sender<ToSettler>,
     progress: Arc<Progress>,
-    /// Outcomes waiting to be written, before the next records.
+    /// Outcomes, and accepts held for a group write, waiting to be
+    /// written before the next records.
     unwritten: Vec<u8>,
+    /// Bytes written from `unwritten` so far: a held accept is written once
+    /// this passes its ticket (see [`Writer::hold_accept`]).
+    flushed: u64,
     buf: Vec<u8>,
+    /// Writes made.
+    #[cfg(test)]
+    pub(crate) writes: u64,
 }
 
 /// A decided accept: the event and its record.
@@ -72,7 +79,10 @@ impl Writer {
             settler,
             progress,
             unwritten: Vec::new(),
+            flushed: 0,
             buf: Vec::with_capacity(4096),
+            #[cfg(test)]
+            writes: 0,
         }
     }
 
@@ -145,6 +155,33 @@ impl Writer {
             self.keys.insert(k, (request_id, end));
         }
         Ok(end)
+    }
+
+    /// Holds an accept's record (one without an idempotency key) for the
+    /// next write, shared with the accepts that arrive meanwhile; returns
+    /// its ticket, written once [`Writer::written`] says so.
+    pub(crate) fn hold_accept(&mut self, rec: AcceptRec) -> u64 {
+        debug_assert!(rec.idempotency_key.is_none(), "a key needs its position");
+        Rec::Accept(rec).encode(&mut self.unwritten);
+        self.flushed + self.unwritten.len() as u64
+    }
+
+    /// Whether anything waits to be written.
+    pub(crate) fn waiting(&self) -> bool {
+        !self.unwritten.is_empty()
+    }
+
+    /// Whether the record of this ticket is written.
+    pub(crate) fn written(&self, ticket: u64) -> bool {
+        self.flushed >= ticket
+    }
+
+    /// Writes what is held and waiting; returns where the journal ends.
+    pub(crate) fn write_held(&mut self) -> std::io::Result<Pos> {
+        if self.unwritten.is_empty() {
+            return Ok(self.journal.end());
+        }
+        self.write_with(&[])
     }
 
     /// Appends leases, `(id, token, until_ms)`; returns where the journal
@@ -241,14 +278,21 @@ impl Writer {
         end
     }
 
-    /// Writes the outcomes waiting, then `records`, in one write. On an
-    /// error the outcomes wait for the next write (they must not be lost);
-    /// `records` are dropped (their callers hear of the error).
+    /// Writes the outcomes and held accepts waiting, then `records`, in one
+    /// write. On an error what waited waits for the next write (an outcome
+    /// must not be lost; a held accept's caller hears of the error, and its
+    /// event may still run, as after a lost answer); `records` are dropped
+    /// (their callers hear of the error).
     fn write_with(&mut self, records: &[u8]) -> std::io::Result<Pos> {
         let waiting = self.unwritten.len();
         self.unwritten.extend_from_slice(records);
         match self.journal.append(&self.unwritten) {
             Ok(end) => {
+                #[cfg(test)]
+                {
+                    self.writes += 1;
+                }
+                self.flushed += waiting as u64;
                 self.unwritten.clear();
                 self.progress.written.store(end.pack(), Ordering::SeqCst);
                 if self.progress.parked.swap(false, Ordering::SeqCst) {
