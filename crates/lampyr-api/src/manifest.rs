@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::network::AllowRule;
 pub use nats::{NatsAuth, NatsSpec};
 
-mod nats;
+pub(crate) mod nats;
 pub use crate::runtimes::Runtime;
 
 /// Who may call a function's HTTP trigger.
@@ -771,6 +771,9 @@ impl FunctionSpec {
                 p.dsn = crate::postgres::redact_dsn(&p.dsn);
             }
             if let TriggerSpec::Nats(n) = t {
+                n.auth = n.auth.redacted();
+            }
+            if let TriggerSpec::Storage(crate::storage::StorageSpec { nats: Some(n), .. }) = t {
                 n.auth = n.auth.redacted();
             }
         }
