@@ -11,7 +11,10 @@ use std::time::Duration;
 
 pub use async_nats;
 
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::Message;
 use async_nats::{ConnectOptions, ServerAddr};
+use futures_util::StreamExt;
 use lampyr_api::sources::SourceState;
 use lampyr_api::NatsAuth;
 use tokio::sync::watch;
@@ -99,6 +102,51 @@ pub async fn connect(
     opts.connect(addrs)
         .await
         .map_err(|e| connect_err(e.to_string()))
+}
+
+/// How long one pull waits for a first message before it asks again.
+pub const POLL: Duration = Duration::from_secs(5);
+
+/// One batch from a pull consumer: waits up to [`POLL`] for a first
+/// message, then takes what is there up to `max` (waiting up to `window`
+/// for it). Every pull is read to its end, so no delivered message is left
+/// behind.
+pub async fn fetch(
+    consumer: &PullConsumer,
+    max: usize,
+    window: Duration,
+) -> Result<Vec<Message>, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let mut out = Vec::new();
+    let mut first = consumer
+        .batch()
+        .max_messages(1)
+        .expires(POLL)
+        .messages()
+        .await
+        .map_err(|e| err(&e))?;
+    while let Some(m) = first.next().await {
+        out.push(m.map_err(|e| err(&e))?);
+    }
+    if out.is_empty() || max <= 1 {
+        return Ok(out);
+    }
+    let rest = max - 1;
+    let mut more = if window.is_zero() {
+        consumer.fetch().max_messages(rest).messages().await
+    } else {
+        consumer
+            .batch()
+            .max_messages(rest)
+            .expires(window.max(Duration::from_millis(10)))
+            .messages()
+            .await
+    }
+    .map_err(|e| err(&e))?;
+    while let Some(m) = more.next().await {
+        out.push(m.map_err(|e| err(&e))?);
+    }
+    Ok(out)
 }
 
 /// How one attempt of a source ended.

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use lampyr_api::sources::{SourceState, SourceStatus};
 use lampyr_api::{FunctionError, NatsSpec, TriggerKind};
 use lampyr_nats::async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
@@ -20,9 +19,6 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::event::{self, Delivered};
 use crate::SourceError;
-
-/// How long one pull waits for a message before it asks again.
-const POLL: Duration = Duration::from_secs(5);
 
 /// A running source.
 pub(crate) struct Source {
@@ -216,7 +212,7 @@ async fn consume(
         let batch = tokio::select! {
             biased;
             _ = stop.changed() => break Ok(()),
-            b = fetch(&consumer, spec) => b,
+            b = lampyr_nats::fetch(&consumer, spec.batch_size as usize, spec.max_batching_window()) => b.map_err(SourceError::Fetch),
         };
         match batch {
             Err(e) => break Err(e),
@@ -235,44 +231,6 @@ async fn consume(
     while running.join_next().await.is_some() {}
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     result
-}
-
-/// One batch: waits up to [`POLL`] for a first message, then takes what is
-/// there up to `batch_size` (waiting up to `max_batching_window` for it).
-/// Every pull is read to its end, so no delivered message is left behind.
-async fn fetch(consumer: &PullConsumer, spec: &NatsSpec) -> Result<Vec<Message>, SourceError> {
-    let err = |e: &dyn std::fmt::Display| SourceError::Fetch(e.to_string());
-    let mut out = Vec::new();
-    let mut first = consumer
-        .batch()
-        .max_messages(1)
-        .expires(POLL)
-        .messages()
-        .await
-        .map_err(|e| err(&e))?;
-    while let Some(m) = first.next().await {
-        out.push(m.map_err(|e| err(&e))?);
-    }
-    if out.is_empty() || spec.batch_size == 1 {
-        return Ok(out);
-    }
-    let rest = spec.batch_size as usize - 1;
-    let window = spec.max_batching_window();
-    let mut more = if window.is_zero() {
-        consumer.fetch().max_messages(rest).messages().await
-    } else {
-        consumer
-            .batch()
-            .max_messages(rest)
-            .expires(window.max(Duration::from_millis(10)))
-            .messages()
-            .await
-    }
-    .map_err(|e| err(&e))?;
-    while let Some(m) = more.next().await {
-        out.push(m.map_err(|e| err(&e))?);
-    }
-    Ok(out)
 }
 
 /// How an invocation of a batch went.
