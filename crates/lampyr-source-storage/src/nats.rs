@@ -17,6 +17,7 @@
 //!
 //! Connecting, credentials and retrying with backoff are `lampyr-nats`'s.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,19 @@ pub(crate) struct Feed {
     stats: Arc<Stats>,
     pub state: Mutex<SourceState>,
     pub lag: Mutex<Option<u64>>,
+    /// Whether the subscription or consumer is made: the connection alone
+    /// is not "connected", since a core NATS notification published before
+    /// the subscription is lost.
+    subscribed: AtomicBool,
+}
+
+impl Feed {
+    fn subscribed(&self, yes: bool) {
+        self.subscribed.store(yes, Ordering::Release);
+        if yes {
+            *self.state.lock() = SourceState::Connected;
+        }
+    }
 }
 
 impl Report for Feed {
@@ -61,7 +75,9 @@ impl Report for Feed {
     }
 
     fn state(&self, state: SourceState) {
-        *self.state.lock() = state;
+        if state != SourceState::Connected || self.subscribed.load(Ordering::Acquire) {
+            *self.state.lock() = state;
+        }
     }
 
     fn failed(&self, message: &str) {
@@ -109,6 +125,7 @@ impl Subscriber {
             stats,
             state: Mutex::new(SourceState::Connecting),
             lag: Mutex::new(None),
+            subscribed: AtomicBool::new(false),
         });
         let ctx = Arc::new(Ctx {
             sched,
@@ -139,6 +156,7 @@ async fn run(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
         let ctx = ctx.clone();
         async move {
             let mut connected = false;
+            ctx.feed.subscribed(false);
             match consume(&ctx, &mut stop, &mut connected).await {
                 Ok(()) => Ended::Stopped,
                 Err(message) => Ended::Failed { message, connected },
@@ -191,7 +209,7 @@ async fn core(
         .await
         .map_err(|e| format!("subscribing to {subject}: {e}"))?;
     *connected = true;
-    ctx.feed.state(SourceState::Connected);
+    ctx.feed.subscribed(true);
     tracing::info!(function = %ctx.function, trigger = %ctx.spec.name, %subject, "storage trigger subscribed to NATS (core NATS: at most once)");
     let result = loop {
         let first = tokio::select! {
@@ -269,7 +287,7 @@ async fn consumer(
         .await
         .map_err(|e| format!("consumer \"{durable}\" on stream \"{stream}\": {e} (a consumer's filter cannot change on this server: give the trigger a new `nats_durable`)"))?;
     *connected = true;
-    ctx.feed.state(SourceState::Connected);
+    ctx.feed.subscribed(true);
     tracing::info!(function = %ctx.function, trigger = %ctx.spec.name, %stream, consumer = %durable, "storage trigger consuming JetStream");
     loop {
         let batch = tokio::select! {
