@@ -372,6 +372,38 @@ pub(crate) fn table_string(
     }
 }
 
+/// A `[[triggers]]` table `i`'s value `k` that is a string or a list of
+/// strings (`what` names it in errors: "a URL or a list of URLs"), if
+/// there is one.
+pub(crate) fn table_strings(
+    t: &toml::Table,
+    i: usize,
+    k: &str,
+    what: &str,
+) -> Result<Option<Vec<String>>, ManifestError> {
+    let key = |k: &str| format!("triggers[{i}].{k}");
+    match t.get(k) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(vec![s.clone()])),
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(j, v)| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                v => Err(ManifestError::invalid(
+                    &key(&format!("{k}[{j}]")),
+                    format!("must be a string, not {}", v.type_str()),
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(v) => Err(ManifestError::invalid(
+            &key(k),
+            format!("must be {what}, not {}", v.type_str()),
+        )),
+    }
+}
+
 impl TimerSpec {
     fn from_table(i: usize, t: &toml::Table) -> Result<TimerSpec, ManifestError> {
         let key = |k: &str| format!("triggers[{i}].{k}");

@@ -26,7 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::nats::{auth_of, check_js_name, check_subject, servers_of, AUTH_KEYS};
-use crate::manifest::{table_string, validate_name, ManifestError};
+use crate::manifest::{table_string, table_strings, validate_name, ManifestError};
 use crate::NatsAuth;
 
 /// A `[[triggers]]` table with `type = "storage"`.
@@ -139,29 +139,8 @@ impl StorageSpec {
         let key = |k: &str| format!("triggers[{i}].{k}");
         let string = |k: &str| table_string(t, &key(k), k);
         // A string or a list of strings.
-        let strings = |k: &str| -> Result<Vec<String>, ManifestError> {
-            match t.get(k) {
-                None => Ok(Vec::new()),
-                Some(toml::Value::String(s)) => Ok(vec![s.clone()]),
-                Some(toml::Value::Array(a)) => a
-                    .iter()
-                    .enumerate()
-                    .map(|(j, v)| match v {
-                        toml::Value::String(s) => Ok(s.clone()),
-                        v => Err(ManifestError::invalid(
-                            &format!("triggers[{i}].{k}[{j}]"),
-                            format!("must be a string, not {}", v.type_str()),
-                        )),
-                    })
-                    .collect(),
-                Some(v) => Err(ManifestError::invalid(
-                    &key(k),
-                    format!(
-                        "must be a string or a list of strings, not {}",
-                        v.type_str()
-                    ),
-                )),
-            }
+        let strings = |k: &str| {
+            table_strings(t, i, k, "a string or a list of strings").map(Option::unwrap_or_default)
         };
         let name = string("name")?.unwrap_or_else(|| "storage".to_string());
         validate_name(&name).map_err(|_| {

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,53 +150,59 @@ pub async fn fetch(
     Ok(out)
 }
 
-/// How one attempt of a source ended.
-#[derive(Debug)]
-pub enum Ended {
-    /// It was told to stop.
-    Stopped,
-    /// It failed, after it had connected (`connected`) or before.
-    Failed { message: String, connected: bool },
+/// Set by an attempt of [`keep_trying`] once it has connected: the wait
+/// after its failure starts from [`MIN_BACKOFF`] again.
+#[derive(Debug, Clone, Default)]
+pub struct Connected(Arc<AtomicBool>);
+
+impl Connected {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
 }
 
 /// Runs a source: `attempt` (connect, consume) again and again until it
-/// ends [`Ended::Stopped`] or `stop` is set. After a failure it reports
-/// it, logs it (`what`: "NATS trigger", ...), and waits, from
-/// [`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`] (from the start again after
-/// an attempt that had connected). Reports [`SourceState::Stopped`] at the
-/// end.
-pub async fn keep_trying<F, Fut>(
+/// returns `Ok` or `stop` is set. After a failure it reports it, logs it
+/// (`what`: "NATS trigger", ...), and waits, from [`MIN_BACKOFF`] doubling
+/// to [`MAX_BACKOFF`] (from the start again after an attempt that had
+/// connected). Reports [`SourceState::Stopped`] at the end.
+pub async fn keep_trying<F, Fut, E>(
     what: &str,
     report: &dyn Report,
     mut stop: watch::Receiver<bool>,
     mut attempt: F,
 ) where
-    F: FnMut(watch::Receiver<bool>) -> Fut,
-    Fut: Future<Output = Ended>,
+    F: FnMut(watch::Receiver<bool>, Connected) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut backoff = MIN_BACKOFF;
+    let connected = Connected::default();
     while !*stop.borrow() {
-        match attempt(stop.clone()).await {
-            Ended::Stopped => break,
-            Ended::Failed { message, connected } => {
-                if connected {
-                    backoff = MIN_BACKOFF;
-                }
-                let (function, trigger) = report.names();
-                tracing::warn!(
-                    function,
-                    trigger,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "{what} not consuming: {message}; trying again"
-                );
-                report.failed(&message);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => break,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+        let Err(e) = attempt(stop.clone(), connected.clone()).await else {
+            break;
+        };
+        if connected.take() {
+            backoff = MIN_BACKOFF;
         }
+        let message = e.to_string();
+        let (function, trigger) = report.names();
+        tracing::warn!(
+            function,
+            trigger,
+            retry_in_ms = backoff.as_millis() as u64,
+            "{what} not consuming: {message}; trying again"
+        );
+        report.failed(&message);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => break,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     report.state(SourceState::Stopped);
 }
@@ -231,16 +238,13 @@ mod tests {
         let (_stop, stopped) = watch::channel(false);
         let mut n = 0;
         let started = std::time::Instant::now();
-        keep_trying("test source", &log, stopped, |_| {
+        keep_trying("test source", &log, stopped, |_, _| {
             n += 1;
             let k = n;
             async move {
                 match k {
-                    1..=3 => Ended::Failed {
-                        message: format!("attempt {k}"),
-                        connected: false,
-                    },
-                    _ => Ended::Stopped,
+                    1..=3 => Err(format!("attempt {k}")),
+                    _ => Ok(()),
                 }
             }
         })
@@ -265,18 +269,14 @@ mod tests {
         let (stop, stopped) = watch::channel(false);
         let started = std::time::Instant::now();
         let mut first = true;
-        keep_trying("test source", &log, stopped, |_| {
+        keep_trying("test source", &log, stopped, |_, connected| {
             // The first attempt fails after the stop was sent.
             if first {
                 let _ = stop.send(true);
             }
             first = false;
-            async {
-                Ended::Failed {
-                    message: "down".into(),
-                    connected: true,
-                }
-            }
+            connected.set();
+            async { Err("down") }
         })
         .await;
         assert!(started.elapsed() < MIN_BACKOFF);

@@ -9,7 +9,7 @@ use lampyr_api::sources::{SourceState, SourceStatus};
 use lampyr_api::{FunctionError, NatsSpec, TriggerKind};
 use lampyr_nats::async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use lampyr_nats::async_nats::jetstream::{self, AckKind, Message};
-use lampyr_nats::{Ended, Report, MAX_BACKOFF};
+use lampyr_nats::{Connected, Report, MAX_BACKOFF};
 use lampyr_scheduler::{
     new_request_id, Answer, Call, Credential, InvocationType, Outcome, Scheduler, SchedulerError,
 };
@@ -133,18 +133,8 @@ impl Report for Ctx {
 /// Connects, consumes, and on any failure tries again with backoff, until
 /// stopped.
 async fn run(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
-    lampyr_nats::keep_trying("NATS trigger", &*ctx, stop, |mut stop| {
-        let ctx = ctx.clone();
-        async move {
-            let mut connected = false;
-            match consume(&ctx, &mut stop, &mut connected).await {
-                Ok(()) => Ended::Stopped,
-                Err(e) => Ended::Failed {
-                    message: e.to_string(),
-                    connected,
-                },
-            }
-        }
+    lampyr_nats::keep_trying("NATS trigger", &*ctx, stop, |stop, connected| {
+        consume(ctx.clone(), stop, connected)
     })
     .await;
 }
@@ -152,10 +142,12 @@ async fn run(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
 /// One connection's life: the consumer, then batches until stopped or an
 /// error. Running batches are settled before it returns.
 async fn consume(
-    ctx: &Arc<Ctx>,
-    stop: &mut watch::Receiver<bool>,
-    connected: &mut bool,
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+    connected: Connected,
 ) -> Result<(), SourceError> {
+    let ctx = &ctx;
+    let stop = &mut stop;
     let spec = &ctx.spec;
     let connect = lampyr_nats::connect(
         &spec.servers,
@@ -197,7 +189,7 @@ async fn consume(
             consumer: durable.clone(),
             message: format!("{e} (a consumer's filter cannot change on this server: give the trigger a new `durable`)"),
         })?;
-    *connected = true;
+    connected.set();
     ctx.set_state(SourceState::Connected);
     tracing::info!(function = %ctx.function, trigger = %spec.name, stream = %spec.stream, consumer = %durable, "NATS trigger consuming");
     let permits = Arc::new(Semaphore::new(spec.concurrency as usize));

@@ -610,6 +610,24 @@ impl Trigger for StorageTrigger {
 mod tests {
     use super::*;
 
+    impl StorageTrigger {
+        /// Loads function `name` with one storage trigger of `keys`, as a
+        /// deploy would but with no scheduler.
+        fn load_for_test(&self, name: &str, keys: &str, function_token: &str) {
+            let spec = lampyr_api::FunctionSpec::from_toml(&format!(
+                "name = \"{name}\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n[[triggers]]\ntype = \"storage\"\n{keys}"
+            ))
+            .unwrap();
+            self.inner.functions.write().insert(
+                name.into(),
+                Arc::new(Entry {
+                    triggers: spec.storage_triggers().cloned().collect(),
+                    function_token: function_token.into(),
+                }),
+            );
+        }
+    }
+
     fn request(function: &str) -> WebhookRequest {
         WebhookRequest {
             function: function.into(),
@@ -628,17 +646,7 @@ mod tests {
         assert_eq!((r.status, r.retry_after), (503, Some(1)));
         assert!(t.status("thumbs").is_empty());
 
-        let spec = lampyr_api::FunctionSpec::from_toml(
-            "name = \"thumbs\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n[[triggers]]\ntype = \"storage\"\n",
-        )
-        .unwrap();
-        t.inner.functions.write().insert(
-            "thumbs".into(),
-            Arc::new(Entry {
-                triggers: spec.storage_triggers().cloned().collect(),
-                function_token: "0123456789abcdef".into(),
-            }),
-        );
+        t.load_for_test("thumbs", "", "0123456789abcdef");
         t.inner.ready.store(true, Ordering::Release);
         let stats = t.stats("thumbs", "storage");
         stats.delivered.fetch_add(3, Ordering::Relaxed);
@@ -656,16 +664,10 @@ mod tests {
 
         // A trigger that also reads NATS says where, and how it delivers;
         // not started yet, it is connecting.
-        let spec = lampyr_api::FunctionSpec::from_toml(
-            "name = \"minio\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n[[triggers]]\ntype = \"storage\"\nnats_servers = \"nats://127.0.0.1:4222\"\nnats_subject = \"minio.events\"\nnats_stream = \"MINIO\"\nnats_token = \"nats-secret\"\n",
-        )
-        .unwrap();
-        t.inner.functions.write().insert(
-            "minio".into(),
-            Arc::new(Entry {
-                triggers: spec.storage_triggers().cloned().collect(),
-                function_token: String::new(),
-            }),
+        t.load_for_test(
+            "minio",
+            "nats_servers = \"nats://127.0.0.1:4222\"\nnats_subject = \"minio.events\"\nnats_stream = \"MINIO\"\nnats_token = \"nats-secret\"\n",
+            "",
         );
         let st = t.status("minio");
         assert_eq!(st[0].state, SourceState::Connecting);

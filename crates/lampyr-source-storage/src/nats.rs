@@ -27,7 +27,7 @@ use lampyr_api::{StorageNats, StorageSpec};
 use lampyr_nats::async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use lampyr_nats::async_nats::jetstream::{self, AckKind};
 use lampyr_nats::async_nats::{self, Client};
-use lampyr_nats::{Ended, Report};
+use lampyr_nats::{Connected, Report};
 use lampyr_scheduler::Scheduler;
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -152,27 +152,23 @@ impl Subscriber {
 }
 
 async fn run(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
-    lampyr_nats::keep_trying("storage trigger (NATS)", &*ctx.feed, stop, |mut stop| {
-        let ctx = ctx.clone();
-        async move {
-            let mut connected = false;
-            ctx.feed.subscribed(false);
-            match consume(&ctx, &mut stop, &mut connected).await {
-                Ok(()) => Ended::Stopped,
-                Err(message) => Ended::Failed { message, connected },
-            }
-        }
-    })
+    lampyr_nats::keep_trying(
+        "storage trigger (NATS)",
+        &*ctx.feed,
+        stop,
+        |stop, connected| consume(ctx.clone(), stop, connected),
+    )
     .await;
 }
 
 /// One connection's life: a subscription or a consumer, then messages
 /// until stopped or an error.
 async fn consume(
-    ctx: &Arc<Ctx>,
-    stop: &mut watch::Receiver<bool>,
-    connected: &mut bool,
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+    connected: Connected,
 ) -> Result<(), String> {
+    ctx.feed.subscribed(false);
     let connect = lampyr_nats::connect(
         &ctx.nats.servers,
         &ctx.nats.auth,
@@ -184,8 +180,8 @@ async fn consume(
         _ = stop.changed() => return Ok(()),
     };
     let result = match &ctx.nats.stream {
-        None => core(ctx, &client, stop, connected).await,
-        Some(stream) => consumer(ctx, &client, stream, stop, connected).await,
+        None => core(&ctx, &client, &mut stop, &connected).await,
+        Some(stream) => consumer(&ctx, &client, stream, &mut stop, &connected).await,
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     result
@@ -196,7 +192,7 @@ async fn core(
     ctx: &Ctx,
     client: &Client,
     stop: &mut watch::Receiver<bool>,
-    connected: &mut bool,
+    connected: &Connected,
 ) -> Result<(), String> {
     let subject = &ctx.nats.subject;
     let mut sub = client
@@ -208,7 +204,7 @@ async fn core(
         .flush()
         .await
         .map_err(|e| format!("subscribing to {subject}: {e}"))?;
-    *connected = true;
+    connected.set();
     ctx.feed.subscribed(true);
     tracing::info!(function = %ctx.function, trigger = %ctx.spec.name, %subject, "storage trigger subscribed to NATS (core NATS: at most once)");
     let result = loop {
@@ -261,7 +257,7 @@ async fn consumer(
     client: &Client,
     stream: &str,
     stop: &mut watch::Receiver<bool>,
-    connected: &mut bool,
+    connected: &Connected,
 ) -> Result<(), String> {
     let js = jetstream::new(client.clone());
     let subject = &ctx.nats.subject;
@@ -286,7 +282,7 @@ async fn consumer(
         })
         .await
         .map_err(|e| format!("consumer \"{durable}\" on stream \"{stream}\": {e} (a consumer's filter cannot change on this server: give the trigger a new `nats_durable`)"))?;
-    *connected = true;
+    connected.set();
     ctx.feed.subscribed(true);
     tracing::info!(function = %ctx.function, trigger = %ctx.spec.name, %stream, consumer = %durable, "storage trigger consuming JetStream");
     loop {

@@ -104,14 +104,35 @@ impl Sink {
     fn runs_by_key(&self) -> HashMap<String, usize> {
         let mut out = HashMap::new();
         for r in self.runs() {
-            let key = r["event"]["Records"][0]["s3"]["object"]["key"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            *out.entry(key).or_default() += 1;
+            *out.entry(key_of(&r)).or_default() += 1;
         }
         out
     }
+
+    /// Asserts that every record was queued once: all runs of a record
+    /// are runs of one event (one request id), even across kills.
+    fn assert_queued_once(&self) {
+        let mut events: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for r in self.runs() {
+            events
+                .entry(key_of(&r))
+                .or_default()
+                .insert(r["id"].as_str().unwrap().to_string());
+        }
+        let twice: Vec<_> = events.iter().filter(|(_, ids)| ids.len() > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "records queued as more than one event: {twice:?}"
+        );
+    }
+}
+
+/// The object key of a run's record, as the event sends it.
+fn key_of(run: &Value) -> String {
+    run["event"]["Records"][0]["s3"]["object"]["key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A Node.js handler that tells the ledger (on `LEDGER_PORT`) it ran, with
@@ -799,22 +820,7 @@ fn no_notification_answered_200_is_lost_when_the_server_is_killed() {
     );
     // A record sent again (its answer cut by a kill) was not queued twice:
     // all runs of a record are runs of one event, again after a kill.
-    let mut events: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
-    for r in ledger.runs() {
-        let key = r["event"]["Records"][0]["s3"]["object"]["key"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        events
-            .entry(key)
-            .or_default()
-            .insert(r["id"].as_str().unwrap().to_string());
-    }
-    let twice: Vec<_> = events.iter().filter(|(_, ids)| ids.len() > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "records queued as more than one event: {twice:?}"
-    );
+    ledger.assert_queued_once();
     let duplicates: usize = runs.values().map(|n| n - 1).sum();
     assert!(
         duplicates <= KILLS * IN_FLIGHT,
@@ -878,10 +884,6 @@ fn a_webhook_body_over_the_limit_is_refused_with_the_error_body() {
 /// The storage trigger's first source status.
 fn storage_source(server: &Server, name: &str) -> Value {
     server.info(name)["sources"][0].clone()
-}
-
-fn metrics(server: &Server) -> String {
-    request("GET", &format!("{}/metrics", server.url), None, &[]).text()
 }
 
 /// MinIO's NATS target without JetStream: notifications published on core
@@ -1008,7 +1010,7 @@ fn notifications_on_core_nats_reach_the_function() {
         "{text}"
     );
     assert!(!text.contains(NATS_TOKEN), "{text}");
-    let m = metrics(&server);
+    let m = server.metrics();
     assert!(
         m.contains("lampyr_source_state{function=\"minio\",trigger=\"uploads\",kind=\"storage\",state=\"connected\"} 1"),
         "{m}"
@@ -1054,7 +1056,7 @@ fn notifications_from_a_jetstream_stream_are_acked_once_queued_and_never_queued_
         let s = storage_source(&server, "js");
         s["state"] == "retrying" && s["last_error"].as_str().is_some_and(|e| e.contains(&url))
     });
-    assert!(metrics(&server).contains(
+    assert!(server.metrics().contains(
         "lampyr_source_state{function=\"js\",trigger=\"storage\",kind=\"storage\",state=\"retrying\"} 1"
     ));
     let nats = common::nats::NatsServer::start_on(port, None);
@@ -1160,22 +1162,7 @@ fn jetstream_notifications_survive_a_sigkill_and_are_not_queued_twice() {
         pending == 0 && ack_pending == 0
     });
     drained(&server, "steady");
-    let mut events: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
-    for r in ledger.runs() {
-        let key = r["event"]["Records"][0]["s3"]["object"]["key"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        events
-            .entry(key)
-            .or_default()
-            .insert(r["id"].as_str().unwrap().to_string());
-    }
-    let twice: Vec<_> = events.iter().filter(|(_, ids)| ids.len() > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "records queued as more than one event: {twice:?}"
-    );
+    ledger.assert_queued_once();
     let runs = ledger.runs_by_key();
     let duplicates: usize = runs.values().map(|n| n - 1).sum();
     assert!(

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{duration_in, int_in, parse_duration, table_string, validate_name, ManifestError};
+use super::{
+    duration_in, int_in, parse_duration, table_string, table_strings, validate_name, ManifestError,
+};
 
 /// A validated NATS trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,34 +286,12 @@ impl NatsSpec {
 /// Reads key `k`: one server URL or a list of 1 to 16, each checked.
 pub(crate) fn servers_of(i: usize, t: &toml::Table, k: &str) -> Result<Vec<String>, ManifestError> {
     let key = |k: &str| format!("triggers[{i}].{k}");
-    let servers: Vec<String> = match t.get(k) {
-        None => {
-            return Err(ManifestError::invalid(
-                &key(k),
-                format!(
-                    "is missing: name the NATS servers, e.g. {k} = [\"nats://127.0.0.1:4222\"]"
-                ),
-            ))
-        }
-        Some(toml::Value::String(s)) => vec![s.clone()],
-        Some(toml::Value::Array(a)) => a
-            .iter()
-            .enumerate()
-            .map(|(j, v)| match v {
-                toml::Value::String(s) => Ok(s.clone()),
-                v => Err(ManifestError::invalid(
-                    &key(&format!("{k}[{j}]")),
-                    format!("must be a string, not {}", v.type_str()),
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(v) => {
-            return Err(ManifestError::invalid(
-                &key(k),
-                format!("must be a URL or a list of URLs, not {}", v.type_str()),
-            ))
-        }
-    };
+    let servers = table_strings(t, i, k, "a URL or a list of URLs")?.ok_or_else(|| {
+        ManifestError::invalid(
+            &key(k),
+            format!("is missing: name the NATS servers, e.g. {k} = [\"nats://127.0.0.1:4222\"]"),
+        )
+    })?;
     if servers.is_empty() || servers.len() > 16 {
         return Err(ManifestError::invalid(
             &key(k),
