@@ -1021,11 +1021,11 @@ fn notifications_on_core_nats_reach_the_function() {
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// The storage trigger of `function` reading JetStream stream `MINIO`.
-fn jetstream_trigger(nats: &NatsServer, extra: &str) -> String {
+/// A storage trigger of bucket `photos` reading JetStream stream `MINIO`
+/// on the NATS server at `url`.
+fn jetstream_trigger(url: &str, extra: &str) -> String {
     format!(
-        "[[triggers]]\ntype = \"storage\"\nbucket = \"photos\"\nnats_servers = [\"{}\"]\nnats_subject = \"minio.events\"\nnats_stream = \"MINIO\"\n{extra}",
-        nats.url()
+        "[[triggers]]\ntype = \"storage\"\nbucket = \"photos\"\nnats_servers = [\"{url}\"]\nnats_subject = \"minio.events\"\nnats_stream = \"MINIO\"\n{extra}"
     )
 }
 
@@ -1041,17 +1041,8 @@ fn notifications_from_a_jetstream_stream_are_acked_once_queued_and_never_queued_
     let server = Server::start();
     let ledger = Sink::start();
     let url = format!("nats://127.0.0.1:{port}");
-    let f = function(
-        "js",
-        &ledger,
-        "",
-        "",
-        &format!(
-            "[[triggers]]\ntype = \"storage\"\nbucket = \"photos\"\nnats_servers = [\"{url}\"]\nnats_subject = \"minio.events\"\nnats_stream = \"MINIO\"\n"
-        ),
-    );
     // The broker is down: the trigger retries and says why.
-    server.deploy(f.path());
+    server.deploy(function("js", &ledger, "", "", &jetstream_trigger(&url, "")).path());
     server.wait_until("the trigger retries", LIMIT, || {
         let s = storage_source(&server, "js");
         s["state"] == "retrying" && s["last_error"].as_str().is_some_and(|e| e.contains(&url))
@@ -1105,6 +1096,40 @@ fn notifications_from_a_jetstream_stream_are_acked_once_queued_and_never_queued_
             && src["last_error"].as_str().unwrap().contains("terminated"),
         "{src}"
     );
+
+    // A deploy that names another consumer replaces the NATS side: the new
+    // consumer gets every message again and queues nothing twice; the old
+    // one is read no more.
+    let before = ledger.runs().len();
+    server.deploy(
+        function(
+            "js",
+            &ledger,
+            "",
+            "",
+            &jetstream_trigger(&url, "nats_durable = \"renamed\"\n"),
+        )
+        .path(),
+    );
+    server.wait_until("the new consumer", LIMIT, || {
+        let s = storage_source(&server, "js");
+        s["detail"]["consumer"] == "renamed" && s["state"] == "connected"
+    });
+    let new = json!({ "Records": [record("photos", "new.jpg", "ObjectCreated:Put", "n1")] });
+    nats.publish("minio.events", &[], new.to_string().as_bytes());
+    server.wait_until("the new consumer's acks", LIMIT, || {
+        nats.consumer("MINIO", "renamed") == (0, 0, 6)
+    });
+    drained(&server, "js");
+    let runs = ledger.runs();
+    assert_eq!(runs.len(), before + 1, "{runs:?}");
+    assert_eq!(key_of(&runs[before]), "new.jpg");
+    let (pending, ack_pending, _) = nats.consumer("MINIO", "lampyr-js-storage-storage");
+    assert_eq!(
+        pending + ack_pending as u64,
+        1,
+        "the old consumer took the new message"
+    );
 }
 
 /// Notifications published to a JetStream stream while `lampyr serve` is
@@ -1128,7 +1153,7 @@ fn jetstream_notifications_survive_a_sigkill_and_are_not_queued_twice() {
             &ledger,
             "concurrency = 8\nmax_instances = 2\n",
             "",
-            &jetstream_trigger(&nats, ""),
+            &jetstream_trigger(&nats.url(), ""),
         )
         .path(),
     );
