@@ -25,5 +25,5 @@ pub use manifest::{
 };
 pub use network::AllowRule;
 pub use runtimes::Runtime;
-pub use storage::StorageSpec;
+pub use storage::{StorageNats, StorageSpec};
 pub use types::*;

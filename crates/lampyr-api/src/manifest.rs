@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::network::AllowRule;
 pub use nats::{NatsAuth, NatsSpec};
 
-mod nats;
+pub(crate) mod nats;
 pub use crate::runtimes::Runtime;
 
 /// Who may call a function's HTTP trigger.
@@ -368,6 +368,38 @@ pub(crate) fn table_string(
         Some(v) => Err(ManifestError::invalid(
             key,
             format!("must be a string, not {}", v.type_str()),
+        )),
+    }
+}
+
+/// A `[[triggers]]` table `i`'s value `k` that is a string or a list of
+/// strings (`what` names it in errors: "a URL or a list of URLs"), if
+/// there is one.
+pub(crate) fn table_strings(
+    t: &toml::Table,
+    i: usize,
+    k: &str,
+    what: &str,
+) -> Result<Option<Vec<String>>, ManifestError> {
+    let key = |k: &str| format!("triggers[{i}].{k}");
+    match t.get(k) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(vec![s.clone()])),
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(j, v)| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                v => Err(ManifestError::invalid(
+                    &key(&format!("{k}[{j}]")),
+                    format!("must be a string, not {}", v.type_str()),
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(v) => Err(ManifestError::invalid(
+            &key(k),
+            format!("must be {what}, not {}", v.type_str()),
         )),
     }
 }
@@ -771,6 +803,9 @@ impl FunctionSpec {
                 p.dsn = crate::postgres::redact_dsn(&p.dsn);
             }
             if let TriggerSpec::Nats(n) = t {
+                n.auth = n.auth.redacted();
+            }
+            if let TriggerSpec::Storage(crate::storage::StorageSpec { nats: Some(n), .. }) = t {
                 n.auth = n.auth.redacted();
             }
         }

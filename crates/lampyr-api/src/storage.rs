@@ -1,6 +1,8 @@
 //! The storage-event trigger's manifest table, `type = "storage"`: S3-format
 //! bucket notifications (AWS S3, MinIO, Ceph RGW, SNS) delivered to the
-//! webhook `/sources/storage/FUNCTION/NAME`.
+//! webhook `/sources/storage/FUNCTION/NAME`, and, with `nats_servers` and
+//! `nats_subject`, also taken from a NATS subject (MinIO's NATS target),
+//! or with `nats_stream` from a JetStream stream.
 //!
 //! ```toml
 //! [[triggers]]
@@ -12,11 +14,20 @@
 //! suffix = ".jpg"
 //! token = "…"                            # default: the function's trigger token
 //! sns_confirm_hosts = ["sns.eu-west-1.amazonaws.com"]
+//! # Also from NATS, where the store publishes its notifications:
+//! nats_servers = ["nats://127.0.0.1:4222"]
+//! nats_subject = "minio.events"          # MinIO's `subject`
+//! nats_stream = "MINIO"                  # consume this JetStream stream (durable, acked);
+//!                                        # without it: a core NATS subscription, at most once
+//! nats_durable = "thumbs-uploads"        # the consumer; default lampyr-FUNCTION-storage-NAME
+//! nats_token = "…"                       # or nats_user + nats_password, nats_creds_file, nats_nkey_file
 //! ```
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{table_string, validate_name, ManifestError};
+use crate::manifest::nats::{auth_of, check_js_name, check_subject, servers_of, AUTH_KEYS};
+use crate::manifest::{table_string, table_strings, validate_name, ManifestError};
+use crate::NatsAuth;
 
 /// A `[[triggers]]` table with `type = "storage"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +56,38 @@ pub struct StorageSpec {
     /// opens to confirm a subscription; any other is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sns_confirm_hosts: Vec<String>,
+    /// Where notifications are also taken from: a NATS subject or stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<StorageNats>,
+}
+
+/// A storage trigger's NATS side (the `nats_*` keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageNats {
+    /// Server URLs, e.g. `nats://127.0.0.1:4222`.
+    pub servers: Vec<String>,
+    /// The subject the store publishes to (a filter, wildcards allowed).
+    pub subject: String,
+    /// A JetStream stream holding the subject: consumed with a durable
+    /// pull consumer and explicit acks. `None`: a core NATS subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The durable consumer's name (see [`StorageNats::durable_name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable: Option<String>,
+    #[serde(default, skip_serializing_if = "NatsAuth::is_none")]
+    pub auth: NatsAuth,
+}
+
+impl StorageNats {
+    /// The durable consumer's name: `nats_durable`, or
+    /// `lampyr-FUNCTION-storage-TRIGGER`.
+    pub fn durable_name(&self, function: &str, trigger: &str) -> String {
+        self.durable
+            .clone()
+            .unwrap_or_else(|| format!("lampyr-{function}-storage-{trigger}"))
+    }
 }
 
 /// The settings of a storage trigger, as a manifest writes them.
@@ -57,6 +100,15 @@ pub(crate) const KEYS: &[&str] = &[
     "suffix",
     "token",
     "sns_confirm_hosts",
+    "nats_servers",
+    "nats_subject",
+    "nats_stream",
+    "nats_durable",
+    "nats_token",
+    "nats_user",
+    "nats_password",
+    "nats_creds_file",
+    "nats_nkey_file",
 ];
 
 /// The shortest token a manifest may set.
@@ -87,29 +139,8 @@ impl StorageSpec {
         let key = |k: &str| format!("triggers[{i}].{k}");
         let string = |k: &str| table_string(t, &key(k), k);
         // A string or a list of strings.
-        let strings = |k: &str| -> Result<Vec<String>, ManifestError> {
-            match t.get(k) {
-                None => Ok(Vec::new()),
-                Some(toml::Value::String(s)) => Ok(vec![s.clone()]),
-                Some(toml::Value::Array(a)) => a
-                    .iter()
-                    .enumerate()
-                    .map(|(j, v)| match v {
-                        toml::Value::String(s) => Ok(s.clone()),
-                        v => Err(ManifestError::invalid(
-                            &format!("triggers[{i}].{k}[{j}]"),
-                            format!("must be a string, not {}", v.type_str()),
-                        )),
-                    })
-                    .collect(),
-                Some(v) => Err(ManifestError::invalid(
-                    &key(k),
-                    format!(
-                        "must be a string or a list of strings, not {}",
-                        v.type_str()
-                    ),
-                )),
-            }
+        let strings = |k: &str| {
+            table_strings(t, i, k, "a string or a list of strings").map(Option::unwrap_or_default)
         };
         let name = string("name")?.unwrap_or_else(|| "storage".to_string());
         validate_name(&name).map_err(|_| {
@@ -186,6 +217,7 @@ impl StorageSpec {
                 ));
             }
         }
+        let nats = nats_of(i, t)?;
         Ok(StorageSpec {
             name,
             buckets,
@@ -194,8 +226,63 @@ impl StorageSpec {
             suffix,
             token,
             sns_confirm_hosts,
+            nats,
         })
     }
+}
+
+/// Reads the `nats_*` keys of `[[triggers]]` table `i`: none, or servers
+/// and a subject with what goes with them.
+fn nats_of(i: usize, t: &toml::Table) -> Result<Option<StorageNats>, ManifestError> {
+    let key = |k: &str| format!("triggers[{i}].{k}");
+    let string = |k: &str| table_string(t, &key(k), k);
+    let given: Vec<&str> = t
+        .keys()
+        .map(String::as_str)
+        .filter(|k| k.starts_with("nats_"))
+        .collect();
+    if given.is_empty() {
+        return Ok(None);
+    }
+    if !t.contains_key("nats_servers") {
+        return Err(ManifestError::invalid(
+            &key("nats_servers"),
+            format!("is missing: `{}` takes notifications from NATS, which needs its servers, e.g. nats_servers = [\"nats://127.0.0.1:4222\"] with nats_subject = \"minio.events\"", given[0]),
+        ));
+    }
+    let servers = servers_of(i, t, "nats_servers")?;
+    let subject = string("nats_subject")?.ok_or_else(|| {
+        ManifestError::invalid(
+            &key("nats_subject"),
+            "is missing: name the subject the store publishes its notifications to, e.g. nats_subject = \"minio.events\" (MinIO's `subject`)",
+        )
+    })?;
+    check_subject(&subject, true).map_err(|m| ManifestError::invalid(&key("nats_subject"), m))?;
+    let stream = string("nats_stream")?;
+    if let Some(s) = &stream {
+        check_js_name(s).map_err(|m| ManifestError::invalid(&key("nats_stream"), m))?;
+    }
+    let durable = string("nats_durable")?;
+    if let Some(d) = &durable {
+        if stream.is_none() {
+            return Err(ManifestError::invalid(
+                &key("nats_durable"),
+                "only applies with `nats_stream`: a core NATS subscription has no consumer to name",
+            ));
+        }
+        check_js_name(d).map_err(|m| ManifestError::invalid(&key("nats_durable"), m))?;
+    }
+    debug_assert!(AUTH_KEYS
+        .iter()
+        .all(|k| KEYS.contains(&format!("nats_{k}").as_str())));
+    let auth = auth_of(i, t, "nats_")?;
+    Ok(Some(StorageNats {
+        servers,
+        subject,
+        stream,
+        durable,
+        auth,
+    }))
 }
 
 #[cfg(test)]
@@ -298,5 +385,97 @@ mod tests {
             e.contains("`triggers[1].name`") && e.contains("another storage trigger"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn nats_keys_read_and_their_secrets_are_redacted() {
+        let s = parse("[[triggers]]\ntype = \"storage\"\nname = \"minio\"\nnats_servers = \"nats://127.0.0.1:4222\"\nnats_subject = \"minio.events\"\nnats_token = \"hunter2\"\n").unwrap();
+        let st = s.storage_triggers().next().unwrap();
+        let n = st.nats.as_ref().unwrap();
+        assert_eq!(n.servers, ["nats://127.0.0.1:4222"]);
+        assert_eq!(n.subject, "minio.events");
+        assert_eq!((n.stream.as_deref(), n.durable.as_deref()), (None, None));
+        assert_eq!(n.auth, crate::NatsAuth::Token("hunter2".into()));
+        assert_eq!(
+            n.durable_name("thumbs", "minio"),
+            "lampyr-thumbs-storage-minio"
+        );
+        let shown = serde_json::to_string(&s.redacted()).unwrap();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<FunctionSpec>(&j).unwrap(), s);
+
+        let s = parse("[[triggers]]\ntype = \"storage\"\nnats_servers = [\"nats://a:4222\", \"b:4222\"]\nnats_subject = \"minio.>\"\nnats_stream = \"MINIO\"\nnats_durable = \"thumbs\"\nnats_user = \"app\"\nnats_password = \"pw\"\n").unwrap();
+        let n = s.storage_triggers().next().unwrap().nats.clone().unwrap();
+        assert_eq!(n.stream.as_deref(), Some("MINIO"));
+        assert_eq!(n.durable_name("thumbs", "storage"), "thumbs");
+        assert!(matches!(n.auth, crate::NatsAuth::UserPassword { .. }));
+        // Without nats keys, no NATS side.
+        let s = parse("[[triggers]]\ntype = \"storage\"\n").unwrap();
+        assert!(s.storage_triggers().next().unwrap().nats.is_none());
+    }
+
+    #[test]
+    fn nats_keys_are_validated_by_name() {
+        let t = "[[triggers]]\ntype = \"storage\"\n";
+        let both = "nats_servers = \"nats://127.0.0.1:4222\"\nnats_subject = \"minio.events\"\n";
+        for (extra, want) in [
+            (
+                "nats_stream = \"MINIO\"\n".to_string(),
+                "`triggers[0].nats_servers`: is missing: `nats_stream` takes notifications from NATS",
+            ),
+            (
+                "nats_subject = \"minio.events\"\n".to_string(),
+                "`triggers[0].nats_servers`: is missing",
+            ),
+            (
+                "nats_servers = \"nats://127.0.0.1:4222\"\nnats_stream = \"MINIO\"\n".to_string(),
+                "`triggers[0].nats_subject`: is missing",
+            ),
+            (
+                "nats_servers = \"http://x\"\nnats_subject = \"a\"\n".to_string(),
+                "`triggers[0].nats_servers[0]`: \"http://x\" is not a NATS URL",
+            ),
+            (
+                "nats_servers = \"nats://u:pw@h:1\"\nnats_subject = \"a\"\n".to_string(),
+                "`triggers[0].nats_servers[0]`: has credentials in the URL",
+            ),
+            (
+                format!("{both}nats_durable = \"d\"\n"),
+                "`triggers[0].nats_durable`: only applies with `nats_stream`",
+            ),
+            (
+                "nats_servers = \"nats://h:1\"\nnats_subject = \"a..b\"\n".to_string(),
+                "`triggers[0].nats_subject`: \"a..b\" is not a NATS subject",
+            ),
+            (
+                format!("{both}nats_stream = \"MI.NIO\"\n"),
+                "`triggers[0].nats_stream`",
+            ),
+            (
+                format!("{both}nats_user = \"app\"\n"),
+                "`triggers[0].nats_password`: is missing: `nats_user` needs a `nats_password`",
+            ),
+            (
+                format!("{both}nats_token = \"secret-1\"\nnats_creds_file = \"/x\"\n"),
+                "cannot be combined with `nats_token`",
+            ),
+            (
+                format!("{both}nats_nkey_file = \"seed.nk\"\n"),
+                "`triggers[0].nats_nkey_file`: must be an absolute path",
+            ),
+            (
+                format!("{both}nats_subjects = \"x\"\n"),
+                "`triggers[0].nats_subjects`: is not a setting of a trigger of type \"storage\"",
+            ),
+            (
+                format!("{both}user = \"app\"\n"),
+                "`triggers[0].user`: is not a setting of a trigger of type \"storage\"",
+            ),
+        ] {
+            let e = parse(&format!("{t}{extra}")).unwrap_err();
+            assert!(e.contains(want), "{extra:?} gave {e}");
+            assert!(!e.contains("secret-1"), "{e}");
+        }
     }
 }

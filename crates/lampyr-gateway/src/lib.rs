@@ -202,7 +202,7 @@ pub fn router(app: AppState) -> Router {
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .route(
             "/sources/{kind}/{function}/{trigger}",
-            post(sources::receive),
+            post(sources::receive).layer(DefaultBodyLimit::max(app.limits.max_request_body)),
         )
         .route("/healthz", get(api::health))
         .route("/metrics", get(api::metrics))

@@ -16,8 +16,26 @@ pub(crate) async fn receive(
     Path((kind, function, trigger)): Path<(String, String, String)>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    // A body over the limit is refused before it is read, saying the limit
+    // and where it is set.
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let limit = app.limits.max_request_body;
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the notification body for {kind} trigger '{trigger}' of function '{function}' is over the limit of {limit} bytes ({:.1} MB), `max_request_body` in the server configuration's [limits]: send fewer records per notification, or raise the limit",
+                    limit as f64 / 1e6
+                ),
+            )
+            .into_response();
+        }
+        Err(e) => return ApiError::new(e.status(), "bad_request", e.body_text()).into_response(),
+    };
     let Some(hook) = app
         .webhooks
         .iter()

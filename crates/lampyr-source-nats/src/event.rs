@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use async_nats::jetstream::Message;
 use base64::Engine;
+use lampyr_nats::async_nats::jetstream::Message;
 use serde_json::{json, Value};
 
 /// What lampyr knows of one delivered message.

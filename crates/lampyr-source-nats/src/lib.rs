@@ -45,10 +45,8 @@ use source::Source;
 /// Why a source is not consuming.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot reach the NATS servers {servers}: {message}")]
-    Connect { servers: String, message: String },
-    #[error("cannot read the credentials file {path}: {message}")]
-    Credentials { path: String, message: String },
+    #[error(transparent)]
+    Connect(#[from] lampyr_nats::ConnectError),
     #[error("stream \"{stream}\": {message}")]
     Stream { stream: String, message: String },
     #[error("consumer \"{consumer}\" on stream \"{stream}\": {message}")]

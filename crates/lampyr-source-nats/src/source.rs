@@ -5,12 +5,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
-use async_nats::jetstream::{self, AckKind, Message};
-use async_nats::{ConnectOptions, ServerAddr};
-use futures_util::StreamExt;
 use lampyr_api::sources::{SourceState, SourceStatus};
-use lampyr_api::{FunctionError, NatsAuth, NatsSpec, TriggerKind};
+use lampyr_api::{FunctionError, NatsSpec, TriggerKind};
+use lampyr_nats::async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use lampyr_nats::async_nats::jetstream::{self, AckKind, Message};
+use lampyr_nats::{Connected, Report, MAX_BACKOFF};
 use lampyr_scheduler::{
     new_request_id, Answer, Call, Credential, InvocationType, Outcome, Scheduler, SchedulerError,
 };
@@ -20,12 +19,6 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::event::{self, Delivered};
 use crate::SourceError;
-
-/// The first and the longest wait before connecting again.
-const MIN_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long one pull waits for a message before it asks again.
-const POLL: Duration = Duration::from_secs(5);
 
 /// A running source.
 pub(crate) struct Source {
@@ -107,129 +100,66 @@ impl Ctx {
         self.status.lock().state = state;
     }
 
-    fn failed(&self, message: &str) {
+    fn error(&self, message: &str, state: Option<SourceState>) {
         let mut s = self.status.lock();
-        s.state = SourceState::Retrying;
+        if let Some(state) = state {
+            s.state = state;
+        }
         s.last_error = Some(message.to_string());
         s.last_error_at =
             Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     }
+}
 
-    /// Notes an error that does not stop consuming.
+impl Report for Ctx {
+    fn names(&self) -> (&str, &str) {
+        (&self.function, &self.spec.name)
+    }
+
+    fn state(&self, state: SourceState) {
+        self.set_state(state);
+    }
+
+    fn failed(&self, message: &str) {
+        self.error(message, Some(SourceState::Retrying));
+    }
+
     fn note(&self, message: &str) {
         tracing::warn!(function = %self.function, trigger = %self.spec.name, "NATS trigger: {message}");
-        let mut s = self.status.lock();
-        s.last_error = Some(message.to_string());
-        s.last_error_at =
-            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        self.error(message, None);
     }
 }
 
 /// Connects, consumes, and on any failure tries again with backoff, until
 /// stopped.
-async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = MIN_BACKOFF;
-    while !*stop.borrow() {
-        let mut connected = false;
-        let result = consume(&ctx, &mut stop, &mut connected).await;
-        if connected {
-            backoff = MIN_BACKOFF;
-        }
-        match result {
-            Ok(()) => break,
-            Err(e) => {
-                let message = e.to_string();
-                tracing::warn!(
-                    function = %ctx.function,
-                    trigger = %ctx.spec.name,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "NATS trigger not consuming: {message}; trying again"
-                );
-                ctx.failed(&message);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => break,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
-    ctx.set_state(SourceState::Stopped);
-}
-
-async fn connect(ctx: &Arc<Ctx>) -> Result<async_nats::Client, SourceError> {
-    let servers = ctx.spec.servers.join(",");
-    let connect_err = |message: String| SourceError::Connect {
-        servers: servers.clone(),
-        message,
-    };
-    let addrs = ctx
-        .spec
-        .servers
-        .iter()
-        .map(|s| s.parse::<ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| connect_err(e.to_string()))?;
-    let events = ctx.clone();
-    let mut opts = ConnectOptions::new()
-        .name(format!("lampyr {}/{}", ctx.function, ctx.spec.name))
-        .connection_timeout(Duration::from_secs(5))
-        .event_callback(move |ev| {
-            let events = events.clone();
-            async move {
-                match ev {
-                    async_nats::Event::Disconnected => {
-                        events.failed("disconnected from the server; reconnecting")
-                    }
-                    async_nats::Event::Connected => events.set_state(SourceState::Connected),
-                    async_nats::Event::ServerError(e) => events.note(&format!("server error: {e}")),
-                    _ => {}
-                }
-            }
-        });
-    opts = match &ctx.spec.auth {
-        NatsAuth::None => opts,
-        NatsAuth::Token(t) => opts.token(t.clone()),
-        NatsAuth::UserPassword { user, password } => {
-            opts.user_and_password(user.clone(), password.clone())
-        }
-        NatsAuth::CredsFile(path) => {
-            opts.credentials_file(path)
-                .await
-                .map_err(|e| SourceError::Credentials {
-                    path: path.clone(),
-                    message: e.kind().to_string(),
-                })?
-        }
-        NatsAuth::NkeyFile(path) => {
-            let seed =
-                tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| SourceError::Credentials {
-                        path: path.clone(),
-                        message: e.kind().to_string(),
-                    })?;
-            opts.nkey(seed.trim().to_string())
-        }
-    };
-    opts.connect(addrs)
-        .await
-        .map_err(|e| connect_err(e.to_string()))
+async fn run(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
+    lampyr_nats::keep_trying("NATS trigger", &*ctx, stop, |stop, connected| {
+        consume(ctx.clone(), stop, connected)
+    })
+    .await;
 }
 
 /// One connection's life: the consumer, then batches until stopped or an
 /// error. Running batches are settled before it returns.
 async fn consume(
-    ctx: &Arc<Ctx>,
-    stop: &mut watch::Receiver<bool>,
-    connected: &mut bool,
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+    connected: Connected,
 ) -> Result<(), SourceError> {
+    let ctx = &ctx;
+    let stop = &mut stop;
+    let spec = &ctx.spec;
+    let connect = lampyr_nats::connect(
+        &spec.servers,
+        &spec.auth,
+        format!("lampyr {}/{}", ctx.function, spec.name),
+        ctx.clone(),
+    );
     let client = tokio::select! {
-        c = connect(ctx) => c?,
+        c = connect => c?,
         _ = stop.changed() => return Ok(()),
     };
     let js = jetstream::new(client.clone());
-    let spec = &ctx.spec;
     let stream = js
         .get_stream(&spec.stream)
         .await
@@ -259,7 +189,7 @@ async fn consume(
             consumer: durable.clone(),
             message: format!("{e} (a consumer's filter cannot change on this server: give the trigger a new `durable`)"),
         })?;
-    *connected = true;
+    connected.set();
     ctx.set_state(SourceState::Connected);
     tracing::info!(function = %ctx.function, trigger = %spec.name, stream = %spec.stream, consumer = %durable, "NATS trigger consuming");
     let permits = Arc::new(Semaphore::new(spec.concurrency as usize));
@@ -274,7 +204,7 @@ async fn consume(
         let batch = tokio::select! {
             biased;
             _ = stop.changed() => break Ok(()),
-            b = fetch(&consumer, spec) => b,
+            b = lampyr_nats::fetch(&consumer, spec.batch_size as usize, spec.max_batching_window()) => b.map_err(SourceError::Fetch),
         };
         match batch {
             Err(e) => break Err(e),
@@ -293,44 +223,6 @@ async fn consume(
     while running.join_next().await.is_some() {}
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     result
-}
-
-/// One batch: waits up to [`POLL`] for a first message, then takes what is
-/// there up to `batch_size` (waiting up to `max_batching_window` for it).
-/// Every pull is read to its end, so no delivered message is left behind.
-async fn fetch(consumer: &PullConsumer, spec: &NatsSpec) -> Result<Vec<Message>, SourceError> {
-    let err = |e: &dyn std::fmt::Display| SourceError::Fetch(e.to_string());
-    let mut out = Vec::new();
-    let mut first = consumer
-        .batch()
-        .max_messages(1)
-        .expires(POLL)
-        .messages()
-        .await
-        .map_err(|e| err(&e))?;
-    while let Some(m) = first.next().await {
-        out.push(m.map_err(|e| err(&e))?);
-    }
-    if out.is_empty() || spec.batch_size == 1 {
-        return Ok(out);
-    }
-    let rest = spec.batch_size as usize - 1;
-    let window = spec.max_batching_window();
-    let mut more = if window.is_zero() {
-        consumer.fetch().max_messages(rest).messages().await
-    } else {
-        consumer
-            .batch()
-            .max_messages(rest)
-            .expires(window.max(Duration::from_millis(10)))
-            .messages()
-            .await
-    }
-    .map_err(|e| err(&e))?;
-    while let Some(m) = more.next().await {
-        out.push(m.map_err(|e| err(&e))?);
-    }
-    Ok(out)
 }
 
 /// How an invocation of a batch went.

@@ -1,7 +1,8 @@
 //! The storage-event trigger (`type = "storage"`): S3-format bucket
 //! notifications, as AWS S3, MinIO, Ceph RGW and SNS send them, received
 //! at the webhook `POST /sources/storage/FUNCTION/TRIGGER` of the HTTP
-//! edge (the [`Webhook`] for kind `storage`).
+//! edge (the [`Webhook`] for kind `storage`), and from NATS where a
+//! store publishes them there.
 //!
 //! * **Auth.** Each trigger has a token: its `token` setting, or the
 //!   function's trigger token (`lampyr info`). It is taken as
@@ -27,8 +28,17 @@
 //!   once every record is committed to the queue; until then, or if one
 //!   could not be, the sender gets no 2xx and its own retries cover a
 //!   lampyr that was down, and the keys drop the duplicates.
+//! * **NATS.** A trigger with `nats_servers` and `nats_subject` also takes
+//!   the notifications an object store publishes to NATS (MinIO's NATS
+//!   target), in the same shapes and with the same filters, events and
+//!   keys (`nats.rs`): from a JetStream stream (`nats_stream`), a message
+//!   is acked once its records are committed; from a core NATS
+//!   subscription, at most once. Its webhook stays open as well. The
+//!   trigger's status then says how the NATS side is doing (connecting,
+//!   connected, retrying with backoff; the consumer's pending messages).
 #![forbid(unsafe_code)]
 
+mod nats;
 pub mod notification;
 
 use std::collections::HashMap;
@@ -44,6 +54,7 @@ use lampyr_triggers::webhook::{Webhook, WebhookReply, WebhookRequest};
 use lampyr_triggers::{Context, Trigger, TriggerError};
 use parking_lot::{Mutex, RwLock};
 
+use nats::Subscriber;
 use notification::{Notification, Record};
 
 /// Why an SNS subscription could not be confirmed.
@@ -72,6 +83,10 @@ struct Inner {
     functions: RwLock<HashMap<String, Arc<Entry>>>,
     /// Per function and trigger name, since the server started.
     stats: Mutex<HashMap<(String, String), Arc<Stats>>>,
+    /// Per function: the NATS side of its triggers that have one.
+    subscribers: Mutex<HashMap<String, Vec<Subscriber>>>,
+    /// NATS sides being replaced or stopped, settling what they hold.
+    retiring: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Set once the functions deployed at start are loaded.
     ready: AtomicBool,
     stopping: AtomicBool,
@@ -116,6 +131,8 @@ impl StorageTrigger {
                 sched: OnceLock::new(),
                 functions: RwLock::new(HashMap::new()),
                 stats: Mutex::new(HashMap::new()),
+                subscribers: Mutex::new(HashMap::new()),
+                retiring: Mutex::new(Vec::new()),
                 ready: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 agent,
@@ -127,11 +144,13 @@ impl StorageTrigger {
         let triggers: Vec<StorageSpec> = spec.storage_triggers().cloned().collect();
         if triggers.is_empty() {
             self.inner.functions.write().remove(&spec.name);
+            self.subscribe(&spec.name, &[]);
             return;
         }
         let Some(sched) = self.inner.sched.get() else {
             return;
         };
+        self.subscribe(&spec.name, &triggers);
         let function_token = match sched.store().get(&spec.name) {
             Ok(rec) => rec.trigger_token,
             Err(e) => {
@@ -149,6 +168,29 @@ impl StorageTrigger {
                 function_token,
             }),
         );
+    }
+
+    /// Makes `function`'s NATS sides those of `triggers`: one that is
+    /// unchanged goes on, the others are stopped and new ones started.
+    fn subscribe(&self, function: &str, triggers: &[StorageSpec]) {
+        let mut subscribers = self.inner.subscribers.lock();
+        let mut old = subscribers.remove(function).unwrap_or_default();
+        let mut now = Vec::new();
+        for t in triggers.iter().filter(|t| t.nats.is_some()) {
+            if let Some(i) = old.iter().position(|s| s.spec == *t) {
+                now.push(old.swap_remove(i));
+            } else if let Some(sched) = self.inner.sched.get() {
+                let stats = self.stats(function, &t.name);
+                now.extend(Subscriber::start(sched.clone(), function, t, stats));
+            }
+        }
+        if !now.is_empty() {
+            subscribers.insert(function.to_string(), now);
+        }
+        drop(subscribers);
+        let mut retiring = self.inner.retiring.lock();
+        retiring.retain(|t| !t.is_finished());
+        retiring.extend(old.into_iter().map(Subscriber::stop));
     }
 
     fn stats(&self, function: &str, trigger: &str) -> Arc<Stats> {
@@ -232,84 +274,18 @@ impl StorageTrigger {
         stats: &Stats,
         records: Vec<Record>,
     ) -> WebhookReply {
-        let total = records.len();
-        let taken: Vec<Record> = records
-            .into_iter()
-            .filter(|r| {
-                spec.takes_event(&r.event_name) && spec.takes_object(&r.bucket, &r.decoded_key)
-            })
-            .collect();
-        let filtered = (total - taken.len()) as u64;
-        stats.filtered.fetch_add(filtered, Ordering::Relaxed);
-        // All at once: the queue commits them in one group.
-        let calls = taken.iter().map(|r| {
-            let key = r.idempotency_key(&spec.name);
-            let event = r.event();
-            async move {
-                sched
-                    .call(Call {
-                        function,
-                        request_id: lampyr_scheduler::new_request_id(),
-                        event,
-                        trigger: TriggerKind::Storage,
-                        invocation_type: InvocationType::Event,
-                        credential: Credential::Operator,
-                        attempt: None,
-                        idempotency_key: Some(&key),
-                    })
-                    .await
-            }
-        });
-        let answers = futures_util::future::join_all(calls).await;
-        let (mut queued, mut duplicates, mut ids) = (0u64, 0u64, Vec::new());
-        let mut failed: Option<(u16, &'static str, String)> = None;
-        for a in answers {
-            match a {
-                Ok(Answer::Queued(q)) => {
-                    if q.duplicate {
-                        duplicates += 1;
-                    } else {
-                        queued += 1;
-                    }
-                    ids.push(q.request_id);
-                }
-                Ok(Answer::Ran(_)) => {}
-                Err(refused) => {
-                    if failed.is_none() {
-                        let e = refused.error();
-                        let (status, code) = match e {
-                            SchedulerError::NotFound(_) | SchedulerError::Deleted(_) => {
-                                (404, "function_not_found")
-                            }
-                            SchedulerError::EventTooLarge { .. } => (413, "event_too_large"),
-                            _ => (503, "not_queued"),
-                        };
-                        failed = Some((status, code, e.to_string()));
-                    }
-                }
-            }
+        let q = queue(sched, spec, function, stats, records).await;
+        match q.failed {
+            Some(NotQueued { why: Why::Retry, message }) => error(503, "not_queued", format!("{message}; send the notification again (the events already queued are not repeated)")).retry(1),
+            Some(NotQueued { why: Why::Gone, message }) => error(404, "function_not_found", message),
+            Some(NotQueued { why: Why::TooLarge, message }) => error(413, "event_too_large", message),
+            None => ok_body(serde_json::json!({
+                "accepted": q.accepted,
+                "duplicates": q.duplicates,
+                "filtered": q.filtered,
+                "request_ids": q.request_ids,
+            })),
         }
-        stats.delivered.fetch_add(queued, Ordering::Relaxed);
-        stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
-        if let Some((status, code, e)) = failed {
-            let message = format!(
-                "{} of {} event(s) could not be queued: {e}",
-                taken.len() - ids.len(),
-                taken.len()
-            );
-            tracing::warn!(function, trigger = %spec.name, "storage notification not taken: {message}");
-            stats.error(message.clone());
-            return match status {
-                503 => error(503, code, format!("{message}; send the notification again (the events already queued are not repeated)")).retry(1),
-                _ => error(status, code, message),
-            };
-        }
-        ok_body(serde_json::json!({
-            "accepted": queued,
-            "duplicates": duplicates,
-            "filtered": filtered,
-            "request_ids": ids,
-        }))
     }
 
     async fn confirm(
@@ -362,6 +338,116 @@ impl StorageTrigger {
             }
         }
     }
+}
+
+/// What became of a notification's records.
+pub(crate) struct Queued {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub filtered: u64,
+    pub request_ids: Vec<String>,
+    /// Set when a record could not be queued.
+    pub failed: Option<NotQueued>,
+}
+
+/// Why records were not queued, and what the sender can do.
+pub(crate) struct NotQueued {
+    pub why: Why,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// The queue could not take it now (full, shutting down): send again.
+    Retry,
+    /// The function is gone.
+    Gone,
+    /// An event is over the queue's limit: sending again will not help.
+    TooLarge,
+}
+
+/// Filters `records` and queues each one the trigger takes as a durable
+/// asynchronous event with its idempotency key, all at once (the queue
+/// commits them in one group); counts them in `stats`. Whatever way the
+/// records came (webhook or NATS), this is what is done with them.
+pub(crate) async fn queue(
+    sched: &Scheduler,
+    spec: &StorageSpec,
+    function: &str,
+    stats: &Stats,
+    records: Vec<Record>,
+) -> Queued {
+    let total = records.len();
+    let taken: Vec<Record> = records
+        .into_iter()
+        .filter(|r| spec.takes_event(&r.event_name) && spec.takes_object(&r.bucket, &r.decoded_key))
+        .collect();
+    let filtered = (total - taken.len()) as u64;
+    stats.filtered.fetch_add(filtered, Ordering::Relaxed);
+    let calls = taken.iter().map(|r| {
+        let key = r.idempotency_key(&spec.name);
+        let event = r.event();
+        async move {
+            sched
+                .call(Call {
+                    function,
+                    request_id: lampyr_scheduler::new_request_id(),
+                    event,
+                    trigger: TriggerKind::Storage,
+                    invocation_type: InvocationType::Event,
+                    credential: Credential::Operator,
+                    attempt: None,
+                    idempotency_key: Some(&key),
+                })
+                .await
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let mut q = Queued {
+        accepted: 0,
+        duplicates: 0,
+        filtered,
+        request_ids: Vec::new(),
+        failed: None,
+    };
+    let mut first_error: Option<(Why, String)> = None;
+    for a in answers {
+        match a {
+            Ok(Answer::Queued(r)) => {
+                if r.duplicate {
+                    q.duplicates += 1;
+                } else {
+                    q.accepted += 1;
+                }
+                q.request_ids.push(r.request_id);
+            }
+            Ok(Answer::Ran(_)) => {}
+            Err(refused) => {
+                if first_error.is_none() {
+                    let e = refused.error();
+                    let why = match e {
+                        SchedulerError::NotFound(_) | SchedulerError::Deleted(_) => Why::Gone,
+                        SchedulerError::EventTooLarge { .. } => Why::TooLarge,
+                        _ => Why::Retry,
+                    };
+                    first_error = Some((why, e.to_string()));
+                }
+            }
+        }
+    }
+    stats.delivered.fetch_add(q.accepted, Ordering::Relaxed);
+    stats.duplicates.fetch_add(q.duplicates, Ordering::Relaxed);
+    if let Some((why, e)) = first_error {
+        let message = format!(
+            "{} of {} event(s) could not be queued: {e}",
+            taken.len() - q.request_ids.len(),
+            taken.len()
+        );
+        tracing::warn!(function, trigger = %spec.name, "storage notification not taken: {message}");
+        stats.error(message.clone());
+        q.failed = Some(NotQueued { why, message });
+    }
+    q
 }
 
 trait Retry {
@@ -419,12 +505,24 @@ impl Trigger for StorageTrigger {
 
     fn deleted(&self, name: &str) {
         self.inner.functions.write().remove(name);
+        self.subscribe(name, &[]);
         self.inner.stats.lock().retain(|(f, _), _| f != name);
     }
 
     fn shutdown(&self) -> BoxFuture<'static, ()> {
         self.inner.stopping.store(true, Ordering::Relaxed);
-        Box::pin(async {})
+        let all: Vec<Subscriber> = self
+            .inner
+            .subscribers
+            .lock()
+            .drain()
+            .flat_map(|(_, s)| s)
+            .collect();
+        let mut tasks: Vec<_> = all.into_iter().map(Subscriber::stop).collect();
+        tasks.extend(self.inner.retiring.lock().drain(..));
+        Box::pin(async move {
+            futures_util::future::join_all(tasks).await;
+        })
     }
 
     fn status(&self, function: &str) -> Vec<SourceStatus> {
@@ -432,6 +530,8 @@ impl Trigger for StorageTrigger {
             return Vec::new();
         };
         let stopping = self.inner.stopping.load(Ordering::Relaxed);
+        let subscribers = self.inner.subscribers.lock();
+        let feeds = subscribers.get(function);
         entry
             .triggers
             .iter()
@@ -439,20 +539,18 @@ impl Trigger for StorageTrigger {
                 let stats = self.stats(function, &t.name);
                 let last = stats.last_error.lock().clone();
                 let mut detail = std::collections::BTreeMap::new();
-                detail.insert(
-                    "webhook".to_string(),
-                    format!("/sources/storage/{function}/{}", t.name),
-                );
-                detail.insert(
-                    "duplicates".to_string(),
+                let mut set = |k: &str, v: String| detail.insert(k.to_string(), v);
+                set("webhook", format!("/sources/storage/{function}/{}", t.name));
+                set(
+                    "duplicates",
                     stats.duplicates.load(Ordering::Relaxed).to_string(),
                 );
-                detail.insert(
-                    "filtered".to_string(),
+                set(
+                    "filtered",
                     stats.filtered.load(Ordering::Relaxed).to_string(),
                 );
-                detail.insert(
-                    "token".to_string(),
+                set(
+                    "token",
                     if t.token.is_some() {
                         "its own (lampyr.toml)"
                     } else {
@@ -460,16 +558,44 @@ impl Trigger for StorageTrigger {
                     }
                     .to_string(),
                 );
+                let (mut state, mut lag, mut lag_unit) = (SourceState::Connected, None, None);
+                if let Some(n) = &t.nats {
+                    set("nats_servers", n.servers.join(","));
+                    set("nats_subject", n.subject.clone());
+                    match &n.stream {
+                        Some(stream) => {
+                            set("nats_stream", stream.clone());
+                            set("consumer", n.durable_name(function, &t.name));
+                            set(
+                                "delivery",
+                                "at least once (JetStream, acked once queued)".into(),
+                            );
+                            lag_unit = Some("messages".to_string());
+                        }
+                        None => {
+                            set(
+                                "delivery",
+                                "at most once (core NATS: nothing is acked)".into(),
+                            );
+                        }
+                    }
+                    // Not running yet (before start): connecting.
+                    state = SourceState::Connecting;
+                    if let Some(f) = feeds.and_then(|f| f.iter().find(|s| s.spec.name == t.name)) {
+                        state = *f.feed.state.lock();
+                        lag = *f.feed.lag.lock();
+                    }
+                }
                 SourceStatus {
                     trigger: t.name.clone(),
                     kind: TriggerKind::Storage,
                     state: if stopping {
                         SourceState::Stopped
                     } else {
-                        SourceState::Connected
+                        state
                     },
-                    lag: None,
-                    lag_unit: None,
+                    lag,
+                    lag_unit,
                     last_error_at: last.as_ref().map(|(_, at)| lampyr_store::rfc3339(*at)),
                     last_error: last.map(|(m, _)| m),
                     delivered: stats.delivered.load(Ordering::Relaxed),
@@ -483,6 +609,24 @@ impl Trigger for StorageTrigger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl StorageTrigger {
+        /// Loads function `name` with one storage trigger of `keys`, as a
+        /// deploy would but with no scheduler.
+        fn load_for_test(&self, name: &str, keys: &str, function_token: &str) {
+            let spec = lampyr_api::FunctionSpec::from_toml(&format!(
+                "name = \"{name}\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n[[triggers]]\ntype = \"storage\"\n{keys}"
+            ))
+            .unwrap();
+            self.inner.functions.write().insert(
+                name.into(),
+                Arc::new(Entry {
+                    triggers: spec.storage_triggers().cloned().collect(),
+                    function_token: function_token.into(),
+                }),
+            );
+        }
+    }
 
     fn request(function: &str) -> WebhookRequest {
         WebhookRequest {
@@ -502,17 +646,7 @@ mod tests {
         assert_eq!((r.status, r.retry_after), (503, Some(1)));
         assert!(t.status("thumbs").is_empty());
 
-        let spec = lampyr_api::FunctionSpec::from_toml(
-            "name = \"thumbs\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n[[triggers]]\ntype = \"storage\"\n",
-        )
-        .unwrap();
-        t.inner.functions.write().insert(
-            "thumbs".into(),
-            Arc::new(Entry {
-                triggers: spec.storage_triggers().cloned().collect(),
-                function_token: "0123456789abcdef".into(),
-            }),
-        );
+        t.load_for_test("thumbs", "", "0123456789abcdef");
         t.inner.ready.store(true, Ordering::Release);
         let stats = t.stats("thumbs", "storage");
         stats.delivered.fetch_add(3, Ordering::Relaxed);
@@ -527,6 +661,21 @@ mod tests {
         assert!(st[0].last_error_at.is_some());
         assert_eq!(st[0].detail["webhook"], "/sources/storage/thumbs/storage");
         assert!(!format!("{st:?}").contains("0123456789abcdef"));
+
+        // A trigger that also reads NATS says where, and how it delivers;
+        // not started yet, it is connecting.
+        t.load_for_test(
+            "minio",
+            "nats_servers = \"nats://127.0.0.1:4222\"\nnats_subject = \"minio.events\"\nnats_stream = \"MINIO\"\nnats_token = \"nats-secret\"\n",
+            "",
+        );
+        let st = t.status("minio");
+        assert_eq!(st[0].state, SourceState::Connecting);
+        assert_eq!(st[0].lag_unit.as_deref(), Some("messages"));
+        assert_eq!(st[0].detail["nats_subject"], "minio.events");
+        assert_eq!(st[0].detail["consumer"], "lampyr-minio-storage-storage");
+        assert!(st[0].detail["delivery"].starts_with("at least once"));
+        assert!(!format!("{st:?}").contains("nats-secret"));
 
         let _ = t.shutdown().await;
         assert_eq!(t.status("thumbs")[0].state, SourceState::Stopped);

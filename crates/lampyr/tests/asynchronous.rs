@@ -427,12 +427,6 @@ fn metric(m: &str, name: &str, labels: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn metrics(server: &Server) -> String {
-    let r = request("GET", &format!("{}/metrics", server.url), None, &[]);
-    assert_eq!(r.status, 200);
-    r.text()
-}
-
 fn stdout(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -517,7 +511,7 @@ exports.handler = async (event, context) => {{
         "the oldest event's age to reach a second",
         Duration::from_secs(20),
         || {
-            last = metrics(&server);
+            last = server.metrics();
             metric(&last, "lampyr_async_oldest_event_age_seconds", m).is_some_and(|v| v >= 1.0)
         },
     );
@@ -544,7 +538,7 @@ exports.handler = async (event, context) => {{
         assert_eq!(ledger.runs(id), 1);
     }
     server.wait_until("the queue to empty", Duration::from_secs(10), || {
-        let t = metrics(&server);
+        let t = server.metrics();
         metric(&t, "lampyr_async_queue_depth", m).unwrap_or(0.0) == 0.0
             && metric(&t, "lampyr_async_oldest_event_age_seconds", m).is_none()
     });
@@ -635,7 +629,7 @@ exports.handler = async (event, context) => {{
         "the metrics to count six successes",
         Duration::from_secs(10),
         || {
-            t = metrics(&server);
+            t = server.metrics();
             metric(
                 &t,
                 "lampyr_async_events_total",

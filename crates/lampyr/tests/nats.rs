@@ -201,10 +201,6 @@ fn source_state(server: &Server, name: &str) -> String {
         .to_string()
 }
 
-fn metrics(server: &Server) -> String {
-    request("GET", &format!("{}/metrics", server.url), None, &[]).text()
-}
-
 /// Messages reach the function as `{"Records": [...]}` with every field
 /// the README documents; the invocations are recorded as `nats`; `lampyr
 /// info`, the API and `/metrics` show the source connected, and the
@@ -292,7 +288,7 @@ fn messages_reach_the_function_in_the_documented_shape() {
         text.contains("source nats (nats): connected, lag 0 messages, 3 delivered"),
         "{text}"
     );
-    let m = metrics(&server);
+    let m = server.metrics();
     assert!(
         m.contains("lampyr_source_state{function=\"shape\",trigger=\"nats\",kind=\"nats\",state=\"connected\"} 1"),
         "{m}"
@@ -488,7 +484,7 @@ fn a_source_that_is_down_retries_and_connects_when_it_comes_up() {
         text.contains("source nats (nats): retrying") && text.contains("last error: "),
         "{text}"
     );
-    assert!(metrics(&server).contains(
+    assert!(server.metrics().contains(
         "lampyr_source_state{function=\"later\",trigger=\"nats\",kind=\"nats\",state=\"retrying\"} 1"
     ));
     assert_eq!(

@@ -5,6 +5,10 @@
 //! (fixtures), SNS subscription confirmation (allowed and refused hosts),
 //! deduplication by idempotency key, retries and dead letters; and that no
 //! notification answered 200 is lost when the server is SIGKILLed.
+//! Notifications published to NATS (MinIO's NATS target), over core NATS
+//! and from a JetStream stream, against a real `nats-server` each test
+//! starts: the same shapes, filters and keys; a message delivered again
+//! after a SIGKILL is not queued twice, and none is lost.
 //!
 //! Everything runs on 127.0.0.1: moto and its client are pointed there,
 //! with dummy credentials.
@@ -20,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use common::nats::NatsServer;
 use common::{config_file, request, try_request, Fixture, Resp, Server};
 use serde_json::{json, Value};
 
@@ -99,14 +104,35 @@ impl Sink {
     fn runs_by_key(&self) -> HashMap<String, usize> {
         let mut out = HashMap::new();
         for r in self.runs() {
-            let key = r["event"]["Records"][0]["s3"]["object"]["key"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            *out.entry(key).or_default() += 1;
+            *out.entry(key_of(&r)).or_default() += 1;
         }
         out
     }
+
+    /// Asserts that every record was queued once: all runs of a record
+    /// are runs of one event (one request id), even across kills.
+    fn assert_queued_once(&self) {
+        let mut events: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for r in self.runs() {
+            events
+                .entry(key_of(&r))
+                .or_default()
+                .insert(r["id"].as_str().unwrap().to_string());
+        }
+        let twice: Vec<_> = events.iter().filter(|(_, ids)| ids.len() > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "records queued as more than one event: {twice:?}"
+        );
+    }
+}
+
+/// The object key of a run's record, as the event sends it.
+fn key_of(run: &Value) -> String {
+    run["event"]["Records"][0]["s3"]["object"]["key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A Node.js handler that tells the ledger (on `LEDGER_PORT`) it ran, with
@@ -794,22 +820,7 @@ fn no_notification_answered_200_is_lost_when_the_server_is_killed() {
     );
     // A record sent again (its answer cut by a kill) was not queued twice:
     // all runs of a record are runs of one event, again after a kill.
-    let mut events: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
-    for r in ledger.runs() {
-        let key = r["event"]["Records"][0]["s3"]["object"]["key"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        events
-            .entry(key)
-            .or_default()
-            .insert(r["id"].as_str().unwrap().to_string());
-    }
-    let twice: Vec<_> = events.iter().filter(|(_, ids)| ids.len() > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "records queued as more than one event: {twice:?}"
-    );
+    ledger.assert_queued_once();
     let duplicates: usize = runs.values().map(|n| n - 1).sum();
     assert!(
         duplicates <= KILLS * IN_FLIGHT,
@@ -822,4 +833,389 @@ fn no_notification_answered_200_is_lost_when_the_server_is_killed() {
         cut.load(Ordering::SeqCst),
         runs.values().sum::<usize>()
     );
+}
+
+/// A storage webhook body over `[limits] max_request_body` is 413 with the
+/// API's error body, naming the limit and its setting.
+#[test]
+fn a_webhook_body_over_the_limit_is_refused_with_the_error_body() {
+    let (_cfg, path) = config_file("[limits]\nmax_request_body = 2000\n");
+    let server = Server::start_with(&["--config", &path]);
+    let ledger = Sink::start();
+    server.deploy(function("big", &ledger, "", "", "[[triggers]]\ntype = \"storage\"\n").path());
+    let auth = format!(
+        "Bearer {}",
+        server.info("big")["trigger_token"].as_str().unwrap()
+    );
+    let records: Vec<Value> = (0..20)
+        .map(|i| {
+            record(
+                "photos",
+                &format!("k{i}.jpg"),
+                "ObjectCreated:Put",
+                &format!("e{i}"),
+            )
+        })
+        .collect();
+    let body = json!({ "Records": records }).to_string();
+    assert!(body.len() > 2000);
+    let r = post(&server, "big", "storage", Some(&auth), body.as_bytes());
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "payload_too_large", "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("2000 bytes") && message.contains("max_request_body"),
+        "{message}"
+    );
+    // Under the limit it is taken.
+    let one = json!({ "Records": [record("photos", "k.jpg", "ObjectCreated:Put", "e")] });
+    let r = post(
+        &server,
+        "big",
+        "storage",
+        Some(&auth),
+        one.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// The storage trigger's first source status.
+fn storage_source(server: &Server, name: &str) -> Value {
+    server.info(name)["sources"][0].clone()
+}
+
+/// MinIO's NATS target without JetStream: notifications published on core
+/// NATS reach the function, one event per record the filters take, in
+/// Lambda's S3 shape, recorded as `storage`; the trigger authenticates
+/// with `nats_token`, shows its state in `lampyr info`, the API and
+/// `/metrics`, reports a malformed notification, and its webhook still
+/// works.
+#[test]
+fn notifications_on_core_nats_reach_the_function() {
+    const NATS_TOKEN: &str = "nats-t0ken-not-shown";
+    let nats = NatsServer::start_with_token(NATS_TOKEN);
+    let server = Server::start();
+    let ledger = Sink::start();
+    server.deploy(
+        function(
+            "minio",
+            &ledger,
+            "",
+            "",
+            &format!(
+                "[[triggers]]\ntype = \"storage\"\nname = \"uploads\"\nbucket = \"photos\"\nevents = [\"ObjectCreated:*\"]\nprefix = \"in/\"\n\
+                 nats_servers = [\"{}\"]\nnats_subject = \"minio.events\"\nnats_token = \"{NATS_TOKEN}\"\n",
+                nats.url()
+            ),
+        )
+        .path(),
+    );
+    server.wait_until("the subscription", LIMIT, || {
+        storage_source(&server, "minio")["state"] == "connected"
+    });
+    // MinIO's put: taken; its delete: not an event type the trigger takes.
+    nats.publish_core("minio.events", &fixture("minio-put.json"));
+    nats.publish_core("minio.events", &fixture("minio-delete.json"));
+    // A raw S3 body: one of its three records is taken.
+    let body = json!({ "Records": [
+        record("photos", "in/a.jpg", "ObjectCreated:Put", "a1"),
+        record("other", "in/b.jpg", "ObjectCreated:Put", "b1"),
+        record("photos", "out/c.jpg", "ObjectCreated:Put", "c1"),
+    ]});
+    nats.publish_core("minio.events", body.to_string().as_bytes());
+    // Another subject: not read.
+    nats.publish_core(
+        "other.events",
+        json!({ "Records": [record("photos", "in/z.jpg", "ObjectCreated:Put", "z1")] })
+            .to_string()
+            .as_bytes(),
+    );
+    nats.publish_core("minio.events", b"not json");
+    server.wait_until("the two runs", LIMIT, || ledger.runs().len() >= 2);
+    server.wait_until("the malformed one reported", LIMIT, || {
+        storage_source(&server, "minio")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("malformed notification on minio.events"))
+    });
+    drained(&server, "minio");
+    let runs = ledger.runs_by_key();
+    assert_eq!(
+        runs,
+        HashMap::from([
+            ("in%2Fred+flower.jpg".to_string(), 1),
+            ("in/a.jpg".to_string(), 1)
+        ]),
+        "{:?}",
+        ledger.runs()
+    );
+    let minio = ledger
+        .runs()
+        .into_iter()
+        .find(|r| r["event"]["Records"][0]["eventSource"] == "minio:s3")
+        .unwrap();
+    let records = minio["event"]["Records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{minio}");
+    assert_eq!(records[0]["eventName"], "ObjectCreated:Put");
+    assert_eq!(records[0]["s3"]["bucket"]["name"], "photos");
+    assert_eq!(records[0]["s3"]["object"]["key"], "in%2Fred+flower.jpg");
+    let detail = wait_state(&server, minio["id"].as_str().unwrap(), &["succeeded"]);
+    assert_eq!(detail["records"][0]["trigger"], "storage", "{detail}");
+
+    // The webhook is still there.
+    let auth = format!(
+        "Bearer {}",
+        server.info("minio")["trigger_token"].as_str().unwrap()
+    );
+    let hook = json!({ "Records": [record("photos", "in/hook.jpg", "ObjectCreated:Put", "h1")] });
+    let r = post(
+        &server,
+        "minio",
+        "uploads",
+        Some(&auth),
+        hook.to_string().as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.json()["accepted"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.text()
+    );
+    server.wait_until("the webhook's run", LIMIT, || {
+        ledger.runs_by_key().contains_key("in/hook.jpg")
+    });
+
+    // How it shows.
+    let src = storage_source(&server, "minio");
+    assert_eq!(
+        (src["trigger"].as_str(), src["kind"].as_str()),
+        (Some("uploads"), Some("storage"))
+    );
+    assert_eq!(src["delivered"], 3, "{src}");
+    assert_eq!(src["detail"]["nats_subject"], "minio.events");
+    assert!(
+        src["detail"]["delivery"]
+            .as_str()
+            .unwrap()
+            .starts_with("at most once"),
+        "{src}"
+    );
+    let info = server.api("GET", "/functions/minio", None).text();
+    assert!(!info.contains(NATS_TOKEN), "{info}");
+    let out = server.cli(&["info", "minio"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("source uploads (storage): connected"),
+        "{text}"
+    );
+    assert!(!text.contains(NATS_TOKEN), "{text}");
+    let m = server.metrics();
+    assert!(
+        m.contains("lampyr_source_state{function=\"minio\",trigger=\"uploads\",kind=\"storage\",state=\"connected\"} 1"),
+        "{m}"
+    );
+    let log = server.log().join("\n");
+    assert!(!log.contains(NATS_TOKEN));
+}
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// A storage trigger of bucket `photos` reading JetStream stream `MINIO`
+/// on the NATS server at `url`.
+fn jetstream_trigger(url: &str, extra: &str) -> String {
+    format!(
+        "[[triggers]]\ntype = \"storage\"\nbucket = \"photos\"\nnats_servers = [\"{url}\"]\nnats_subject = \"minio.events\"\nnats_stream = \"MINIO\"\n{extra}"
+    )
+}
+
+/// MinIO's NATS target with `jetstream = on`: notifications stored in a
+/// stream before the function was deployed, and after, reach it once per
+/// record; a notification published twice (as MinIO's queue_dir replays
+/// one) is not queued twice; every message is acked once queued, a
+/// malformed one terminated; a server that is down at deploy is retried
+/// and reported.
+#[test]
+fn notifications_from_a_jetstream_stream_are_acked_once_queued_and_never_queued_twice() {
+    let port = common::nats::free_port();
+    let server = Server::start();
+    let ledger = Sink::start();
+    let url = format!("nats://127.0.0.1:{port}");
+    // The broker is down: the trigger retries and says why.
+    server.deploy(function("js", &ledger, "", "", &jetstream_trigger(&url, "")).path());
+    server.wait_until("the trigger retries", LIMIT, || {
+        let s = storage_source(&server, "js");
+        s["state"] == "retrying" && s["last_error"].as_str().is_some_and(|e| e.contains(&url))
+    });
+    assert!(server.metrics().contains(
+        "lampyr_source_state{function=\"js\",trigger=\"storage\",kind=\"storage\",state=\"retrying\"} 1"
+    ));
+    let nats = common::nats::NatsServer::start_on(port, None);
+    nats.stream("MINIO", &["minio.events"]);
+    let put = fixture("minio-put.json");
+    nats.publish("minio.events", &[], &put);
+    server.wait_until("the trigger connects", LIMIT, || {
+        storage_source(&server, "js")["state"] == "connected"
+    });
+    server.wait_until("the first run", LIMIT, || ledger.runs().len() == 1);
+    // The same notification again, a delete, one of another bucket, and
+    // one that is not a notification.
+    nats.publish("minio.events", &[], &put);
+    nats.publish("minio.events", &[], &fixture("minio-delete.json"));
+    let other = json!({ "Records": [record("other", "x.jpg", "ObjectCreated:Put", "x1")] });
+    nats.publish("minio.events", &[], other.to_string().as_bytes());
+    nats.publish("minio.events", &[], b"{\"hello\": 1}");
+    server.wait_until("every message settled", LIMIT, || {
+        nats.consumer("MINIO", "lampyr-js-storage-storage") == (0, 0, 5)
+    });
+    drained(&server, "js");
+    let runs = ledger.runs_by_key();
+    assert_eq!(runs.len(), 1, "{:?}", ledger.runs());
+    let events: Vec<String> = ledger
+        .runs()
+        .iter()
+        .map(|r| {
+            r["event"]["Records"][0]["eventName"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(events, ["ObjectCreated:Put", "ObjectRemoved:Delete"]);
+    let src = storage_source(&server, "js");
+    assert_eq!(src["delivered"], 2, "{src}");
+    assert_eq!(src["detail"]["duplicates"], "1", "{src}");
+    assert_eq!(src["detail"]["filtered"], "1", "{src}");
+    assert_eq!(src["lag"], 0, "{src}");
+    assert_eq!(src["lag_unit"], "messages", "{src}");
+    assert!(
+        src["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("`Records` is missing")
+            && src["last_error"].as_str().unwrap().contains("terminated"),
+        "{src}"
+    );
+
+    // A deploy that names another consumer replaces the NATS side: the new
+    // consumer gets every message again and queues nothing twice; the old
+    // one is read no more.
+    let before = ledger.runs().len();
+    server.deploy(
+        function(
+            "js",
+            &ledger,
+            "",
+            "",
+            &jetstream_trigger(&url, "nats_durable = \"renamed\"\n"),
+        )
+        .path(),
+    );
+    server.wait_until("the new consumer", LIMIT, || {
+        let s = storage_source(&server, "js");
+        s["detail"]["consumer"] == "renamed" && s["state"] == "connected"
+    });
+    let new = json!({ "Records": [record("photos", "new.jpg", "ObjectCreated:Put", "n1")] });
+    nats.publish("minio.events", &[], new.to_string().as_bytes());
+    server.wait_until("the new consumer's acks", LIMIT, || {
+        nats.consumer("MINIO", "renamed") == (0, 0, 6)
+    });
+    drained(&server, "js");
+    let runs = ledger.runs();
+    assert_eq!(runs.len(), before + 1, "{runs:?}");
+    assert_eq!(key_of(&runs[before]), "new.jpg");
+    let (pending, ack_pending, _) = nats.consumer("MINIO", "lampyr-js-storage-storage");
+    assert_eq!(
+        pending + ack_pending as u64,
+        1,
+        "the old consumer took the new message"
+    );
+}
+
+/// Notifications published to a JetStream stream while `lampyr serve` is
+/// SIGKILLed and restarted: every record runs, each as one event (a
+/// message the broker delivers again after the kill is not queued again),
+/// and the only repeated runs are those of events the kill interrupted.
+/// Then, SIGKILLed again, its consumer deleted (the broker forgets the
+/// acks) and restarted: the broker delivers every message again, and none
+/// runs again.
+#[test]
+fn jetstream_notifications_survive_a_sigkill_and_are_not_queued_twice() {
+    const N: usize = 150;
+    let nats = Arc::new(NatsServer::start());
+    nats.stream("MINIO", &["minio.events"]);
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(data.path(), &[]);
+    let ledger = Sink::start();
+    server.deploy(
+        function(
+            "steady",
+            &ledger,
+            "concurrency = 8\nmax_instances = 2\n",
+            "",
+            &jetstream_trigger(&nats.url(), ""),
+        )
+        .path(),
+    );
+    let publisher = {
+        let nats = nats.clone();
+        std::thread::spawn(move || {
+            let mut keys = Vec::new();
+            for n in 0..N {
+                let batch: Vec<String> = (0..=(n % 2)).map(|j| format!("obj-{n}-{j}")).collect();
+                let body = json!({
+                    "EventName": "s3:ObjectCreated:Put",
+                    "Key": format!("photos/{}", batch[0]),
+                    "Records": batch.iter().map(|k| record("photos", k, "s3:ObjectCreated:Put", k)).collect::<Vec<_>>()
+                });
+                nats.publish("minio.events", &[], body.to_string().as_bytes());
+                keys.extend(batch);
+            }
+            keys
+        })
+    };
+    server.wait_until("runs before the kill", LIMIT, || ledger.runs().len() >= 30);
+    server.kill();
+    let server = Server::start_in(data.path(), &[]);
+    let keys = publisher.join().unwrap();
+    server.wait_until("every record run", Duration::from_secs(180), || {
+        let runs = ledger.runs_by_key();
+        keys.iter().all(|k| runs.contains_key(k))
+    });
+    server.wait_until("every message acked", LIMIT, || {
+        let (pending, ack_pending, _) = nats.consumer("MINIO", "lampyr-steady-storage-storage");
+        pending == 0 && ack_pending == 0
+    });
+    drained(&server, "steady");
+    ledger.assert_queued_once();
+    let runs = ledger.runs_by_key();
+    let duplicates: usize = runs.values().map(|n| n - 1).sum();
+    assert!(
+        duplicates <= 16,
+        "{duplicates} repeated runs for one kill of at most 16 running events: {runs:?}"
+    );
+    let (_, _, deliveries) = nats.consumer("MINIO", "lampyr-steady-storage-storage");
+    eprintln!(
+        "{} records in {N} messages, {deliveries} deliveries ({} again after the kill), {duplicates} repeated runs",
+        keys.len(),
+        deliveries.saturating_sub(N as u64)
+    );
+
+    // Every message delivered again, after a restart: nothing runs again.
+    let mut server = server;
+    let before = ledger.runs().len();
+    server.kill();
+    nats.delete_consumer("MINIO", "lampyr-steady-storage-storage");
+    let server = Server::start_in(data.path(), &[]);
+    server.wait_until("the consumer made again", LIMIT, || {
+        storage_source(&server, "steady")["state"] == "connected"
+    });
+    server.wait_until("every message delivered and acked again", LIMIT, || {
+        nats.consumer("MINIO", "lampyr-steady-storage-storage") == (0, 0, N as u64)
+    });
+    drained(&server, "steady");
+    let src = storage_source(&server, "steady");
+    assert_eq!(src["detail"]["duplicates"], keys.len().to_string(), "{src}");
+    assert_eq!(src["delivered"], 0, "{src}");
+    assert_eq!(ledger.runs().len(), before, "runs after the redelivery");
 }

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{duration_in, int_in, parse_duration, table_string, validate_name, ManifestError};
+use super::{
+    duration_in, int_in, parse_duration, table_string, table_strings, validate_name, ManifestError,
+};
 
 /// A validated NATS trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +71,7 @@ pub enum NatsAuth {
 }
 
 impl NatsAuth {
-    fn is_none(&self) -> bool {
+    pub(crate) fn is_none(&self) -> bool {
         *self == NatsAuth::None
     }
 
@@ -166,41 +168,7 @@ impl NatsSpec {
                 format!("\"{name}\" is not a valid trigger name: use 1-63 characters of a-z, 0-9, '-' and '_'"),
             )
         })?;
-        let servers: Vec<String> =
-            match t.get("servers") {
-                None => return Err(ManifestError::invalid(
-                    &key("servers"),
-                    "is missing: name the NATS servers, e.g. servers = [\"nats://127.0.0.1:4222\"]",
-                )),
-                Some(toml::Value::String(s)) => vec![s.clone()],
-                Some(toml::Value::Array(a)) => a
-                    .iter()
-                    .enumerate()
-                    .map(|(j, v)| match v {
-                        toml::Value::String(s) => Ok(s.clone()),
-                        v => Err(ManifestError::invalid(
-                            &key(&format!("servers[{j}]")),
-                            format!("must be a string, not {}", v.type_str()),
-                        )),
-                    })
-                    .collect::<Result<_, _>>()?,
-                Some(v) => {
-                    return Err(ManifestError::invalid(
-                        &key("servers"),
-                        format!("must be a URL or a list of URLs, not {}", v.type_str()),
-                    ))
-                }
-            };
-        if servers.is_empty() || servers.len() > 16 {
-            return Err(ManifestError::invalid(
-                &key("servers"),
-                "must list 1 to 16 server URLs",
-            ));
-        }
-        for (j, s) in servers.iter().enumerate() {
-            check_server(s)
-                .map_err(|m| ManifestError::invalid(&key(&format!("servers[{j}]")), m))?;
-        }
+        let servers = servers_of(i, t, "servers")?;
         let stream = string("stream")?.ok_or_else(|| {
             ManifestError::invalid(
                 &key("stream"),
@@ -297,7 +265,7 @@ impl NatsSpec {
                 ));
             }
         }
-        let auth = auth_of(i, t)?;
+        let auth = auth_of(i, t, "")?;
         Ok(NatsSpec {
             name,
             servers,
@@ -315,12 +283,38 @@ impl NatsSpec {
     }
 }
 
-/// Reads the credential keys. Secret values never appear in an error.
-fn auth_of(i: usize, t: &toml::Table) -> Result<NatsAuth, ManifestError> {
+/// Reads key `k`: one server URL or a list of 1 to 16, each checked.
+pub(crate) fn servers_of(i: usize, t: &toml::Table, k: &str) -> Result<Vec<String>, ManifestError> {
     let key = |k: &str| format!("triggers[{i}].{k}");
+    let servers = table_strings(t, i, k, "a URL or a list of URLs")?.ok_or_else(|| {
+        ManifestError::invalid(
+            &key(k),
+            format!("is missing: name the NATS servers, e.g. {k} = [\"nats://127.0.0.1:4222\"]"),
+        )
+    })?;
+    if servers.is_empty() || servers.len() > 16 {
+        return Err(ManifestError::invalid(
+            &key(k),
+            "must list 1 to 16 server URLs",
+        ));
+    }
+    for (j, s) in servers.iter().enumerate() {
+        check_server(s).map_err(|m| ManifestError::invalid(&key(&format!("{k}[{j}]")), m))?;
+    }
+    Ok(servers)
+}
+
+/// The credential keys, without the prefix a trigger type gives them.
+pub(crate) const AUTH_KEYS: [&str; 5] = ["token", "user", "password", "creds_file", "nkey_file"];
+
+/// Reads the credential keys, each named `PREFIX` + one of [`AUTH_KEYS`].
+/// Secret values never appear in an error.
+pub(crate) fn auth_of(i: usize, t: &toml::Table, prefix: &str) -> Result<NatsAuth, ManifestError> {
+    let name = |k: &str| format!("{prefix}{k}");
+    let key = |k: &str| format!("triggers[{i}].{prefix}{k}");
     let mut given = Vec::new();
-    for k in ["token", "user", "password", "creds_file", "nkey_file"] {
-        match t.get(k) {
+    for k in AUTH_KEYS {
+        match t.get(&name(k)) {
             None => {}
             Some(toml::Value::String(s)) if !s.is_empty() => given.push((k, s.clone())),
             Some(toml::Value::String(_)) => {
@@ -346,13 +340,13 @@ fn auth_of(i: usize, t: &toml::Table) -> Result<NatsAuth, ManifestError> {
         ["user"] => {
             return Err(ManifestError::invalid(
                 &key("password"),
-                "is missing: `user` needs a `password`",
+                format!("is missing: `{}` needs a `{}`", name("user"), name("password")),
             ))
         }
         ["password"] => {
             return Err(ManifestError::invalid(
                 &key("user"),
-                "is missing: `password` needs a `user`",
+                format!("is missing: `{}` needs a `{}`", name("password"), name("user")),
             ))
         }
         [k @ ("creds_file" | "nkey_file")] => {
@@ -373,8 +367,9 @@ fn auth_of(i: usize, t: &toml::Table) -> Result<NatsAuth, ManifestError> {
             return Err(ManifestError::invalid(
                 &key(more[1]),
                 format!(
-                    "cannot be combined with `{}`: give one of token, user + password, creds_file or nkey_file",
-                    more[0]
+                    "cannot be combined with `{}`: give one of {p}token, {p}user + {p}password, {p}creds_file or {p}nkey_file",
+                    name(more[0]),
+                    p = prefix
                 ),
             ))
         }
@@ -411,7 +406,7 @@ fn check_server(s: &str) -> Result<(), String> {
 }
 
 /// A stream or consumer name: no whitespace, `.`, `*`, `>`, `/` or `\`.
-fn check_js_name(s: &str) -> Result<(), String> {
+pub(crate) fn check_js_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 255 {
         return Err("must be 1 to 255 characters".into());
     }
@@ -427,7 +422,7 @@ fn check_js_name(s: &str) -> Result<(), String> {
 
 /// A subject: tokens separated by `.`; with `wildcards`, a token may be
 /// `*` and the last may be `>`.
-fn check_subject(s: &str, wildcards: bool) -> Result<(), String> {
+pub(crate) fn check_subject(s: &str, wildcards: bool) -> Result<(), String> {
     let bad = |why: &str| format!("\"{s}\" is not a NATS subject: {why}");
     if s.is_empty() || s.len() > 1024 {
         return Err(bad("it must be 1 to 1024 characters"));

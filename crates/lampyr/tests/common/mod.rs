@@ -419,6 +419,13 @@ impl Server {
         status_kib(self.pid(), "VmHWM:")
     }
 
+    /// `GET /metrics`, as Prometheus reads it.
+    pub fn metrics(&self) -> String {
+        let r = request("GET", &format!("{}/metrics", self.url), None, &[]);
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
         self.url.rsplit(':').next().unwrap().parse().unwrap()

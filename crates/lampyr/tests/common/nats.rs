@@ -162,6 +162,21 @@ impl NatsServer {
             .sequence
     }
 
+    /// Publishes on core NATS (no stream, no ack) and waits until the
+    /// server has it.
+    pub fn publish_core(&self, subject: &str, payload: &[u8]) {
+        let payload = bytes::Bytes::copy_from_slice(payload);
+        let client = self.client.clone();
+        let subject = subject.to_string();
+        self.rt.block_on(async move {
+            client
+                .publish(subject, payload)
+                .await
+                .expect("publish on core NATS");
+            client.flush().await.expect("flush the publish");
+        });
+    }
+
     /// The messages of `stream`, in order.
     pub fn messages(&self, stream: &str) -> Vec<StoredMessage> {
         let js = self.js();
@@ -203,6 +218,17 @@ impl NatsServer {
                 i.delivered.consumer_sequence,
             )
         })
+    }
+
+    /// Deletes a consumer: its acks are forgotten, so a consumer created
+    /// again under its name gets the stream's messages again.
+    pub fn delete_consumer(&self, stream: &str, name: &str) {
+        let js = self.js();
+        let name = name.to_string();
+        self.rt.block_on(async move {
+            let s = js.get_stream(stream).await.expect("the stream");
+            s.delete_consumer(&name).await.expect("delete the consumer");
+        });
     }
 
     pub fn token(&self) -> Option<&str> {

@@ -1,0 +1,319 @@
+//! The client side of NATS that lampyr's triggers share (`type = "nats"`,
+//! and storage triggers that take notifications from NATS): connecting to
+//! a trigger's servers with its credentials, passing the connection's
+//! events on as the source's state, and a source's life of attempts, each
+//! retried with backoff until the source is stopped.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use async_nats;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::Message;
+use async_nats::{ConnectOptions, ServerAddr};
+use futures_util::StreamExt;
+use lampyr_api::sources::SourceState;
+use lampyr_api::NatsAuth;
+use tokio::sync::watch;
+
+/// The first and the longest wait before connecting again.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where a source reports how it is doing (its `SourceStatus`).
+pub trait Report: Send + Sync + 'static {
+    /// The function and trigger, for the log.
+    fn names(&self) -> (&str, &str);
+    /// The source is in `state` now.
+    fn state(&self, state: SourceState);
+    /// The source is not consuming, because of `message`, and will try
+    /// again.
+    fn failed(&self, message: &str);
+    /// Something went wrong that does not stop consuming.
+    fn note(&self, message: &str);
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach the NATS servers {servers}: {message}")]
+    Connect { servers: String, message: String },
+    #[error("cannot read the credentials file {path}: {message}")]
+    Credentials { path: String, message: String },
+}
+
+/// Connects to `servers` with `auth`, as client `name`; the connection's
+/// events (disconnected, connected again, server errors) go to `report`.
+pub async fn connect(
+    servers: &[String],
+    auth: &NatsAuth,
+    name: String,
+    report: Arc<dyn Report>,
+) -> Result<async_nats::Client, ConnectError> {
+    let connect_err = |message: String| ConnectError::Connect {
+        servers: servers.join(","),
+        message,
+    };
+    let addrs = servers
+        .iter()
+        .map(|s| s.parse::<ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| connect_err(e.to_string()))?;
+    let credentials = |path: &String, e: std::io::Error| ConnectError::Credentials {
+        path: path.clone(),
+        message: e.kind().to_string(),
+    };
+    let mut opts = ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |ev| {
+            let report = report.clone();
+            async move {
+                match ev {
+                    async_nats::Event::Disconnected => {
+                        report.failed("disconnected from the server; reconnecting")
+                    }
+                    async_nats::Event::Connected => report.state(SourceState::Connected),
+                    async_nats::Event::ServerError(e) => report.note(&format!("server error: {e}")),
+                    _ => {}
+                }
+            }
+        });
+    opts = match auth {
+        NatsAuth::None => opts,
+        NatsAuth::Token(t) => opts.token(t.clone()),
+        NatsAuth::UserPassword { user, password } => {
+            opts.user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::CredsFile(path) => opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| credentials(path, e))?,
+        NatsAuth::NkeyFile(path) => {
+            let seed = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| credentials(path, e))?;
+            opts.nkey(seed.trim().to_string())
+        }
+    };
+    opts.connect(addrs)
+        .await
+        .map_err(|e| connect_err(e.to_string()))
+}
+
+/// How long one pull waits for a first message before it asks again.
+pub const POLL: Duration = Duration::from_secs(5);
+
+/// One batch from a pull consumer: waits up to [`POLL`] for a first
+/// message, then takes what is there up to `max` (waiting up to `window`
+/// for it). Every pull is read to its end, so no delivered message is left
+/// behind.
+pub async fn fetch(
+    consumer: &PullConsumer,
+    max: usize,
+    window: Duration,
+) -> Result<Vec<Message>, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let mut out = Vec::new();
+    let mut first = consumer
+        .batch()
+        .max_messages(1)
+        .expires(POLL)
+        .messages()
+        .await
+        .map_err(|e| err(&e))?;
+    while let Some(m) = first.next().await {
+        out.push(m.map_err(|e| err(&e))?);
+    }
+    if out.is_empty() || max <= 1 {
+        return Ok(out);
+    }
+    let rest = max - 1;
+    let mut more = if window.is_zero() {
+        consumer.fetch().max_messages(rest).messages().await
+    } else {
+        consumer
+            .batch()
+            .max_messages(rest)
+            .expires(window.max(Duration::from_millis(10)))
+            .messages()
+            .await
+    }
+    .map_err(|e| err(&e))?;
+    while let Some(m) = more.next().await {
+        out.push(m.map_err(|e| err(&e))?);
+    }
+    Ok(out)
+}
+
+/// Set by an attempt of [`keep_trying`] once it has connected: the wait
+/// after its failure starts from [`MIN_BACKOFF`] again.
+#[derive(Debug, Clone, Default)]
+pub struct Connected(Arc<AtomicBool>);
+
+impl Connected {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Runs a source: `attempt` (connect, consume) again and again until it
+/// returns `Ok` or `stop` is set. After a failure it reports it, logs it
+/// (`what`: "NATS trigger", ...), and waits, from [`MIN_BACKOFF`] doubling
+/// to [`MAX_BACKOFF`] (from the start again after an attempt that had
+/// connected). Reports [`SourceState::Stopped`] at the end.
+pub async fn keep_trying<F, Fut, E>(
+    what: &str,
+    report: &dyn Report,
+    mut stop: watch::Receiver<bool>,
+    mut attempt: F,
+) where
+    F: FnMut(watch::Receiver<bool>, Connected) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut backoff = MIN_BACKOFF;
+    let connected = Connected::default();
+    while !*stop.borrow() {
+        let Err(e) = attempt(stop.clone(), connected.clone()).await else {
+            break;
+        };
+        if connected.take() {
+            backoff = MIN_BACKOFF;
+        }
+        let message = e.to_string();
+        let (function, trigger) = report.names();
+        tracing::warn!(
+            function,
+            trigger,
+            retry_in_ms = backoff.as_millis() as u64,
+            "{what} not consuming: {message}; trying again"
+        );
+        report.failed(&message);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => break,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    report.state(SourceState::Stopped);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A report that keeps what it is told.
+    #[derive(Default)]
+    struct Log(Mutex<Vec<String>>);
+
+    impl Report for Log {
+        fn names(&self) -> (&str, &str) {
+            ("f", "t")
+        }
+        fn state(&self, state: SourceState) {
+            self.0.lock().unwrap().push(format!("{state:?}"));
+        }
+        fn failed(&self, message: &str) {
+            self.0.lock().unwrap().push(format!("failed: {message}"));
+        }
+        fn note(&self, message: &str) {
+            self.0.lock().unwrap().push(format!("note: {message}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn attempts_repeat_with_backoff_until_one_ends_stopped() {
+        let log = Log::default();
+        let (_stop, stopped) = watch::channel(false);
+        let mut n = 0;
+        let started = std::time::Instant::now();
+        keep_trying("test source", &log, stopped, |_, _| {
+            n += 1;
+            let k = n;
+            async move {
+                match k {
+                    1..=3 => Err(format!("attempt {k}")),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await;
+        assert_eq!(n, 4);
+        // 250 + 500 + 1000 ms of backoff between them.
+        assert!(started.elapsed() >= Duration::from_millis(1750));
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            [
+                "failed: attempt 1",
+                "failed: attempt 2",
+                "failed: attempt 3",
+                "Stopped"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_wait_between_attempts() {
+        let log = Log::default();
+        let (stop, stopped) = watch::channel(false);
+        let started = std::time::Instant::now();
+        let mut first = true;
+        keep_trying("test source", &log, stopped, |_, connected| {
+            // The first attempt fails after the stop was sent.
+            if first {
+                let _ = stop.send(true);
+            }
+            first = false;
+            connected.set();
+            async { Err("down") }
+        })
+        .await;
+        assert!(started.elapsed() < MIN_BACKOFF);
+        assert_eq!(*log.0.lock().unwrap(), ["failed: down", "Stopped"]);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_named_and_so_is_a_credentials_file() {
+        let log: Arc<dyn Report> = Arc::new(Log::default());
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("nats://127.0.0.1:{port}");
+        let e = connect(
+            std::slice::from_ref(&url),
+            &NatsAuth::None,
+            "t".into(),
+            log.clone(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains(&url), "{e}");
+        let e = connect(
+            &[url],
+            &NatsAuth::CredsFile("/nonexistent/app.creds".into()),
+            "t".into(),
+            log,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot read the credentials file /nonexistent/app.creds"),
+            "{e}"
+        );
+    }
+}
