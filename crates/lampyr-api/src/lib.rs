@@ -9,6 +9,7 @@
 
 pub mod events;
 pub mod invocation;
+pub mod keys;
 pub mod manifest;
 pub mod network;
 pub mod postgres;

@@ -8,6 +8,7 @@
 mod client;
 mod commands;
 pub mod events;
+pub mod keys;
 pub mod paths;
 pub mod scaffold;
 

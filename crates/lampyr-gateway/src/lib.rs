@@ -6,7 +6,9 @@
 //!   becomes the response (the proxy-result rules);
 //! * the management API under `/api/v1`, bearer-token protected, with
 //!   `/healthz` and `/metrics` (`api.rs`);
-//! * the dashboard under `/ui`.
+//! * the dashboard under `/ui`;
+//! * Lambda's Invoke API, `POST /2015-03-31/functions/NAME/invocations`
+//!   (`lambda/`), for AWS SDKs and the AWS CLI.
 //!
 //! Every error leaving this crate is a status code plus the stable body
 //! `{ "error": { "code", "message" } }` (see [`error`]).
@@ -16,6 +18,8 @@ mod api;
 mod edge;
 pub mod error;
 mod events;
+mod keys;
+mod lambda;
 pub mod listen;
 mod sources;
 mod trigger;
@@ -83,6 +87,8 @@ pub struct App {
     pub(crate) webhooks: Vec<(&'static str, Arc<dyn lampyr_triggers::webhook::Webhook>)>,
     /// The event sources' states, once the triggers are assembled.
     sources: std::sync::OnceLock<lampyr_triggers::Statuses>,
+    /// Access keys for SigV4-signed calls (the Lambda Invoke API).
+    pub(crate) keys: Option<Arc<lampyr_store::KeyStore>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -112,6 +118,7 @@ impl AppState {
             events: None,
             webhooks: Vec::new(),
             sources: std::sync::OnceLock::new(),
+            keys: None,
         }))
     }
 
@@ -121,6 +128,17 @@ impl AppState {
         match Arc::get_mut(&mut self.0) {
             Some(app) => app.events = Some(events),
             None => panic!("AppState::with_events called after the state was shared"),
+        }
+        self
+    }
+
+    /// The same state with access keys: `/api/v1/keys` manages them, and
+    /// the Lambda Invoke API takes requests signed with them. Call before
+    /// the state is shared.
+    pub fn with_keys(mut self, keys: Arc<lampyr_store::KeyStore>) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(app) => app.keys = Some(keys),
+            None => panic!("AppState::with_keys called after the state was shared"),
         }
         self
     }
@@ -191,6 +209,8 @@ pub fn router(app: AppState) -> Router {
             "/functions/{name}/dlq/{request_id}",
             get(events::dead_letter),
         )
+        .route("/keys", get(keys::list).post(keys::create))
+        .route("/keys/{id}", axum::routing::delete(keys::delete))
         .route("/doctor", get(api::doctor))
         .route("/pools", get(api::pools))
         .layer(DefaultBodyLimit::max(app.limits.max_package))
@@ -203,6 +223,10 @@ pub fn router(app: AppState) -> Router {
         .route(
             "/sources/{kind}/{function}/{trigger}",
             post(sources::receive).layer(DefaultBodyLimit::max(app.limits.max_request_body)),
+        )
+        .route(
+            "/2015-03-31/functions/{function}/invocations",
+            post(lambda::invoke).layer(DefaultBodyLimit::max(app.limits.max_request_body)),
         )
         .route("/healthz", get(api::health))
         .route("/metrics", get(api::metrics))

@@ -35,7 +35,7 @@ pub(crate) const X_LAMPYR_INVOCATION_TYPE: HeaderName =
 pub(crate) const X_LAMPYR_IDEMPOTENCY_KEY: HeaderName =
     HeaderName::from_static("x-lampyr-idempotency-key");
 const X_LAMPYR_START: HeaderName = HeaderName::from_static("x-lampyr-start");
-const X_LAMPYR_VERSION: HeaderName = HeaderName::from_static("x-lampyr-version");
+pub(crate) const X_LAMPYR_VERSION: HeaderName = HeaderName::from_static("x-lampyr-version");
 const X_LAMPYR_FUNCTION_ERROR: HeaderName = HeaderName::from_static("x-lampyr-function-error");
 const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 

@@ -116,7 +116,7 @@ impl LogHub {
 
     /// Waits (up to `limit`) until the log writer has written every line
     /// queued before this call: two of its rounds have ended.
-    pub(crate) fn written_up_to_now(&self, limit: std::time::Duration) {
+    pub fn written_up_to_now(&self, limit: std::time::Duration) {
         let start = self.rounds.load(Ordering::Acquire);
         let until = std::time::Instant::now() + limit;
         while self.rounds.load(Ordering::Acquire) < start + 2 && std::time::Instant::now() < until {

@@ -82,6 +82,8 @@ pub enum ServerError {
     Trigger(#[from] lampyr_triggers::TriggerError),
     #[error(transparent)]
     Events(#[from] lampyr_async::QueueError),
+    #[error(transparent)]
+    Keys(#[from] lampyr_store::KeyError),
     #[error("the HTTP listener failed (the log says why); the server stopped")]
     Serve,
 }
@@ -245,8 +247,10 @@ impl Server {
             lampyr_async::EventQueue::open(&data_dir.join("events.db"), cfg.async_.to_config()?)?;
         sched.set_event_sink(lampyr_async::sink(&events));
         let storage = Arc::new(lampyr_source_storage::StorageTrigger::new());
+        let keys = Arc::new(lampyr_store::KeyStore::open(&data_dir.join("lampyr.db"))?);
         let app = AppState::new(sched.clone(), token, public_url.clone(), limits, doctor)
             .with_events(events.clone())
+            .with_keys(keys)
             .with_webhook("storage", storage.clone());
         // Every trigger starts here, beside the HTTP edge.
         let http = Arc::new(lampyr_gateway::HttpTrigger::new(

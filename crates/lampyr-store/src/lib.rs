@@ -1,7 +1,8 @@
 //! The code store and the metadata store.
 //!
-//! * **Metadata** (functions, their immutable versions, trigger tokens) lives
-//!   in one embedded SQLite database, `DATA/lampyr.db`.
+//! * **Metadata** (functions, their immutable versions, trigger tokens,
+//!   access keys in `keys.rs`) lives in one embedded SQLite database,
+//!   `DATA/lampyr.db`.
 //! * **Code packages** are gzip'd tar archives kept as content-addressed blobs,
 //!   `DATA/blobs/sha256/AB/ABCDEF…`, written once and never changed.
 //! * **Pre-built code**: at deploy time every package is verified and unpacked
@@ -13,6 +14,7 @@
 //! entries) before anything is recorded.
 #![forbid(unsafe_code)]
 
+pub mod keys;
 pub mod logs;
 pub mod records;
 
@@ -25,6 +27,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
+pub use keys::{KeyError, KeyInfo, KeyStore, NewKey};
 use lampyr_package as package;
 pub use lampyr_package::{pack_dir, PackageError};
 pub use logs::{LogLimits, LogQuery, LogStore};

@@ -197,6 +197,13 @@ enum Command {
         #[arg(long, default_value = "1h")]
         since: String,
     },
+    /// Access keys for AWS SDKs and the AWS CLI: they sign their calls of
+    /// the Lambda Invoke API (`/2015-03-31/functions/NAME/invocations`)
+    /// with one.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Print the web dashboard's address, with the token to open it.
     Ui,
     /// Report the runtimes found, the isolation available and the data directory.
@@ -223,6 +230,20 @@ enum DlqAction {
     },
     /// Delete a function's dead letters.
     Purge { name: String },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Issue a key; its secret is printed this once.
+    Create {
+        /// A note on who or what uses it.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List the keys (ids, names, when made; no secrets).
+    Ls,
+    /// Revoke a key.
+    Rm { id: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -421,6 +442,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli.json,
         )?),
         Command::Doctor => doctor(&data_dir, cli.json),
+        Command::Keys { action } => Ok(match action {
+            KeysAction::Create { name } => lampyr_cli::keys::create(&client(), name, cli.json),
+            KeysAction::Ls => lampyr_cli::keys::list(&client(), cli.json),
+            KeysAction::Rm { id } => lampyr_cli::keys::remove(&client(), id, cli.json),
+        }?),
     }
 }
 

@@ -18,8 +18,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -520,57 +519,15 @@ struct Moto {
     stdout: BufReader<ChildStdout>,
 }
 
-/// Where scripts/test installed moto (`pip install --target`).
-fn moto_dir() -> PathBuf {
-    let dir = std::env::var("LAMPYR_TEST_MOTO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-deps/moto")
-        });
-    assert!(
-        dir.join(".complete").exists(),
-        "{} has no moto: run the tests with scripts/test, which installs it (pip install --target {} 'moto[s3,sns,server]' boto3)",
-        dir.display(),
-        dir.display()
-    );
-    dir
-}
-
-/// A Python process that sees only the loopback endpoint it is given and
-/// dummy AWS credentials.
-fn python(deps: &std::path::Path) -> Command {
-    let mut c = Command::new("python3");
-    c.env("PYTHONPATH", deps)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("NO_PROXY", "127.0.0.1")
-        .env("no_proxy", "127.0.0.1");
-    for v in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        c.env_remove(v);
-    }
-    c
-}
-
 impl Moto {
     fn start() -> Moto {
-        let deps = moto_dir();
+        let deps = common::aws::test_deps("moto", "'moto[s3,sns,server]' boto3");
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let server = python(&deps)
+        let server = common::aws::python(&deps)
             .args([
                 "-m",
                 "moto.server",
@@ -590,7 +547,7 @@ impl Moto {
         });
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/storage/moto_driver.py");
-        let mut driver = python(&deps)
+        let mut driver = common::aws::python(&deps)
             .arg(script)
             .arg(&endpoint)
             .stdin(Stdio::piped())

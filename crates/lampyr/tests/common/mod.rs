@@ -2,6 +2,7 @@
 //! port with its own data directory, and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod nats;
 pub mod net;
 pub mod pg;
