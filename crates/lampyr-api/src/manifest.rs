@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! name = "hello"
-//! runtime = "nodejs"          # or "python"
+//! runtime = "nodejs"          # or "python"; or a version: "nodejs20.x", "python3.12"
 //! handler = "index.handler"   # file index.js / index.py, export `handler`
 //! memory_mb = 128
 //! timeout = "10s"
@@ -144,6 +144,11 @@ impl DurationText {
 pub struct FunctionSpec {
     pub name: String,
     pub runtime: Runtime,
+    /// The interpreter version the function asks for, when the manifest
+    /// names its runtime as the clouds do (`nodejs20.x` → `20`,
+    /// `python3.12` → `3.12`); none: whichever this host has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_version: Option<String>,
     pub handler: String,
     pub memory_mb: u32,
     pub timeout_ms: u64,
@@ -531,10 +536,8 @@ impl FunctionSpec {
 
     fn from_raw(raw: RawManifest) -> Result<Self, ManifestError> {
         validate_name(&raw.name)?;
-        let runtime: Runtime = raw
-            .runtime
-            .parse()
-            .map_err(|m: String| ManifestError::invalid("runtime", m))?;
+        let (runtime, runtime_version) = crate::runtimes::parse_runtime_id(&raw.runtime)
+            .map_err(|m| ManifestError::invalid("runtime", m))?;
         validate_handler(&raw.handler)?;
 
         let memory_mb = int_in(
@@ -745,6 +748,7 @@ impl FunctionSpec {
         Ok(FunctionSpec {
             name: raw.name,
             runtime,
+            runtime_version,
             handler: raw.handler,
             memory_mb,
             timeout_ms: timeout.as_millis() as u64,

@@ -78,6 +78,41 @@ impl Runtime {
     }
 }
 
+/// A runtime as a manifest names it: the language, and the version the
+/// function asks for when named the way the clouds name runtimes
+/// (Lambda's `nodejs20.x`, `python3.12`; Function Compute's `nodejs20`,
+/// `python3.10`).
+pub fn parse_runtime_id(s: &str) -> Result<(Runtime, Option<String>), String> {
+    if let Ok(rt) = s.parse::<Runtime>() {
+        return Ok((rt, None));
+    }
+    let cloud = |prefix: &str| s.strip_prefix(prefix);
+    if let Some(v) = cloud("nodejs") {
+        let major = v.strip_suffix(".x").unwrap_or(v);
+        if !major.is_empty() && major.len() <= 3 && major.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok((Runtime::Nodejs, Some(major.to_string())));
+        }
+    }
+    if let Some(v) = cloud("python") {
+        if let Some((maj, min)) = v.split_once('.') {
+            let digits =
+                |x: &str| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit());
+            if maj == "3" && digits(min) {
+                return Ok((Runtime::Python, Some(v.to_string())));
+            }
+        }
+    }
+    Err(s.parse::<Runtime>().unwrap_err()
+        + " (or a version as the clouds name them: \"nodejs20.x\", \"nodejs22.x\", \"python3.12\", \"nodejs20\", \"python3.10\")")
+}
+
+/// Whether an interpreter of version `found` (e.g. `20.20.2`) is the
+/// version a function asks for (`20`, `3.12`).
+pub fn version_satisfies(required: &str, found: &str) -> bool {
+    let found = found.trim_start_matches('v');
+    found == required || found.starts_with(&format!("{required}."))
+}
+
 impl fmt::Display for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -131,5 +166,40 @@ mod tests {
         }
         let e = "ruby".parse::<Runtime>().unwrap_err();
         assert_eq!(e, "unknown runtime 'ruby': use \"nodejs\" or \"python\"");
+    }
+
+    #[test]
+    fn cloud_runtime_identifiers_name_a_language_and_a_version() {
+        let ok = |s: &str| parse_runtime_id(s).unwrap();
+        assert_eq!(ok("nodejs"), (Runtime::Nodejs, None));
+        assert_eq!(ok("python"), (Runtime::Python, None));
+        for (id, rt, v) in [
+            ("nodejs18.x", Runtime::Nodejs, "18"),
+            ("nodejs20.x", Runtime::Nodejs, "20"),
+            ("nodejs22.x", Runtime::Nodejs, "22"),
+            ("nodejs20", Runtime::Nodejs, "20"),
+            ("python3.11", Runtime::Python, "3.11"),
+            ("python3.12", Runtime::Python, "3.12"),
+            ("python3.10", Runtime::Python, "3.10"),
+        ] {
+            assert_eq!(ok(id), (rt, Some(v.to_string())), "{id}");
+        }
+        for bad in [
+            "nodejs.x",
+            "nodejsx",
+            "python2.7",
+            "python3.x",
+            "java21",
+            "provided.al2023",
+        ] {
+            let e = parse_runtime_id(bad).unwrap_err();
+            assert!(e.contains(bad) && e.contains("nodejs20.x"), "{bad}: {e}");
+        }
+        assert!(version_satisfies("20", "20.20.2"));
+        assert!(version_satisfies("20", "v20.1.0"));
+        assert!(!version_satisfies("2", "20.20.2"));
+        assert!(version_satisfies("3.11", "3.11.7"));
+        assert!(!version_satisfies("3.1", "3.11.7"));
+        assert!(!version_satisfies("3.12", "3.11.7"));
     }
 }

@@ -94,6 +94,36 @@ impl Scheduler {
         Ok(inst)
     }
 
+    /// Refuses a function that asks for an interpreter version (`runtime =
+    /// "nodejs22.x"`) other than the one this host runs, naming both.
+    fn check_runtime_version(&self, spec: &lampyr_api::FunctionSpec) -> Result<(), SchedulerError> {
+        let Some(required) = &spec.runtime_version else {
+            return Ok(());
+        };
+        let unavailable = |why: String| SchedulerError::RuntimeUnavailable {
+            function: spec.name.clone(),
+            runtime: format!("{} {required}", spec.runtime),
+            why,
+        };
+        let found = self
+            .inner
+            .config
+            .runtimes
+            .get(spec.runtime)
+            .map_err(|why| unavailable(why.to_string()))?;
+        if lampyr_api::runtimes::version_satisfies(required, &found.version) {
+            return Ok(());
+        }
+        Err(unavailable(format!(
+            "this host runs {} {} ({}): install {} {required} and point {} at it, or name the installed version in the manifest (`lampyr doctor` lists it)",
+            spec.runtime,
+            found.version,
+            found.path.display(),
+            spec.runtime,
+            lampyr_runtime::kinds::of(spec.runtime).discovery().env_var,
+        )))
+    }
+
     /// Brings up one instance of `version`, specialised and loaded: from a
     /// pool when one has an instance ready, else from scratch.
     pub(crate) async fn start_instance(
@@ -104,6 +134,7 @@ impl Scheduler {
     ) -> Result<(Loaded, StartKind), SchedulerError> {
         let spec = version.spec();
         let function = spec.name.clone();
+        self.check_runtime_version(spec)?;
         let code_started = Instant::now();
         // No response will refill the pool afterwards: a start for no
         // request (reserved, a deploy's check) refills it at once.

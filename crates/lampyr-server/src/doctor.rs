@@ -49,7 +49,17 @@ pub fn doctor_report(runtimes: &Runtimes, sandboxer: &Sandboxer, data_dir: &Path
 /// what a server with `data_dir` and the default configuration would find.
 pub fn local_report(data_dir: &Path) -> Result<DoctorReport, crate::ServerError> {
     let runtimes = Runtimes::discover();
-    let cfg = crate::config::SandboxSection::default().to_config(data_dir)?;
-    let sandboxer = Sandboxer::new(cfg)?;
-    Ok(doctor_report(&runtimes, &sandboxer, data_dir))
+    // The sandbox is probed in a scratch directory of its own: a server may
+    // be running on `data_dir`, and its sandbox root is not ours to set up.
+    let scratch = std::env::temp_dir().join(format!("lampyr-doctor-{}", std::process::id()));
+    let cfg = crate::config::SandboxSection::default().to_config(&scratch)?;
+    let report = Sandboxer::new(cfg)
+        .map(|sandboxer| {
+            let report = doctor_report(&runtimes, &sandboxer, data_dir);
+            sandboxer.teardown();
+            report
+        })
+        .map_err(crate::ServerError::from);
+    let _ = std::fs::remove_dir_all(&scratch);
+    report
 }
