@@ -145,6 +145,9 @@ pub struct DeployResult {
     /// handler loaded), when the deploy was checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_ms: Option<f64>,
+    /// The alias the deploy moved (`--alias`), as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<crate::versions::AliasInfo>,
 }
 
 /// One log record of a function.

@@ -245,6 +245,7 @@ impl Dispatcher {
             credential: Credential::Operator,
             attempt: Some(attempt),
             idempotency_key: None,
+            routing_key: None,
         };
         let answer = self.sched.call(call).await;
         let failure = |error_type: String, message: String| AttemptError {

@@ -74,6 +74,10 @@ pub struct DeployArgs {
     pub dry_run: bool,
     /// Let the server check that the code loads before it takes traffic.
     pub verify: bool,
+    /// Recorded with the new version (`lampyr versions` shows it).
+    pub description: Option<String>,
+    /// Point this alias at the new version.
+    pub alias: Option<String>,
 }
 
 /// The function directory and manifest a `deploy` path names.
@@ -142,9 +146,22 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
             client.base()
         ),
     );
-    let mut path = format!("/api/v1/functions/{}", spec.name);
+    let mut query = Vec::new();
     if !args.verify {
-        path.push_str("?verify=false");
+        query.push("verify=false".to_string());
+    }
+    if let Some(d) = &args.description {
+        query.push(format!(
+            "description={}",
+            crate::versions::encode_component(d)
+        ));
+    }
+    if let Some(a) = &args.alias {
+        query.push(format!("alias={}", crate::versions::encode_component(a)));
+    }
+    let mut path = format!("/api/v1/functions/{}", spec.name);
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
     }
     let reply = match client.call("PUT", &path, Some(&pkg)) {
         Ok(r) => r,
@@ -200,6 +217,9 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
             t.elapsed().as_secs_f64() * 1000.0,
             res.url
         );
+        if let Some(a) = &res.alias {
+            let _ = writeln!(out(), "alias {} → {}", a.alias, a.target);
+        }
     }
     Ok(())
 }
@@ -331,6 +351,7 @@ pub fn invoke(
         print_json(&serde_json::json!({
             "request_id": reply.header("x-lampyr-request-id"),
             "version": reply.header("x-lampyr-version").and_then(|v| v.parse::<u64>().ok()),
+            "alias": reply.header("x-lampyr-alias"),
             "start": reply.header("x-lampyr-start"),
             "server_timing": reply.header("server-timing"),
             "error": failed,
@@ -352,7 +373,15 @@ pub fn invoke(
             reply.header("x-lampyr-start"),
             reply.header("server-timing"),
         ) {
-            eprintln!("({start} start; {timing})");
+            let version = match (
+                reply.header("x-lampyr-version"),
+                reply.header("x-lampyr-alias"),
+            ) {
+                (Some(v), Some(a)) => format!("version {v} via {a}; "),
+                (Some(v), None) => format!("version {v}; "),
+                _ => String::new(),
+            };
+            eprintln!("({version}{start} start; {timing})");
         }
     }
     if failed {

@@ -10,6 +10,7 @@ mod commands;
 pub mod events;
 pub mod paths;
 pub mod scaffold;
+pub mod versions;
 
 pub use client::{Client, ClientError};
 pub use commands::*;

@@ -138,6 +138,12 @@ pub(crate) struct DeployParams {
     /// `false`: skip the load check.
     #[serde(default)]
     verify: Option<bool>,
+    /// Recorded with the new version.
+    #[serde(default)]
+    description: Option<String>,
+    /// Point this alias at the new version.
+    #[serde(default)]
+    alias: Option<String>,
 }
 
 pub(crate) async fn deploy(
@@ -163,6 +169,8 @@ pub(crate) async fn deploy(
     })?;
     let opts = lampyr_scheduler::DeployOptions {
         verify: p.verify.unwrap_or(true),
+        description: p.description.filter(|d| !d.is_empty()),
+        alias: p.alias,
     };
     let deployed = app.sched.deploy(&name, body, opts).await?;
     let rec = &deployed.record;
@@ -175,6 +183,7 @@ pub(crate) async fn deploy(
         changed: deployed.changed,
         build_ms: lampyr_api::millis(deployed.build_time),
         check_ms: deployed.check_time.map(lampyr_api::millis),
+        alias: deployed.alias.as_ref().map(crate::versions::alias_info),
     }))
 }
 
@@ -193,10 +202,20 @@ pub(crate) async fn delete_function(
 pub(crate) async fn invoke_raw(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    query: Result<ApiQuery<InvokeParams>, ApiError>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let request_id = new_request_id();
+    let target = match query {
+        Ok(ApiQuery(InvokeParams { qualifier: Some(q) })) if !name.contains('@') => {
+            format!("{name}@{q}")
+        }
+        Ok(_) => name,
+        Err(e) => return e.into_response(),
+    };
+    let name = target;
+    let routing_key = trigger::routing_key(&headers);
     let (invocation_type, idempotency_key) = match trigger::invocation_headers(&headers) {
         Ok(h) => h,
         Err(e) => return e.into_response(),
@@ -224,6 +243,7 @@ pub(crate) async fn invoke_raw(
                 credential: lampyr_scheduler::Credential::Operator,
                 attempt: None,
                 idempotency_key: idempotency_key.as_deref(),
+                routing_key: routing_key.as_deref(),
             };
             trigger::call_and_answer(&app, call, trigger::respond_raw).await
         }
@@ -234,6 +254,14 @@ pub(crate) async fn invoke_raw(
         }
     }
     resp
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InvokeParams {
+    /// A version number, an alias or `$LATEST` (as `NAME@QUALIFIER` does).
+    #[serde(default)]
+    qualifier: Option<String>,
 }
 
 #[derive(Deserialize)]

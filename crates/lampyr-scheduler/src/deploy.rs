@@ -20,15 +20,23 @@ use lampyr_store::{FunctionRecord, Staged, VersionRecord};
 use crate::{Phases, Scheduler, SchedulerError, TriggerAccess, Version};
 
 /// How to deploy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeployOptions {
     /// Check that the new version loads before it takes traffic.
     pub verify: bool,
+    /// Recorded with the new version.
+    pub description: Option<String>,
+    /// Point this alias at the new version once it is recorded.
+    pub alias: Option<String>,
 }
 
 impl Default for DeployOptions {
     fn default() -> Self {
-        DeployOptions { verify: true }
+        DeployOptions {
+            verify: true,
+            description: None,
+            alias: None,
+        }
     }
 }
 
@@ -42,6 +50,8 @@ pub struct DeployOutcome {
     pub build_time: Duration,
     /// Starting an instance and loading the handler, when it was checked.
     pub check_time: Option<Duration>,
+    /// The alias the deploy moved, as it is now.
+    pub alias: Option<lampyr_store::AliasRecord>,
 }
 
 impl Scheduler {
@@ -62,14 +72,21 @@ impl Scheduler {
         let _one_at_a_time = lock.lock().await;
         let store = self.inner.store.clone();
         let n = name.to_string();
-        let staged: Staged = blocking(move || store.stage(&n, &package)).await??;
+        let mut staged: Staged = blocking(move || store.stage(&n, &package)).await??;
+        staged.description = opts.description.clone();
         if let Some(record) = staged.unchanged.clone() {
             return Ok(DeployOutcome {
                 record,
                 changed: false,
                 build_time: staged.build_time,
                 check_time: None,
+                alias: None,
             });
+        }
+        if let Err(e) = self.check_http_alias(&staged, opts.alias.as_deref()) {
+            let store = self.inner.store.clone();
+            let _ = blocking(move || store.discard(staged)).await;
+            return Err(e);
         }
         let store = self.inner.store.clone();
         let n = name.to_string();
@@ -94,12 +111,55 @@ impl Scheduler {
         let s = staged.clone();
         let record = blocking(move || store.commit(&s, version)).await??;
         self.activate_with(&record, checked)?;
+        let alias = match &opts.alias {
+            Some(a) => Some(
+                self.set_alias(
+                    name,
+                    a,
+                    lampyr_api::versions::AliasTarget {
+                        version,
+                        weight: None,
+                    },
+                    None,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        if let Err(e) = self.prune_versions(name).await {
+            tracing::warn!(function = name, "pruning old versions failed: {e}");
+        }
         Ok(DeployOutcome {
             record,
             changed: true,
             build_time: staged.build_time,
             check_time,
+            alias,
         })
+    }
+
+    /// The alias a new version's HTTP trigger names must exist, or be the
+    /// one the deploy points at it.
+    fn check_http_alias(
+        &self,
+        staged: &Staged,
+        deploying: Option<&str>,
+    ) -> Result<(), SchedulerError> {
+        let Some(alias) = staged.spec.http_alias() else {
+            return Ok(());
+        };
+        if deploying == Some(alias) || self.route(&staged.name, alias).is_ok() {
+            return Ok(());
+        }
+        Err(lampyr_store::StoreError::InvalidAlias {
+            function: staged.name.clone(),
+            alias: alias.to_string(),
+            message: format!(
+                "the HTTP trigger (triggers[].alias) names it, but it does not exist: create it with this deploy (`lampyr deploy --alias {alias}`) or with `lampyr alias set {} {alias} VERSION`",
+                staged.name
+            ),
+        }
+        .into())
     }
 
     /// Starts an instance of the staged version `version` and loads its
@@ -117,6 +177,7 @@ impl Scheduler {
                 code_sha256: staged.code_sha256.clone(),
                 code_size: staged.code_size,
                 created_at: SystemTime::now(),
+                description: staged.description.clone(),
             },
             code_dir: staged.code_dir.clone(),
             access: TriggerAccess::Public,
@@ -157,7 +218,7 @@ impl Scheduler {
 }
 
 /// Runs blocking store work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, SchedulerError> {
     tokio::task::spawn_blocking(f)

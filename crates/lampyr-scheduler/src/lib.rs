@@ -28,6 +28,7 @@
 //! `InstanceHandle` (`handle.rs`) and are unit-tested with stand-ins.
 #![forbid(unsafe_code)]
 
+mod aliases;
 mod deploy;
 mod error;
 mod handle;
@@ -40,6 +41,7 @@ mod records;
 mod start;
 mod state;
 pub mod stats;
+mod versions;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -80,7 +82,13 @@ pub struct SchedulerConfig {
     pub log_budget: lampyr_runtime::LogBudget,
     /// The egress network, or why this host has none.
     pub egress: Result<Arc<lampyr_egress::Egress>, String>,
+    /// How many old versions of a function that no alias uses keep their
+    /// code (the newest version and aliased ones always do).
+    pub keep_versions: usize,
 }
+
+/// The default of [`SchedulerConfig::keep_versions`].
+pub const DEFAULT_KEEP_VERSIONS: usize = 10;
 
 /// The function service. Cheap to clone.
 #[derive(Clone)]
@@ -92,6 +100,11 @@ pub(crate) struct Inner {
     store: Arc<Store>,
     config: SchedulerConfig,
     functions: RwLock<HashMap<String, Arc<FunctionState>>>,
+    /// Versions other than the newest that calls reached, by function and
+    /// number (`versions.rs`).
+    pinned: RwLock<HashMap<(String, u64), Arc<FunctionState>>>,
+    /// Every function's aliases (`aliases.rs`).
+    routes: aliases::Routes,
     logs: LogHub,
     instance_seq: AtomicU64,
     pools: pool::Pools,
@@ -166,6 +179,8 @@ impl Scheduler {
             store: store.clone(),
             config,
             functions: RwLock::new(HashMap::new()),
+            pinned: RwLock::new(HashMap::new()),
+            routes: aliases::Routes::default(),
             logs,
             instance_seq: AtomicU64::new(1),
             pools,
@@ -180,6 +195,7 @@ impl Scheduler {
         });
         inner.pools.start(&inner);
         let sched = Scheduler { inner };
+        sched.load_routes()?;
         for rec in store.list()? {
             sched.activate(&rec)?;
         }
@@ -269,6 +285,13 @@ impl Scheduler {
             for inst in state.delete() {
                 inst.kill("function deleted");
             }
+            let versions: Vec<u64> = self
+                .version_states(name)
+                .iter()
+                .map(|s| s.current().record.version)
+                .collect();
+            self.drop_versions(name, &versions);
+            self.inner.routes.forget(name);
             let _ = self.inner.changes.send(Change::Deleted(name.to_string()));
         }
         self.inner.logs.remove(name);
@@ -287,13 +310,14 @@ impl Scheduler {
     /// Stops every instance of every function and waits (up to `limit`)
     /// until they are gone, their cgroups included.
     pub async fn shutdown(&self, limit: Duration) {
-        let states: Vec<Arc<FunctionState>> = self
+        let mut states: Vec<Arc<FunctionState>> = self
             .inner
             .functions
             .write()
             .drain()
             .map(|(_, s)| s)
             .collect();
+        states.extend(self.inner.pinned.write().drain().map(|(_, s)| s));
         let mut instances: Vec<Arc<Instance>> = states.iter().flat_map(|s| s.stop_all()).collect();
         instances.extend(self.inner.pools.drain());
         for inst in &instances {
@@ -309,14 +333,25 @@ impl Scheduler {
         }
     }
 
-    /// Live instance counts of a function.
+    /// Live instance counts of a function, all its versions together.
     pub fn instance_counts(&self, name: &str) -> InstanceCounts {
-        self.inner
+        let mut c = self
+            .inner
             .functions
             .read()
             .get(name)
             .map(|s| s.counts())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for s in self.version_states(name) {
+            let o = s.counts();
+            c.starting += o.starting;
+            c.idle += o.idle;
+            c.busy += o.busy;
+            c.draining += o.draining;
+            c.stopping += o.stopping;
+            c.queued += o.queued;
+        }
+        c
     }
 
     /// The error of `name`'s latest failed initialisation, while requests
@@ -336,14 +371,23 @@ impl Scheduler {
         self.inner.functions.read().len()
     }
 
-    /// Total live instances across all functions.
+    /// Total live instances across all functions and versions.
     pub fn total_instances(&self) -> usize {
-        self.inner
+        let main: usize = self
+            .inner
             .functions
             .read()
             .values()
             .map(|s| s.counts().total())
-            .sum()
+            .sum();
+        let pinned: usize = self
+            .inner
+            .pinned
+            .read()
+            .values()
+            .map(|s| s.counts().total())
+            .sum();
+        main + pinned
     }
 
     /// A function's capacity: `(max_instances, concurrency)`.

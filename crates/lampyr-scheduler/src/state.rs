@@ -536,6 +536,7 @@ mod tests {
                 code_sha256: String::new(),
                 code_size: 0,
                 created_at: SystemTime::now(),
+                description: None,
             },
             code_dir: PathBuf::new(),
             access: TriggerAccess::Public,

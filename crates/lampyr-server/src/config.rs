@@ -72,6 +72,25 @@ pub struct ServerConfig {
     pub network: NetworkSection,
     #[serde(default, rename = "async")]
     pub async_: AsyncSection,
+    #[serde(default)]
+    pub versions: VersionsSection,
+}
+
+/// `[versions]`: how many old versions keep their code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VersionsSection {
+    /// Old versions that no alias uses, newest first, that are kept (the
+    /// newest version and aliased ones always are).
+    pub keep: usize,
+}
+
+impl Default for VersionsSection {
+    fn default() -> Self {
+        VersionsSection {
+            keep: lampyr_scheduler::DEFAULT_KEEP_VERSIONS,
+        }
+    }
 }
 
 /// `[async]`: asynchronous invocation and its event queue.

@@ -211,6 +211,7 @@ impl Server {
                 retention,
                 log_budget: cfg.logs.budget(),
                 egress,
+                keep_versions: cfg.versions.keep,
             },
         )?;
         let addr = cfg

@@ -502,6 +502,7 @@ async fn invoke(ctx: &Ctx, meta: &[Delivered], body: Vec<u8>) -> Verdict {
             credential: Credential::Operator,
             attempt: Some(attempt),
             idempotency_key: None,
+            routing_key: None,
         };
         match ctx.sched.call(call).await {
             Ok(Answer::Ran(inv)) => {

@@ -256,6 +256,7 @@ impl StorageTrigger {
                         credential: Credential::Operator,
                         attempt: None,
                         idempotency_key: Some(&key),
+                        routing_key: None,
                     })
                     .await
             }

@@ -1,0 +1,190 @@
+//! Aliases as the service routes them: a copy of every alias in memory,
+//! read per call, written through to the store (which keeps them, their
+//! history and canaries across restarts) on every change.
+//!
+//! Moving an alias takes effect for the next call: calls already running
+//! finish on the version they started on (their lease holds its state).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use lampyr_api::versions::AliasTarget;
+use lampyr_store::{AliasRecord, StoreError};
+use parking_lot::RwLock;
+
+use crate::deploy::blocking;
+use crate::{Scheduler, SchedulerError};
+
+/// One alias as calls see it.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) name: Arc<str>,
+    pub(crate) target: AliasTarget,
+}
+
+/// Every function's aliases, by function and alias name.
+#[derive(Default)]
+pub(crate) struct Routes(RwLock<HashMap<String, HashMap<String, Arc<Route>>>>);
+
+impl Routes {
+    /// Remembers `rec` as it is now.
+    pub(crate) fn put(&self, rec: &AliasRecord) {
+        self.0
+            .write()
+            .entry(rec.function.clone())
+            .or_default()
+            .insert(
+                rec.alias.clone(),
+                Arc::new(Route {
+                    name: rec.alias.as_str().into(),
+                    target: rec.target,
+                }),
+            );
+    }
+
+    fn remove(&self, function: &str, alias: &str) {
+        if let Some(m) = self.0.write().get_mut(function) {
+            m.remove(alias);
+        }
+    }
+
+    /// Forgets every alias of `function`.
+    pub(crate) fn forget(&self, function: &str) {
+        self.0.write().remove(function);
+    }
+
+    fn get(&self, function: &str, alias: &str) -> Option<Arc<Route>> {
+        self.0.read().get(function)?.get(alias).cloned()
+    }
+
+    /// The aliases of `function`.
+    pub(crate) fn of(&self, function: &str) -> Vec<Arc<Route>> {
+        self.0
+            .read()
+            .get(function)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Scheduler {
+    /// Alias `alias` of `function`, as calls are routed now.
+    pub(crate) fn route(&self, function: &str, alias: &str) -> Result<Arc<Route>, SchedulerError> {
+        self.inner.routes.get(function, alias).ok_or_else(|| {
+            StoreError::AliasNotFound {
+                function: function.to_string(),
+                alias: alias.to_string(),
+            }
+            .into()
+        })
+    }
+
+    /// Loads every stored alias (at start).
+    pub(crate) fn load_routes(&self) -> Result<(), SchedulerError> {
+        for rec in self.inner.store.all_aliases()? {
+            self.inner.routes.put(&rec);
+        }
+        Ok(())
+    }
+
+    /// Routes calls as `rec` says from now on.
+    pub(crate) fn routed(&self, rec: &AliasRecord) {
+        self.inner.routes.put(rec);
+        self.aliases_changed(&rec.function);
+    }
+
+    /// Points `alias` of `function` at `target` (and sets its reserved
+    /// instances, when given).
+    pub async fn set_alias(
+        &self,
+        function: &str,
+        alias: &str,
+        target: AliasTarget,
+        min_instances: Option<u32>,
+    ) -> Result<AliasRecord, SchedulerError> {
+        let store = self.inner.store.clone();
+        let (f, a) = (function.to_string(), alias.to_string());
+        let rec = blocking(move || store.set_alias(&f, &a, target, min_instances)).await??;
+        tracing::info!(function, alias, target = %rec.target, "alias set");
+        self.routed(&rec);
+        Ok(rec)
+    }
+
+    /// Points an alias back at what it pointed at before, at once. Without
+    /// `alias`: the one the HTTP trigger serves, or the function's only one.
+    pub async fn rollback(
+        &self,
+        function: &str,
+        alias: Option<&str>,
+    ) -> Result<AliasRecord, SchedulerError> {
+        let alias = match alias {
+            Some(a) => a.to_string(),
+            None => self.default_alias(function)?,
+        };
+        let store = self.inner.store.clone();
+        let (f, a) = (function.to_string(), alias.clone());
+        let rec = blocking(move || store.rollback_alias(&f, &a)).await??;
+        tracing::info!(function, alias, target = %rec.target, "alias rolled back");
+        self.routed(&rec);
+        Ok(rec)
+    }
+
+    /// The alias a command means when it names none.
+    fn default_alias(&self, function: &str) -> Result<String, SchedulerError> {
+        let current = self
+            .current(function)
+            .ok_or_else(|| SchedulerError::NotFound(function.to_string()))?;
+        if let Some(a) = current.spec.http_alias() {
+            return Ok(a.to_string());
+        }
+        let mut all = self.inner.routes.of(function);
+        match all.len() {
+            1 => Ok(all.remove(0).name.to_string()),
+            n => Err(SchedulerError::BadQualifier {
+                target: function.to_string(),
+                message: format!(
+                    "the function has {n} aliases and its HTTP trigger names none: say which alias (`lampyr alias ls {function}` lists them)"
+                ),
+            }),
+        }
+    }
+
+    /// Deletes an alias. Refused while the HTTP trigger of the newest
+    /// version serves it.
+    pub async fn delete_alias(&self, function: &str, alias: &str) -> Result<(), SchedulerError> {
+        if let Some(current) = self.current(function) {
+            if current.spec.http_alias() == Some(alias) {
+                return Err(StoreError::InvalidAlias {
+                    function: function.to_string(),
+                    alias: alias.to_string(),
+                    message: format!(
+                        "the HTTP trigger of version {} serves /fn/{function} through it; deploy a manifest whose HTTP trigger names another alias first",
+                        current.version
+                    ),
+                }
+                .into());
+            }
+        }
+        let store = self.inner.store.clone();
+        let (f, a) = (function.to_string(), alias.to_string());
+        blocking(move || store.delete_alias(&f, &a)).await??;
+        tracing::info!(function, alias, "alias deleted");
+        self.inner.routes.remove(function, alias);
+        self.aliases_changed(function);
+        Ok(())
+    }
+
+    /// The aliases of a function, as stored.
+    pub async fn aliases(&self, function: &str) -> Result<Vec<AliasRecord>, SchedulerError> {
+        let store = self.inner.store.clone();
+        let f = function.to_string();
+        Ok(blocking(move || {
+            store.get(&f)?;
+            store.aliases(&f)
+        })
+        .await??)
+    }
+
+    /// A function's aliases changed: reserved instances follow them.
+    pub(crate) fn aliases_changed(&self, _function: &str) {}
+}

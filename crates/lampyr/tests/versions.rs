@@ -1,0 +1,346 @@
+//! Versions and aliases on a real server: calling versions by number,
+//! aliases (weighted, sticky by routing key), rollback, the HTTP trigger's
+//! alias, retention, and everything surviving a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config_file, request, Fixture, Server};
+
+/// A function whose answer says which code ran.
+fn versioned(name: &str, extra: &str, tag: &str) -> Fixture {
+    Fixture::node(
+        name,
+        extra,
+        &format!("exports.handler = async () => ({{ statusCode: 200, body: '{tag}' }});"),
+    )
+}
+
+/// Deploys `tag`'s code of `name` with the CLI; returns the version.
+fn deploy_cli(server: &Server, name: &str, extra: &str, tag: &str, args: &[&str]) -> u64 {
+    let f = versioned(name, extra, tag);
+    let mut all = vec!["--json", "deploy", f.path().to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = server.cli(&all);
+    assert!(
+        out.status.success(),
+        "deploy {tag}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["version"].as_u64().unwrap()
+}
+
+fn cli_json(server: &Server, args: &[&str]) -> (bool, serde_json::Value) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = server.cli(&all);
+    let text = if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    };
+    let v = serde_json::from_slice(text).unwrap_or_else(|_| {
+        panic!(
+            "lampyr {args:?} did not print JSON: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+/// Calls `/fn/TARGET` and returns (body, version, alias).
+fn call(server: &Server, target: &str, key: Option<&str>) -> (String, u64, Option<String>) {
+    let headers: Vec<(&str, &str)> = key
+        .map(|k| ("x-lampyr-routing-key", k))
+        .into_iter()
+        .collect();
+    let r = request(
+        "GET",
+        &format!("{}/fn/{target}", server.url),
+        None,
+        &headers,
+    );
+    assert_eq!(r.status, 200, "{target}: {}", r.text());
+    (
+        r.text(),
+        r.header("x-lampyr-version").unwrap().parse().unwrap(),
+        r.header("x-lampyr-alias").map(str::to_string),
+    )
+}
+
+fn error_code(r: &common::Resp) -> String {
+    r.json()["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn versions_are_called_by_number_and_aliases_route_weigh_and_roll_back() {
+    let server = Server::start();
+    for (i, d) in ["first", "second", "third"].iter().enumerate() {
+        let v = deploy_cli(
+            &server,
+            "f",
+            "",
+            &format!("v{}", i + 1),
+            &["--description", d],
+        );
+        assert_eq!(v, i as u64 + 1);
+    }
+    let (ok, list) = cli_json(&server, &["versions", "f"]);
+    assert!(ok);
+    let versions = list["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 3);
+    assert_eq!(versions[1]["description"], "second");
+    assert_eq!(versions[2]["latest"], true);
+    assert_eq!(versions[0]["code_sha256"].as_str().unwrap().len(), 64);
+    assert!(versions[0]["created_at"].as_str().unwrap().ends_with('Z'));
+
+    // Each version by number; $LATEST and the bare name are the newest.
+    for n in 1..=3u64 {
+        let (body, v, alias) = call(&server, &format!("f@{n}"), None);
+        assert_eq!((body, v, alias), (format!("v{n}"), n, None));
+    }
+    assert_eq!(call(&server, "f@$LATEST", None).1, 3);
+    assert_eq!(call(&server, "f/some/path", None).1, 3);
+
+    // An alias.
+    let (ok, a) = cli_json(&server, &["alias", "set", "f", "live", "2"]);
+    assert!(ok, "{a}");
+    assert_eq!(a["version"], 2);
+    assert_eq!(
+        call(&server, "f@live/x", None),
+        ("v2".into(), 2, Some("live".into()))
+    );
+
+    // Errors name what is wrong.
+    let r = server.api(
+        "PUT",
+        "/functions/f/aliases/live",
+        Some(br#"{"version": 9}"#),
+    );
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (404, "version_not_found")
+    );
+    assert!(r.text().contains("version 9"), "{}", r.text());
+    let r = server.api(
+        "PUT",
+        "/functions/f/aliases/live",
+        Some(br#"{"version": 1, "weight": [2, 1.5]}"#),
+    );
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_weight"));
+    assert!(r.text().contains("1.5"), "{}", r.text());
+    let r = server.api(
+        "PUT",
+        "/functions/f/aliases/Live",
+        Some(br#"{"version": 1}"#),
+    );
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_alias"));
+    let r = request("GET", &format!("{}/fn/f@nope", server.url), None, &[]);
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (404, "alias_not_found")
+    );
+    assert!(r.text().contains("'nope'"), "{}", r.text());
+    let (ok, e) = cli_json(&server, &["versions", "rm", "f", "2"]);
+    assert!(!ok);
+    assert_eq!(e["error"]["code"], "version_in_use");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("'live'"),
+        "{e}"
+    );
+    let (ok, e) = cli_json(
+        &server,
+        &["alias", "set", "f", "live", "1", "--weight", "3=2"],
+    );
+    assert!(!ok);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("weight 2"),
+        "{e}"
+    );
+
+    // Weighted: version 3 on 30% of callers, each caller on one version.
+    let (ok, _) = cli_json(
+        &server,
+        &["alias", "set", "f", "live", "1", "--weight", "3=0.3"],
+    );
+    assert!(ok);
+    let calls = 300;
+    let mut on_three = 0;
+    for i in 0..calls {
+        let key = format!("caller-{i}");
+        let (_, v, _) = call(&server, "f@live", Some(&key));
+        assert!(v == 1 || v == 3, "{v}");
+        if v == 3 {
+            on_three += 1;
+        }
+    }
+    let share = on_three as f64 / calls as f64;
+    assert!(
+        (share - 0.3).abs() < 0.08,
+        "version 3 got {share} of the calls"
+    );
+    for key in ["caller-7", "caller-8", "someone"] {
+        let first = call(&server, "f@live", Some(key)).1;
+        for _ in 0..10 {
+            assert_eq!(call(&server, "f@live", Some(key)).1, first, "{key}");
+        }
+    }
+
+    // The API's invoke and `lampyr invoke` take qualifiers too.
+    let r = server.api("POST", "/functions/f@1/invoke", Some(b"{}"));
+    assert_eq!(r.header("x-lampyr-version"), Some("1"), "{}", r.text());
+    let r = server.api("POST", "/functions/f/invoke?qualifier=2", Some(b"{}"));
+    assert_eq!(r.header("x-lampyr-version"), Some("2"), "{}", r.text());
+    let (ok, inv) = cli_json(&server, &["invoke", "f@live"]);
+    assert!(ok, "{inv}");
+    assert_eq!(inv["alias"], "live");
+
+    // Rollback is immediate: every next call is on the earlier target.
+    let (ok, a) = cli_json(&server, &["rollback", "f", "live"]);
+    assert!(ok, "{a}");
+    assert_eq!((a["version"].as_u64(), a.get("weight")), (Some(2), None));
+    for i in 0..20 {
+        assert_eq!(call(&server, "f@live", Some(&format!("caller-{i}"))).1, 2);
+    }
+    let (_, list) = cli_json(&server, &["alias", "ls", "f"]);
+    assert_eq!(list["aliases"][0]["alias"], "live");
+    // Rolled back to where it started: nothing earlier to go back to.
+    assert!(list["aliases"][0].get("previous").is_none(), "{list}");
+
+    // Version 1 is no alias's any more: it can go, and is gone.
+    let (ok, e) = cli_json(&server, &["versions", "rm", "f", "1"]);
+    assert!(ok, "{e}");
+    let r = request("GET", &format!("{}/fn/f@1", server.url), None, &[]);
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (404, "version_not_found")
+    );
+    let (ok, e) = cli_json(&server, &["versions", "rm", "f", "3"]);
+    assert!(!ok);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("$LATEST"),
+        "{e}"
+    );
+    let (ok, _) = cli_json(&server, &["alias", "rm", "f", "live"]);
+    assert!(ok);
+    let r = request("GET", &format!("{}/fn/f@live", server.url), None, &[]);
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn rollback_leaves_calls_in_flight_on_their_version() {
+    let server = Server::start();
+    let slow = |tag: &str| {
+        Fixture::node(
+            "slow",
+            "timeout = \"20s\"\n",
+            &format!(
+                "exports.handler = async (e) => {{ if (e.rawQueryString === 'wait') await new Promise(r => setTimeout(r, 1500)); return {{ statusCode: 200, body: '{tag}' }}; }};"
+            ),
+        )
+    };
+    server.deploy_checked(slow("v1").path());
+    server.deploy_checked(slow("v2").path());
+    let (ok, _) = cli_json(&server, &["alias", "set", "slow", "live", "1"]);
+    assert!(ok);
+    let (ok, _) = cli_json(&server, &["alias", "set", "slow", "live", "2"]);
+    assert!(ok);
+    let url = format!("{}/fn/slow@live?wait", server.url);
+    let in_flight = std::thread::spawn(move || request("GET", &url, None, &[]));
+    // The slow call has reached version 2's instance.
+    server.wait_until(
+        "the slow call to be running",
+        Duration::from_secs(20),
+        || {
+            server.instances("slow") > 0
+                && server.info("slow")["instance_states"]["busy"].as_u64() == Some(1)
+        },
+    );
+    let (ok, _) = cli_json(&server, &["rollback", "slow"]);
+    assert!(ok);
+    assert_eq!(call(&server, "slow@live", None).0, "v1");
+    let r = in_flight.join().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "v2"));
+    assert_eq!(r.header("x-lampyr-version"), Some("2"));
+}
+
+#[test]
+fn the_http_trigger_serves_its_alias_and_everything_survives_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let (_cfg, path) = config_file("[versions]\nkeep = 1\n");
+    let extra = ["--config", path.as_str()];
+    let mut server = Server::start_in(data.path(), &extra);
+    let http_live = "[[triggers]]\ntype = \"http\"\nalias = \"live\"\n";
+    // The alias must exist, or be made by the deploy.
+    let f = versioned("web", http_live, "v1");
+    let out = server.cli(&["--json", "deploy", f.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["error"]["code"], "invalid_alias");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("'live'"),
+        "{e}"
+    );
+    assert_eq!(
+        deploy_cli(&server, "web", http_live, "v1", &["--alias", "live"]),
+        1
+    );
+    for i in 2..=5 {
+        assert_eq!(
+            deploy_cli(&server, "web", http_live, &format!("v{i}"), &[]),
+            i
+        );
+    }
+    // /fn/web is the alias's (still version 1), the newest is 5.
+    assert_eq!(
+        call(&server, "web", None),
+        ("v1".into(), 1, Some("live".into()))
+    );
+    assert_eq!(call(&server, "web@$LATEST", None).1, 5);
+    // Retention: one unaliased old version besides the newest.
+    let (_, list) = cli_json(&server, &["versions", "web"]);
+    let left: Vec<u64> = list["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(left, vec![1, 4, 5]);
+    let r = server.api("DELETE", "/functions/web/aliases/live", None);
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_alias"));
+
+    let (ok, _) = cli_json(
+        &server,
+        &["alias", "set", "web", "live", "4", "--weight", "5=0.25"],
+    );
+    assert!(ok);
+    let (ok, _) = cli_json(
+        &server,
+        &["alias", "set", "web", "beta", "5", "--min-instances", "0"],
+    );
+    assert!(ok);
+    server.stop();
+    let server = Server::start_in(data.path(), &extra);
+    let (_, list) = cli_json(&server, &["alias", "ls", "web"]);
+    let aliases = list["aliases"].as_array().unwrap();
+    assert_eq!(aliases.len(), 2);
+    let live = aliases.iter().find(|a| a["alias"] == "live").unwrap();
+    assert_eq!(live["version"], 4);
+    assert_eq!(live["weight"], serde_json::json!([5, 0.25]));
+    assert_eq!(live["previous"]["version"], 1);
+    let v = call(&server, "web", Some("k")).1;
+    assert!(v == 4 || v == 5, "{v}");
+    // The history survived too.
+    let (ok, a) = cli_json(&server, &["rollback", "web", "live"]);
+    assert!(ok, "{a}");
+    assert_eq!(
+        call(&server, "web", None),
+        ("v1".into(), 1, Some("live".into()))
+    );
+}
