@@ -78,6 +78,8 @@ pub struct DeployArgs {
     pub description: Option<String>,
     /// Point this alias at the new version.
     pub alias: Option<String>,
+    /// With `alias`: `PERCENT%/INTERVAL`, a canary first.
+    pub canary: Option<String>,
 }
 
 /// The function directory and manifest a `deploy` path names.
@@ -159,6 +161,11 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
     if let Some(a) = &args.alias {
         query.push(format!("alias={}", crate::versions::encode_component(a)));
     }
+    if let Some(c) = &args.canary {
+        lampyr_api::versions::parse_canary(c)
+            .map_err(|m| CommandError::Input(format!("--canary: {m}")))?;
+        query.push(format!("canary={}", crate::versions::encode_component(c)));
+    }
     let mut path = format!("/api/v1/functions/{}", spec.name);
     if !query.is_empty() {
         path = format!("{path}?{}", query.join("&"));
@@ -219,6 +226,18 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
         );
         if let Some(a) = &res.alias {
             let _ = writeln!(out(), "alias {} → {}", a.alias, a.target);
+            if let Some(c) = &a.canary {
+                let _ = writeln!(
+                    out(),
+                    "canary: version {} on {:.0}% until {}, then promoted unless its error rate is more than {:.1} points above version {}'s (`lampyr alias ls {}`)",
+                    c.to,
+                    c.weight * 100.0,
+                    c.decide_at,
+                    c.threshold * 100.0,
+                    c.from,
+                    res.name
+                );
+            }
         }
     }
     Ok(())

@@ -144,6 +144,9 @@ pub(crate) struct DeployParams {
     /// Point this alias at the new version.
     #[serde(default)]
     alias: Option<String>,
+    /// With `alias`: `PERCENT%/INTERVAL`, a canary first.
+    #[serde(default)]
+    canary: Option<String>,
 }
 
 pub(crate) async fn deploy(
@@ -167,10 +170,17 @@ pub(crate) async fn deploy(
             ApiError::new(e.status(), "bad_request", e.body_text())
         }
     })?;
+    let canary = p
+        .canary
+        .as_deref()
+        .map(lampyr_api::versions::parse_canary)
+        .transpose()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_canary", m))?;
     let opts = lampyr_scheduler::DeployOptions {
         verify: p.verify.unwrap_or(true),
         description: p.description.filter(|d| !d.is_empty()),
         alias: p.alias,
+        canary,
     };
     let deployed = app.sched.deploy(&name, body, opts).await?;
     let rec = &deployed.record;

@@ -83,6 +83,7 @@ impl Scheduler {
     pub(crate) fn load_routes(&self) -> Result<(), SchedulerError> {
         for rec in self.inner.store.all_aliases()? {
             self.inner.routes.put(&rec);
+            self.inner.canaries.follow(&rec);
         }
         Ok(())
     }
@@ -90,6 +91,7 @@ impl Scheduler {
     /// Routes calls as `rec` says from now on.
     pub(crate) fn routed(&self, rec: &AliasRecord) {
         self.inner.routes.put(rec);
+        self.inner.canaries.follow(rec);
         self.aliases_changed(&rec.function);
     }
 
@@ -170,6 +172,7 @@ impl Scheduler {
         blocking(move || store.delete_alias(&f, &a)).await??;
         tracing::info!(function, alias, "alias deleted");
         self.inner.routes.remove(function, alias);
+        self.inner.canaries.forget(function, Some(alias));
         self.aliases_changed(function);
         Ok(())
     }

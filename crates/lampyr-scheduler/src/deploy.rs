@@ -28,6 +28,9 @@ pub struct DeployOptions {
     pub description: Option<String>,
     /// Point this alias at the new version once it is recorded.
     pub alias: Option<String>,
+    /// With `alias`: move it gradually, the new version on this share of
+    /// its traffic for this long first (`canary.rs`).
+    pub canary: Option<(f64, Duration)>,
 }
 
 impl Default for DeployOptions {
@@ -36,6 +39,7 @@ impl Default for DeployOptions {
             verify: true,
             description: None,
             alias: None,
+            canary: None,
         }
     }
 }
@@ -70,6 +74,13 @@ impl Scheduler {
             .or_default()
             .clone();
         let _one_at_a_time = lock.lock().await;
+        if opts.canary.is_some() && opts.alias.is_none() {
+            return Err(SchedulerError::BadQualifier {
+                target: name.to_string(),
+                message: "a canary moves an alias: name it (`--alias ALIAS --canary 10%/5m`)"
+                    .into(),
+            });
+        }
         let store = self.inner.store.clone();
         let n = name.to_string();
         let mut staged: Staged = blocking(move || store.stage(&n, &package)).await??;
@@ -111,8 +122,14 @@ impl Scheduler {
         let s = staged.clone();
         let record = blocking(move || store.commit(&s, version)).await??;
         self.activate_with(&record, checked)?;
-        let alias = match &opts.alias {
-            Some(a) => Some(
+        let alias = match (&opts.alias, opts.canary) {
+            // A canary needs a version to compare with: a new alias simply
+            // points at the new version.
+            (Some(a), Some((weight, interval))) if self.route(name, a).is_ok() => Some(
+                self.start_canary(name, a, version, weight, interval)
+                    .await?,
+            ),
+            (Some(a), _) => Some(
                 self.set_alias(
                     name,
                     a,
@@ -124,7 +141,7 @@ impl Scheduler {
                 )
                 .await?,
             ),
-            None => None,
+            (None, _) => None,
         };
         if let Err(e) = self.prune_versions(name).await {
             tracing::warn!(function = name, "pruning old versions failed: {e}");

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod aliases;
+mod canary;
 mod deploy;
 mod error;
 mod handle;
@@ -85,10 +86,16 @@ pub struct SchedulerConfig {
     /// How many old versions of a function that no alias uses keep their
     /// code (the newest version and aliased ones always do).
     pub keep_versions: usize,
+    /// How much higher (0-1) a canary's error rate may be than the old
+    /// version's before the canary is rolled back.
+    pub canary_threshold: f64,
 }
 
 /// The default of [`SchedulerConfig::keep_versions`].
 pub const DEFAULT_KEEP_VERSIONS: usize = 10;
+
+/// The default of [`SchedulerConfig::canary_threshold`]: five points.
+pub const DEFAULT_CANARY_THRESHOLD: f64 = 0.05;
 
 /// The function service. Cheap to clone.
 #[derive(Clone)]
@@ -105,6 +112,8 @@ pub(crate) struct Inner {
     pinned: RwLock<HashMap<(String, u64), Arc<FunctionState>>>,
     /// Every function's aliases (`aliases.rs`).
     routes: aliases::Routes,
+    /// Canaries in progress (`canary.rs`).
+    canaries: canary::Canaries,
     logs: LogHub,
     instance_seq: AtomicU64,
     pools: pool::Pools,
@@ -181,6 +190,7 @@ impl Scheduler {
             functions: RwLock::new(HashMap::new()),
             pinned: RwLock::new(HashMap::new()),
             routes: aliases::Routes::default(),
+            canaries: canary::Canaries::default(),
             logs,
             instance_seq: AtomicU64::new(1),
             pools,
@@ -200,6 +210,7 @@ impl Scheduler {
             sched.activate(&rec)?;
         }
         reaper::start(&sched);
+        canary::start(&sched);
         Ok(sched)
     }
 
@@ -292,6 +303,7 @@ impl Scheduler {
                 .collect();
             self.drop_versions(name, &versions);
             self.inner.routes.forget(name);
+            self.inner.canaries.forget(name, None);
             let _ = self.inner.changes.send(Change::Deleted(name.to_string()));
         }
         self.inner.logs.remove(name);

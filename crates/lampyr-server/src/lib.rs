@@ -212,6 +212,7 @@ impl Server {
                 log_budget: cfg.logs.budget(),
                 egress,
                 keep_versions: cfg.versions.keep,
+                canary_threshold: cfg.versions.canary_threshold()?,
             },
         )?;
         let addr = cfg

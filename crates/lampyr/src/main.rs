@@ -127,6 +127,11 @@ enum Command {
         /// Point this alias at the new version.
         #[arg(long)]
         alias: Option<String>,
+        /// Move the alias gradually: PERCENT%/INTERVAL (e.g. 10%/5m) of its
+        /// traffic on the new version, then all of it unless the new
+        /// version's error rate is worse (else it is rolled back).
+        #[arg(long, requires = "alias")]
+        canary: Option<String>,
     },
     /// Invoke a function with a JSON event and print its result.
     Invoke {
@@ -356,6 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_verify,
             description,
             alias,
+            canary,
         } => {
             let args = lampyr_cli::DeployArgs {
                 path: path.clone(),
@@ -363,6 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 verify: !no_verify,
                 description: description.clone(),
                 alias: alias.clone(),
+                canary: canary.clone(),
             };
             Ok(lampyr_cli::deploy(&client(), &args, cli.json)?)
         }

@@ -344,3 +344,125 @@ fn the_http_trigger_serves_its_alias_and_everything_survives_a_restart() {
         ("v1".into(), 1, Some("live".into()))
     );
 }
+
+/// The alias `alias` of `name` as `lampyr alias ls --json` shows it.
+fn alias_of(server: &Server, name: &str, alias: &str) -> serde_json::Value {
+    let (ok, list) = cli_json(server, &["alias", "ls", name]);
+    assert!(ok, "{list}");
+    list["aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["alias"] == alias)
+        .cloned()
+        .unwrap_or_else(|| panic!("no alias {alias}: {list}"))
+}
+
+/// Calls `name@alias` (each call a new routing key) until its canary is
+/// decided; returns the alias then.
+fn call_until_decided(server: &Server, name: &str, alias: &str) -> serde_json::Value {
+    let mut i = 0;
+    let mut decided = None;
+    server.wait_until("the canary to be decided", Duration::from_secs(60), || {
+        for _ in 0..5 {
+            i += 1;
+            let key = format!("k{i}");
+            request(
+                "GET",
+                &format!("{}/fn/{name}@{alias}", server.url),
+                None,
+                &[("x-lampyr-routing-key", key.as_str())],
+            );
+        }
+        let a = alias_of(server, name, alias);
+        let done = a.get("canary").is_none();
+        decided = Some(a);
+        done
+    });
+    decided.unwrap()
+}
+
+#[test]
+fn a_canary_that_fails_rolls_back_and_one_that_works_is_promoted_across_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(data.path(), &[]);
+    assert_eq!(
+        deploy_cli(&server, "can", "", "v1", &["--alias", "live"]),
+        1
+    );
+    // Version 2 fails every call: rolled back on its own, saying why.
+    let broken = Fixture::node(
+        "can",
+        "",
+        "exports.handler = async () => { throw new Error('broken'); };",
+    );
+    let out = server.cli(&[
+        "--json",
+        "deploy",
+        broken.path().to_str().unwrap(),
+        "--alias",
+        "live",
+        "--canary",
+        "50%/2s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["alias"]["weight"], serde_json::json!([2, 0.5]));
+    assert_eq!(d["alias"]["canary"]["to"], 2);
+    let a = call_until_decided(&server, "can", "live");
+    assert_eq!(
+        (a["version"].as_u64(), a.get("weight")),
+        (Some(1), None),
+        "{a}"
+    );
+    let note = a["note"].as_str().unwrap();
+    assert!(
+        note.contains("rolled back to version 1") && note.contains("version 2 had"),
+        "{note}"
+    );
+    let text = server.cli(&["alias", "ls", "can"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("rolled back"));
+    assert!(server
+        .log()
+        .iter()
+        .any(|l| l.contains("canary rolled back")));
+
+    // Version 3 works: promoted, even with a restart in the middle.
+    assert_eq!(
+        deploy_cli(
+            &server,
+            "can",
+            "",
+            "v3",
+            &["--alias", "live", "--canary", "50%/3s"]
+        ),
+        3
+    );
+    server.stop();
+    let server = Server::start_in(data.path(), &[]);
+    let a = alias_of(&server, "can", "live");
+    assert_eq!(a["canary"]["to"], 3, "the canary survived the restart: {a}");
+    let a = call_until_decided(&server, "can", "live");
+    assert_eq!(
+        (a["version"].as_u64(), a.get("weight")),
+        (Some(3), None),
+        "{a}"
+    );
+    assert!(
+        a["note"].as_str().unwrap().contains("promoted version 3"),
+        "{a}"
+    );
+    assert_eq!(call(&server, "can@live", None).0, "v3");
+    // A canary needs an alias.
+    let out = server.cli(&[
+        "deploy",
+        broken.path().to_str().unwrap(),
+        "--canary",
+        "5%/1m",
+    ]);
+    assert!(!out.status.success());
+}
