@@ -157,6 +157,9 @@ pub struct VersionInfo {
     /// The aliases that route to it.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Its live instances.
+    #[serde(default)]
+    pub instances: crate::InstanceCounts,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -31,8 +31,8 @@ pub fn list(client: &Client, name: &str, json: bool) -> Result<(), CommandError>
     let mut o = out();
     let _ = writeln!(
         o,
-        "{:>7}  {:<24}  {:<12}  {:<16}  DESCRIPTION",
-        "VERSION", "DEPLOYED", "CODE", "ALIASES"
+        "{:>7}  {:<24}  {:<12}  {:<16}  {:>9}  DESCRIPTION",
+        "VERSION", "DEPLOYED", "CODE", "ALIASES", "INSTANCES"
     );
     for v in &list.versions {
         let mut aliases = v.aliases.clone();
@@ -41,11 +41,12 @@ pub fn list(client: &Client, name: &str, json: bool) -> Result<(), CommandError>
         }
         let _ = writeln!(
             o,
-            "{:>7}  {:<24}  {:<12}  {:<16}  {}",
+            "{:>7}  {:<24}  {:<12}  {:<16}  {:>9}  {}",
             v.version,
             v.created_at,
             &v.code_sha256[..v.code_sha256.len().min(12)],
             aliases.join(","),
+            v.instances.total(),
             v.description
                 .as_deref()
                 .map(crate::commands::printable)

@@ -56,9 +56,15 @@ pub(crate) async fn list_versions(
     })
     .await
     .map_err(ApiError::internal)??;
+    let counts = app.sched.version_counts(&name);
     let versions = versions
         .into_iter()
         .map(|v| VersionInfo {
+            instances: counts
+                .iter()
+                .find(|(n, _)| *n == v.version)
+                .map(|(_, c)| *c)
+                .unwrap_or_default(),
             latest: v.version == current.current.version,
             aliases: aliases
                 .iter()

@@ -20,6 +20,7 @@ use crate::{Scheduler, SchedulerError};
 pub(crate) struct Route {
     pub(crate) name: Arc<str>,
     pub(crate) target: AliasTarget,
+    pub(crate) min_instances: u32,
 }
 
 /// Every function's aliases, by function and alias name.
@@ -38,6 +39,7 @@ impl Routes {
                 Arc::new(Route {
                     name: rec.alias.as_str().into(),
                     target: rec.target,
+                    min_instances: rec.min_instances,
                 }),
             );
     }
@@ -188,6 +190,85 @@ impl Scheduler {
         .await??)
     }
 
-    /// A function's aliases changed: reserved instances follow them.
-    pub(crate) fn aliases_changed(&self, _function: &str) {}
+    /// A function's aliases changed (or its newest version did): each
+    /// version gets the reserved instances its aliases ask for, started
+    /// now; a version no alias reserves for any more lets them go.
+    pub(crate) fn aliases_changed(&self, function: &str) {
+        let Some(main) = self.inner.functions.read().get(function).cloned() else {
+            return;
+        };
+        let want = reserves(&self.inner.routes.of(function));
+        let latest = main.current().record.version;
+        self.reserve_for(&main, want.get(&latest).copied().unwrap_or(0));
+        for state in self.version_states(function) {
+            let v = state.current().record.version;
+            self.reserve_for(&state, want.get(&v).copied().unwrap_or(0));
+        }
+        for (&v, _) in want.iter().filter(|(v, n)| **v != latest && **n > 0) {
+            // Made with its reserve, by the loop above next time; now:
+            match self.version_state(&main, v) {
+                Ok(state) => self.reserve_for(&state, want[&v]),
+                Err(e) => {
+                    tracing::warn!(
+                        function,
+                        version = v,
+                        "reserved instances cannot start: {e}"
+                    )
+                }
+            }
+        }
+    }
+
+    fn reserve_for(&self, state: &Arc<crate::state::FunctionState>, n: u32) {
+        for inst in state.set_alias_reserve(n) {
+            inst.kill("no alias reserves instances for its version any more");
+        }
+        self.ensure_reserved(state);
+    }
+}
+
+/// The reserved instances each version gets from `routes`: an alias's
+/// `min_instances` for its one version, or shared by weight between two
+/// (each at least one).
+fn reserves(routes: &[Arc<Route>]) -> HashMap<u64, u32> {
+    let mut want: HashMap<u64, u32> = HashMap::new();
+    for r in routes.iter().filter(|r| r.min_instances > 0) {
+        let n = r.min_instances;
+        match r.target.weight {
+            None => *want.entry(r.target.version).or_default() += n,
+            Some((v, w)) => {
+                let second = ((f64::from(n) * w).round() as u32).clamp(1, n.max(1));
+                let first = n.saturating_sub(second).max(1);
+                *want.entry(r.target.version).or_default() += first;
+                *want.entry(v).or_default() += second;
+            }
+        }
+    }
+    want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_instances_follow_aliases_shared_by_weight() {
+        let route = |version, weight, min_instances| {
+            Arc::new(Route {
+                name: "a".into(),
+                target: AliasTarget { version, weight },
+                min_instances,
+            })
+        };
+        let want = reserves(&[
+            route(1, None, 2),
+            route(1, Some((2, 0.25)), 4),
+            route(3, None, 0),
+        ]);
+        assert_eq!(want.get(&1), Some(&5));
+        assert_eq!(want.get(&2), Some(&1));
+        assert_eq!(want.get(&3), None);
+        let want = reserves(&[route(1, Some((2, 0.05)), 1)]);
+        assert_eq!((want[&1], want[&2]), (1, 1));
+    }
 }

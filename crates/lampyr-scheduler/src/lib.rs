@@ -282,6 +282,8 @@ impl Scheduler {
             state.adopt(inst, version);
         }
         self.ensure_reserved(&state);
+        // The newest version changed: so may the reserves aliases ask for.
+        self.aliases_changed(&rec.name);
         let _ = self
             .inner
             .changes

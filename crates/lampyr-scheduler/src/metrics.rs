@@ -163,7 +163,7 @@ impl crate::Scheduler {
                 .set(c.queued as i64);
             m.reserved
                 .with_label_values(&[name])
-                .set(i64::from(state.current().spec().min_instances));
+                .set(i64::from(state.reserve()));
         }
         for p in self.inner.pools.status() {
             m.pooled

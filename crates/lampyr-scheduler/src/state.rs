@@ -62,6 +62,11 @@ struct Inner<I> {
     /// The last start of the current version failed to initialise: until
     /// `retry_at`, requests get its error instead of starting another.
     init_failure: Option<InitFailure>,
+    /// Reserved instances the version's aliases ask for.
+    alias_reserve: u32,
+    /// A version other than the function's newest: only its aliases'
+    /// reserved instances are kept, not its manifest's `min_instances`.
+    pinned: bool,
 }
 
 /// A failed initialisation and when to try again.
@@ -88,6 +93,15 @@ pub(crate) struct FunctionState<I = lampyr_runtime::Instance> {
 }
 
 impl<I> Inner<I> {
+    /// How many instances are kept alive, idle or not.
+    fn reserve(&self) -> u32 {
+        if self.pinned {
+            self.alias_reserve
+        } else {
+            self.current.spec().min_instances.max(self.alias_reserve)
+        }
+    }
+
     fn is_live(&self, s: &Slot<I>) -> bool {
         s.drain.is_none() && Arc::ptr_eq(&s.version, &self.current)
     }
@@ -147,8 +161,46 @@ impl<I: InstanceHandle> FunctionState<I> {
                 next_slot: 1,
                 stopping: Default::default(),
                 init_failure: None,
+                alias_reserve: 0,
+                pinned: false,
             }),
         }
+    }
+
+    /// The state of a version other than the function's newest, which
+    /// keeps only the reserved instances its aliases ask for.
+    pub(crate) fn pinned(name: &str, version: Arc<Version>) -> Self {
+        let st = FunctionState::new(name, version);
+        st.inner.lock().pinned = true;
+        st
+    }
+
+    /// Sets the reserved instances the version's aliases ask for. With
+    /// none, a pinned version's idle instances stop now (no alias routes
+    /// to it any more); they are returned to be killed.
+    pub(crate) fn set_alias_reserve(&self, n: u32) -> Vec<Arc<I>> {
+        let mut g = self.inner.lock();
+        let before = g.alias_reserve;
+        g.alias_reserve = n;
+        if !(g.pinned && n == 0 && before > 0) {
+            return Vec::new();
+        }
+        let mut idle = Vec::new();
+        g.slots.retain(|s| {
+            if s.inflight == 0 {
+                idle.push(s.instance.clone());
+                false
+            } else {
+                true
+            }
+        });
+        g.stopping.extend(idle.iter().map(|i| i.id().to_string()));
+        idle
+    }
+
+    /// Reserved instances kept now.
+    pub(crate) fn reserve(&self) -> u32 {
+        self.inner.lock().reserve()
     }
 
     pub(crate) fn current(&self) -> Arc<Version> {
@@ -432,6 +484,7 @@ impl<I: InstanceHandle> FunctionState<I> {
         let spec = current.spec();
         let idle_timeout = spec.idle_timeout();
         let mut live = g.live();
+        let reserve = g.reserve();
         let mut out = Vec::new();
         // Oldest-idle first.
         let mut candidates: Vec<(Instant, SlotId)> = g
@@ -444,7 +497,7 @@ impl<I: InstanceHandle> FunctionState<I> {
             .collect();
         candidates.sort();
         for (_, id) in candidates {
-            if live <= spec.min_instances {
+            if live <= reserve {
                 break;
             }
             if let Some(idx) = g.slots.iter().position(|s| s.id == id) {
@@ -463,7 +516,7 @@ impl<I: InstanceHandle> FunctionState<I> {
         if g.deleted {
             return Vec::new();
         }
-        let want = g.current.spec().min_instances;
+        let want = g.reserve();
         let have = g.live() + g.starting;
         let backing_off = g
             .init_failure
@@ -481,7 +534,7 @@ impl<I: InstanceHandle> FunctionState<I> {
     pub(crate) fn needs_reserve(&self) -> bool {
         let g = self.inner.lock();
         !g.deleted
-            && g.live() + g.starting < g.current.spec().min_instances
+            && g.live() + g.starting < g.reserve()
             && g.init_failure
                 .as_ref()
                 .is_none_or(|f| Instant::now() >= f.retry_at)

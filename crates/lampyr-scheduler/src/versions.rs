@@ -102,9 +102,8 @@ impl Scheduler {
             .pinned
             .write()
             .entry(key)
-            .or_insert_with(|| Arc::new(FunctionState::new(&main.name, version)))
+            .or_insert_with(|| Arc::new(FunctionState::pinned(&main.name, version)))
             .clone();
-        self.ensure_reserved(&state);
         Ok(state)
     }
 
@@ -130,6 +129,20 @@ impl Scheduler {
             code_dir,
             access,
         }))
+    }
+
+    /// A function's live instances per version, oldest version first.
+    pub fn version_counts(&self, name: &str) -> Vec<(u64, lampyr_api::InstanceCounts)> {
+        let mut out: Vec<(u64, lampyr_api::InstanceCounts)> = self
+            .version_states(name)
+            .iter()
+            .map(|s| (s.current().record.version, s.counts()))
+            .collect();
+        if let Some(main) = self.inner.functions.read().get(name) {
+            out.push((main.current().record.version, main.counts()));
+        }
+        out.sort_by_key(|(v, _)| *v);
+        out
     }
 
     /// Every state of a function's other versions.

@@ -466,3 +466,80 @@ fn a_canary_that_fails_rolls_back_and_one_that_works_is_promoted_across_a_restar
     ]);
     assert!(!out.status.success());
 }
+
+/// `version`'s instances as `lampyr versions --json` shows them.
+fn instances_of(server: &Server, name: &str, version: u64) -> serde_json::Value {
+    let (ok, list) = cli_json(server, &["versions", name]);
+    assert!(ok, "{list}");
+    list["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == version)
+        .map(|v| v["instances"].clone())
+        .unwrap_or_else(|| panic!("no version {version}: {list}"))
+}
+
+fn total(c: &serde_json::Value) -> u64 {
+    ["starting", "idle", "busy", "draining", "stopping"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn reserved_instances_per_alias_are_ready_first_and_move_with_the_alias() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(data.path(), &[]);
+    // Unchecked deploys: no instance until something asks for one.
+    server.deploy(versioned("res", "", "v1").path());
+    server.deploy(versioned("res", "", "v2").path());
+    server.deploy(versioned("res", "", "v3").path());
+    assert_eq!(server.instances("res"), 0);
+    let (ok, a) = cli_json(
+        &server,
+        &["alias", "set", "res", "live", "1", "--min-instances", "2"],
+    );
+    assert!(ok, "{a}");
+    assert_eq!(a["min_instances"], 2);
+    server.wait_until(
+        "two idle instances of version 1",
+        Duration::from_secs(30),
+        || instances_of(&server, "res", 1)["idle"] == 2,
+    );
+    // The first call finds one ready.
+    let r = request("GET", &format!("{}/fn/res@live", server.url), None, &[]);
+    assert_eq!((r.status, r.header("x-lampyr-start")), (200, Some("warm")));
+
+    // The alias moves: so do its reserved instances.
+    let (ok, _) = cli_json(&server, &["alias", "set", "res", "live", "2"]);
+    assert!(ok);
+    server.wait_until(
+        "version 2 reserved, version 1 gone",
+        Duration::from_secs(30),
+        || {
+            instances_of(&server, "res", 2)["idle"] == 2
+                && total(&instances_of(&server, "res", 1)) == 0
+        },
+    );
+    let r = request("GET", &format!("{}/fn/res@live", server.url), None, &[]);
+    assert_eq!(r.header("x-lampyr-start"), Some("warm"));
+    assert_eq!(r.text(), "v2");
+
+    // They come back after a restart, before any call.
+    server.stop();
+    let server = Server::start_in(data.path(), &[]);
+    server.wait_until(
+        "version 2 reserved after the restart",
+        Duration::from_secs(30),
+        || instances_of(&server, "res", 2)["idle"] == 2,
+    );
+    assert_eq!(total(&instances_of(&server, "res", 3)), 0);
+    let (ok, _) = cli_json(&server, &["alias", "rm", "res", "live"]);
+    assert!(ok);
+    server.wait_until(
+        "version 2's reserved instances to stop",
+        Duration::from_secs(30),
+        || total(&instances_of(&server, "res", 2)) == 0,
+    );
+}
