@@ -333,6 +333,21 @@ pub struct FunctionStats {
     /// Per cold-start phase (queue, code, sandbox, runtime, init, exec).
     pub phases: std::collections::BTreeMap<String, Percentiles>,
     pub gb_seconds: f64,
+    /// The same, split by the version that ran (a canary beside the
+    /// version it may replace).
+    #[serde(default)]
+    pub by_version: std::collections::BTreeMap<u64, VersionStats>,
+}
+
+/// One version's part of [`FunctionStats`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionStats {
+    pub count: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub cold_starts: u64,
+    pub cold_start_rate: f64,
+    pub duration: Percentiles,
 }
 
 /// One point of a function's time series (`GET /api/v1/functions/NAME/series`).

@@ -695,22 +695,63 @@ pub fn stats(client: &Client, name: &str, since: &str, json: bool) -> Result<(),
             row(&mut o, phase, p);
         }
     }
+    if s.by_version.len() > 1 {
+        let _ = writeln!(
+            o,
+            "\n{:<10} {:>7} {:>9} {:>9} {:>10} {:>10}",
+            "version", "count", "errors", "cold", "p50 ms", "p99 ms"
+        );
+        for (v, vs) in &s.by_version {
+            let _ = writeln!(
+                o,
+                "{:<10} {:>7} {:>8.1}% {:>8.1}% {:>10.3} {:>10.3}",
+                v,
+                vs.count,
+                vs.error_rate * 100.0,
+                vs.cold_start_rate * 100.0,
+                vs.duration.p50,
+                vs.duration.p99
+            );
+        }
+    }
     Ok(())
 }
 
 /// `lampyr logs NAME`: the stored records, or with `follow` a stream of
 /// them as the server writes them.
 #[allow(clippy::too_many_arguments)]
+/// Which of a function's log lines `lampyr logs` prints.
+#[derive(Debug, Clone, Default)]
+pub struct LogsArgs<'a> {
+    /// Only lines of this invocation.
+    pub request_id: Option<&'a str>,
+    /// Only lines newer than this, e.g. `10m`.
+    pub since: Option<&'a str>,
+    /// At most this many of the newest lines.
+    pub tail: usize,
+    /// Only lines of this version.
+    pub version: Option<u64>,
+    /// Keep printing new lines.
+    pub follow: bool,
+}
+
 pub fn logs(
     client: &Client,
     name: &str,
-    request_id: Option<&str>,
-    since: Option<&str>,
-    tail: usize,
-    follow: bool,
+    args: &LogsArgs<'_>,
     json: bool,
 ) -> Result<(), CommandError> {
+    let LogsArgs {
+        request_id,
+        since,
+        tail,
+        version,
+        follow,
+    } = *args;
     let mut q = format!("/api/v1/functions/{name}/logs?tail={tail}");
+    if let Some(v) = version {
+        q.push_str(&format!("&version={v}"));
+    }
     if let Some(r) = request_id {
         q.push_str(&format!("&request_id={r}"));
     }

@@ -287,6 +287,9 @@ pub(crate) struct LogParams {
     /// Keep the connection open and stream new records as server-sent events.
     #[serde(default)]
     follow: Option<String>,
+    /// Only lines of this version.
+    #[serde(default)]
+    version: Option<u64>,
 }
 
 /// A query string for the API: like axum's `Query`, but a bad parameter
@@ -383,15 +386,19 @@ pub(crate) async fn function_logs(
         return Ok(follow_logs(
             app,
             name,
-            p.request_id,
-            since,
-            p.tail.unwrap_or(50),
+            LogQuery {
+                request_id: p.request_id,
+                since,
+                tail: p.tail.unwrap_or(50),
+                version: p.version,
+            },
         ));
     }
     let q = LogQuery {
         request_id: p.request_id,
         since,
         tail: p.tail.unwrap_or(200),
+        version: p.version,
     };
     let hub = app.sched.logs().clone();
     let records = tokio::task::spawn_blocking(move || hub.query(&name, &q))
@@ -403,23 +410,13 @@ pub(crate) async fn function_logs(
 
 /// Streams a function's log as server-sent events: the last `tail` records,
 /// then every new one as it is written.
-fn follow_logs(
-    app: AppState,
-    name: String,
-    request_id: Option<String>,
-    since: Option<String>,
-    tail: usize,
-) -> Response {
+fn follow_logs(app: AppState, name: String, q: LogQuery) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     // Subscribe before reading the backlog, so nothing falls in between.
     let rx = app.sched.logs().subscribe();
     let hub = app.sched.logs().clone();
-    let q = LogQuery {
-        request_id: request_id.clone(),
-        since,
-        tail,
-    };
     let backlog = hub.query(&name, &q).unwrap_or_default();
+    let (request_id, version) = (q.request_id, q.version);
     let event = |r: &lampyr_api::LogRecord| {
         Ok::<_, std::convert::Infallible>(
             Event::default().data(serde_json::to_string(r).expect("record serialises")),
@@ -443,6 +440,7 @@ fn follow_logs(
                             && request_id
                                 .as_deref()
                                 .is_none_or(|id| r.request_id.as_deref() == Some(id))
+                            && version.is_none_or(|v| r.version == v)
                         {
                             let ev = Event::default()
                                 .data(serde_json::to_string(&*r).expect("record serialises"));

@@ -168,6 +168,9 @@ enum Command {
         /// At most this many of the newest lines.
         #[arg(long, default_value_t = 200)]
         tail: usize,
+        /// Only lines of this version.
+        #[arg(long)]
+        version: Option<u64>,
         /// Keep printing new lines as they are written.
         #[arg(long, short)]
         follow: bool,
@@ -522,14 +525,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             request_id,
             since,
             tail,
+            version,
             follow,
         } => Ok(lampyr_cli::logs(
             &client(),
             name,
-            request_id.as_deref(),
-            since.as_deref(),
-            *tail,
-            *follow,
+            &lampyr_cli::LogsArgs {
+                request_id: request_id.as_deref(),
+                since: since.as_deref(),
+                tail: *tail,
+                version: *version,
+                follow: *follow,
+            },
             cli.json,
         )?),
         Command::Doctor => doctor(&data_dir, cli.json),

@@ -543,3 +543,43 @@ fn reserved_instances_per_alias_are_ready_first_and_move_with_the_alias() {
         || total(&instances_of(&server, "res", 2)) == 0,
     );
 }
+
+#[test]
+fn logs_and_stats_are_split_by_version() {
+    let server = Server::start();
+    for tag in ["one", "two"] {
+        server.deploy(
+            Fixture::node(
+                "split",
+                "",
+                &format!(
+                    "exports.handler = async () => {{ console.log('ran {tag}'); return {{ statusCode: 200, body: '{tag}' }}; }};"
+                ),
+            )
+            .path(),
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(call(&server, "split@1", None).0, "one");
+    }
+    assert_eq!(call(&server, "split@2", None).0, "two");
+    let mut lines = Vec::new();
+    server.wait_until("version 1's log", Duration::from_secs(20), || {
+        let (ok, v) = cli_json(&server, &["logs", "split", "--version", "1"]);
+        assert!(ok, "{v}");
+        lines = v["records"].as_array().unwrap().clone();
+        lines.iter().filter(|l| l["message"] == "ran one").count() == 3
+    });
+    assert!(lines.iter().all(|l| l["version"] == 1), "{lines:?}");
+    let mut stats = serde_json::Value::Null;
+    server.wait_until("both versions' records", Duration::from_secs(20), || {
+        let (ok, v) = cli_json(&server, &["stats", "split"]);
+        assert!(ok, "{v}");
+        stats = v;
+        stats["by_version"]["1"]["count"] == 3 && stats["by_version"]["2"]["count"] == 1
+    });
+    assert_eq!(stats["count"], 4);
+    assert_eq!(stats["by_version"]["2"]["errors"], 0);
+    let text = server.cli(&["stats", "split"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("version"));
+}
