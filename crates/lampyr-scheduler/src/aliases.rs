@@ -81,6 +81,13 @@ impl Scheduler {
         })
     }
 
+    /// Whether an alias of `function` routes to `version`.
+    pub(crate) fn routed_to(&self, function: &str, version: u64) -> bool {
+        self.inner.routes.of(function).iter().any(|r| {
+            r.target.version == version || r.target.weight.is_some_and(|(v, _)| v == version)
+        })
+    }
+
     /// Loads every stored alias (at start).
     pub(crate) fn load_routes(&self) -> Result<(), SchedulerError> {
         for rec in self.inner.store.all_aliases()? {
@@ -220,8 +227,9 @@ impl Scheduler {
     }
 
     fn reserve_for(&self, state: &Arc<crate::state::FunctionState>, n: u32) {
-        for inst in state.set_alias_reserve(n) {
-            inst.kill("no alias reserves instances for its version any more");
+        let routed = self.routed_to(&state.name, state.current().record.version);
+        for inst in state.set_alias_reserve(n, routed) {
+            inst.kill("no alias routes to its version any more");
         }
         self.ensure_reserved(state);
     }

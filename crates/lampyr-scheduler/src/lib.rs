@@ -273,9 +273,18 @@ impl Scheduler {
                 .or_insert_with(|| Arc::new(FunctionState::new(&rec.name, version.clone())))
                 .clone()
         };
-        let to_kill = state.set_version(version.clone());
-        for inst in to_kill {
-            inst.kill("replaced by a new version");
+        let previous = state.current();
+        if previous.record.version != version.record.version
+            && self.routed_to(&rec.name, previous.record.version)
+        {
+            // An alias still routes to the version being replaced: its idle
+            // instances move to that version's own state, warm.
+            let idle = state.hand_over(version.clone());
+            self.keep_instances(&state, previous, idle);
+        } else {
+            for inst in state.set_version(version.clone()) {
+                inst.kill("replaced by a new version");
+            }
         }
         if let Some(inst) = loaded {
             self.watch_instance(&state, &inst);

@@ -175,14 +175,13 @@ impl<I: InstanceHandle> FunctionState<I> {
         st
     }
 
-    /// Sets the reserved instances the version's aliases ask for. With
-    /// none, a pinned version's idle instances stop now (no alias routes
-    /// to it any more); they are returned to be killed.
-    pub(crate) fn set_alias_reserve(&self, n: u32) -> Vec<Arc<I>> {
+    /// Sets the reserved instances the version's aliases ask for. When no
+    /// alias routes to it (`routed` false), a pinned version's idle
+    /// instances stop now; they are returned to be killed.
+    pub(crate) fn set_alias_reserve(&self, n: u32, routed: bool) -> Vec<Arc<I>> {
         let mut g = self.inner.lock();
-        let before = g.alias_reserve;
         g.alias_reserve = n;
-        if !(g.pinned && n == 0 && before > 0) {
+        if !g.pinned || routed {
             return Vec::new();
         }
         let mut idle = Vec::new();
@@ -427,6 +426,16 @@ impl<I: InstanceHandle> FunctionState<I> {
 
     /// Switches to a new version; returns old idle instances to kill.
     pub(crate) fn set_version(&self, version: Arc<Version>) -> Vec<Arc<I>> {
+        let idle = self.hand_over(version);
+        let mut g = self.inner.lock();
+        g.stopping.extend(idle.iter().map(|i| i.id().to_string()));
+        idle
+    }
+
+    /// Switches to a new version; returns the old version's idle
+    /// instances, no longer this state's (to be killed, or adopted by the
+    /// old version's own state).
+    pub(crate) fn hand_over(&self, version: Arc<Version>) -> Vec<Arc<I>> {
         let mut g = self.inner.lock();
         g.current = version;
         g.init_failure = None;
@@ -445,7 +454,6 @@ impl<I: InstanceHandle> FunctionState<I> {
                 true
             }
         });
-        g.stopping.extend(idle.iter().map(|i| i.id().to_string()));
         g.wake_all();
         idle
     }
@@ -678,6 +686,28 @@ mod tests {
         let (inst, reason) = st.release(held.slot).expect("drained once idle");
         assert!(Arc::ptr_eq(&inst, &busy));
         assert_eq!(reason, "replaced by version 2");
+    }
+
+    #[test]
+    fn an_aliased_version_takes_its_idle_instances_along_and_keeps_its_reserve() {
+        let v1 = version(1, "");
+        let st = FunctionState::new("f", v1.clone());
+        let a = Fake::new("f-1");
+        let g = take(&st, &a);
+        assert!(st.release(g.slot).is_none());
+        let idle = st.hand_over(version(2, ""));
+        assert_eq!(idle.len(), 1);
+        assert_eq!(st.counts().stopping, 0, "handed over, not stopping");
+        let pinned = FunctionState::pinned("f", v1.clone());
+        pinned.adopt(idle[0].clone(), v1);
+        assert_eq!(pinned.counts().idle, 1);
+        // A pinned version keeps what its aliases reserve, not its
+        // manifest's min_instances; unrouted, its idle instances stop.
+        assert_eq!(pinned.reserve(), 0);
+        assert!(pinned.set_alias_reserve(2, true).is_empty());
+        assert_eq!(pinned.reserve_missing().len(), 1);
+        assert_eq!(pinned.set_alias_reserve(0, false).len(), 1);
+        assert_eq!(pinned.counts().idle, 0);
     }
 
     #[test]

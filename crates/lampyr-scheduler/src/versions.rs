@@ -131,6 +131,27 @@ impl Scheduler {
         }))
     }
 
+    /// Gives the idle instances of `version` (the newest version until a
+    /// deploy replaced it on `main`) to the version's own state.
+    pub(crate) fn keep_instances(
+        &self,
+        main: &Arc<FunctionState>,
+        version: Arc<Version>,
+        idle: Vec<Arc<lampyr_runtime::Instance>>,
+    ) {
+        let state = self
+            .inner
+            .pinned
+            .write()
+            .entry((main.name.clone(), version.record.version))
+            .or_insert_with(|| Arc::new(FunctionState::pinned(&main.name, version.clone())))
+            .clone();
+        for inst in idle {
+            self.watch_instance(&state, &inst);
+            state.adopt(inst, version.clone());
+        }
+    }
+
     /// A function's live instances per version, oldest version first.
     pub fn version_counts(&self, name: &str) -> Vec<(u64, lampyr_api::InstanceCounts)> {
         let mut out: Vec<(u64, lampyr_api::InstanceCounts)> = self

@@ -583,3 +583,32 @@ fn logs_and_stats_are_split_by_version() {
     let text = server.cli(&["stats", "split"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("version"));
 }
+
+#[test]
+fn a_deploy_leaves_an_aliased_version_its_warm_instances() {
+    let server = Server::start();
+    server.deploy_checked(versioned("warm", "", "v1").path());
+    let (ok, _) = cli_json(&server, &["alias", "set", "warm", "live", "1"]);
+    assert!(ok);
+    let r = request("GET", &format!("{}/fn/warm@live", server.url), None, &[]);
+    assert_eq!(
+        (r.text().as_str(), r.header("x-lampyr-start")),
+        ("v1", Some("warm"))
+    );
+    server.deploy_checked(versioned("warm", "", "v2").path());
+    // Version 1 kept its instance: the alias's next call is warm.
+    let r = request("GET", &format!("{}/fn/warm@live", server.url), None, &[]);
+    assert_eq!(
+        (r.text().as_str(), r.header("x-lampyr-start")),
+        ("v1", Some("warm"))
+    );
+    assert_eq!(call(&server, "warm", None).0, "v2");
+    // Once no alias routes to it, its idle instances stop.
+    let (ok, _) = cli_json(&server, &["alias", "set", "warm", "live", "2"]);
+    assert!(ok);
+    server.wait_until(
+        "version 1's instances to stop",
+        Duration::from_secs(30),
+        || total(&instances_of(&server, "warm", 1)) == 0,
+    );
+}
