@@ -18,7 +18,9 @@
 //!   starts reserved instances whenever fewer than `min_instances` are alive.
 //! * **Versions.** A deploy (`deploy.rs`) checks that the new version loads,
 //!   then switches new requests to it at once; old-version instances drain
-//!   (finish what they run) and stop.
+//!   (finish what they run) and stop. Any version stays callable by number
+//!   or through an alias (`versions.rs`, `aliases.rs`), on instances of its
+//!   own; an alias may move gradually (`canary.rs`).
 //! * **Failures.** A timed-out invocation poisons its instance, which is
 //!   killed as soon as nothing else runs on it; an instance that dies fails
 //!   exactly the invocations it was running, and is replaced on demand.

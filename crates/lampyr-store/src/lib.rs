@@ -1,7 +1,7 @@
 //! The code store and the metadata store.
 //!
-//! * **Metadata** (functions, their immutable versions, trigger tokens) lives
-//!   in one embedded SQLite database, `DATA/lampyr.db`.
+//! * **Metadata** (functions, their immutable versions, aliases, trigger
+//!   tokens) lives in one embedded SQLite database, `DATA/lampyr.db`.
 //! * **Code packages** are gzip'd tar archives kept as content-addressed blobs,
 //!   `DATA/blobs/sha256/AB/ABCDEF…`, written once and never changed.
 //! * **Pre-built code**: at deploy time every package is verified and unpacked
