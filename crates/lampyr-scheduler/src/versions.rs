@@ -50,13 +50,12 @@ impl Scheduler {
             .get(name)
             .cloned()
             .ok_or_else(|| SchedulerError::NotFound(name.to_string()))?;
-        let latest = main.current();
+        // Only the HTTP trigger needs the newest version's manifest here.
+        let latest =
+            (q == Qualifier::Default && trigger == TriggerKind::Http).then(|| main.current());
         let alias = match q {
             Qualifier::Latest => None,
-            Qualifier::Default => match latest.spec().http_alias() {
-                Some(a) if trigger == TriggerKind::Http => Some(a),
-                _ => None,
-            },
+            Qualifier::Default => latest.as_ref().and_then(|l| l.spec().http_alias()),
             Qualifier::Version(n) => {
                 return Ok(Target {
                     state: self.version_state(&main, n)?,

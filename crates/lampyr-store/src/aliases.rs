@@ -405,18 +405,8 @@ mod tests {
     fn store_with(versions: u64) -> (tempfile::TempDir, Store) {
         let data = tempfile::tempdir().unwrap();
         let store = Store::open(data.path(), StoreLimits::default()).unwrap();
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(
-            d.path().join("lampyr.toml"),
-            "name = \"f\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n",
-        )
-        .unwrap();
         for i in 1..=versions {
-            std::fs::write(
-                d.path().join("index.js"),
-                format!("exports.handler = () => {i};"),
-            )
-            .unwrap();
+            let d = crate::tests::function_dir("f", &format!("exports.handler = () => {i};"));
             store.deploy("f", &pack_dir(d.path()).unwrap()).unwrap();
         }
         (data, store)

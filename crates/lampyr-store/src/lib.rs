@@ -725,7 +725,8 @@ pub fn new_token() -> String {
 mod tests {
     use super::*;
 
-    fn function_dir(name: &str, body: &str) -> tempfile::TempDir {
+    /// A Node.js function's directory: its manifest and `index.js`.
+    pub(crate) fn function_dir(name: &str, body: &str) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(
             d.path().join("lampyr.toml"),

@@ -171,13 +171,7 @@ mod tests {
     use lampyr_api::versions::AliasTarget;
 
     fn deploy(store: &Store, name: &str, body: &str, description: Option<&str>) -> u64 {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(
-            d.path().join("lampyr.toml"),
-            format!("name = \"{name}\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n"),
-        )
-        .unwrap();
-        std::fs::write(d.path().join("index.js"), body).unwrap();
+        let d = crate::tests::function_dir(name, body);
         let mut staged = store.stage(name, &pack_dir(d.path()).unwrap()).unwrap();
         staged.description = description.map(str::to_string);
         let v = store.next_version(name).unwrap();
