@@ -88,6 +88,17 @@ impl Scheduler {
         })
     }
 
+    /// Whether `alias` of `function` points at `version` alone.
+    pub(crate) fn routed_exactly(&self, function: &str, alias: &str, version: u64) -> bool {
+        self.inner.routes.get(function, alias).is_some_and(|r| {
+            r.target
+                == AliasTarget {
+                    version,
+                    weight: None,
+                }
+        })
+    }
+
     /// Loads every stored alias (at start).
     pub(crate) fn load_routes(&self) -> Result<(), SchedulerError> {
         for rec in self.inner.store.all_aliases()? {

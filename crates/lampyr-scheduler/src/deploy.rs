@@ -74,6 +74,15 @@ impl Scheduler {
             .or_default()
             .clone();
         let _one_at_a_time = lock.lock().await;
+        if let Some(alias) = &opts.alias {
+            lampyr_api::versions::validate_alias(alias).map_err(|message| {
+                lampyr_store::StoreError::InvalidAlias {
+                    function: name.to_string(),
+                    alias: alias.clone(),
+                    message,
+                }
+            })?;
+        }
         if opts.canary.is_some() && opts.alias.is_none() {
             return Err(SchedulerError::BadQualifier {
                 target: name.to_string(),
@@ -86,12 +95,28 @@ impl Scheduler {
         let mut staged: Staged = blocking(move || store.stage(&n, &package)).await??;
         staged.description = opts.description.clone();
         if let Some(record) = staged.unchanged.clone() {
+            // Nothing new to try gradually; the alias (if any) points at it.
+            let alias = match &opts.alias {
+                Some(a) if !self.routed_exactly(name, a, record.current.version) => Some(
+                    self.set_alias(
+                        name,
+                        a,
+                        lampyr_api::versions::AliasTarget {
+                            version: record.current.version,
+                            weight: None,
+                        },
+                        None,
+                    )
+                    .await?,
+                ),
+                _ => None,
+            };
             return Ok(DeployOutcome {
                 record,
                 changed: false,
                 build_time: staged.build_time,
                 check_time: None,
-                alias: None,
+                alias,
             });
         }
         if let Err(e) = self.check_http_alias(&staged, opts.alias.as_deref()) {

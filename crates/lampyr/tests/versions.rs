@@ -287,6 +287,20 @@ fn the_http_trigger_serves_its_alias_and_everything_survives_a_restart() {
         e["error"]["message"].as_str().unwrap().contains("'live'"),
         "{e}"
     );
+    // A bad alias name is refused before anything is recorded.
+    let out = server.cli(&[
+        "--json",
+        "deploy",
+        f.path().to_str().unwrap(),
+        "--alias",
+        "Live!",
+    ]);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["error"]["code"], "invalid_alias", "{e}");
+    assert_eq!(
+        server.api("GET", "/functions/web/versions", None).status,
+        404
+    );
     assert_eq!(
         deploy_cli(&server, "web", http_live, "v1", &["--alias", "live"]),
         1
@@ -320,11 +334,12 @@ fn the_http_trigger_serves_its_alias_and_everything_survives_a_restart() {
         &["alias", "set", "web", "live", "4", "--weight", "5=0.25"],
     );
     assert!(ok);
-    let (ok, _) = cli_json(
-        &server,
-        &["alias", "set", "web", "beta", "5", "--min-instances", "0"],
+    // The same package again: no new version, but the alias it names.
+    assert_eq!(
+        deploy_cli(&server, "web", http_live, "v5", &["--alias", "beta"]),
+        5
     );
-    assert!(ok);
+    assert_eq!(alias_of(&server, "web", "beta")["version"], 5);
     server.stop();
     let server = Server::start_in(data.path(), &extra);
     let (_, list) = cli_json(&server, &["alias", "ls", "web"]);
