@@ -64,6 +64,9 @@ pub struct FunctionInfo {
     /// each is doing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<crate::sources::SourceStatus>,
+    /// Its aliases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<crate::versions::AliasInfo>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -541,6 +541,14 @@ pub fn info(client: &Client, name: &str, json: bool) -> Result<(), CommandError>
         &f.code_sha256[..12.min(f.code_sha256.len())],
         lampyr_package::size(f.code_size)
     );
+    for a in &f.aliases {
+        let canary = a
+            .canary
+            .as_ref()
+            .map(|c| format!("  (canary until {})", c.decide_at))
+            .unwrap_or_default();
+        let _ = writeln!(o, "alias:         {} → {}{canary}", a.alias, a.target);
+    }
     let _ = writeln!(
         o,
         "instances:     {} (starting {}, idle {}, busy {}, draining {}, stopping {})",

@@ -60,6 +60,14 @@ fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
             .map(|q| lampyr_async::timer_info(q, &spec))
             .unwrap_or_default(),
         sources: app.sources_of(&rec.name),
+        aliases: app
+            .sched
+            .store()
+            .aliases(&rec.name)
+            .unwrap_or_default()
+            .iter()
+            .map(crate::versions::alias_info)
+            .collect(),
         // Secrets (a database's password) are not shown.
         spec: spec.redacted(),
     }

@@ -112,6 +112,9 @@ fn versions_are_called_by_number_and_aliases_route_weigh_and_roll_back() {
     let (ok, a) = cli_json(&server, &["alias", "set", "f", "live", "2"]);
     assert!(ok, "{a}");
     assert_eq!(a["version"], 2);
+    assert_eq!(server.info("f")["aliases"][0]["alias"], "live");
+    let text = server.cli(&["info", "f"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("live → version 2"));
     assert_eq!(
         call(&server, "f@live/x", None),
         ("v2".into(), 2, Some("live".into()))
