@@ -85,6 +85,9 @@ impl From<&SchedulerError> for ApiError {
             SchedulerError::BadQualifier { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_qualifier", msg)
             }
+            SchedulerError::AliasRequired { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "alias_required", msg)
+            }
             SchedulerError::NoTrigger { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "no_trigger", msg)
             }

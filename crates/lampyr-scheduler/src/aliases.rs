@@ -162,8 +162,8 @@ impl Scheduler {
         let mut all = self.inner.routes.of(function);
         match all.len() {
             1 => Ok(all.remove(0).name.to_string()),
-            n => Err(SchedulerError::BadQualifier {
-                target: function.to_string(),
+            n => Err(SchedulerError::AliasRequired {
+                function: function.to_string(),
                 message: format!(
                     "the function has {n} aliases and its HTTP trigger names none: say which alias (`lampyr alias ls {function}` lists them)"
                 ),

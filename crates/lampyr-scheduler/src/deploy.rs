@@ -84,8 +84,8 @@ impl Scheduler {
             })?;
         }
         if opts.canary.is_some() && opts.alias.is_none() {
-            return Err(SchedulerError::BadQualifier {
-                target: name.to_string(),
+            return Err(SchedulerError::AliasRequired {
+                function: name.to_string(),
                 message: "a canary moves an alias: name it (`--alias ALIAS --canary 10%/5m`)"
                     .into(),
             });

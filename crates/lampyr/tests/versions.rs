@@ -230,6 +230,14 @@ fn versions_are_called_by_number_and_aliases_route_weigh_and_roll_back() {
         e["error"]["message"].as_str().unwrap().contains("$LATEST"),
         "{e}"
     );
+    // With two aliases and no HTTP alias, rollback must be told which.
+    let (ok, _) = cli_json(&server, &["alias", "set", "f", "beta", "3"]);
+    assert!(ok);
+    let (ok, e) = cli_json(&server, &["rollback", "f"]);
+    assert!(!ok);
+    assert_eq!(e["error"]["code"], "alias_required", "{e}");
+    let (ok, _) = cli_json(&server, &["alias", "rm", "f", "beta"]);
+    assert!(ok);
     let (ok, _) = cli_json(&server, &["alias", "rm", "f", "live"]);
     assert!(ok);
     let r = request("GET", &format!("{}/fn/f@live", server.url), None, &[]);
@@ -476,6 +484,9 @@ fn a_canary_that_fails_rolls_back_and_one_that_works_is_promoted_across_a_restar
     );
     assert_eq!(call(&server, "can@live", None).0, "v3");
     // A canary needs an alias.
+    let pkg = lampyr_store::pack_dir(broken.path()).unwrap();
+    let r = server.api("PUT", "/functions/can?canary=5%25/1m", Some(&pkg));
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "alias_required"));
     let out = server.cli(&[
         "deploy",
         broken.path().to_str().unwrap(),
