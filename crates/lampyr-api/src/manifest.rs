@@ -238,14 +238,22 @@ pub struct HttpSpec {
 
 impl HttpSpec {
     fn from_table(i: usize, t: &toml::Table) -> Result<HttpSpec, ManifestError> {
-        let key = format!("triggers[{i}].alias");
-        let alias = table_string(t, &key, "alias")?;
-        match alias.as_deref() {
-            None | Some(crate::versions::LATEST) => Ok(HttpSpec { alias: None }),
-            Some(a) => {
-                crate::versions::validate_alias(a).map_err(|m| ManifestError::invalid(&key, m))?;
-                Ok(HttpSpec { alias })
-            }
+        Ok(HttpSpec {
+            alias: trigger_alias(i, t)?,
+        })
+    }
+}
+
+/// A `[[triggers]]` table's `alias`: the alias the trigger calls (none, or
+/// `"$LATEST"`: the newest version).
+pub(crate) fn trigger_alias(i: usize, t: &toml::Table) -> Result<Option<String>, ManifestError> {
+    let key = format!("triggers[{i}].alias");
+    let alias = table_string(t, &key, "alias")?;
+    match alias.as_deref() {
+        None | Some(crate::versions::LATEST) => Ok(None),
+        Some(a) => {
+            crate::versions::validate_alias(a).map_err(|m| ManifestError::invalid(&key, m))?;
+            Ok(alias)
         }
     }
 }
@@ -266,6 +274,9 @@ pub struct TimerSpec {
     pub enabled: bool,
     pub catch_up: CatchUp,
     pub overlap: Overlap,
+    /// The alias its firings call; none: the newest version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
 }
 
 impl TimerSpec {
@@ -347,7 +358,8 @@ impl TriggerSpec {
             "timer" => (
                 TriggerSpec::Timer(TimerSpec::from_table(i, table)?),
                 &[
-                    "type", "name", "cron", "timezone", "payload", "enabled", "catch_up", "overlap",
+                    "type", "name", "cron", "timezone", "payload", "enabled", "catch_up",
+                    "overlap", "alias",
                 ],
             ),
             "storage" => (
@@ -473,6 +485,7 @@ impl TimerSpec {
             enabled,
             catch_up,
             overlap,
+            alias: trigger_alias(i, t)?,
         })
     }
 }
@@ -824,6 +837,24 @@ impl FunctionSpec {
         self.http_trigger()?.alias.as_deref()
     }
 
+    /// Every alias its triggers call, with the trigger's key
+    /// (`triggers[N].alias`).
+    pub fn trigger_aliases(&self) -> Vec<(String, &str)> {
+        self.triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let alias = match t {
+                    TriggerSpec::Http(h) => h.alias.as_deref(),
+                    TriggerSpec::Timer(t) => t.alias.as_deref(),
+                    TriggerSpec::Nats(n) => n.alias.as_deref(),
+                    TriggerSpec::Storage(_) | TriggerSpec::Postgres(_) => None,
+                }?;
+                Some((format!("triggers[{i}].alias"), alias))
+            })
+            .collect()
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
@@ -1087,6 +1118,18 @@ mod tests {
             "{e}"
         );
         assert_eq!(FunctionSpec::from_toml(MIN).unwrap().http_alias(), None);
+        let timer = FunctionSpec::from_toml(&format!(
+            "{MIN}[[triggers]]\ntype = \"timer\"\ncron = \"@every 1m\"\nalias = \"live\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            timer.timers().next().unwrap().alias.as_deref(),
+            Some("live")
+        );
+        assert_eq!(
+            timer.trigger_aliases(),
+            [("triggers[0].alias".to_string(), "live")]
+        );
     }
 
     #[test]

@@ -171,16 +171,21 @@ impl Scheduler {
         }
     }
 
-    /// Deletes an alias. Refused while the HTTP trigger of the newest
-    /// version serves it.
+    /// Deletes an alias. Refused while a trigger of the newest version
+    /// calls it.
     pub async fn delete_alias(&self, function: &str, alias: &str) -> Result<(), SchedulerError> {
         if let Some(current) = self.current(function) {
-            if current.spec.http_alias() == Some(alias) {
+            if let Some((key, _)) = current
+                .spec
+                .trigger_aliases()
+                .into_iter()
+                .find(|(_, a)| *a == alias)
+            {
                 return Err(StoreError::InvalidAlias {
                     function: function.to_string(),
                     alias: alias.to_string(),
                     message: format!(
-                        "the HTTP trigger of version {} serves /fn/{function} through it; deploy a manifest whose HTTP trigger names another alias first",
+                        "{key} of version {} calls it; deploy a manifest whose triggers name another alias first",
                         current.version
                     ),
                 }

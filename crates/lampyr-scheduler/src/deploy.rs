@@ -119,7 +119,7 @@ impl Scheduler {
                 alias,
             });
         }
-        if let Err(e) = self.check_http_alias(&staged, opts.alias.as_deref()) {
+        if let Err(e) = self.check_trigger_aliases(&staged, opts.alias.as_deref()) {
             let store = self.inner.store.clone();
             let _ = blocking(move || store.discard(staged)).await;
             return Err(e);
@@ -180,28 +180,28 @@ impl Scheduler {
         })
     }
 
-    /// The alias a new version's HTTP trigger names must exist, or be the
+    /// The aliases a new version's triggers name must exist, or be the
     /// one the deploy points at it.
-    fn check_http_alias(
+    fn check_trigger_aliases(
         &self,
         staged: &Staged,
         deploying: Option<&str>,
     ) -> Result<(), SchedulerError> {
-        let Some(alias) = staged.spec.http_alias() else {
-            return Ok(());
-        };
-        if deploying == Some(alias) || self.route(&staged.name, alias).is_ok() {
-            return Ok(());
+        for (key, alias) in staged.spec.trigger_aliases() {
+            if deploying == Some(alias) || self.route(&staged.name, alias).is_ok() {
+                continue;
+            }
+            return Err(lampyr_store::StoreError::InvalidAlias {
+                function: staged.name.clone(),
+                alias: alias.to_string(),
+                message: format!(
+                    "{key} names it, but it does not exist: create it with this deploy (`lampyr deploy --alias {alias}`) or with `lampyr alias set {} {alias} VERSION`",
+                    staged.name
+                ),
+            }
+            .into());
         }
-        Err(lampyr_store::StoreError::InvalidAlias {
-            function: staged.name.clone(),
-            alias: alias.to_string(),
-            message: format!(
-                "the HTTP trigger (triggers[].alias) names it, but it does not exist: create it with this deploy (`lampyr deploy --alias {alias}`) or with `lampyr alias set {} {alias} VERSION`",
-                staged.name
-            ),
-        }
-        .into())
+        Ok(())
     }
 
     /// Starts an instance of the staged version `version` and loads its

@@ -641,3 +641,47 @@ fn a_deploy_leaves_an_aliased_version_its_warm_instances() {
         || total(&instances_of(&server, "warm", 1)) == 0,
     );
 }
+
+#[test]
+fn a_timer_that_names_an_alias_fires_on_the_alias_version() {
+    let server = Server::start();
+    let timer = |alias: &str| {
+        format!("[[triggers]]\ntype = \"timer\"\ncron = \"@every 1s\"\nalias = \"{alias}\"\n")
+    };
+    // The alias must exist (or be made by the deploy), named by its key.
+    let f = versioned("tick", &timer("nope"), "v1");
+    let pkg = lampyr_store::pack_dir(f.path()).unwrap();
+    let r = server.api("PUT", "/functions/tick", Some(&pkg));
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_alias"));
+    assert!(r.text().contains("triggers[0].alias"), "{}", r.text());
+    assert_eq!(
+        deploy_cli(&server, "tick", &timer("live"), "v1", &["--alias", "live"]),
+        1
+    );
+    assert_eq!(deploy_cli(&server, "tick", &timer("live"), "v2", &[]), 2);
+    let deployed = lampyr_store::rfc3339(std::time::SystemTime::now());
+    // Firings after version 2 was deployed still run version 1, the alias's.
+    let mut fired = Vec::new();
+    server.wait_until(
+        "two firings after the deploy",
+        Duration::from_secs(30),
+        || {
+            let r = server.api("GET", "/functions/tick/invocations?limit=50", None);
+            fired = r.json()["invocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| {
+                    i["trigger"] == "timer" && i["start_time"].as_str().unwrap() > deployed.as_str()
+                })
+                .cloned()
+                .collect();
+            fired.len() >= 2
+        },
+    );
+    assert!(fired.iter().all(|i| i["version"] == 1), "{fired:?}");
+    // The alias cannot go while the timer calls it.
+    let r = server.api("DELETE", "/functions/tick/aliases/live", None);
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_alias"));
+    assert!(r.text().contains("triggers[0].alias"), "{}", r.text());
+}
