@@ -51,6 +51,13 @@ fn cli_json(server: &Server, args: &[&str]) -> (bool, serde_json::Value) {
     (out.status.success(), v)
 }
 
+/// Runs `lampyr --json ARGS`, which must succeed; returns what it printed.
+fn cli_ok(server: &Server, args: &[&str]) -> serde_json::Value {
+    let (ok, v) = cli_json(server, args);
+    assert!(ok, "lampyr {args:?}: {v}");
+    v
+}
+
 /// Calls `/fn/TARGET` and returns (body, version, alias).
 fn call(server: &Server, target: &str, key: Option<&str>) -> (String, u64, Option<String>) {
     let headers: Vec<(&str, &str)> = key
@@ -91,8 +98,7 @@ fn versions_are_called_by_number_and_aliases_route_weigh_and_roll_back() {
         );
         assert_eq!(v, i as u64 + 1);
     }
-    let (ok, list) = cli_json(&server, &["versions", "f"]);
-    assert!(ok);
+    let list = cli_ok(&server, &["versions", "f"]);
     let versions = list["versions"].as_array().unwrap();
     assert_eq!(versions.len(), 3);
     assert_eq!(versions[1]["description"], "second");
@@ -109,8 +115,7 @@ fn versions_are_called_by_number_and_aliases_route_weigh_and_roll_back() {
     assert_eq!(call(&server, "f/some/path", None).1, 3);
 
     // An alias.
-    let (ok, a) = cli_json(&server, &["alias", "set", "f", "live", "2"]);
-    assert!(ok, "{a}");
+    let a = cli_ok(&server, &["alias", "set", "f", "live", "2"]);
     assert_eq!(a["version"], 2);
     assert_eq!(server.info("f")["aliases"][0]["alias"], "live");
     let text = server.cli(&["info", "f"]);
@@ -168,11 +173,10 @@ fn versions_are_called_by_number_and_aliases_route_weigh_and_roll_back() {
     );
 
     // Weighted: version 3 on 30% of callers, each caller on one version.
-    let (ok, _) = cli_json(
+    cli_ok(
         &server,
         &["alias", "set", "f", "live", "1", "--weight", "3=0.3"],
     );
-    assert!(ok);
     let calls = 300;
     let mut on_three = 0;
     for i in 0..calls {
@@ -200,13 +204,11 @@ fn versions_are_called_by_number_and_aliases_route_weigh_and_roll_back() {
     assert_eq!(r.header("x-lampyr-version"), Some("1"), "{}", r.text());
     let r = server.api("POST", "/functions/f/invoke?qualifier=2", Some(b"{}"));
     assert_eq!(r.header("x-lampyr-version"), Some("2"), "{}", r.text());
-    let (ok, inv) = cli_json(&server, &["invoke", "f@live"]);
-    assert!(ok, "{inv}");
+    let inv = cli_ok(&server, &["invoke", "f@live"]);
     assert_eq!(inv["alias"], "live");
 
     // Rollback is immediate: every next call is on the earlier target.
-    let (ok, a) = cli_json(&server, &["rollback", "f", "live"]);
-    assert!(ok, "{a}");
+    let a = cli_ok(&server, &["rollback", "f", "live"]);
     assert_eq!((a["version"].as_u64(), a.get("weight")), (Some(2), None));
     for i in 0..20 {
         assert_eq!(call(&server, "f@live", Some(&format!("caller-{i}"))).1, 2);
@@ -217,8 +219,7 @@ fn versions_are_called_by_number_and_aliases_route_weigh_and_roll_back() {
     assert!(list["aliases"][0].get("previous").is_none(), "{list}");
 
     // Version 1 is no alias's any more: it can go, and is gone.
-    let (ok, e) = cli_json(&server, &["versions", "rm", "f", "1"]);
-    assert!(ok, "{e}");
+    cli_ok(&server, &["versions", "rm", "f", "1"]);
     let r = request("GET", &format!("{}/fn/f@1", server.url), None, &[]);
     assert_eq!(
         (r.status, error_code(&r).as_str()),
@@ -231,15 +232,12 @@ fn versions_are_called_by_number_and_aliases_route_weigh_and_roll_back() {
         "{e}"
     );
     // With two aliases and no HTTP alias, rollback must be told which.
-    let (ok, _) = cli_json(&server, &["alias", "set", "f", "beta", "3"]);
-    assert!(ok);
+    cli_ok(&server, &["alias", "set", "f", "beta", "3"]);
     let (ok, e) = cli_json(&server, &["rollback", "f"]);
     assert!(!ok);
     assert_eq!(e["error"]["code"], "alias_required", "{e}");
-    let (ok, _) = cli_json(&server, &["alias", "rm", "f", "beta"]);
-    assert!(ok);
-    let (ok, _) = cli_json(&server, &["alias", "rm", "f", "live"]);
-    assert!(ok);
+    cli_ok(&server, &["alias", "rm", "f", "beta"]);
+    cli_ok(&server, &["alias", "rm", "f", "live"]);
     let r = request("GET", &format!("{}/fn/f@live", server.url), None, &[]);
     assert_eq!(r.status, 404);
 }
@@ -258,10 +256,8 @@ fn rollback_leaves_calls_in_flight_on_their_version() {
     };
     server.deploy_checked(slow("v1").path());
     server.deploy_checked(slow("v2").path());
-    let (ok, _) = cli_json(&server, &["alias", "set", "slow", "live", "1"]);
-    assert!(ok);
-    let (ok, _) = cli_json(&server, &["alias", "set", "slow", "live", "2"]);
-    assert!(ok);
+    cli_ok(&server, &["alias", "set", "slow", "live", "1"]);
+    cli_ok(&server, &["alias", "set", "slow", "live", "2"]);
     let url = format!("{}/fn/slow@live?wait", server.url);
     let in_flight = std::thread::spawn(move || request("GET", &url, None, &[]));
     // The slow call has reached version 2's instance.
@@ -273,8 +269,7 @@ fn rollback_leaves_calls_in_flight_on_their_version() {
                 && server.info("slow")["instance_states"]["busy"].as_u64() == Some(1)
         },
     );
-    let (ok, _) = cli_json(&server, &["rollback", "slow"]);
-    assert!(ok);
+    cli_ok(&server, &["rollback", "slow"]);
     assert_eq!(call(&server, "slow@live", None).0, "v1");
     let r = in_flight.join().unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "v2"));
@@ -340,11 +335,10 @@ fn the_http_trigger_serves_its_alias_and_everything_survives_a_restart() {
     let r = server.api("DELETE", "/functions/web/aliases/live", None);
     assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_alias"));
 
-    let (ok, _) = cli_json(
+    cli_ok(
         &server,
         &["alias", "set", "web", "live", "4", "--weight", "5=0.25"],
     );
-    assert!(ok);
     // The same package again: no new version, but the alias it names.
     assert_eq!(
         deploy_cli(&server, "web", http_live, "v5", &["--alias", "beta"]),
@@ -363,8 +357,7 @@ fn the_http_trigger_serves_its_alias_and_everything_survives_a_restart() {
     let v = call(&server, "web", Some("k")).1;
     assert!(v == 4 || v == 5, "{v}");
     // The history survived too.
-    let (ok, a) = cli_json(&server, &["rollback", "web", "live"]);
-    assert!(ok, "{a}");
+    cli_ok(&server, &["rollback", "web", "live"]);
     assert_eq!(
         call(&server, "web", None),
         ("v1".into(), 1, Some("live".into()))
@@ -373,8 +366,7 @@ fn the_http_trigger_serves_its_alias_and_everything_survives_a_restart() {
 
 /// The alias `alias` of `name` as `lampyr alias ls --json` shows it.
 fn alias_of(server: &Server, name: &str, alias: &str) -> serde_json::Value {
-    let (ok, list) = cli_json(server, &["alias", "ls", name]);
-    assert!(ok, "{list}");
+    let list = cli_ok(server, &["alias", "ls", name]);
     list["aliases"]
         .as_array()
         .unwrap()
@@ -498,8 +490,7 @@ fn a_canary_that_fails_rolls_back_and_one_that_works_is_promoted_across_a_restar
 
 /// `version`'s instances as `lampyr versions --json` shows them.
 fn instances_of(server: &Server, name: &str, version: u64) -> serde_json::Value {
-    let (ok, list) = cli_json(server, &["versions", name]);
-    assert!(ok, "{list}");
+    let list = cli_ok(server, &["versions", name]);
     list["versions"]
         .as_array()
         .unwrap()
@@ -525,11 +516,10 @@ fn reserved_instances_per_alias_are_ready_first_and_move_with_the_alias() {
     server.deploy(versioned("res", "", "v2").path());
     server.deploy(versioned("res", "", "v3").path());
     assert_eq!(server.instances("res"), 0);
-    let (ok, a) = cli_json(
+    let a = cli_ok(
         &server,
         &["alias", "set", "res", "live", "1", "--min-instances", "2"],
     );
-    assert!(ok, "{a}");
     assert_eq!(a["min_instances"], 2);
     server.wait_until(
         "two idle instances of version 1",
@@ -541,8 +531,7 @@ fn reserved_instances_per_alias_are_ready_first_and_move_with_the_alias() {
     assert_eq!((r.status, r.header("x-lampyr-start")), (200, Some("warm")));
 
     // The alias moves: so do its reserved instances.
-    let (ok, _) = cli_json(&server, &["alias", "set", "res", "live", "2"]);
-    assert!(ok);
+    cli_ok(&server, &["alias", "set", "res", "live", "2"]);
     server.wait_until(
         "version 2 reserved, version 1 gone",
         Duration::from_secs(30),
@@ -564,8 +553,7 @@ fn reserved_instances_per_alias_are_ready_first_and_move_with_the_alias() {
         || instances_of(&server, "res", 2)["idle"] == 2,
     );
     assert_eq!(total(&instances_of(&server, "res", 3)), 0);
-    let (ok, _) = cli_json(&server, &["alias", "rm", "res", "live"]);
-    assert!(ok);
+    cli_ok(&server, &["alias", "rm", "res", "live"]);
     server.wait_until(
         "version 2's reserved instances to stop",
         Duration::from_secs(30),
@@ -594,16 +582,14 @@ fn logs_and_stats_are_split_by_version() {
     assert_eq!(call(&server, "split@2", None).0, "two");
     let mut lines = Vec::new();
     server.wait_until("version 1's log", Duration::from_secs(20), || {
-        let (ok, v) = cli_json(&server, &["logs", "split", "--version", "1"]);
-        assert!(ok, "{v}");
+        let v = cli_ok(&server, &["logs", "split", "--version", "1"]);
         lines = v["records"].as_array().unwrap().clone();
         lines.iter().filter(|l| l["message"] == "ran one").count() == 3
     });
     assert!(lines.iter().all(|l| l["version"] == 1), "{lines:?}");
     let mut stats = serde_json::Value::Null;
     server.wait_until("both versions' records", Duration::from_secs(20), || {
-        let (ok, v) = cli_json(&server, &["stats", "split"]);
-        assert!(ok, "{v}");
+        let v = cli_ok(&server, &["stats", "split"]);
         stats = v;
         stats["by_version"]["1"]["count"] == 3 && stats["by_version"]["2"]["count"] == 1
     });
@@ -617,8 +603,7 @@ fn logs_and_stats_are_split_by_version() {
 fn a_deploy_leaves_an_aliased_version_its_warm_instances() {
     let server = Server::start();
     server.deploy_checked(versioned("warm", "", "v1").path());
-    let (ok, _) = cli_json(&server, &["alias", "set", "warm", "live", "1"]);
-    assert!(ok);
+    cli_ok(&server, &["alias", "set", "warm", "live", "1"]);
     let r = request("GET", &format!("{}/fn/warm@live", server.url), None, &[]);
     assert_eq!(
         (r.text().as_str(), r.header("x-lampyr-start")),
@@ -633,8 +618,7 @@ fn a_deploy_leaves_an_aliased_version_its_warm_instances() {
     );
     assert_eq!(call(&server, "warm", None).0, "v2");
     // Once no alias routes to it, its idle instances stop.
-    let (ok, _) = cli_json(&server, &["alias", "set", "warm", "live", "2"]);
-    assert!(ok);
+    cli_ok(&server, &["alias", "set", "warm", "live", "2"]);
     server.wait_until(
         "version 1's instances to stop",
         Duration::from_secs(30),
