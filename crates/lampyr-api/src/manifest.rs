@@ -874,13 +874,7 @@ impl FunctionSpec {
 /// Checks a function name: 1–63 characters of `a-z`, `0-9`, `-` and `_`,
 /// starting with a letter or digit. Names appear in URLs and paths.
 pub fn validate_name(name: &str) -> Result<(), ManifestError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
+    if is_identifier(name, |b| b.is_ascii_alphanumeric()) {
         Ok(())
     } else {
         Err(ManifestError::invalid(
@@ -888,6 +882,15 @@ pub fn validate_name(name: &str) -> Result<(), ManifestError> {
             format!("\"{name}\" is not a valid function name: use 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"),
         ))
     }
+}
+
+/// 1-63 characters of a-z, 0-9, '-' and '_', the first one `first`.
+pub(crate) fn is_identifier(s: &str, first: impl Fn(u8) -> bool) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && first(s.as_bytes()[0])
 }
 
 fn split_handler(handler: &str) -> Option<(&str, &str)> {

@@ -52,13 +52,7 @@ pub fn parse_qualifier(q: &str) -> Result<Qualifier<'_>, String> {
 /// An alias name: 1-63 characters of a-z, 0-9, '-' and '_', starting with a
 /// letter (so it is never read as a version number).
 pub fn validate_alias(alias: &str) -> Result<(), String> {
-    let ok = !alias.is_empty()
-        && alias.len() <= 63
-        && alias
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && alias.as_bytes()[0].is_ascii_lowercase();
-    if ok {
+    if crate::manifest::is_identifier(alias, |b| b.is_ascii_lowercase()) {
         Ok(())
     } else {
         Err(format!(
