@@ -18,11 +18,12 @@ pub mod schedule;
 pub mod sources;
 pub mod storage;
 pub mod types;
+pub mod versions;
 
 pub use invocation::{FunctionError, StartKind, Status, TriggerKind};
 pub use manifest::{
-    Auth, CatchUp, FunctionSpec, ManifestError, NatsAuth, NatsSpec, Network, Overlap, TimerSpec,
-    TriggerSpec,
+    Auth, CatchUp, FunctionSpec, HttpSpec, ManifestError, NatsAuth, NatsSpec, Network, Overlap,
+    TimerSpec, TriggerSpec,
 };
 pub use network::AllowRule;
 pub use runtimes::Runtime;

@@ -220,7 +220,7 @@ fn is_default_max_event_age_ms(ms: &u64) -> bool {
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum TriggerSpec {
     /// Its URL, `/fn/NAME`, open to callers as `auth` says.
-    Http,
+    Http(HttpSpec),
     /// A schedule: each firing is an asynchronous event.
     Timer(TimerSpec),
     /// S3-format bucket notifications: each record is an asynchronous event.
@@ -229,6 +229,38 @@ pub enum TriggerSpec {
     Postgres(crate::postgres::PostgresSpec),
     /// A NATS JetStream stream: its messages, in batches.
     Nats(NatsSpec),
+}
+
+/// A `[[triggers]]` table with `type = "http"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    /// The alias `/fn/NAME` (without a qualifier) is served by; none: the
+    /// newest version (`$LATEST`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+impl HttpSpec {
+    fn from_table(i: usize, t: &toml::Table) -> Result<HttpSpec, ManifestError> {
+        Ok(HttpSpec {
+            alias: trigger_alias(i, t)?,
+        })
+    }
+}
+
+/// A `[[triggers]]` table's `alias`: the alias the trigger calls (none, or
+/// `"$LATEST"`: the newest version).
+pub(crate) fn trigger_alias(i: usize, t: &toml::Table) -> Result<Option<String>, ManifestError> {
+    let key = format!("triggers[{i}].alias");
+    let alias = table_string(t, &key, "alias")?;
+    match alias.as_deref() {
+        None | Some(crate::versions::LATEST) => Ok(None),
+        Some(a) => {
+            crate::versions::validate_alias(a).map_err(|m| ManifestError::invalid(&key, m))?;
+            Ok(alias)
+        }
+    }
 }
 
 /// A `[[triggers]]` table with `type = "timer"`.
@@ -247,6 +279,9 @@ pub struct TimerSpec {
     pub enabled: bool,
     pub catch_up: CatchUp,
     pub overlap: Overlap,
+    /// The alias its firings call; none: the newest version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
 }
 
 impl TimerSpec {
@@ -291,7 +326,7 @@ impl TriggerSpec {
     /// What the records call invocations from this trigger.
     pub fn kind(&self) -> crate::TriggerKind {
         match self {
-            TriggerSpec::Http => crate::TriggerKind::Http,
+            TriggerSpec::Http(_) => crate::TriggerKind::Http,
             TriggerSpec::Timer(_) => crate::TriggerKind::Timer,
             TriggerSpec::Storage(_) => crate::TriggerKind::Storage,
             TriggerSpec::Postgres(_) => crate::TriggerKind::Postgres,
@@ -321,11 +356,15 @@ impl TriggerSpec {
             }
         };
         let (spec, keys): (TriggerSpec, &[&str]) = match kind {
-            "http" => (TriggerSpec::Http, &["type"]),
+            "http" => (
+                TriggerSpec::Http(HttpSpec::from_table(i, table)?),
+                &["type", "alias"],
+            ),
             "timer" => (
                 TriggerSpec::Timer(TimerSpec::from_table(i, table)?),
                 &[
-                    "type", "name", "cron", "timezone", "payload", "enabled", "catch_up", "overlap",
+                    "type", "name", "cron", "timezone", "payload", "enabled", "catch_up",
+                    "overlap", "alias",
                 ],
             ),
             "storage" => (
@@ -483,16 +522,17 @@ impl TimerSpec {
             enabled,
             catch_up,
             overlap,
+            alias: trigger_alias(i, t)?,
         })
     }
 }
 
 fn default_triggers() -> Vec<TriggerSpec> {
-    vec![TriggerSpec::Http]
+    vec![TriggerSpec::Http(HttpSpec::default())]
 }
 
 fn is_default_triggers(t: &[TriggerSpec]) -> bool {
-    t == [TriggerSpec::Http]
+    t == [TriggerSpec::Http(HttpSpec::default())]
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 128;
@@ -665,7 +705,9 @@ impl FunctionSpec {
                 let mut triggers: Vec<TriggerSpec> = Vec::new();
                 for (i, t) in tables.iter().enumerate() {
                     let spec = TriggerSpec::from_table(i, t)?;
-                    if spec == TriggerSpec::Http && triggers.contains(&spec) {
+                    if matches!(spec, TriggerSpec::Http(_))
+                        && triggers.iter().any(|t| matches!(t, TriggerSpec::Http(_)))
+                    {
                         return Err(ManifestError::invalid(
                             &format!("triggers[{i}]"),
                             "is a second HTTP trigger: a function has one URL",
@@ -818,7 +860,38 @@ impl FunctionSpec {
 
     /// Whether the function can be called through its URL.
     pub fn has_http_trigger(&self) -> bool {
-        self.triggers.contains(&TriggerSpec::Http)
+        self.http_trigger().is_some()
+    }
+
+    /// Its HTTP trigger, if it has one.
+    pub fn http_trigger(&self) -> Option<&HttpSpec> {
+        self.triggers.iter().find_map(|t| match t {
+            TriggerSpec::Http(h) => Some(h),
+            _ => None,
+        })
+    }
+
+    /// The alias `/fn/NAME` is served by, if its HTTP trigger names one.
+    pub fn http_alias(&self) -> Option<&str> {
+        self.http_trigger()?.alias.as_deref()
+    }
+
+    /// Every alias its triggers call, with the trigger's key
+    /// (`triggers[N].alias`).
+    pub fn trigger_aliases(&self) -> Vec<(String, &str)> {
+        self.triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let alias = match t {
+                    TriggerSpec::Http(h) => h.alias.as_deref(),
+                    TriggerSpec::Timer(t) => t.alias.as_deref(),
+                    TriggerSpec::Nats(n) => n.alias.as_deref(),
+                    TriggerSpec::Storage(_) | TriggerSpec::Postgres(_) => None,
+                }?;
+                Some((format!("triggers[{i}].alias"), alias))
+            })
+            .collect()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -840,13 +913,7 @@ impl FunctionSpec {
 /// Checks a function name: 1–63 characters of `a-z`, `0-9`, `-` and `_`,
 /// starting with a letter or digit. Names appear in URLs and paths.
 pub fn validate_name(name: &str) -> Result<(), ManifestError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
+    if is_identifier(name, |b| b.is_ascii_alphanumeric()) {
         Ok(())
     } else {
         Err(ManifestError::invalid(
@@ -854,6 +921,15 @@ pub fn validate_name(name: &str) -> Result<(), ManifestError> {
             format!("\"{name}\" is not a valid function name: use 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"),
         ))
     }
+}
+
+/// 1-63 characters of a-z, 0-9, '-' and '_', the first one `first`.
+pub(crate) fn is_identifier(s: &str, first: impl Fn(u8) -> bool) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && first(s.as_bytes()[0])
 }
 
 fn split_handler(handler: &str) -> Option<(&str, &str)> {
@@ -1013,7 +1089,7 @@ mod tests {
         assert_eq!(s.network, Network::None);
         assert!(s.allow.is_empty());
         // Before the trigger list, every function had its URL.
-        assert_eq!(s.triggers, [TriggerSpec::Http]);
+        assert_eq!(s.triggers, [TriggerSpec::Http(HttpSpec::default())]);
         assert!(s.has_http_trigger());
         // And a spec with the default list is stored as before.
         let again = serde_json::to_string(&s).unwrap();
@@ -1066,13 +1142,46 @@ mod tests {
     }
 
     #[test]
+    fn the_http_trigger_may_name_the_alias_it_serves() {
+        let with = |alias: &str| {
+            FunctionSpec::from_toml(&format!(
+                "{MIN}[[triggers]]\ntype = \"http\"\nalias = \"{alias}\"\n"
+            ))
+        };
+        let s = with("live").unwrap();
+        assert_eq!(s.http_alias(), Some("live"));
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<FunctionSpec>(&j).unwrap(), s);
+        // `$LATEST` is today's behaviour: no alias.
+        assert_eq!(with("$LATEST").unwrap().http_alias(), None);
+        let e = with("Live!").unwrap_err().to_string();
+        assert!(
+            e.contains("triggers[0].alias") && e.contains("Live!"),
+            "{e}"
+        );
+        assert_eq!(FunctionSpec::from_toml(MIN).unwrap().http_alias(), None);
+        let timer = FunctionSpec::from_toml(&format!(
+            "{MIN}[[triggers]]\ntype = \"timer\"\ncron = \"@every 1m\"\nalias = \"live\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            timer.timers().next().unwrap().alias.as_deref(),
+            Some("live")
+        );
+        assert_eq!(
+            timer.trigger_aliases(),
+            [("triggers[0].alias".to_string(), "live")]
+        );
+    }
+
+    #[test]
     fn triggers_default_to_http_and_name_their_keys() {
         assert_eq!(
             FunctionSpec::from_toml(MIN).unwrap().triggers,
-            [TriggerSpec::Http]
+            [TriggerSpec::Http(HttpSpec::default())]
         );
         let s = FunctionSpec::from_toml(&format!("{MIN}[[triggers]]\ntype = \"http\"\n")).unwrap();
-        assert_eq!(s.triggers, [TriggerSpec::Http]);
+        assert_eq!(s.triggers, [TriggerSpec::Http(HttpSpec::default())]);
         // None at all: `lampyr invoke` only.
         let s = FunctionSpec::from_toml(&format!("{MIN}triggers = []\n")).unwrap();
         assert!(s.triggers.is_empty() && !s.has_http_trigger());

@@ -64,6 +64,9 @@ pub struct FunctionInfo {
     /// each is doing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<crate::sources::SourceStatus>,
+    /// Its aliases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<crate::versions::AliasInfo>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -145,6 +148,9 @@ pub struct DeployResult {
     /// handler loaded), when the deploy was checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_ms: Option<f64>,
+    /// The alias the deploy moved (`--alias`), as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<crate::versions::AliasInfo>,
 }
 
 /// One log record of a function.
@@ -330,6 +336,21 @@ pub struct FunctionStats {
     /// Per cold-start phase (queue, code, sandbox, runtime, init, exec).
     pub phases: std::collections::BTreeMap<String, Percentiles>,
     pub gb_seconds: f64,
+    /// The same, split by the version that ran (a canary beside the
+    /// version it may replace).
+    #[serde(default)]
+    pub by_version: std::collections::BTreeMap<u64, VersionStats>,
+}
+
+/// One version's part of [`FunctionStats`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionStats {
+    pub count: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub cold_starts: u64,
+    pub cold_start_rate: f64,
+    pub duration: Percentiles,
 }
 
 /// One point of a function's time series (`GET /api/v1/functions/NAME/series`).

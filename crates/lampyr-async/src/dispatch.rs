@@ -264,8 +264,16 @@ impl Dispatcher {
         };
         let attempt = ev.attempts + 1;
         self.own_calls.fetch_add(1, Ordering::Relaxed);
+        // A timer that names an alias calls it (other events: the newest
+        // version).
+        let target = ev
+            .timer
+            .as_deref()
+            .and_then(|t| spec.timers().find(|s| s.name == t))
+            .and_then(|t| t.alias.as_deref())
+            .map(|a| format!("{}@{a}", ev.function));
         let call = Call {
-            function: &ev.function,
+            function: target.as_deref().unwrap_or(&ev.function),
             request_id: ev.request_id.clone(),
             event: payload.to_vec(),
             trigger: ev.trigger,
@@ -273,6 +281,7 @@ impl Dispatcher {
             credential: Credential::Operator,
             attempt: Some(attempt),
             idempotency_key: None,
+            routing_key: None,
         };
         let answer = self.sched.call(call).await;
         let failure = |error_type: String, message: String| AttemptError {

@@ -74,6 +74,12 @@ pub struct DeployArgs {
     pub dry_run: bool,
     /// Let the server check that the code loads before it takes traffic.
     pub verify: bool,
+    /// Recorded with the new version (`lampyr versions` shows it).
+    pub description: Option<String>,
+    /// Point this alias at the new version.
+    pub alias: Option<String>,
+    /// With `alias`: `PERCENT%/INTERVAL`, a canary first.
+    pub canary: Option<String>,
 }
 
 /// The function directory and manifest a `deploy` path names.
@@ -142,9 +148,27 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
             client.base()
         ),
     );
-    let mut path = format!("/api/v1/functions/{}", spec.name);
+    let mut query = Vec::new();
     if !args.verify {
-        path.push_str("?verify=false");
+        query.push("verify=false".to_string());
+    }
+    if let Some(d) = &args.description {
+        query.push(format!(
+            "description={}",
+            crate::versions::encode_component(d)
+        ));
+    }
+    if let Some(a) = &args.alias {
+        query.push(format!("alias={}", crate::versions::encode_component(a)));
+    }
+    if let Some(c) = &args.canary {
+        lampyr_api::versions::parse_canary(c)
+            .map_err(|m| CommandError::Input(format!("--canary: {m}")))?;
+        query.push(format!("canary={}", crate::versions::encode_component(c)));
+    }
+    let mut path = format!("/api/v1/functions/{}", spec.name);
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
     }
     let reply = match client.call("PUT", &path, Some(&pkg)) {
         Ok(r) => r,
@@ -200,6 +224,21 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
             t.elapsed().as_secs_f64() * 1000.0,
             res.url
         );
+        if let Some(a) = &res.alias {
+            let _ = writeln!(out(), "alias {} → {}", a.alias, a.target);
+            if let Some(c) = &a.canary {
+                let _ = writeln!(
+                    out(),
+                    "canary: version {} on {:.0}% until {}, then promoted unless its error rate is more than {:.1} points above version {}'s (`lampyr alias ls {}`)",
+                    c.to,
+                    c.weight * 100.0,
+                    c.decide_at,
+                    c.threshold * 100.0,
+                    c.from,
+                    res.name
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -331,6 +370,7 @@ pub fn invoke(
         print_json(&serde_json::json!({
             "request_id": reply.header("x-lampyr-request-id"),
             "version": reply.header("x-lampyr-version").and_then(|v| v.parse::<u64>().ok()),
+            "alias": reply.header("x-lampyr-alias"),
             "start": reply.header("x-lampyr-start"),
             "server_timing": reply.header("server-timing"),
             "error": failed,
@@ -352,7 +392,15 @@ pub fn invoke(
             reply.header("x-lampyr-start"),
             reply.header("server-timing"),
         ) {
-            eprintln!("({start} start; {timing})");
+            let version = match (
+                reply.header("x-lampyr-version"),
+                reply.header("x-lampyr-alias"),
+            ) {
+                (Some(v), Some(a)) => format!("version {v} via {a}; "),
+                (Some(v), None) => format!("version {v}; "),
+                _ => String::new(),
+            };
+            eprintln!("({version}{start} start; {timing})");
         }
     }
     if failed {
@@ -493,6 +541,14 @@ pub fn info(client: &Client, name: &str, json: bool) -> Result<(), CommandError>
         &f.code_sha256[..12.min(f.code_sha256.len())],
         lampyr_package::size(f.code_size)
     );
+    for a in &f.aliases {
+        let canary = a
+            .canary
+            .as_ref()
+            .map(|c| format!("  (canary until {})", c.decide_at))
+            .unwrap_or_default();
+        let _ = writeln!(o, "alias:         {} → {}{canary}", a.alias, a.target);
+    }
     let _ = writeln!(
         o,
         "instances:     {} (starting {}, idle {}, busy {}, draining {}, stopping {})",
@@ -647,22 +703,63 @@ pub fn stats(client: &Client, name: &str, since: &str, json: bool) -> Result<(),
             row(&mut o, phase, p);
         }
     }
+    if s.by_version.len() > 1 {
+        let _ = writeln!(
+            o,
+            "\n{:<10} {:>7} {:>9} {:>9} {:>10} {:>10}",
+            "version", "count", "errors", "cold", "p50 ms", "p99 ms"
+        );
+        for (v, vs) in &s.by_version {
+            let _ = writeln!(
+                o,
+                "{:<10} {:>7} {:>8.1}% {:>8.1}% {:>10.3} {:>10.3}",
+                v,
+                vs.count,
+                vs.error_rate * 100.0,
+                vs.cold_start_rate * 100.0,
+                vs.duration.p50,
+                vs.duration.p99
+            );
+        }
+    }
     Ok(())
 }
 
 /// `lampyr logs NAME`: the stored records, or with `follow` a stream of
 /// them as the server writes them.
 #[allow(clippy::too_many_arguments)]
+/// Which of a function's log lines `lampyr logs` prints.
+#[derive(Debug, Clone, Default)]
+pub struct LogsArgs<'a> {
+    /// Only lines of this invocation.
+    pub request_id: Option<&'a str>,
+    /// Only lines newer than this, e.g. `10m`.
+    pub since: Option<&'a str>,
+    /// At most this many of the newest lines.
+    pub tail: usize,
+    /// Only lines of this version.
+    pub version: Option<u64>,
+    /// Keep printing new lines.
+    pub follow: bool,
+}
+
 pub fn logs(
     client: &Client,
     name: &str,
-    request_id: Option<&str>,
-    since: Option<&str>,
-    tail: usize,
-    follow: bool,
+    args: &LogsArgs<'_>,
     json: bool,
 ) -> Result<(), CommandError> {
+    let LogsArgs {
+        request_id,
+        since,
+        tail,
+        version,
+        follow,
+    } = *args;
     let mut q = format!("/api/v1/functions/{name}/logs?tail={tail}");
+    if let Some(v) = version {
+        q.push_str(&format!("&version={v}"));
+    }
     if let Some(r) = request_id {
         q.push_str(&format!("&request_id={r}"));
     }

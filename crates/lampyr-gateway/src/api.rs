@@ -60,6 +60,14 @@ fn info_of(app: &AppState, rec: &FunctionRecord) -> FunctionInfo {
             .map(|q| lampyr_async::timer_info(q, &spec))
             .unwrap_or_default(),
         sources: app.sources_of(&rec.name),
+        aliases: app
+            .sched
+            .store()
+            .aliases(&rec.name)
+            .unwrap_or_default()
+            .iter()
+            .map(crate::versions::alias_info)
+            .collect(),
         // Secrets (a database's password) are not shown.
         spec: spec.redacted(),
     }
@@ -138,6 +146,15 @@ pub(crate) struct DeployParams {
     /// `false`: skip the load check.
     #[serde(default)]
     verify: Option<bool>,
+    /// Recorded with the new version.
+    #[serde(default)]
+    description: Option<String>,
+    /// Point this alias at the new version.
+    #[serde(default)]
+    alias: Option<String>,
+    /// With `alias`: `PERCENT%/INTERVAL`, a canary first.
+    #[serde(default)]
+    canary: Option<String>,
 }
 
 pub(crate) async fn deploy(
@@ -161,8 +178,17 @@ pub(crate) async fn deploy(
             ApiError::new(e.status(), "bad_request", e.body_text())
         }
     })?;
+    let canary = p
+        .canary
+        .as_deref()
+        .map(lampyr_api::versions::parse_canary)
+        .transpose()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_canary", m))?;
     let opts = lampyr_scheduler::DeployOptions {
         verify: p.verify.unwrap_or(true),
+        description: p.description.filter(|d| !d.is_empty()),
+        alias: p.alias,
+        canary,
     };
     let deployed = app.sched.deploy(&name, body, opts).await?;
     let rec = &deployed.record;
@@ -175,6 +201,7 @@ pub(crate) async fn deploy(
         changed: deployed.changed,
         build_ms: lampyr_api::millis(deployed.build_time),
         check_ms: deployed.check_time.map(lampyr_api::millis),
+        alias: deployed.alias.as_ref().map(crate::versions::alias_info),
     }))
 }
 
@@ -193,10 +220,20 @@ pub(crate) async fn delete_function(
 pub(crate) async fn invoke_raw(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    query: Result<ApiQuery<InvokeParams>, ApiError>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let request_id = new_request_id();
+    let target = match query {
+        Ok(ApiQuery(InvokeParams { qualifier: Some(q) })) if !name.contains('@') => {
+            format!("{name}@{q}")
+        }
+        Ok(_) => name,
+        Err(e) => return e.into_response(),
+    };
+    let name = target;
+    let routing_key = trigger::routing_key(&headers);
     let (invocation_type, idempotency_key) = match trigger::invocation_headers(&headers) {
         Ok(h) => h,
         Err(e) => return e.into_response(),
@@ -224,6 +261,7 @@ pub(crate) async fn invoke_raw(
                 credential: lampyr_scheduler::Credential::Operator,
                 attempt: None,
                 idempotency_key: idempotency_key.as_deref(),
+                routing_key: routing_key.as_deref(),
             };
             trigger::call_and_answer(&app, call, trigger::respond_raw).await
         }
@@ -234,6 +272,14 @@ pub(crate) async fn invoke_raw(
         }
     }
     resp
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InvokeParams {
+    /// A version number, an alias or `$LATEST` (as `NAME@QUALIFIER` does).
+    #[serde(default)]
+    qualifier: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +295,9 @@ pub(crate) struct LogParams {
     /// Keep the connection open and stream new records as server-sent events.
     #[serde(default)]
     follow: Option<String>,
+    /// Only lines of this version.
+    #[serde(default)]
+    version: Option<u64>,
 }
 
 /// A query string for the API: like axum's `Query`, but a bad parameter
@@ -345,15 +394,19 @@ pub(crate) async fn function_logs(
         return Ok(follow_logs(
             app,
             name,
-            p.request_id,
-            since,
-            p.tail.unwrap_or(50),
+            LogQuery {
+                request_id: p.request_id,
+                since,
+                tail: p.tail.unwrap_or(50),
+                version: p.version,
+            },
         ));
     }
     let q = LogQuery {
         request_id: p.request_id,
         since,
         tail: p.tail.unwrap_or(200),
+        version: p.version,
     };
     let hub = app.sched.logs().clone();
     let records = tokio::task::spawn_blocking(move || hub.query(&name, &q))
@@ -365,23 +418,13 @@ pub(crate) async fn function_logs(
 
 /// Streams a function's log as server-sent events: the last `tail` records,
 /// then every new one as it is written.
-fn follow_logs(
-    app: AppState,
-    name: String,
-    request_id: Option<String>,
-    since: Option<String>,
-    tail: usize,
-) -> Response {
+fn follow_logs(app: AppState, name: String, q: LogQuery) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     // Subscribe before reading the backlog, so nothing falls in between.
     let rx = app.sched.logs().subscribe();
     let hub = app.sched.logs().clone();
-    let q = LogQuery {
-        request_id: request_id.clone(),
-        since,
-        tail,
-    };
     let backlog = hub.query(&name, &q).unwrap_or_default();
+    let (request_id, version) = (q.request_id, q.version);
     let event = |r: &lampyr_api::LogRecord| {
         Ok::<_, std::convert::Infallible>(
             Event::default().data(serde_json::to_string(r).expect("record serialises")),
@@ -405,6 +448,7 @@ fn follow_logs(
                             && request_id
                                 .as_deref()
                                 .is_none_or(|id| r.request_id.as_deref() == Some(id))
+                            && version.is_none_or(|v| r.version == v)
                         {
                             let ev = Event::default()
                                 .data(serde_json::to_string(&*r).expect("record serialises"));

@@ -82,6 +82,12 @@ impl From<&SchedulerError> for ApiError {
                 ApiError::not_found(name)
             }
             SchedulerError::Unauthorized { .. } => ApiError::unauthorized(&msg),
+            SchedulerError::BadQualifier { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_qualifier", msg)
+            }
+            SchedulerError::AliasRequired { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "alias_required", msg)
+            }
             SchedulerError::NoTrigger { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "no_trigger", msg)
             }
@@ -176,6 +182,21 @@ impl From<&StoreError> for ApiError {
             }
             StoreError::Sqlite(_) | StoreError::Io { .. } | StoreError::Corrupt(..) => {
                 ApiError::internal(msg)
+            }
+            StoreError::VersionNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "version_not_found", msg)
+            }
+            StoreError::AliasNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "alias_not_found", msg)
+            }
+            StoreError::VersionInUse { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "version_in_use", msg)
+            }
+            StoreError::InvalidAlias { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_alias", msg)
+            }
+            StoreError::InvalidWeight { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_weight", msg)
             }
         }
     }

@@ -24,6 +24,7 @@ pub mod listen;
 mod sources;
 mod trigger;
 mod ui;
+mod versions;
 
 pub use edge::HttpTrigger;
 
@@ -34,7 +35,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use lampyr_api::DoctorReport;
 use lampyr_scheduler::Scheduler;
@@ -211,6 +212,23 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/{id}", axum::routing::delete(keys::delete))
+        .route("/functions/{name}/versions", get(versions::list_versions))
+        .route(
+            "/functions/{name}/versions/{version}",
+            delete(versions::delete_version),
+        )
+        .route("/functions/{name}/aliases", get(versions::list_aliases))
+        .route(
+            "/functions/{name}/aliases/{alias}",
+            get(versions::get_alias)
+                .put(versions::set_alias)
+                .delete(versions::delete_alias),
+        )
+        .route(
+            "/functions/{name}/aliases/{alias}/rollback",
+            post(versions::rollback_alias),
+        )
+        .route("/functions/{name}/rollback", post(versions::rollback))
         .route("/doctor", get(api::doctor))
         .route("/pools", get(api::pools))
         .layer(DefaultBodyLimit::max(app.limits.max_package))

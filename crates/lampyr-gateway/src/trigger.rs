@@ -36,6 +36,8 @@ pub(crate) const X_LAMPYR_IDEMPOTENCY_KEY: HeaderName =
     HeaderName::from_static("x-lampyr-idempotency-key");
 const X_LAMPYR_START: HeaderName = HeaderName::from_static("x-lampyr-start");
 pub(crate) const X_LAMPYR_VERSION: HeaderName = HeaderName::from_static("x-lampyr-version");
+const X_LAMPYR_ALIAS: HeaderName = HeaderName::from_static("x-lampyr-alias");
+pub(crate) const X_LAMPYR_ROUTING_KEY: HeaderName = HeaderName::from_static("x-lampyr-routing-key");
 const X_LAMPYR_FUNCTION_ERROR: HeaderName = HeaderName::from_static("x-lampyr-function-error");
 const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
@@ -136,6 +138,7 @@ async fn run(
 ) -> Result<Response, ApiError> {
     // Kept past the request, whose headers become the event.
     let given: Option<String> = bearer(req.headers()).map(str::to_string);
+    let routing_key = routing_key(req.headers());
     // The server's API token opens every function.
     let credential = match given.as_deref() {
         Some(g) if crate::token_eq(g, &app.token) => Credential::Operator,
@@ -144,7 +147,7 @@ async fn run(
     // Refused before the body is read; the call checks again.
     let access = app
         .sched
-        .check_access(name, TriggerKind::Http, credential)
+        .check_access(name, TriggerKind::Http, credential, routing_key.as_deref())
         .map_err(ApiError::from)?;
     let (invocation_type, idempotency_key) = invocation_headers(req.headers())?;
     let (mut parts, body) = req.into_parts();
@@ -173,7 +176,7 @@ async fn run(
             ),
         })?;
     let event = build_event(
-        name,
+        name.split('@').next().unwrap_or(name),
         rest,
         &parts.method,
         &parts.uri,
@@ -193,11 +196,22 @@ async fn run(
         credential,
         attempt: None,
         idempotency_key: idempotency_key.as_deref(),
+        routing_key: routing_key.as_deref(),
     };
     Ok(call_and_answer(app, call, |inv| {
         respond(inv, max).unwrap_or_else(IntoResponse::into_response)
     })
     .await)
+}
+
+/// The caller's `x-lampyr-routing-key`: the same key, the same version
+/// of a weighted alias.
+pub(crate) fn routing_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(X_LAMPYR_ROUTING_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
 }
 
 /// Makes a call and answers it: `respond` maps an invocation to the
@@ -593,6 +607,13 @@ fn platform_headers(resp: &mut Response, inv: &Invocation) {
         h.insert(SERVER_TIMING, v);
     }
     h.insert(X_LAMPYR_VERSION, HeaderValue::from(inv.version));
+    if let Some(alias) = inv
+        .alias
+        .as_deref()
+        .and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        h.insert(X_LAMPYR_ALIAS, alias);
+    }
 }
 
 /// Turns an invocation into the HTTP response.

@@ -463,15 +463,17 @@
 
   async function loadMetrics(st) {
     const n = enc(st.name);
-    const [inv, stats, series] = await Promise.all([
+    const [inv, stats, series, versions] = await Promise.all([
       optional(st, 'inv', `/functions/${n}/invocations?limit=50&since=${range[0]}`),
       optional(st, 'stats', `/functions/${n}/stats?since=${range[0]}`),
       optional(st, 'series', `/functions/${n}/series?since=${range[0]}&step=${range[2]}`),
+      optional(st, 'versions', `/functions/${n}/versions`),
     ]);
     if (st.c.signal.aborted) return;
     st.stats = stats;
     st.series = series;
     renderTiles(stats);
+    renderVersions(stats, versions);
     drawSeries(st);
     drawPhases(st);
     renderInvocations(st, inv);
@@ -488,6 +490,30 @@
       tile('Duration p50', s && d.count ? fmtMs(d.p50) : '—', s && d.count ? `p95 ${fmtMs(d.p95)}` : null, 'tile-p50'),
       tile('Duration p99', s && d.count ? fmtMs(d.p99) : '—', null, 'tile-p99'),
       tile('GB-seconds', s ? (+s.gb_seconds || 0).toPrecision(3) : '—', null, 'tile-gbs'));
+  }
+
+  // Each version's share of the window beside the others (a canary next
+  // to the version it may replace), with its aliases and instances.
+  function renderVersions(s, list) {
+    const by = (s && s.by_version) || {};
+    const versions = (list && list.versions) || [];
+    const nums = [...new Set([...Object.keys(by).map(Number), ...versions.filter((v) => v.aliases.length || v.latest).map((v) => v.version)])].sort((a, b) => b - a);
+    $('d-versions-card').hidden = nums.length < 2;
+    $('d-versions').replaceChildren(...nums.map((n) => {
+      const v = by[n];
+      const info = versions.find((x) => x.version === n);
+      const names = info ? [...(info.latest ? ['$LATEST'] : []), ...info.aliases] : [];
+      const inst = info ? Object.values(info.instances || {}).reduce((a, b) => a + b, 0) - ((info.instances || {}).queued || 0) : 0;
+      return h('tr', { 'data-testid': 'version-row', 'data-version': n },
+        h('td', { class: 'mono', text: String(n) }),
+        h('td', { text: names.join(', ') }),
+        h('td', { class: 'num', text: v ? fmtNum(v.count) : '0' }),
+        h('td', { class: `num${v && v.errors ? ' bad' : ''}`, text: v && v.count ? fmtPct(v.error_rate) : '—' }),
+        h('td', { class: 'num', text: v && v.count ? fmtPct(v.cold_start_rate) : '—' }),
+        h('td', { class: 'num', text: v && v.duration.count ? fmtMs(v.duration.p50) : '—' }),
+        h('td', { class: 'num', text: v && v.duration.count ? fmtMs(v.duration.p99) : '—' }),
+        h('td', { class: 'num', text: String(inst) }));
+    }));
   }
 
   function renderInvocations(st, data) {

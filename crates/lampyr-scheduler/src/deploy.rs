@@ -20,15 +20,27 @@ use lampyr_store::{FunctionRecord, Staged, VersionRecord};
 use crate::{Phases, Scheduler, SchedulerError, TriggerAccess, Version};
 
 /// How to deploy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeployOptions {
     /// Check that the new version loads before it takes traffic.
     pub verify: bool,
+    /// Recorded with the new version.
+    pub description: Option<String>,
+    /// Point this alias at the new version once it is recorded.
+    pub alias: Option<String>,
+    /// With `alias`: move it gradually, the new version on this share of
+    /// its traffic for this long first (`canary.rs`).
+    pub canary: Option<(f64, Duration)>,
 }
 
 impl Default for DeployOptions {
     fn default() -> Self {
-        DeployOptions { verify: true }
+        DeployOptions {
+            verify: true,
+            description: None,
+            alias: None,
+            canary: None,
+        }
     }
 }
 
@@ -42,6 +54,8 @@ pub struct DeployOutcome {
     pub build_time: Duration,
     /// Starting an instance and loading the handler, when it was checked.
     pub check_time: Option<Duration>,
+    /// The alias the deploy moved, as it is now.
+    pub alias: Option<lampyr_store::AliasRecord>,
 }
 
 impl Scheduler {
@@ -60,16 +74,55 @@ impl Scheduler {
             .or_default()
             .clone();
         let _one_at_a_time = lock.lock().await;
+        if let Some(alias) = &opts.alias {
+            lampyr_api::versions::validate_alias(alias).map_err(|message| {
+                lampyr_store::StoreError::InvalidAlias {
+                    function: name.to_string(),
+                    alias: alias.clone(),
+                    message,
+                }
+            })?;
+        }
+        if opts.canary.is_some() && opts.alias.is_none() {
+            return Err(SchedulerError::AliasRequired {
+                function: name.to_string(),
+                message: "a canary moves an alias: name it (`--alias ALIAS --canary 10%/5m`)"
+                    .into(),
+            });
+        }
         let store = self.inner.store.clone();
         let n = name.to_string();
-        let staged: Staged = blocking(move || store.stage(&n, &package)).await??;
+        let mut staged: Staged = blocking(move || store.stage(&n, &package)).await??;
+        staged.description = opts.description.clone();
         if let Some(record) = staged.unchanged.clone() {
+            // Nothing new to try gradually; the alias (if any) points at it.
+            let alias = match &opts.alias {
+                Some(a) if !self.routed_exactly(name, a, record.current.version) => Some(
+                    self.set_alias(
+                        name,
+                        a,
+                        lampyr_api::versions::AliasTarget {
+                            version: record.current.version,
+                            weight: None,
+                        },
+                        None,
+                    )
+                    .await?,
+                ),
+                _ => None,
+            };
             return Ok(DeployOutcome {
                 record,
                 changed: false,
                 build_time: staged.build_time,
                 check_time: None,
+                alias,
             });
+        }
+        if let Err(e) = self.check_trigger_aliases(&staged, opts.alias.as_deref()) {
+            let store = self.inner.store.clone();
+            let _ = blocking(move || store.discard(staged)).await;
+            return Err(e);
         }
         let store = self.inner.store.clone();
         let n = name.to_string();
@@ -94,12 +147,61 @@ impl Scheduler {
         let s = staged.clone();
         let record = blocking(move || store.commit(&s, version)).await??;
         self.activate_with(&record, checked)?;
+        let alias = match (&opts.alias, opts.canary) {
+            // A canary needs a version to compare with: a new alias simply
+            // points at the new version.
+            (Some(a), Some((weight, interval))) if self.route(name, a).is_ok() => Some(
+                self.start_canary(name, a, version, weight, interval)
+                    .await?,
+            ),
+            (Some(a), _) => Some(
+                self.set_alias(
+                    name,
+                    a,
+                    lampyr_api::versions::AliasTarget {
+                        version,
+                        weight: None,
+                    },
+                    None,
+                )
+                .await?,
+            ),
+            (None, _) => None,
+        };
+        if let Err(e) = self.prune_versions(name).await {
+            tracing::warn!(function = name, "pruning old versions failed: {e}");
+        }
         Ok(DeployOutcome {
             record,
             changed: true,
             build_time: staged.build_time,
             check_time,
+            alias,
         })
+    }
+
+    /// The aliases a new version's triggers name must exist, or be the
+    /// one the deploy points at it.
+    fn check_trigger_aliases(
+        &self,
+        staged: &Staged,
+        deploying: Option<&str>,
+    ) -> Result<(), SchedulerError> {
+        for (key, alias) in staged.spec.trigger_aliases() {
+            if deploying == Some(alias) || self.route(&staged.name, alias).is_ok() {
+                continue;
+            }
+            return Err(lampyr_store::StoreError::InvalidAlias {
+                function: staged.name.clone(),
+                alias: alias.to_string(),
+                message: format!(
+                    "{key} names it, but it does not exist: create it with this deploy (`lampyr deploy --alias {alias}`) or with `lampyr alias set {} {alias} VERSION`",
+                    staged.name
+                ),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Starts an instance of the staged version `version` and loads its
@@ -117,6 +219,7 @@ impl Scheduler {
                 code_sha256: staged.code_sha256.clone(),
                 code_size: staged.code_size,
                 created_at: SystemTime::now(),
+                description: staged.description.clone(),
             },
             code_dir: staged.code_dir.clone(),
             access: TriggerAccess::Public,
@@ -157,7 +260,7 @@ impl Scheduler {
 }
 
 /// Runs blocking store work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, SchedulerError> {
     tokio::task::spawn_blocking(f)

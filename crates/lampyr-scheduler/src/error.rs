@@ -12,6 +12,12 @@ use lampyr_runtime::InstanceError;
 pub enum SchedulerError {
     #[error("function '{0}' does not exist")]
     NotFound(String),
+    /// A call or command named a version or alias that cannot be.
+    #[error("'{target}': {message}")]
+    BadQualifier { target: String, message: String },
+    /// A command that works on an alias could not tell which.
+    #[error("function '{function}': {message}")]
+    AliasRequired { function: String, message: String },
     /// The caller may not call the function this way: a token-protected
     /// trigger without the right token.
     #[error("function '{function}' requires a bearer token on its trigger: send `Authorization: Bearer TOKEN` with the token `lampyr info {function}` shows")]

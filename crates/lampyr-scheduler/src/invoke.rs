@@ -116,6 +116,8 @@ pub enum Credential<'a> {
 /// One call of a function.
 #[derive(Debug)]
 pub struct Call<'a> {
+    /// `NAME`, or `NAME@N`, `NAME@ALIAS`, `NAME@$LATEST` for a version
+    /// (`versions.rs`).
     pub function: &'a str,
     pub request_id: String,
     /// The event, JSON.
@@ -127,6 +129,9 @@ pub struct Call<'a> {
     pub attempt: Option<u32>,
     /// For an event call: the caller's idempotency key.
     pub idempotency_key: Option<&'a str>,
+    /// Keeps a caller on one version of a weighted alias
+    /// (`x-lampyr-routing-key`).
+    pub routing_key: Option<&'a str>,
 }
 
 impl<'a> Call<'a> {
@@ -146,6 +151,7 @@ impl<'a> Call<'a> {
             credential: Credential::Operator,
             attempt: None,
             idempotency_key: None,
+            routing_key: None,
         }
     }
 }
@@ -215,6 +221,8 @@ pub struct Invocation {
     pub request_id: String,
     pub function: String,
     pub version: u64,
+    /// The alias the call was routed through.
+    pub alias: Option<Arc<str>>,
     pub start: StartKind,
     pub phases: Phases,
     pub outcome: Outcome,
@@ -393,12 +401,23 @@ impl Scheduler {
             credential,
             attempt,
             idempotency_key,
+            routing_key,
         } = call;
-        let state = self
-            .state_of(function)
-            .ok_or_else(|| Refused::unrecorded(SchedulerError::NotFound(function.to_string())))?;
+        let crate::versions::Target { state, alias } = self
+            .target(function, trigger, routing_key)
+            .map_err(Refused::unrecorded)?;
         check_access(&state, trigger, credential).map_err(Refused::unrecorded)?;
         if invocation_type == InvocationType::Event {
+            if function.contains('@') {
+                return Err(Refused::unrecorded(SchedulerError::BadQualifier {
+                    target: function.to_string(),
+                    message: format!(
+                        "asynchronous calls run the function's newest version: queue the event for '{}' without a version or alias",
+                        state.name
+                    ),
+                }));
+            }
+            let function = state.name.as_str();
             let sink = self.inner.events.get().cloned().ok_or_else(|| {
                 Refused::unrecorded(SchedulerError::AsyncUnavailable(function.to_string()))
             })?;
@@ -425,9 +444,9 @@ impl Scheduler {
             let started_at = SystemTime::now();
             let queued_at = Instant::now();
             match sched.run(&state, &request_id, &event).await {
-                Ok(done) => Ok(Answer::Ran(
-                    done.into_invocation(&sched, request_id, started_at, trigger, attempt),
-                )),
+                Ok(done) => Ok(Answer::Ran(done.into_invocation(
+                    &sched, request_id, started_at, trigger, attempt, alias,
+                ))),
                 Err(error) => Err(sched.refused(
                     &state,
                     error,
@@ -462,15 +481,10 @@ impl Scheduler {
         function: &str,
         trigger: TriggerKind,
         credential: Credential<'_>,
+        routing_key: Option<&str>,
     ) -> Result<TriggerAccess, SchedulerError> {
-        let state = self
-            .state_of(function)
-            .ok_or_else(|| SchedulerError::NotFound(function.to_string()))?;
-        check_access(&state, trigger, credential)
-    }
-
-    fn state_of(&self, function: &str) -> Option<Arc<FunctionState>> {
-        self.inner.functions.read().get(function).cloned()
+        let target = self.target(function, trigger, routing_key)?;
+        check_access(&target.state, trigger, credential)
     }
 
     /// The refusal of a call, with its record if it is recorded.
@@ -782,11 +796,13 @@ impl Ran {
         started_at: SystemTime,
         trigger: TriggerKind,
         attempt: Option<u32>,
+        alias: Option<Arc<str>>,
     ) -> Invocation {
         Invocation {
             request_id,
             function: self.function,
             version: self.version,
+            alias,
             start: self.start,
             phases: self.phases,
             outcome: self.outcome,

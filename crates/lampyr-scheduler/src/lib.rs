@@ -18,7 +18,9 @@
 //!   starts reserved instances whenever fewer than `min_instances` are alive.
 //! * **Versions.** A deploy (`deploy.rs`) checks that the new version loads,
 //!   then switches new requests to it at once; old-version instances drain
-//!   (finish what they run) and stop.
+//!   (finish what they run) and stop. Any version stays callable by number
+//!   or through an alias (`versions.rs`, `aliases.rs`), on instances of its
+//!   own; an alias may move gradually (`canary.rs`).
 //! * **Failures.** A timed-out invocation poisons its instance, which is
 //!   killed as soon as nothing else runs on it; an instance that dies fails
 //!   exactly the invocations it was running, and is replaced on demand.
@@ -28,6 +30,8 @@
 //! `InstanceHandle` (`handle.rs`) and are unit-tested with stand-ins.
 #![forbid(unsafe_code)]
 
+mod aliases;
+mod canary;
 mod deploy;
 mod error;
 mod handle;
@@ -40,6 +44,7 @@ mod records;
 mod start;
 mod state;
 pub mod stats;
+mod versions;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -80,7 +85,19 @@ pub struct SchedulerConfig {
     pub log_budget: lampyr_runtime::LogBudget,
     /// The egress network, or why this host has none.
     pub egress: Result<Arc<lampyr_egress::Egress>, String>,
+    /// How many old versions of a function that no alias uses keep their
+    /// code (the newest version and aliased ones always do).
+    pub keep_versions: usize,
+    /// How much higher (0-1) a canary's error rate may be than the old
+    /// version's before the canary is rolled back.
+    pub canary_threshold: f64,
 }
+
+/// The default of [`SchedulerConfig::keep_versions`].
+pub const DEFAULT_KEEP_VERSIONS: usize = 10;
+
+/// The default of [`SchedulerConfig::canary_threshold`]: five points.
+pub const DEFAULT_CANARY_THRESHOLD: f64 = 0.05;
 
 /// The function service. Cheap to clone.
 #[derive(Clone)]
@@ -92,6 +109,13 @@ pub(crate) struct Inner {
     store: Arc<Store>,
     config: SchedulerConfig,
     functions: RwLock<HashMap<String, Arc<FunctionState>>>,
+    /// Versions other than the newest that calls reached, by function and
+    /// number (`versions.rs`).
+    pinned: RwLock<HashMap<(String, u64), Arc<FunctionState>>>,
+    /// Every function's aliases (`aliases.rs`).
+    routes: aliases::Routes,
+    /// Canaries in progress (`canary.rs`).
+    canaries: canary::Canaries,
     logs: LogHub,
     instance_seq: AtomicU64,
     pools: pool::Pools,
@@ -166,6 +190,9 @@ impl Scheduler {
             store: store.clone(),
             config,
             functions: RwLock::new(HashMap::new()),
+            pinned: RwLock::new(HashMap::new()),
+            routes: aliases::Routes::default(),
+            canaries: canary::Canaries::default(),
             logs,
             instance_seq: AtomicU64::new(1),
             pools,
@@ -180,10 +207,12 @@ impl Scheduler {
         });
         inner.pools.start(&inner);
         let sched = Scheduler { inner };
+        sched.load_routes()?;
         for rec in store.list()? {
             sched.activate(&rec)?;
         }
         reaper::start(&sched);
+        canary::start(&sched);
         Ok(sched)
     }
 
@@ -246,15 +275,26 @@ impl Scheduler {
                 .or_insert_with(|| Arc::new(FunctionState::new(&rec.name, version.clone())))
                 .clone()
         };
-        let to_kill = state.set_version(version.clone());
-        for inst in to_kill {
-            inst.kill("replaced by a new version");
+        let previous = state.current();
+        if previous.record.version != version.record.version
+            && self.routed_to(&rec.name, previous.record.version)
+        {
+            // An alias still routes to the version being replaced: its idle
+            // instances move to that version's own state, warm.
+            let idle = state.hand_over(version.clone());
+            self.keep_instances(&state, previous, idle);
+        } else {
+            for inst in state.set_version(version.clone()) {
+                inst.kill("replaced by a new version");
+            }
         }
         if let Some(inst) = loaded {
             self.watch_instance(&state, &inst);
             state.adopt(inst, version);
         }
         self.ensure_reserved(&state);
+        // The newest version changed: so may the reserves aliases ask for.
+        self.aliases_changed(&rec.name);
         let _ = self
             .inner
             .changes
@@ -269,6 +309,14 @@ impl Scheduler {
             for inst in state.delete() {
                 inst.kill("function deleted");
             }
+            let versions: Vec<u64> = self
+                .version_states(name)
+                .iter()
+                .map(|s| s.current().record.version)
+                .collect();
+            self.drop_versions(name, &versions);
+            self.inner.routes.forget(name);
+            self.inner.canaries.forget(name, None);
             let _ = self.inner.changes.send(Change::Deleted(name.to_string()));
         }
         self.inner.logs.remove(name);
@@ -287,13 +335,14 @@ impl Scheduler {
     /// Stops every instance of every function and waits (up to `limit`)
     /// until they are gone, their cgroups included.
     pub async fn shutdown(&self, limit: Duration) {
-        let states: Vec<Arc<FunctionState>> = self
+        let mut states: Vec<Arc<FunctionState>> = self
             .inner
             .functions
             .write()
             .drain()
             .map(|(_, s)| s)
             .collect();
+        states.extend(self.inner.pinned.write().drain().map(|(_, s)| s));
         let mut instances: Vec<Arc<Instance>> = states.iter().flat_map(|s| s.stop_all()).collect();
         instances.extend(self.inner.pools.drain());
         for inst in &instances {
@@ -309,14 +358,25 @@ impl Scheduler {
         }
     }
 
-    /// Live instance counts of a function.
+    /// Live instance counts of a function, all its versions together.
     pub fn instance_counts(&self, name: &str) -> InstanceCounts {
-        self.inner
+        let mut c = self
+            .inner
             .functions
             .read()
             .get(name)
             .map(|s| s.counts())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for s in self.version_states(name) {
+            let o = s.counts();
+            c.starting += o.starting;
+            c.idle += o.idle;
+            c.busy += o.busy;
+            c.draining += o.draining;
+            c.stopping += o.stopping;
+            c.queued += o.queued;
+        }
+        c
     }
 
     /// The error of `name`'s latest failed initialisation, while requests
@@ -336,14 +396,23 @@ impl Scheduler {
         self.inner.functions.read().len()
     }
 
-    /// Total live instances across all functions.
+    /// Total live instances across all functions and versions.
     pub fn total_instances(&self) -> usize {
-        self.inner
+        let main: usize = self
+            .inner
             .functions
             .read()
             .values()
             .map(|s| s.counts().total())
-            .sum()
+            .sum();
+        let pinned: usize = self
+            .inner
+            .pinned
+            .read()
+            .values()
+            .map(|s| s.counts().total())
+            .sum();
+        main + pinned
     }
 
     /// A function's capacity: `(max_instances, concurrency)`.

@@ -159,7 +159,7 @@ impl LogHub {
             (s.dir().to_path_buf(), s.limits().keep)
         };
         let lines = LogStore::read(&dir, keep, function, q)?;
-        let records = match &q.request_id {
+        let mut records: Vec<InvocationRecord> = match &q.request_id {
             Some(id) => self
                 .records
                 .get(id)
@@ -190,6 +190,9 @@ impl LogHub {
                 )
                 .map_err(std::io::Error::other)?,
         };
+        if let Some(v) = q.version {
+            records.retain(|r| r.version == v);
+        }
         Ok(merge(lines, &records, q))
     }
 

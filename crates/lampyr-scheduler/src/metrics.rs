@@ -139,8 +139,16 @@ impl crate::Scheduler {
     /// The Prometheus metrics, with the gauges read now.
     pub fn metrics_text(&self) -> String {
         let m = &self.inner.metrics;
-        for (name, state) in self.inner.functions.read().iter() {
-            let c = state.counts();
+        let states: Vec<(String, std::sync::Arc<crate::state::FunctionState>)> = self
+            .inner
+            .functions
+            .read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (name, state) in &states {
+            let name = name.as_str();
+            let c = self.instance_counts(name);
             for (st, n) in [
                 ("starting", c.starting),
                 ("idle", c.idle),
@@ -155,7 +163,7 @@ impl crate::Scheduler {
                 .set(c.queued as i64);
             m.reserved
                 .with_label_values(&[name])
-                .set(i64::from(state.current().spec().min_instances));
+                .set(i64::from(state.reserve()));
         }
         for p in self.inner.pools.status() {
             m.pooled

@@ -70,7 +70,8 @@ impl Scheduler {
         let states: Vec<Arc<FunctionState>> =
             self.inner.functions.read().values().cloned().collect();
         self.sample(&states);
-        for state in states {
+        let pinned: Vec<Arc<FunctionState>> = self.inner.pinned.read().values().cloned().collect();
+        for state in states.into_iter().chain(pinned) {
             for inst in state.reap_idle(Instant::now()) {
                 inst.kill("idle timeout");
             }
@@ -95,7 +96,7 @@ impl Scheduler {
             {
                 continue;
             }
-            let c = st.counts();
+            let c = self.instance_counts(&st.name);
             ring.push_back((now, c.total() as u64));
             while ring
                 .front()

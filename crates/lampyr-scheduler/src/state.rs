@@ -62,6 +62,11 @@ struct Inner<I> {
     /// The last start of the current version failed to initialise: until
     /// `retry_at`, requests get its error instead of starting another.
     init_failure: Option<InitFailure>,
+    /// Reserved instances the version's aliases ask for.
+    alias_reserve: u32,
+    /// A version other than the function's newest: only its aliases'
+    /// reserved instances are kept, not its manifest's `min_instances`.
+    pinned: bool,
 }
 
 /// A failed initialisation and when to try again.
@@ -88,6 +93,15 @@ pub(crate) struct FunctionState<I = lampyr_runtime::Instance> {
 }
 
 impl<I> Inner<I> {
+    /// How many instances are kept alive, idle or not.
+    fn reserve(&self) -> u32 {
+        if self.pinned {
+            self.alias_reserve
+        } else {
+            self.current.spec().min_instances.max(self.alias_reserve)
+        }
+    }
+
     fn is_live(&self, s: &Slot<I>) -> bool {
         s.drain.is_none() && Arc::ptr_eq(&s.version, &self.current)
     }
@@ -147,8 +161,45 @@ impl<I: InstanceHandle> FunctionState<I> {
                 next_slot: 1,
                 stopping: Default::default(),
                 init_failure: None,
+                alias_reserve: 0,
+                pinned: false,
             }),
         }
+    }
+
+    /// The state of a version other than the function's newest, which
+    /// keeps only the reserved instances its aliases ask for.
+    pub(crate) fn pinned(name: &str, version: Arc<Version>) -> Self {
+        let st = FunctionState::new(name, version);
+        st.inner.lock().pinned = true;
+        st
+    }
+
+    /// Sets the reserved instances the version's aliases ask for. When no
+    /// alias routes to it (`routed` false), a pinned version's idle
+    /// instances stop now; they are returned to be killed.
+    pub(crate) fn set_alias_reserve(&self, n: u32, routed: bool) -> Vec<Arc<I>> {
+        let mut g = self.inner.lock();
+        g.alias_reserve = n;
+        if !g.pinned || routed {
+            return Vec::new();
+        }
+        let mut idle = Vec::new();
+        g.slots.retain(|s| {
+            if s.inflight == 0 {
+                idle.push(s.instance.clone());
+                false
+            } else {
+                true
+            }
+        });
+        g.stopping.extend(idle.iter().map(|i| i.id().to_string()));
+        idle
+    }
+
+    /// Reserved instances kept now.
+    pub(crate) fn reserve(&self) -> u32 {
+        self.inner.lock().reserve()
     }
 
     pub(crate) fn current(&self) -> Arc<Version> {
@@ -375,6 +426,16 @@ impl<I: InstanceHandle> FunctionState<I> {
 
     /// Switches to a new version; returns old idle instances to kill.
     pub(crate) fn set_version(&self, version: Arc<Version>) -> Vec<Arc<I>> {
+        let idle = self.hand_over(version);
+        let mut g = self.inner.lock();
+        g.stopping.extend(idle.iter().map(|i| i.id().to_string()));
+        idle
+    }
+
+    /// Switches to a new version; returns the old version's idle
+    /// instances, no longer this state's (to be killed, or adopted by the
+    /// old version's own state).
+    pub(crate) fn hand_over(&self, version: Arc<Version>) -> Vec<Arc<I>> {
         let mut g = self.inner.lock();
         g.current = version;
         g.init_failure = None;
@@ -393,7 +454,6 @@ impl<I: InstanceHandle> FunctionState<I> {
                 true
             }
         });
-        g.stopping.extend(idle.iter().map(|i| i.id().to_string()));
         g.wake_all();
         idle
     }
@@ -432,6 +492,7 @@ impl<I: InstanceHandle> FunctionState<I> {
         let spec = current.spec();
         let idle_timeout = spec.idle_timeout();
         let mut live = g.live();
+        let reserve = g.reserve();
         let mut out = Vec::new();
         // Oldest-idle first.
         let mut candidates: Vec<(Instant, SlotId)> = g
@@ -444,7 +505,7 @@ impl<I: InstanceHandle> FunctionState<I> {
             .collect();
         candidates.sort();
         for (_, id) in candidates {
-            if live <= spec.min_instances {
+            if live <= reserve {
                 break;
             }
             if let Some(idx) = g.slots.iter().position(|s| s.id == id) {
@@ -463,7 +524,7 @@ impl<I: InstanceHandle> FunctionState<I> {
         if g.deleted {
             return Vec::new();
         }
-        let want = g.current.spec().min_instances;
+        let want = g.reserve();
         let have = g.live() + g.starting;
         let backing_off = g
             .init_failure
@@ -481,7 +542,7 @@ impl<I: InstanceHandle> FunctionState<I> {
     pub(crate) fn needs_reserve(&self) -> bool {
         let g = self.inner.lock();
         !g.deleted
-            && g.live() + g.starting < g.current.spec().min_instances
+            && g.live() + g.starting < g.reserve()
             && g.init_failure
                 .as_ref()
                 .is_none_or(|f| Instant::now() >= f.retry_at)
@@ -536,6 +597,7 @@ mod tests {
                 code_sha256: String::new(),
                 code_size: 0,
                 created_at: SystemTime::now(),
+                description: None,
             },
             code_dir: PathBuf::new(),
             access: TriggerAccess::Public,
@@ -624,6 +686,28 @@ mod tests {
         let (inst, reason) = st.release(held.slot).expect("drained once idle");
         assert!(Arc::ptr_eq(&inst, &busy));
         assert_eq!(reason, "replaced by version 2");
+    }
+
+    #[test]
+    fn an_aliased_version_takes_its_idle_instances_along_and_keeps_its_reserve() {
+        let v1 = version(1, "");
+        let st = FunctionState::new("f", v1.clone());
+        let a = Fake::new("f-1");
+        let g = take(&st, &a);
+        assert!(st.release(g.slot).is_none());
+        let idle = st.hand_over(version(2, ""));
+        assert_eq!(idle.len(), 1);
+        assert_eq!(st.counts().stopping, 0, "handed over, not stopping");
+        let pinned = FunctionState::pinned("f", v1.clone());
+        pinned.adopt(idle[0].clone(), v1);
+        assert_eq!(pinned.counts().idle, 1);
+        // A pinned version keeps what its aliases reserve, not its
+        // manifest's min_instances; unrouted, its idle instances stop.
+        assert_eq!(pinned.reserve(), 0);
+        assert!(pinned.set_alias_reserve(2, true).is_empty());
+        assert_eq!(pinned.reserve_missing().len(), 1);
+        assert_eq!(pinned.set_alias_reserve(0, false).len(), 1);
+        assert_eq!(pinned.counts().idle, 0);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn activity(
     records: &[InvocationRecord],
     init_failure: Option<String>,
 ) -> lampyr_api::Activity {
-    let s = stats("", SystemTime::UNIX_EPOCH, records);
+    let s = totals("", SystemTime::UNIX_EPOCH, records);
     let latest: Vec<&InvocationRecord> = records.iter().take(3).collect();
     let failing =
         init_failure.is_some() || (!latest.is_empty() && latest.iter().all(|r| is_error(r)));
@@ -45,8 +45,38 @@ pub fn activity(
     }
 }
 
-/// Counts, rates and percentiles over `records` (any order).
+/// Counts, rates and percentiles over `records` (any order), and split by
+/// version.
 pub fn stats(function: &str, since: SystemTime, records: &[InvocationRecord]) -> FunctionStats {
+    let mut versions: BTreeMap<u64, Vec<InvocationRecord>> = BTreeMap::new();
+    for r in records {
+        versions.entry(r.version).or_default().push(r.clone());
+    }
+    let by_version = versions
+        .into_iter()
+        .map(|(v, rs)| {
+            let s = totals(function, since, &rs);
+            (
+                v,
+                lampyr_api::VersionStats {
+                    count: s.count,
+                    errors: s.errors,
+                    error_rate: s.error_rate,
+                    cold_starts: s.cold_starts,
+                    cold_start_rate: s.cold_start_rate,
+                    duration: s.duration,
+                },
+            )
+        })
+        .collect();
+    FunctionStats {
+        by_version,
+        ..totals(function, since, records)
+    }
+}
+
+/// [`stats`] over all of `records`, not split.
+fn totals(function: &str, since: SystemTime, records: &[InvocationRecord]) -> FunctionStats {
     let count = records.len() as u64;
     let errors = records.iter().filter(|r| is_error(r)).count() as u64;
     let mut by_status = BTreeMap::new();
@@ -91,6 +121,7 @@ pub fn stats(function: &str, since: SystemTime, records: &[InvocationRecord]) ->
         duration: percentiles(&mut durations),
         phases,
         gb_seconds: records.iter().map(|r| r.gb_seconds).sum(),
+        by_version: BTreeMap::new(),
     }
 }
 

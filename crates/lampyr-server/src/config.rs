@@ -72,6 +72,45 @@ pub struct ServerConfig {
     pub network: NetworkSection,
     #[serde(default, rename = "async")]
     pub async_: AsyncSection,
+    #[serde(default)]
+    pub versions: VersionsSection,
+}
+
+/// `[versions]`: how many old versions keep their code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VersionsSection {
+    /// Old versions that no alias uses, newest first, that are kept (the
+    /// newest version and aliased ones always are).
+    pub keep: usize,
+    /// A canary is rolled back when the new version's error rate is higher
+    /// than the old one's by more than this (0-1).
+    pub canary_threshold: f64,
+}
+
+impl Default for VersionsSection {
+    fn default() -> Self {
+        VersionsSection {
+            keep: lampyr_scheduler::DEFAULT_KEEP_VERSIONS,
+            canary_threshold: lampyr_scheduler::DEFAULT_CANARY_THRESHOLD,
+        }
+    }
+}
+
+impl VersionsSection {
+    /// The canary threshold, checked.
+    pub fn canary_threshold(&self) -> Result<f64, ConfigError> {
+        let t = self.canary_threshold;
+        if !(0.0..=1.0).contains(&t) {
+            return Err(ConfigError::invalid(
+                "versions.canary_threshold",
+                format!(
+                    "{t} is outside 0-1: it is a difference of error rates (0.05: five points)"
+                ),
+            ));
+        }
+        Ok(t)
+    }
 }
 
 /// `[async]`: asynchronous invocation and its event queue.
@@ -579,6 +618,7 @@ impl ServerConfig {
         self.http.body_timeout()?;
         self.network.to_config()?;
         self.async_.to_config()?;
+        self.versions.canary_threshold()?;
         self.sandbox.to_config(Path::new("/"))?;
         Ok(())
     }

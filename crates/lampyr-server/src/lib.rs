@@ -213,6 +213,8 @@ impl Server {
                 retention,
                 log_budget: cfg.logs.budget(),
                 egress,
+                keep_versions: cfg.versions.keep,
+                canary_threshold: cfg.versions.canary_threshold()?,
             },
         )?;
         let addr = cfg

@@ -384,9 +384,14 @@ async fn invoke(ctx: &Ctx, meta: &[Delivered], body: Vec<u8>) -> Verdict {
     let seqs: Vec<u64> = meta.iter().map(|d| d.stream_sequence).collect();
     let attempt = meta.iter().map(|d| d.delivered).max().unwrap_or(1) as u32;
     let mut throttled = Duration::from_millis(50);
+    // The alias the trigger names, else the newest version.
+    let target = match &ctx.spec.alias {
+        Some(a) => format!("{}@{a}", ctx.function),
+        None => ctx.function.clone(),
+    };
     loop {
         let call = Call {
-            function: &ctx.function,
+            function: &target,
             request_id: new_request_id(),
             event: body.clone(),
             trigger: TriggerKind::Nats,
@@ -394,6 +399,7 @@ async fn invoke(ctx: &Ctx, meta: &[Delivered], body: Vec<u8>) -> Verdict {
             credential: Credential::Operator,
             attempt: Some(attempt),
             idempotency_key: None,
+            routing_key: None,
         };
         match ctx.sched.call(call).await {
             Ok(Answer::Ran(inv)) => {

@@ -628,6 +628,7 @@ impl Reader {
                         credential: Credential::Operator,
                         attempt: None,
                         idempotency_key: Some(&key),
+                        routing_key: None,
                     })
                     .await
                     .map(|a| matches!(a, lampyr_scheduler::Answer::Queued(q) if q.duplicate))

@@ -398,6 +398,7 @@ pub(crate) async fn queue(
                     credential: Credential::Operator,
                     attempt: None,
                     idempotency_key: Some(&key),
+                    routing_key: None,
                 })
                 .await
         }

@@ -1,8 +1,8 @@
 //! The code store and the metadata store.
 //!
-//! * **Metadata** (functions, their immutable versions, trigger tokens,
-//!   access keys in `keys.rs`) lives in one embedded SQLite database,
-//!   `DATA/lampyr.db`.
+//! * **Metadata** (functions, their immutable versions, aliases, trigger
+//!   tokens, access keys in `keys.rs`) lives in one embedded SQLite
+//!   database, `DATA/lampyr.db`.
 //! * **Code packages** are gzip'd tar archives kept as content-addressed blobs,
 //!   `DATA/blobs/sha256/AB/ABCDEF…`, written once and never changed.
 //! * **Pre-built code**: at deploy time every package is verified and unpacked
@@ -14,9 +14,11 @@
 //! entries) before anything is recorded.
 #![forbid(unsafe_code)]
 
+pub mod aliases;
 pub mod keys;
 pub mod logs;
 pub mod records;
+pub mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
+pub use aliases::{AliasRecord, Canary};
 pub use keys::{KeyError, KeyInfo, KeyStore, NewKey};
 use lampyr_package as package;
 pub use lampyr_package::{pack_dir, PackageError};
@@ -55,6 +58,34 @@ pub enum StoreError {
     NotFound(String),
     #[error("stored record of function '{0}' is corrupt: {1}")]
     Corrupt(String, String),
+    #[error(
+        "function '{function}' has no version {version}: `lampyr versions {function}` lists them"
+    )]
+    VersionNotFound { function: String, version: u64 },
+    #[error("version {version} of function '{function}' is in use: {why}")]
+    VersionInUse {
+        function: String,
+        version: u64,
+        why: String,
+    },
+    #[error(
+        "function '{function}' has no alias '{alias}': `lampyr alias ls {function}` lists them"
+    )]
+    AliasNotFound { function: String, alias: String },
+    /// An alias that cannot be set, changed or removed this way.
+    #[error("alias '{alias}' of function '{function}': {message}")]
+    InvalidAlias {
+        function: String,
+        alias: String,
+        message: String,
+    },
+    /// A weight outside 0-1, or on the alias's own version.
+    #[error("alias '{alias}' of function '{function}': {message}")]
+    InvalidWeight {
+        function: String,
+        alias: String,
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -88,6 +119,8 @@ pub struct VersionRecord {
     pub code_sha256: String,
     pub code_size: u64,
     pub created_at: SystemTime,
+    /// What the deploy said of it (`lampyr deploy --description`).
+    pub description: Option<String>,
 }
 
 /// A function and its current version.
@@ -116,6 +149,8 @@ pub struct Staged {
     pub unchanged: Option<FunctionRecord>,
     /// Validating, unpacking and preparing took this long.
     pub build_time: Duration,
+    /// Recorded with the version.
+    pub description: Option<String>,
 }
 
 /// What a deploy did.
@@ -180,6 +215,7 @@ CREATE TABLE IF NOT EXISTS versions (
     code_sha256 TEXT NOT NULL,
     code_size   INTEGER NOT NULL,
     created_at  INTEGER NOT NULL,
+    description TEXT,
     PRIMARY KEY (name, version)
 );
 "#;
@@ -214,6 +250,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        versions::migrate(&conn)?;
+        aliases::create(&conn)?;
         // Left-overs of a deploy interrupted by a crash.
         let _ = std::fs::remove_dir_all(root.join("tmp"));
         std::fs::create_dir_all(root.join("tmp")).map_err(StoreError::io("creating tmp"))?;
@@ -328,6 +366,7 @@ impl Store {
             code_dir: code,
             unchanged,
             build_time: started.elapsed(),
+            description: None,
         })
     }
 
@@ -384,8 +423,8 @@ impl Store {
         // is locked" at once instead of applying the busy timeout.
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
-            "INSERT INTO versions (name, version, spec, manifest, code_sha256, code_size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![name, version as i64, spec_json, staged.manifest, staged.code_sha256, staged.code_size as i64, now],
+            "INSERT INTO versions (name, version, spec, manifest, code_sha256, code_size, created_at, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![name, version as i64, spec_json, staged.manifest, staged.code_sha256, staged.code_size as i64, now, staged.description],
         )?;
         let token = new_token();
         tx.execute(
@@ -426,7 +465,7 @@ impl Store {
         let row = db
             .query_row(
                 "SELECT f.name, f.trigger_token, f.created_at, f.updated_at,
-                        v.version, v.spec, v.code_sha256, v.code_size, v.created_at
+                        v.version, v.spec, v.code_sha256, v.code_size, v.created_at, v.description
                  FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.current_version
                  WHERE f.name = ?1",
                 params![name],
@@ -441,7 +480,7 @@ impl Store {
         let db = self.db.lock();
         let mut stmt = db.prepare(
             "SELECT f.name, f.trigger_token, f.created_at, f.updated_at,
-                    v.version, v.spec, v.code_sha256, v.code_size, v.created_at
+                    v.version, v.spec, v.code_sha256, v.code_size, v.created_at, v.description
              FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.current_version
              ORDER BY f.name",
         )?;
@@ -457,18 +496,9 @@ impl Store {
     pub fn versions(&self, name: &str) -> Result<Vec<VersionRecord>> {
         let db = self.db.lock();
         let mut stmt = db.prepare(
-            "SELECT name, version, spec, code_sha256, code_size, created_at FROM versions WHERE name = ?1 ORDER BY version",
+            "SELECT name, version, spec, code_sha256, code_size, created_at, description FROM versions WHERE name = ?1 ORDER BY version",
         )?;
-        let rows = stmt.query_map(params![name], |r| {
-            Ok(version_from(
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?;
+        let rows = stmt.query_map(params![name], |r| version_row(r, 0))?;
         let mut out = Vec::new();
         for r in rows {
             out.push(r??);
@@ -483,6 +513,7 @@ impl Store {
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute("DELETE FROM functions WHERE name = ?1", params![name])?;
         tx.execute("DELETE FROM versions WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM aliases WHERE function = ?1", params![name])?;
         tx.commit()?;
         drop(db);
         if n == 0 {
@@ -626,7 +657,11 @@ fn read_function(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecor
         r.get(6)?,
         r.get(7)?,
         r.get(8)?,
-    );
+    )
+    .map(|v| VersionRecord {
+        description: r.get(9).unwrap_or_default(),
+        ..v
+    });
     Ok(current.map(|current| FunctionRecord {
         trigger_token: r.get(1).unwrap_or_default(),
         created_at: from_ms(r.get(2).unwrap_or(0)),
@@ -653,7 +688,26 @@ fn version_from(
         code_sha256: sha,
         code_size: size as u64,
         created_at: from_ms(created),
+        description: None,
     })
+}
+
+/// A version from the columns `name, version, spec, code_sha256,
+/// code_size, created_at, description` starting at `at`.
+pub(crate) fn version_row(
+    r: &rusqlite::Row<'_>,
+    at: usize,
+) -> rusqlite::Result<Result<VersionRecord>> {
+    let v = version_from(
+        r.get(at)?,
+        r.get(at + 1)?,
+        r.get(at + 2)?,
+        r.get(at + 3)?,
+        r.get(at + 4)?,
+        r.get(at + 5)?,
+    );
+    let description: Option<String> = r.get(at + 6)?;
+    Ok(v.map(|v| VersionRecord { description, ..v }))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -674,7 +728,8 @@ pub fn new_token() -> String {
 mod tests {
     use super::*;
 
-    fn function_dir(name: &str, body: &str) -> tempfile::TempDir {
+    /// A Node.js function's directory: its manifest and `index.js`.
+    pub(crate) fn function_dir(name: &str, body: &str) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(
             d.path().join("lampyr.toml"),

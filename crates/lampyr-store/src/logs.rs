@@ -47,6 +47,8 @@ pub struct LogQuery {
     pub since: Option<String>,
     /// At most this many of the newest matching records.
     pub tail: usize,
+    /// Only records of this version.
+    pub version: Option<u64>,
 }
 
 impl LogStore {
@@ -144,6 +146,9 @@ impl LogStore {
                     continue;
                 }
                 if q.since.as_deref().is_some_and(|s| rec.ts.as_str() < s) {
+                    continue;
+                }
+                if q.version.is_some_and(|v| rec.version != v) {
                     continue;
                 }
                 out.push(rec);

@@ -121,9 +121,21 @@ enum Command {
         /// only a request brings).
         #[arg(long)]
         no_verify: bool,
+        /// Say what the new version is (`lampyr versions` shows it).
+        #[arg(long)]
+        description: Option<String>,
+        /// Point this alias at the new version.
+        #[arg(long)]
+        alias: Option<String>,
+        /// Move the alias gradually: PERCENT%/INTERVAL (e.g. 10%/5m) of its
+        /// traffic on the new version, then all of it unless the new
+        /// version's error rate is worse (else it is rolled back).
+        #[arg(long, requires = "alias")]
+        canary: Option<String>,
     },
     /// Invoke a function with a JSON event and print its result.
     Invoke {
+        /// NAME, or NAME@ALIAS, NAME@VERSION, NAME@$LATEST.
         name: String,
         /// The event: inline JSON, `@file`, or `@-` for stdin [default: {}]
         #[arg(long, short)]
@@ -156,6 +168,9 @@ enum Command {
         /// At most this many of the newest lines.
         #[arg(long, default_value_t = 200)]
         tail: usize,
+        /// Only lines of this version.
+        #[arg(long)]
+        version: Option<u64>,
         /// Keep printing new lines as they are written.
         #[arg(long, short)]
         follow: bool,
@@ -204,6 +219,29 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// A function's versions: number, deploy time, code digest,
+    /// description. `lampyr versions NAME` lists them.
+    #[command(args_conflicts_with_subcommands = true)]
+    Versions {
+        #[command(subcommand)]
+        action: Option<VersionsAction>,
+        /// The function whose versions to list.
+        name: Option<String>,
+    },
+    /// A function's aliases: names that point at one version, or at two
+    /// with a share of the traffic on the second.
+    Alias {
+        #[command(subcommand)]
+        action: AliasAction,
+    },
+    /// Point an alias back at what it pointed at before, at once (calls
+    /// already running finish on their version).
+    Rollback {
+        name: String,
+        /// The alias [default: the one the HTTP trigger serves, or the
+        /// function's only one].
+        alias: Option<String>,
+    },
     /// Print the web dashboard's address, with the token to open it.
     Ui,
     /// Report the runtimes found, the isolation available and the data directory.
@@ -244,6 +282,33 @@ enum KeysAction {
     Ls,
     /// Revoke a key.
     Rm { id: String },
+}
+
+#[derive(Subcommand)]
+enum VersionsAction {
+    /// Delete a version and its code (refused for the newest version and
+    /// for one an alias routes to).
+    Rm { name: String, version: u64 },
+}
+
+#[derive(Subcommand)]
+enum AliasAction {
+    /// Point ALIAS at VERSION (creating it).
+    Set {
+        name: String,
+        alias: String,
+        version: u64,
+        /// A second version and its share of the traffic, e.g. 3=0.05.
+        #[arg(long)]
+        weight: Option<String>,
+        /// Instances kept ready for the alias's versions.
+        #[arg(long)]
+        min_instances: Option<u32>,
+    },
+    /// List a function's aliases.
+    Ls { name: String },
+    /// Delete an alias.
+    Rm { name: String, alias: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -318,11 +383,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             path,
             dry_run,
             no_verify,
+            description,
+            alias,
+            canary,
         } => {
             let args = lampyr_cli::DeployArgs {
                 path: path.clone(),
                 dry_run: *dry_run,
                 verify: !no_verify,
+                description: description.clone(),
+                alias: alias.clone(),
+                canary: canary.clone(),
             };
             Ok(lampyr_cli::deploy(&client(), &args, cli.json)?)
         }
@@ -383,6 +454,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "name the function: `lampyr dlq NAME` lists its dead letters (see `lampyr dlq --help`)"
             ),
         },
+        Command::Versions { action, name } => match (action, name) {
+            (Some(VersionsAction::Rm { name, version }), _) => Ok(
+                lampyr_cli::versions::remove(&client(), name, *version, cli.json)?,
+            ),
+            (None, Some(name)) => Ok(lampyr_cli::versions::list(&client(), name, cli.json)?),
+            (None, None) => anyhow::bail!(
+                "name the function: `lampyr versions NAME` (or `lampyr versions rm NAME VERSION`)"
+            ),
+        },
+        Command::Alias { action } => match action {
+            AliasAction::Set {
+                name,
+                alias,
+                version,
+                weight,
+                min_instances,
+            } => {
+                let args = lampyr_cli::versions::AliasArgs {
+                    name: name.clone(),
+                    alias: alias.clone(),
+                    version: *version,
+                    weight: weight.clone(),
+                    min_instances: *min_instances,
+                };
+                Ok(lampyr_cli::versions::set(&client(), &args, cli.json)?)
+            }
+            AliasAction::Ls { name } => Ok(lampyr_cli::versions::list_aliases(
+                &client(),
+                name,
+                cli.json,
+            )?),
+            AliasAction::Rm { name, alias } => Ok(lampyr_cli::versions::remove_alias(
+                &client(),
+                name,
+                alias,
+                cli.json,
+            )?),
+        },
+        Command::Rollback { name, alias } => Ok(lampyr_cli::versions::rollback(
+            &client(),
+            name,
+            alias.as_deref(),
+            cli.json,
+        )?),
         Command::Ls => Ok(lampyr_cli::list(&client(), cli.json)?),
         Command::Info { name } => Ok(lampyr_cli::info(&client(), name, cli.json)?),
         Command::Rm { name } => Ok(lampyr_cli::remove(&client(), name, cli.json)?),
@@ -431,14 +546,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             request_id,
             since,
             tail,
+            version,
             follow,
         } => Ok(lampyr_cli::logs(
             &client(),
             name,
-            request_id.as_deref(),
-            since.as_deref(),
-            *tail,
-            *follow,
+            &lampyr_cli::LogsArgs {
+                request_id: request_id.as_deref(),
+                since: since.as_deref(),
+                tail: *tail,
+                version: *version,
+                follow: *follow,
+            },
             cli.json,
         )?),
         Command::Doctor => doctor(&data_dir, cli.json),

@@ -47,6 +47,8 @@ fn new_key(server: &Server) -> (String, String) {
 fn boto3_invokes_functions_with_an_issued_key() {
     let server = Server::start();
     deploy(&server);
+    let alias = server.cli(&["alias", "set", "echo", "live", "1"]);
+    assert!(alias.status.success(), "{}", String::from_utf8_lossy(&alias.stderr));
     let (id, secret) = new_key(&server);
     let deps = common::aws::test_deps("moto", "'moto[s3,sns,server]' boto3");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -88,8 +90,8 @@ fn boto3_invokes_functions_with_an_issued_key() {
     assert_eq!(r["event"]["payload"], "");
     assert_eq!(r["dry_run"]["status"], 204, "{}", r["dry_run"]);
 
-    // Qualifiers and ARNs name the function's current version.
-    for (k, n) in [("latest", 2), ("numbered", 3), ("arn", 4)] {
+    // Qualifiers (a version, an alias, $LATEST) and ARNs.
+    for (k, n) in [("latest", 2), ("numbered", 3), ("arn", 4), ("alias", 6)] {
         assert_eq!(r[k]["status"], 200, "{k}: {}", r[k]);
         let p: Value = serde_json::from_str(r[k]["payload"].as_str().unwrap()).unwrap();
         assert_eq!(p["got"]["n"], n, "{k}");

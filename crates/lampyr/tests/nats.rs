@@ -630,6 +630,38 @@ fn deploys_and_deletes_replace_and_stop_sources() {
     assert_eq!(witness.seen().len(), 3);
 }
 
+#[test]
+fn a_trigger_that_names_an_alias_calls_the_alias_version() {
+    let nats = NatsServer::start();
+    nats.stream("ORDERS", &["orders.>"]);
+    let server = Server::start();
+    let witness = Witness::start(Policy::default());
+    let f = function(
+        "aliased",
+        &witness,
+        &nats_trigger(&nats, "alias = \"live\"\n"),
+    );
+    let deploy = |query: &str| {
+        let pkg = lampyr_store::pack_dir(f.path()).unwrap();
+        let r = server.api("PUT", &format!("/functions/aliased{query}"), Some(&pkg));
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    deploy("?alias=live");
+    // Version 2: the alias still points at 1, and so do the batches.
+    f.write("version.txt", "2");
+    deploy("");
+    nats.publish("orders.new", &[], b"one");
+    server.wait_until("the delivery", LIMIT, || witness.seen().len() == 1);
+    let mut recs = Vec::new();
+    server.wait_until("its record", LIMIT, || {
+        let r = server.api("GET", "/functions/aliased/invocations?limit=10", None);
+        recs = r.json()["invocations"].as_array().unwrap().clone();
+        recs.iter().any(|i| i["trigger"] == "nats")
+    });
+    let nats_recs: Vec<_> = recs.iter().filter(|i| i["trigger"] == "nats").collect();
+    assert!(nats_recs.iter().all(|i| i["version"] == 1), "{nats_recs:?}");
+}
+
 /// SIGTERM while a batch runs: the server stops fetching, the running
 /// invocation finishes and its message is acked, not redelivered.
 #[test]

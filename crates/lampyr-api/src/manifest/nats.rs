@@ -51,6 +51,9 @@ pub struct NatsSpec {
     pub dead_letter_subject: Option<String>,
     #[serde(default, skip_serializing_if = "NatsAuth::is_none")]
     pub auth: NatsAuth,
+    /// The alias its batches call; none: the newest version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
 }
 
 /// How the trigger authenticates to the servers.
@@ -123,6 +126,7 @@ impl NatsSpec {
         "password",
         "creds_file",
         "nkey_file",
+        "alias",
     ];
 
     /// The durable consumer's name: `durable`, or `lampyr-FUNCTION-NAME`.
@@ -279,6 +283,7 @@ impl NatsSpec {
             retry_backoff_ms,
             dead_letter_subject,
             auth,
+            alias: super::trigger_alias(i, t)?,
         })
     }
 }
@@ -480,6 +485,20 @@ mod tests {
             TriggerSpec::Nats(n) => n,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_nats_trigger_may_name_the_alias_it_calls() {
+        let s = parse("alias = \"live\"\n").unwrap();
+        assert_eq!(nats(&s).alias.as_deref(), Some("live"));
+        assert_eq!(
+            s.trigger_aliases(),
+            [("triggers[0].alias".to_string(), "live")]
+        );
+        assert_eq!(nats(&parse("").unwrap()).alias, None);
+        assert!(parse("alias = \"9\"\n")
+            .unwrap_err()
+            .contains("triggers[0].alias"));
     }
 
     #[test]

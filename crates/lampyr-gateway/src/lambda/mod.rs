@@ -15,8 +15,8 @@
 //!   adds the invocation's last 4 KB of log, base64, in `X-Amz-Log-Result`.
 //!
 //! The function is named by its name, its ARN or a partial ARN, with an
-//! optional qualifier (`NAME:QUALIFIER` or `?Qualifier=`); lampyr runs the
-//! function's current version (`$LATEST` or its number).
+//! optional qualifier (`NAME:QUALIFIER` or `?Qualifier=`): a version
+//! number, an alias or `$LATEST`, as lampyr's own `NAME@QUALIFIER`.
 
 pub(crate) mod sigv4;
 
@@ -154,14 +154,15 @@ async fn invoke_inner(
             .map(|(_, v)| v.into_owned())
     });
     let (name, qualifier) = function_name(function, query_qualifier.as_deref())?;
-    let Some(current) = app.sched.current(&name) else {
+    if app.sched.current(&name).is_none() {
         return Err(LambdaError::not_found(&name, qualifier.as_deref()));
-    };
-    if let Some(q) = &qualifier {
-        if q != "$LATEST" && *q != current.version.to_string() {
-            return Err(LambdaError::not_found(&name, Some(q)));
-        }
     }
+    // A qualifier is a version number, an alias or `$LATEST`, as lampyr's
+    // own `NAME@QUALIFIER`.
+    let target = match &qualifier {
+        Some(q) => format!("{name}@{q}"),
+        None => name.clone(),
+    };
     let invocation_type = match headers
         .get("x-amz-invocation-type")
         .map(|v| v.to_str().unwrap_or(""))
@@ -200,7 +201,7 @@ async fn invoke_inner(
         ));
     }
     let call = Call {
-        function: &name,
+        function: &target,
         request_id: request_id.to_string(),
         event: event.to_vec(),
         trigger: lampyr_api::TriggerKind::Api,
@@ -209,6 +210,7 @@ async fn invoke_inner(
         credential: Credential::Operator,
         attempt: None,
         idempotency_key: None,
+        routing_key: None,
     };
     match app.sched.call(call).await {
         Ok(Answer::Queued(_)) => {
@@ -421,6 +423,7 @@ async fn log_tail(app: &AppState, inv: &Invocation) -> String {
                 request_id: Some(request_id),
                 since: None,
                 tail: 0,
+                version: None,
             },
         )
     })
