@@ -49,6 +49,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::BoxFuture;
 use lampyr_api::sources::{SourceState, SourceStatus};
 use lampyr_api::{FunctionSpec, StorageSpec, TriggerKind};
+use lampyr_nats::OwnedConsumer;
 use lampyr_scheduler::{Answer, Call, Credential, InvocationType, Scheduler, SchedulerError};
 use lampyr_triggers::webhook::{Webhook, WebhookReply, WebhookRequest};
 use lampyr_triggers::{Context, Trigger, TriggerError};
@@ -188,9 +189,22 @@ impl StorageTrigger {
             subscribers.insert(function.to_string(), now);
         }
         drop(subscribers);
+        // The JetStream consumers lampyr created for NATS sides that are
+        // gone are deleted; one the manifest named is left alone.
+        let used: Vec<OwnedConsumer> = triggers
+            .iter()
+            .filter_map(|t| consumer(function, t))
+            .collect();
         let mut retiring = self.inner.retiring.lock();
         retiring.retain(|t| !t.is_finished());
-        retiring.extend(old.into_iter().map(Subscriber::stop));
+        retiring.extend(old.into_iter().map(|s| {
+            let gone = consumer(function, &s.spec).filter(|c| {
+                s.spec.nats.as_ref().is_some_and(|n| n.durable.is_none())
+                    && !used.iter().any(|u| u.same_as(c))
+            });
+            let trigger = s.spec.name.clone();
+            lampyr_nats::retire(s.stop(), gone, function, &trigger)
+        }));
     }
 
     fn stats(&self, function: &str, trigger: &str) -> Arc<Stats> {
@@ -338,6 +352,17 @@ impl StorageTrigger {
             }
         }
     }
+}
+
+/// The JetStream consumer trigger `t` of `function` reads, if it reads one.
+fn consumer(function: &str, t: &StorageSpec) -> Option<OwnedConsumer> {
+    let n = t.nats.as_ref()?;
+    Some(OwnedConsumer {
+        servers: n.servers.clone(),
+        auth: n.auth.clone(),
+        stream: n.stream.clone()?,
+        name: n.durable_name(function, &t.name),
+    })
 }
 
 /// What became of a notification's records.

@@ -587,7 +587,8 @@ fn sigkill_while_messages_flow_loses_nothing() {
 
 /// A deploy that changes the trigger replaces its source (the durable
 /// consumer carries on where it was); a deploy without it, or a delete,
-/// stops it: messages then wait in the stream.
+/// stops it and deletes the consumer lampyr created from the broker (it
+/// would keep messages for nobody); a consumer the manifest named is kept.
 #[test]
 fn deploys_and_deletes_replace_and_stop_sources() {
     let nats = NatsServer::start();
@@ -605,7 +606,20 @@ fn deploys_and_deletes_replace_and_stop_sources() {
     server.wait_until("the second delivery", LIMIT, || witness.seen().len() == 2);
     let seqs: Vec<u64> = witness.seen().iter().map(|s| s.seq).collect();
     assert_eq!(seqs, [1, 2]);
-    // Without the trigger: stopped, and no longer shown.
+    assert!(nats.has_consumer("ORDERS", "lampyr-moving-nats"));
+    // Another trigger beside it, on a consumer the manifest names.
+    let both = format!(
+        "{}{}",
+        nats_trigger(&nats, ""),
+        nats_trigger(&nats, "name = \"named\"\ndurable = \"mine\"\n")
+    );
+    let f = function("moving", &witness, &both);
+    server.deploy(f.path());
+    server.wait_until("the named consumer", LIMIT, || {
+        nats.has_consumer("ORDERS", "mine")
+    });
+    // Without the triggers: stopped, no longer shown, lampyr's consumer
+    // deleted, the named one kept.
     let f = function("moving", &witness, "triggers = []\n");
     server.deploy(f.path());
     server.wait_until("no source", LIMIT, || {
@@ -613,21 +627,28 @@ fn deploys_and_deletes_replace_and_stop_sources() {
             .as_array()
             .is_none_or(|a| a.is_empty())
     });
-    nats.publish("orders.new", &[], b"three");
-    server.wait_until("the message waits in the stream", LIMIT, || {
-        nats.consumer("ORDERS", "lampyr-moving-nats").0 == 1
+    server.wait_until("lampyr's consumer deleted", LIMIT, || {
+        !nats.has_consumer("ORDERS", "lampyr-moving-nats")
     });
-    // Back, then deleted.
+    assert!(nats.has_consumer("ORDERS", "mine"));
+    let log = server.log().join("\n");
+    assert!(
+        log.contains("NATS consumer of a removed trigger deleted")
+            && log.contains("lampyr-moving-nats"),
+        "{log}"
+    );
+    nats.delete_consumer("ORDERS", "mine");
+    // Back, then the function deleted: its consumer goes with it.
     let f = function("moving", &witness, &nats_trigger(&nats, ""));
     server.deploy(f.path());
-    server.wait_until("the waiting message", LIMIT, || witness.seen().len() == 3);
+    server.wait_until("the consumer again", LIMIT, || {
+        nats.has_consumer("ORDERS", "lampyr-moving-nats")
+    });
     let r = server.api("DELETE", "/functions/moving", None);
     assert!(r.status < 300, "{}", r.text());
-    nats.publish("orders.new", &[], b"four");
-    server.wait_until("the message waits in the stream", LIMIT, || {
-        nats.consumer("ORDERS", "lampyr-moving-nats").0 == 1
+    server.wait_until("the consumer deleted with its function", LIMIT, || {
+        !nats.has_consumer("ORDERS", "lampyr-moving-nats")
     });
-    assert_eq!(witness.seen().len(), 3);
 }
 
 /// SIGTERM while a batch runs: the server stops fetching, the running

@@ -1124,12 +1124,26 @@ fn notifications_from_a_jetstream_stream_are_acked_once_queued_and_never_queued_
     let runs = ledger.runs();
     assert_eq!(runs.len(), before + 1, "{runs:?}");
     assert_eq!(key_of(&runs[before]), "new.jpg");
-    let (pending, ack_pending, _) = nats.consumer("MINIO", "lampyr-js-storage-storage");
-    assert_eq!(
-        pending + ack_pending as u64,
-        1,
-        "the old consumer took the new message"
-    );
+    // The old consumer, which lampyr named, is deleted from the broker (it
+    // would keep messages for nobody); one the manifest named is kept when
+    // its function is deleted.
+    server.wait_until("the old consumer deleted", LIMIT, || {
+        !nats.has_consumer("MINIO", "lampyr-js-storage-storage")
+    });
+    let r = server.api("DELETE", "/functions/js", None);
+    assert!(r.status < 300, "{}", r.text());
+    let late = json!({ "Records": [record("photos", "late.jpg", "ObjectCreated:Put", "l1")] });
+    nats.publish("minio.events", &[], late.to_string().as_bytes());
+    server.wait_until("the message kept for the named consumer", LIMIT, || {
+        assert!(
+            nats.has_consumer("MINIO", "renamed"),
+            "the named consumer was deleted"
+        );
+        let (pending, ack_pending, _) = nats.consumer("MINIO", "renamed");
+        // Not acked: waiting, or held by a pull of the stopped side until
+        // its ack_wait runs out.
+        pending + ack_pending as u64 == 1
+    });
 }
 
 /// Notifications published to a JetStream stream while `lampyr serve` is

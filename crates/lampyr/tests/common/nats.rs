@@ -220,6 +220,28 @@ impl NatsServer {
         })
     }
 
+    /// Whether stream `stream` has consumer `name`.
+    pub fn has_consumer(&self, stream: &str, name: &str) -> bool {
+        use async_nats::jetstream::context::ConsumerInfoErrorKind;
+        let js = self.js();
+        let name = name.to_string();
+        self.rt.block_on(async move {
+            let s = js.get_stream(stream).await.expect("the stream");
+            match s.consumer_info(&name).await {
+                Ok(_) => true,
+                Err(e) => match e.kind() {
+                    ConsumerInfoErrorKind::NotFound => false,
+                    ConsumerInfoErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+                    {
+                        false
+                    }
+                    _ => panic!("consumer {name}: {e}"),
+                },
+            }
+        })
+    }
+
     /// Deletes a consumer: its acks are forgotten, so a consumer created
     /// again under its name gets the stream's messages again.
     pub fn delete_consumer(&self, stream: &str, name: &str) {
