@@ -709,3 +709,121 @@ fn user_and_password_connect_and_a_wrong_one_is_reported_without_it() {
         "{shown}"
     );
 }
+
+/// An S3 notification as MinIO publishes it to NATS, for a storage
+/// trigger reading JetStream stream `MINIO`.
+fn minio_put(key: &str) -> Vec<u8> {
+    json!({"EventName": "s3:ObjectCreated:Put", "Key": format!("photos/{key}"), "Records": [{
+        "eventVersion": "2.0", "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put",
+        "eventTime": "2026-01-01T00:00:00.000Z",
+        "s3": {"bucket": {"name": "photos"}, "object": {"key": key, "eTag": "e1", "sequencer": "17"}}}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// A server that admits only an nkey user made in the test: a NATS
+/// trigger with `nkey_file` and a storage trigger reading JetStream with
+/// `nats_nkey_file` connect and deliver; another user's seed leaves the
+/// source retrying with the server's reason; no seed shows in the API,
+/// `lampyr info` or the log.
+#[test]
+fn nkey_users_connect_and_a_wrong_seed_is_reported() {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let nats = NatsServer::start_with_nkey(&user.public_key(), &seed);
+    nats.stream("ORDERS", &["orders.>"]);
+    nats.stream("MINIO", &["minio.events"]);
+    let dir = tempfile::tempdir().unwrap();
+    let right = dir.path().join("user.nk");
+    std::fs::write(&right, format!("{seed}\n")).unwrap();
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    let wrong = dir.path().join("stranger.nk");
+    std::fs::write(&wrong, &stranger).unwrap();
+    let server = Server::start();
+    let witness = Witness::start(Policy::default());
+    let queue = nats_trigger(&nats, &format!("nkey_file = \"{}\"\n", right.display()));
+    let storage = format!(
+        "[[triggers]]\ntype = \"storage\"\nnats_servers = [\"{}\"]\nnats_subject = \"minio.events\"\nnats_stream = \"MINIO\"\nnats_nkey_file = \"{}\"\n",
+        nats.url(),
+        right.display()
+    );
+    server.deploy(function("nkeyed", &witness, &format!("{queue}{storage}")).path());
+    nats.publish("orders.new", &[], b"hi");
+    nats.publish("minio.events", &[], &minio_put("a.jpg"));
+    server.wait_until("both deliveries", LIMIT, || {
+        let seen = witness.seen();
+        seen.iter()
+            .any(|s| s.record["eventSource"] == "lampyr:nats")
+            && seen.iter().any(|s| s.record["eventSource"] == "minio:s3")
+    });
+    let info = info_json(&server, "nkeyed");
+    for s in info["sources"].as_array().unwrap() {
+        assert_eq!(s["state"], "connected", "{info}");
+    }
+
+    let bad = function(
+        "wrongseed",
+        &witness,
+        &nats_trigger(&nats, &format!("nkey_file = \"{}\"\n", wrong.display())),
+    );
+    server.deploy(bad.path());
+    server.wait_until("the source retries", LIMIT, || {
+        source_state(&server, "wrongseed") == "retrying"
+    });
+    let info = info_json(&server, "wrongseed");
+    let err = info["sources"][0]["last_error"].as_str().unwrap_or("");
+    assert!(
+        err.to_lowercase().contains("authorization") && err.contains(&nats.url()),
+        "{err}"
+    );
+    let shown = format!(
+        "{info}{}{}",
+        server.api("GET", "/functions/nkeyed", None).text(),
+        server.log().join("\n")
+    );
+    assert!(
+        !shown.contains(&seed) && !shown.contains(&stranger),
+        "{shown}"
+    );
+}
+
+/// A decentralised (JWT) server, as `nsc` sets one up (the operator,
+/// account and user JWTs made here with nkeys): a NATS trigger with
+/// `creds_file` connects and delivers; creds whose JWT the server does
+/// not know are refused, and the source says so.
+#[test]
+fn a_creds_file_connects_to_a_server_in_operator_mode() {
+    let d = common::nats::Decentralized::new();
+    let nats = NatsServer::start_decentralized(&d);
+    nats.stream("ORDERS", &["orders.>"]);
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("user.creds");
+    std::fs::write(&creds, &d.creds).unwrap();
+    // Another operator's user: a JWT this server cannot trust.
+    let foreign = dir.path().join("foreign.creds");
+    std::fs::write(&foreign, &common::nats::Decentralized::new().creds).unwrap();
+    let server = Server::start();
+    let witness = Witness::start(Policy::default());
+    let f = function(
+        "jwt",
+        &witness,
+        &nats_trigger(&nats, &format!("creds_file = \"{}\"\n", creds.display())),
+    );
+    server.deploy(f.path());
+    nats.publish("orders.new", &[], b"signed");
+    server.wait_until("the delivery", LIMIT, || witness.seen().len() == 1);
+    let f = function(
+        "foreign",
+        &witness,
+        &nats_trigger(&nats, &format!("creds_file = \"{}\"\n", foreign.display())),
+    );
+    server.deploy(f.path());
+    server.wait_until("the source retries", LIMIT, || {
+        source_state(&server, "foreign") == "retrying"
+    });
+    let err = info_json(&server, "foreign")["sources"][0]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase();
+    assert!(err.contains("authorization"), "{err}");
+}
