@@ -317,10 +317,16 @@ impl Conn {
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
         let database = describe(&cfg);
-        let connector = tls::connector(&settings).map_err(|e| SourceError::Connect {
-            database: database.clone(),
-            reason: e.to_string(),
-        })?;
+        // Reading CA certificates is file I/O: off the async workers.
+        let tls_settings = settings.clone();
+        let connector = tokio::task::spawn_blocking(move || tls::connector(&tls_settings))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.map_err(|e| e.to_string()))
+            .map_err(|reason| SourceError::Connect {
+                database: database.clone(),
+                reason,
+            })?;
         let connect = tokio::time::timeout(Duration::from_secs(10), cfg.connect(connector));
         let (client, connection) = match connect.await {
             Ok(Ok(c)) => c,

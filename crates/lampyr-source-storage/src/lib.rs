@@ -326,19 +326,19 @@ impl StorageTrigger {
                 Err(ConfirmError::HostRefused { host, port })
             }
             Some((scheme, host, _)) => {
-                let agent = match scheme {
-                    "https" => https_agent(),
-                    _ => Ok(self.inner.agent.clone()),
-                };
-                match agent {
-                    Err(e) => Err(e),
-                    Ok(agent) => {
-                        let u = url.clone();
-                        tokio::task::spawn_blocking(move || get(&agent, &u, host))
-                            .await
-                            .unwrap_or_else(|e| Err(ConfirmError::Get(e.to_string())))
-                    }
-                }
+                let http = (scheme == "http").then(|| self.inner.agent.clone());
+                let u = url.clone();
+                // Off the async workers: the GET, and reading the CA
+                // certificates for https.
+                tokio::task::spawn_blocking(move || {
+                    let agent = match http {
+                        Some(agent) => agent,
+                        None => https_agent()?,
+                    };
+                    get(&agent, &u, host)
+                })
+                .await
+                .unwrap_or_else(|e| Err(ConfirmError::Get(e.to_string())))
             }
         };
         match result {
