@@ -201,6 +201,20 @@ fn source_state(server: &Server, name: &str) -> String {
         .to_string()
 }
 
+/// Waits until `name`'s first source is retrying; its `lampyr info --json`
+/// and last error.
+fn retrying(server: &Server, name: &str) -> (Value, String) {
+    server.wait_until("the source retries", LIMIT, || {
+        source_state(server, name) == "retrying"
+    });
+    let info = info_json(server, name);
+    let err = info["sources"][0]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    (info, err)
+}
+
 /// Messages reach the function as `{"Records": [...]}` with every field
 /// the README documents; the invocations are recorded as `nats`; `lampyr
 /// info`, the API and `/metrics` show the source connected, and the
@@ -693,11 +707,7 @@ fn user_and_password_connect_and_a_wrong_one_is_reported_without_it() {
         &nats_trigger(&nats, "user = \"app\"\npassword = \"wrong-pass-2\"\n"),
     );
     server.deploy(bad.path());
-    server.wait_until("the source retries", LIMIT, || {
-        source_state(&server, "wrongpass") == "retrying"
-    });
-    let info = info_json(&server, "wrongpass");
-    let err = info["sources"][0]["last_error"].as_str().unwrap_or("");
+    let (info, err) = retrying(&server, "wrongpass");
     assert!(err.to_lowercase().contains("authorization"), "{err}");
     let shown = format!(
         "{info}{}{}",
@@ -767,11 +777,7 @@ fn nkey_users_connect_and_a_wrong_seed_is_reported() {
         &nats_trigger(&nats, &format!("nkey_file = \"{}\"\n", wrong.display())),
     );
     server.deploy(bad.path());
-    server.wait_until("the source retries", LIMIT, || {
-        source_state(&server, "wrongseed") == "retrying"
-    });
-    let info = info_json(&server, "wrongseed");
-    let err = info["sources"][0]["last_error"].as_str().unwrap_or("");
+    let (info, err) = retrying(&server, "wrongseed");
     assert!(
         err.to_lowercase().contains("authorization") && err.contains(&nats.url()),
         "{err}"
@@ -818,12 +824,6 @@ fn a_creds_file_connects_to_a_server_in_operator_mode() {
         &nats_trigger(&nats, &format!("creds_file = \"{}\"\n", foreign.display())),
     );
     server.deploy(f.path());
-    server.wait_until("the source retries", LIMIT, || {
-        source_state(&server, "foreign") == "retrying"
-    });
-    let err = info_json(&server, "foreign")["sources"][0]["last_error"]
-        .as_str()
-        .unwrap_or("")
-        .to_lowercase();
-    assert!(err.contains("authorization"), "{err}");
+    let (_, err) = retrying(&server, "foreign");
+    assert!(err.to_lowercase().contains("authorization"), "{err}");
 }

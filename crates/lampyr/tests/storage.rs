@@ -538,17 +538,19 @@ fn sns_subscriptions_are_confirmed_over_https_with_the_trusted_cas() {
         .path(),
     );
     let bearer = format!("Bearer {token}");
-    let url = |port: u16| {
-        format!("https://127.0.0.1:{port}/?Action=ConfirmSubscription&TopicArn=t&Token=tok")
+    let confirm = |port: u16| {
+        let url =
+            format!("https://127.0.0.1:{port}/?Action=ConfirmSubscription&TopicArn=t&Token=tok");
+        post(
+            &server,
+            "topic",
+            "storage",
+            Some(&bearer),
+            sns_confirmation(&url).as_bytes(),
+        )
     };
 
-    let r = post(
-        &server,
-        "topic",
-        "storage",
-        Some(&bearer),
-        sns_confirmation(&url(allowed.port)).as_bytes(),
-    );
+    let r = confirm(allowed.port);
     assert_confirmed(&r);
     assert_eq!(
         allowed.requests(),
@@ -558,24 +560,12 @@ fn sns_subscriptions_are_confirmed_over_https_with_the_trusted_cas() {
         )]
     );
 
-    let r = post(
-        &server,
-        "topic",
-        "storage",
-        Some(&bearer),
-        sns_confirmation(&url(unlisted.port)).as_bytes(),
-    );
+    let r = confirm(unlisted.port);
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "sns_host_refused");
     assert!(unlisted.requests().is_empty() && unlisted.refused().is_empty());
 
-    let r = post(
-        &server,
-        "topic",
-        "storage",
-        Some(&bearer),
-        sns_confirmation(&url(untrusted.port)).as_bytes(),
-    );
+    let r = confirm(untrusted.port);
     assert_eq!(r.status, 502, "{}", r.text());
     let e = r.json()["error"].clone();
     assert_eq!(e["code"], "sns_certificate_refused", "{e}");
