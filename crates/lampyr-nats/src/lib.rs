@@ -186,6 +186,17 @@ impl Report for Deleting {
     }
 }
 
+/// Deletions under way. A source about to use one of these consumers
+/// waits until it is gone ([`deleted_first`]): a trigger deployed again
+/// right after it was removed must not have its new consumer deleted by
+/// the old one's deletion.
+static DELETING: std::sync::Mutex<Vec<(OwnedConsumer, watch::Receiver<()>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn deleting() -> std::sync::MutexGuard<'static, Vec<(OwnedConsumer, watch::Receiver<()>)>> {
+    DELETING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Once `source` (the task of a stopped trigger) has ended, deletes the
 /// consumer lampyr created for it; tries again with backoff for about a
 /// minute, then logs how to delete it by hand. Returns at once: what it
@@ -198,12 +209,34 @@ pub fn retire(
     trigger: &str,
 ) -> tokio::task::JoinHandle<()> {
     let (function, trigger) = (function.to_string(), trigger.to_string());
+    // Registered now, before any source started after this can create it.
+    let deletion = consumer.map(|c| {
+        let (done, rx) = watch::channel(());
+        deleting().push((c.clone(), rx));
+        (c, done)
+    });
     tokio::spawn(async move {
         let _ = source.await;
-        if let Some(c) = consumer {
-            tokio::spawn(delete_consumer(c, function, trigger));
+        if let Some((c, done)) = deletion {
+            tokio::spawn(async move {
+                delete_consumer(c, function, trigger).await;
+                drop(done);
+                deleting().retain(|(_, rx)| rx.has_changed().is_ok());
+            });
         }
     })
+}
+
+/// Waits until no deletion of `consumer` is under way (see [`retire`]).
+pub async fn deleted_first(consumer: &OwnedConsumer) {
+    let waits: Vec<watch::Receiver<()>> = deleting()
+        .iter()
+        .filter(|(c, _)| c.same_as(consumer))
+        .map(|(_, rx)| rx.clone())
+        .collect();
+    for mut rx in waits {
+        while rx.changed().await.is_ok() {}
+    }
 }
 
 /// Deletes `consumer` (see [`retire`]); one that is already gone is fine.

@@ -184,10 +184,18 @@ impl StorageTrigger {
         let mut subscribers = self.inner.subscribers.lock();
         let mut old = subscribers.remove(function).unwrap_or_default();
         let mut now = Vec::new();
+        let mut new = Vec::new();
         for t in triggers.iter().filter(|t| t.nats.is_some()) {
-            if let Some(i) = old.iter().position(|s| s.spec == *t) {
-                now.push(old.swap_remove(i));
-            } else if let Some(sched) = self.inner.sched.get() {
+            match old.iter().position(|s| s.spec == *t) {
+                Some(i) => now.push(old.swap_remove(i)),
+                None => new.push(t),
+            }
+        }
+        // The old ones first: a consumer they leave is registered for
+        // deletion before a new one can take it (`deleted_first`).
+        self.retire(function, triggers, old);
+        if let Some(sched) = self.inner.sched.get() {
+            for t in new {
                 let stats = self.stats(function, &t.name);
                 now.extend(Subscriber::start(sched.clone(), function, t, stats));
             }
@@ -195,7 +203,10 @@ impl StorageTrigger {
         if !now.is_empty() {
             subscribers.insert(function.to_string(), now);
         }
-        drop(subscribers);
+    }
+
+    /// Stops `old`, NATS sides that are replaced or gone.
+    fn retire(&self, function: &str, triggers: &[StorageSpec], old: Vec<Subscriber>) {
         // The JetStream consumers lampyr created for NATS sides that are
         // gone are deleted; one the manifest named is left alone.
         let used: Vec<OwnedConsumer> = triggers
