@@ -150,6 +150,172 @@ pub async fn fetch(
     Ok(out)
 }
 
+/// A durable consumer lampyr created for a trigger (its name derived, not
+/// given): where it is and how to reach it, so that it can be deleted
+/// with the trigger. A consumer left behind keeps its messages, and a
+/// stream with limits or interest retention keeps them for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedConsumer {
+    pub servers: Vec<String>,
+    pub auth: NatsAuth,
+    pub stream: String,
+    pub name: String,
+}
+
+impl OwnedConsumer {
+    /// Whether `other` is the same consumer on the same servers.
+    pub fn same_as(&self, other: &OwnedConsumer) -> bool {
+        self.servers == other.servers && self.stream == other.stream && self.name == other.name
+    }
+}
+
+/// Logs what goes on while a consumer is deleted.
+struct Deleting {
+    function: String,
+    trigger: String,
+}
+
+impl Report for Deleting {
+    fn names(&self) -> (&str, &str) {
+        (&self.function, &self.trigger)
+    }
+    fn state(&self, _: SourceState) {}
+    fn failed(&self, _: &str) {}
+    fn note(&self, message: &str) {
+        tracing::debug!(function = %self.function, trigger = %self.trigger, "deleting a NATS consumer: {message}");
+    }
+}
+
+/// Deletions under way. A source about to use one of these consumers
+/// waits until it is gone ([`deleted_first`]): a trigger deployed again
+/// right after it was removed must not have its new consumer deleted by
+/// the old one's deletion.
+static DELETING: std::sync::Mutex<Vec<(OwnedConsumer, watch::Receiver<()>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn deleting() -> std::sync::MutexGuard<'static, Vec<(OwnedConsumer, watch::Receiver<()>)>> {
+    DELETING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Once `source` (the task of a stopped trigger) has ended, deletes the
+/// consumer lampyr created for it; tries again with backoff for about a
+/// minute, then logs how to delete it by hand. Returns at once: what it
+/// returns ends when the source has (a shutdown waits for that, not for
+/// the deletion).
+pub fn retire(
+    source: tokio::task::JoinHandle<()>,
+    consumer: Option<OwnedConsumer>,
+    function: &str,
+    trigger: &str,
+) -> tokio::task::JoinHandle<()> {
+    let (function, trigger) = (function.to_string(), trigger.to_string());
+    // Registered now, before any source started after this can create it.
+    let deletion = consumer.map(|c| {
+        let (done, rx) = watch::channel(());
+        deleting().push((c.clone(), rx));
+        (c, done)
+    });
+    tokio::spawn(async move {
+        let _ = source.await;
+        if let Some((c, done)) = deletion {
+            tokio::spawn(async move {
+                delete_consumer(c, function, trigger).await;
+                drop(done);
+                deleting().retain(|(_, rx)| rx.has_changed().is_ok());
+            });
+        }
+    })
+}
+
+/// Waits until no deletion of `consumer` is under way (see [`retire`]).
+pub async fn deleted_first(consumer: &OwnedConsumer) {
+    let waits: Vec<watch::Receiver<()>> = deleting()
+        .iter()
+        .filter(|(c, _)| c.same_as(consumer))
+        .map(|(_, rx)| rx.clone())
+        .collect();
+    for mut rx in waits {
+        while rx.changed().await.is_ok() {}
+    }
+}
+
+/// Deletes `consumer` (see [`retire`]); one that is already gone is fine.
+pub async fn delete_consumer(consumer: OwnedConsumer, function: String, trigger: String) {
+    let OwnedConsumer {
+        servers,
+        auth,
+        stream,
+        name,
+    } = &consumer;
+    let report = Arc::new(Deleting {
+        function: function.clone(),
+        trigger: trigger.clone(),
+    });
+    let mut backoff = MIN_BACKOFF;
+    let mut last = String::new();
+    for _ in 0..10 {
+        let client = connect(
+            servers,
+            auth,
+            format!("lampyr {function}/{trigger} (deleting its consumer)"),
+            report.clone(),
+        )
+        .await;
+        match client {
+            Ok(client) => {
+                let gone = delete_on(&client, stream, name).await;
+                client.drain().await.ok();
+                match gone {
+                    Ok(()) => {
+                        tracing::info!(%function, %trigger, %stream, consumer = %name, "NATS consumer of a removed trigger deleted");
+                        return;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    tracing::error!(
+        %function,
+        %trigger,
+        "the NATS consumer \"{name}\" of a removed trigger could not be deleted from stream \"{stream}\" ({last}); the stream keeps messages for it until it is: delete it by hand, e.g. `nats consumer rm {stream} {name}`"
+    );
+}
+
+/// Deletes consumer `name` of `stream`; a missing stream or consumer is
+/// success.
+async fn delete_on(client: &async_nats::Client, stream: &str, name: &str) -> Result<(), String> {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    use async_nats::jetstream::stream::ConsumerErrorKind;
+    use async_nats::jetstream::ErrorCode;
+    let js = async_nats::jetstream::new(client.clone());
+    let s = match js.get_stream(stream).await {
+        Ok(s) => s,
+        Err(e) => {
+            return match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("stream \"{stream}\": {e}")),
+            }
+        }
+    };
+    match s.delete_consumer(name).await {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind() {
+            ConsumerErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND => {
+                Ok(())
+            }
+            _ => Err(e.to_string()),
+        },
+    }
+}
+
 /// Set by an attempt of [`keep_trying`] once it has connected: the wait
 /// after its failure starts from [`MIN_BACKOFF`] again.
 #[derive(Debug, Clone, Default)]

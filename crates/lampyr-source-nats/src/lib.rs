@@ -22,7 +22,10 @@
 //!
 //! A server that cannot be reached never stops lampyr: the source retries
 //! with backoff, logs why, and reports it in [`Trigger::status`]. Deploys
-//! replace a function's sources, deletes stop them; shutdown stops fetching
+//! replace a function's sources, deletes stop them. The durable consumer
+//! of a trigger that is gone (removed from the manifest, or its function
+//! deleted) is deleted from the broker when lampyr derived its name, and
+//! kept when the manifest named it (`durable`). Shutdown stops fetching
 //! and lets running batches finish, so their messages are acked or nak'd
 //! (or, if the server is killed, redelivered after `ack_wait`).
 #![forbid(unsafe_code)]
@@ -36,6 +39,7 @@ use std::sync::{Arc, OnceLock};
 use futures_util::future::BoxFuture;
 use lampyr_api::sources::SourceStatus;
 use lampyr_api::{FunctionSpec, NatsSpec, TriggerKind};
+use lampyr_nats::OwnedConsumer;
 use lampyr_scheduler::Scheduler;
 use lampyr_triggers::{Context, Trigger, TriggerError};
 use parking_lot::Mutex;
@@ -83,10 +87,29 @@ impl NatsTrigger {
             .collect()
     }
 
-    fn retire(&self, old: Vec<Source>) {
+    /// Stops `old`, `function`'s sources that are replaced or gone, and
+    /// deletes the consumers lampyr created for them that no source of
+    /// `now` uses (a consumer the manifest named is left alone).
+    fn retire(&self, function: &str, old: Vec<Source>, now: &[&NatsSpec]) {
+        let used: Vec<OwnedConsumer> = now.iter().map(|n| consumer(function, n)).collect();
         let mut retiring = self.retiring.lock();
         retiring.retain(|t| !t.is_finished());
-        retiring.extend(old.into_iter().map(Source::stop));
+        retiring.extend(old.into_iter().map(|s| {
+            let c = consumer(function, &s.spec);
+            let gone = s.spec.durable.is_none() && !used.iter().any(|u| u.same_as(&c));
+            let trigger = s.spec.name.clone();
+            lampyr_nats::retire(s.stop(), gone.then_some(c), function, &trigger)
+        }));
+    }
+}
+
+/// The consumer a source of `function` reads.
+fn consumer(function: &str, n: &NatsSpec) -> OwnedConsumer {
+    OwnedConsumer {
+        servers: n.servers.clone(),
+        auth: n.auth.clone(),
+        stream: n.stream.clone(),
+        name: n.durable_name(function),
     }
 }
 
@@ -135,7 +158,7 @@ impl Trigger for NatsTrigger {
             return;
         }
         drop(sources);
-        self.retire(old);
+        self.retire(&spec.name, old, &spec.nats().collect::<Vec<_>>());
         let new = self.start_sources(spec);
         if !new.is_empty() {
             self.sources.lock().insert(spec.name.clone(), new);
@@ -144,7 +167,7 @@ impl Trigger for NatsTrigger {
 
     fn deleted(&self, name: &str) {
         let old = self.sources.lock().remove(name).unwrap_or_default();
-        self.retire(old);
+        self.retire(name, old, &[]);
     }
 
     fn shutdown(&self) -> BoxFuture<'static, ()> {

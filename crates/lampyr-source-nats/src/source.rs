@@ -168,6 +168,7 @@ async fn consume(
             message: format!("{e} (lampyr consumes a stream; it does not create it)"),
         })?;
     let durable = spec.durable_name(&ctx.function);
+    lampyr_nats::deleted_first(&crate::consumer(&ctx.function, spec)).await;
     let mut consumer: PullConsumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(durable.clone()),

@@ -21,11 +21,16 @@
 //!   trigger tries again with back-off, and says why in the log and in
 //!   [`Trigger::status`] (state, lag in bytes of WAL the slot retains, last
 //!   error).
+//! * **TLS** as libpq reads the DSN's `sslmode` and `sslrootcert`
+//!   (`tls.rs`, rustls): `verify-full` and `verify-ca` check the server's
+//!   certificate against `sslrootcert` or the system's CAs; a refused
+//!   certificate is reported with what to change.
 //! * **The DSN's password** is never written to the log, an error or the
 //!   API.
 #![forbid(unsafe_code)]
 
 pub mod decode;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -38,7 +43,6 @@ use lampyr_api::{FunctionSpec, TriggerKind, TriggerSpec};
 use lampyr_scheduler::{Call, Credential, InvocationType, Scheduler};
 use lampyr_triggers::{Context, Trigger, TriggerError};
 use parking_lot::Mutex;
-use tokio_postgres::NoTls;
 
 /// Why reading a slot failed. Never holds the DSN's password.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -284,8 +288,8 @@ fn describe(cfg: &tokio_postgres::Config) -> String {
 /// The database a DSN names (`user@host:port/db`), to tell two triggers
 /// on the same one.
 fn where_of(dsn: &str) -> String {
-    dsn.parse::<tokio_postgres::Config>()
-        .map(|c| {
+    tls::parse(dsn)
+        .map(|(c, _)| {
             let d = describe(&c);
             d.split_once('@').map(|(_, w)| w.to_string()).unwrap_or(d)
         })
@@ -307,21 +311,34 @@ impl Drop for Conn {
 
 impl Conn {
     async fn open(dsn: &str) -> Result<(Conn, String), SourceError> {
-        let cfg: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| {
-            SourceError::Dsn(scrub(e.to_string(), password_of_text(dsn).as_deref()))
-        })?;
+        let (cfg, settings) = tls::parse(dsn)
+            .map_err(|e| SourceError::Dsn(scrub(e, password_of_text(dsn).as_deref())))?;
         let password = cfg
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
         let database = describe(&cfg);
-        let connect = tokio::time::timeout(Duration::from_secs(10), cfg.connect(NoTls));
+        // Reading CA certificates is file I/O: off the async workers.
+        let tls_settings = settings.clone();
+        let connector = tokio::task::spawn_blocking(move || tls::connector(&tls_settings))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.map_err(|e| e.to_string()))
+            .map_err(|reason| SourceError::Connect {
+                database: database.clone(),
+                reason,
+            })?;
+        let connect = tokio::time::timeout(Duration::from_secs(10), cfg.connect(connector));
         let (client, connection) = match connect.await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
+                let reason = match lampyr_tls::refused_certificate(&e) {
+                    Some(why) => refused(&why, &settings),
+                    None => db_message(&e),
+                };
                 return Err(SourceError::Connect {
                     database,
-                    reason: scrub(db_message(&e), password.as_deref()),
-                })
+                    reason: scrub(reason, password.as_deref()),
+                });
             }
             Err(_) => {
                 return Err(SourceError::Connect {
@@ -349,6 +366,19 @@ impl Conn {
             reason: scrub(db_message(&e), self.password.as_deref()),
         }
     }
+}
+
+/// Why the server's certificate was refused, and what to change.
+fn refused(why: &str, settings: &tls::Settings) -> String {
+    let trusted = match &settings.rootcert {
+        Some(f) => format!("the CA certificates in sslrootcert ({f})"),
+        None => "the system's CA certificates (SSL_CERT_FILE or SSL_CERT_DIR replace them)".into(),
+    };
+    let fix = match settings.verify {
+        lampyr_tls::Verify::Full => "set sslrootcert in the DSN to the CA that signed the server's certificate, and connect to a host name the certificate names (or use sslmode=verify-ca, which checks the CA only)",
+        _ => "set sslrootcert in the DSN to the CA that signed the server's certificate",
+    };
+    format!("the server's TLS certificate is refused: {why}; lampyr trusts {trusted}: {fix}")
 }
 
 /// A DSN's password found by its text alone (for an unparsable DSN).

@@ -15,9 +15,12 @@
 //! * **Bodies.** A raw S3 `{"Records": [...]}`, MinIO's
 //!   `{"EventName", "Key", "Records"}`, or an SNS envelope: a
 //!   `Notification`'s `Message` is unwrapped; a `SubscriptionConfirmation`
-//!   is confirmed with a GET of its `SubscribeURL` only when its host is in
-//!   the trigger's `sns_confirm_hosts` (otherwise refused, 403, and
-//!   logged). Anything else is 400 with `{"error": {"code", "message"}}`.
+//!   is confirmed with a GET of its `SubscribeURL` (http or https, no
+//!   redirects followed) only when its host is in the trigger's
+//!   `sns_confirm_hosts` (otherwise refused, 403, and logged); https
+//!   trusts the system's CA certificates (`SSL_CERT_FILE`/`SSL_CERT_DIR`
+//!   replace them), and a certificate it refuses is a 502 saying why.
+//!   Anything else is 400 with `{"error": {"code", "message"}}`.
 //! * **Filters.** Bucket, event type, and the decoded key's prefix and
 //!   suffix; records that do not match are counted and dropped.
 //! * **Delivery.** One durable asynchronous invocation per matching record
@@ -49,6 +52,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::BoxFuture;
 use lampyr_api::sources::{SourceState, SourceStatus};
 use lampyr_api::{FunctionSpec, StorageSpec, TriggerKind};
+use lampyr_nats::OwnedConsumer;
 use lampyr_scheduler::{Answer, Call, Credential, InvocationType, Scheduler, SchedulerError};
 use lampyr_triggers::webhook::{Webhook, WebhookReply, WebhookRequest};
 use lampyr_triggers::{Context, Trigger, TriggerError};
@@ -64,8 +68,10 @@ pub enum ConfirmError {
     NotAUrl,
     #[error("host {host} is not in the trigger's sns_confirm_hosts: add \"{host}\" (or \"{host}:{port}\") there if this topic is yours")]
     HostRefused { host: String, port: u16 },
-    #[error("this build of lampyr opens no https URLs: confirm the subscription yourself by opening its SubscribeURL (logged at WARN), or use an http endpoint")]
-    NoTls,
+    #[error(transparent)]
+    Roots(#[from] lampyr_tls::TlsError),
+    #[error("the https server {host} presented a certificate lampyr does not accept: {reason}; lampyr trusts the system's CA certificates (SSL_CERT_FILE or SSL_CERT_DIR in lampyr serve's environment replace them)")]
+    Untrusted { host: String, reason: String },
     #[error("the GET of the SubscribeURL failed: {0}")]
     Get(String),
 }
@@ -123,7 +129,9 @@ impl StorageTrigger {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .proxy(None)
-            .timeout_global(Some(Duration::from_secs(10)))
+            // A redirect could lead off the allow-list.
+            .max_redirects(0)
+            .timeout_global(Some(CONFIRM_TIMEOUT))
             .build()
             .into();
         StorageTrigger {
@@ -176,10 +184,18 @@ impl StorageTrigger {
         let mut subscribers = self.inner.subscribers.lock();
         let mut old = subscribers.remove(function).unwrap_or_default();
         let mut now = Vec::new();
+        let mut new = Vec::new();
         for t in triggers.iter().filter(|t| t.nats.is_some()) {
-            if let Some(i) = old.iter().position(|s| s.spec == *t) {
-                now.push(old.swap_remove(i));
-            } else if let Some(sched) = self.inner.sched.get() {
+            match old.iter().position(|s| s.spec == *t) {
+                Some(i) => now.push(old.swap_remove(i)),
+                None => new.push(t),
+            }
+        }
+        // The old ones first: a consumer they leave is registered for
+        // deletion before a new one can take it (`deleted_first`).
+        self.retire(function, triggers, old);
+        if let Some(sched) = self.inner.sched.get() {
+            for t in new {
                 let stats = self.stats(function, &t.name);
                 now.extend(Subscriber::start(sched.clone(), function, t, stats));
             }
@@ -187,10 +203,26 @@ impl StorageTrigger {
         if !now.is_empty() {
             subscribers.insert(function.to_string(), now);
         }
-        drop(subscribers);
+    }
+
+    /// Stops `old`, NATS sides that are replaced or gone.
+    fn retire(&self, function: &str, triggers: &[StorageSpec], old: Vec<Subscriber>) {
+        // The JetStream consumers lampyr created for NATS sides that are
+        // gone are deleted; one the manifest named is left alone.
+        let used: Vec<OwnedConsumer> = triggers
+            .iter()
+            .filter_map(|t| consumer(function, t))
+            .collect();
         let mut retiring = self.inner.retiring.lock();
         retiring.retain(|t| !t.is_finished());
-        retiring.extend(old.into_iter().map(Subscriber::stop));
+        retiring.extend(old.into_iter().map(|s| {
+            let gone = consumer(function, &s.spec).filter(|c| {
+                s.spec.nats.as_ref().is_some_and(|n| n.durable.is_none())
+                    && !used.iter().any(|u| u.same_as(c))
+            });
+            let trigger = s.spec.name.clone();
+            lampyr_nats::retire(s.stop(), gone, function, &trigger)
+        }));
     }
 
     fn stats(&self, function: &str, trigger: &str) -> Arc<Stats> {
@@ -304,17 +336,17 @@ impl StorageTrigger {
             {
                 Err(ConfirmError::HostRefused { host, port })
             }
-            Some(("https", ..)) => {
-                tracing::warn!(function, trigger, %topic, subscribe_url = %url, "SNS subscription to confirm by hand: lampyr opens no https URLs");
-                Err(ConfirmError::NoTls)
-            }
-            Some(_) => {
-                let agent = self.inner.agent.clone();
+            Some((scheme, host, _)) => {
+                let http = (scheme == "http").then(|| self.inner.agent.clone());
                 let u = url.clone();
-                tokio::task::spawn_blocking(move || match agent.get(&u).call() {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(ConfirmError::Get(format!("HTTP {}", r.status()))),
-                    Err(e) => Err(ConfirmError::Get(e.to_string())),
+                // Off the async workers: the GET, and reading the CA
+                // certificates for https.
+                tokio::task::spawn_blocking(move || {
+                    let agent = match http {
+                        Some(agent) => agent,
+                        None => https_agent()?,
+                    };
+                    get(&agent, &u, host)
                 })
                 .await
                 .unwrap_or_else(|e| Err(ConfirmError::Get(e.to_string())))
@@ -332,11 +364,69 @@ impl StorageTrigger {
                 match e {
                     ConfirmError::HostRefused { .. } => error(403, "sns_host_refused", message),
                     ConfirmError::NotAUrl => error(400, "bad_notification", message),
-                    ConfirmError::NoTls => error(501, "sns_confirm_unsupported", message),
+                    ConfirmError::Roots(_) => error(500, "sns_confirm_no_roots", message),
+                    ConfirmError::Untrusted { .. } => {
+                        error(502, "sns_certificate_refused", message)
+                    }
                     ConfirmError::Get(_) => error(502, "sns_confirm_failed", message),
                 }
             }
         }
+    }
+}
+
+/// The JetStream consumer trigger `t` of `function` reads, if it reads one.
+fn consumer(function: &str, t: &StorageSpec) -> Option<OwnedConsumer> {
+    let n = t.nats.as_ref()?;
+    Some(OwnedConsumer {
+        servers: n.servers.clone(),
+        auth: n.auth.clone(),
+        stream: n.stream.clone()?,
+        name: n.durable_name(function, &t.name),
+    })
+}
+
+/// A client for one https `SubscribeURL`: rustls, trusting the system's
+/// CA certificates (read anew each time: a confirmation is rare, and a CA
+/// installed since the start counts).
+fn https_agent() -> Result<ureq::Agent, ConfirmError> {
+    let roots: Vec<_> = lampyr_tls::system_roots()?
+        .iter()
+        .map(|c| ureq::tls::Certificate::from_der(c).to_owned())
+        .collect();
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(lampyr_tls::provider())
+        .root_certs(ureq::tls::RootCerts::from(roots))
+        .build();
+    Ok(ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_redirects(0)
+        .timeout_global(Some(CONFIRM_TIMEOUT))
+        .tls_config(tls)
+        .build()
+        .into())
+}
+
+/// How long the GET of a `SubscribeURL` may take.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The GET of a `SubscribeURL` on `host`.
+fn get(agent: &ureq::Agent, url: &str, host: String) -> Result<(), ConfirmError> {
+    match agent.get(url).call() {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(ConfirmError::Get(format!("HTTP {}", r.status()))),
+        Err(e) => Err(
+            match lampyr_tls::refused_certificate(match &e {
+                // ureq names no source of its I/O errors.
+                ureq::Error::Io(io) => io,
+                other => other,
+            }) {
+                Some(reason) => ConfirmError::Untrusted { host, reason },
+                None => ConfirmError::Get(e.to_string()),
+            },
+        ),
     }
 }
 

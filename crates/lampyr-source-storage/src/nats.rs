@@ -265,6 +265,9 @@ async fn consumer(
         format!("stream \"{stream}\": {e} (lampyr consumes a stream; it does not create it: create one that stores {subject}, e.g. `nats stream add {stream} --subjects '{subject}'`)")
     })?;
     let durable = ctx.nats.durable_name(&ctx.function, &ctx.spec.name);
+    if let Some(c) = crate::consumer(&ctx.function, &ctx.spec) {
+        lampyr_nats::deleted_first(&c).await;
+    }
     let mut consumer: PullConsumer = s
         .create_consumer(pull::Config {
             durable_name: Some(durable.clone()),

@@ -48,7 +48,11 @@ fn boto3_invokes_functions_with_an_issued_key() {
     let server = Server::start();
     deploy(&server);
     let alias = server.cli(&["alias", "set", "echo", "live", "1"]);
-    assert!(alias.status.success(), "{}", String::from_utf8_lossy(&alias.stderr));
+    assert!(
+        alias.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alias.stderr)
+    );
     let (id, secret) = new_key(&server);
     let deps = common::aws::test_deps("moto", "'moto[s3,sns,server]' boto3");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -201,6 +201,20 @@ fn source_state(server: &Server, name: &str) -> String {
         .to_string()
 }
 
+/// Waits until `name`'s first source is retrying; its `lampyr info --json`
+/// and last error.
+fn retrying(server: &Server, name: &str) -> (Value, String) {
+    server.wait_until("the source retries", LIMIT, || {
+        source_state(server, name) == "retrying"
+    });
+    let info = info_json(server, name);
+    let err = info["sources"][0]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    (info, err)
+}
+
 /// Messages reach the function as `{"Records": [...]}` with every field
 /// the README documents; the invocations are recorded as `nats`; `lampyr
 /// info`, the API and `/metrics` show the source connected, and the
@@ -587,7 +601,8 @@ fn sigkill_while_messages_flow_loses_nothing() {
 
 /// A deploy that changes the trigger replaces its source (the durable
 /// consumer carries on where it was); a deploy without it, or a delete,
-/// stops it: messages then wait in the stream.
+/// stops it and deletes the consumer lampyr created from the broker (it
+/// would keep messages for nobody); a consumer the manifest named is kept.
 #[test]
 fn deploys_and_deletes_replace_and_stop_sources() {
     let nats = NatsServer::start();
@@ -605,7 +620,20 @@ fn deploys_and_deletes_replace_and_stop_sources() {
     server.wait_until("the second delivery", LIMIT, || witness.seen().len() == 2);
     let seqs: Vec<u64> = witness.seen().iter().map(|s| s.seq).collect();
     assert_eq!(seqs, [1, 2]);
-    // Without the trigger: stopped, and no longer shown.
+    assert!(nats.has_consumer("ORDERS", "lampyr-moving-nats"));
+    // Another trigger beside it, on a consumer the manifest names.
+    let both = format!(
+        "{}{}",
+        nats_trigger(&nats, ""),
+        nats_trigger(&nats, "name = \"named\"\ndurable = \"mine\"\n")
+    );
+    let f = function("moving", &witness, &both);
+    server.deploy(f.path());
+    server.wait_until("the named consumer", LIMIT, || {
+        nats.has_consumer("ORDERS", "mine")
+    });
+    // Without the triggers: stopped, no longer shown, lampyr's consumer
+    // deleted, the named one kept.
     let f = function("moving", &witness, "triggers = []\n");
     server.deploy(f.path());
     server.wait_until("no source", LIMIT, || {
@@ -613,21 +641,42 @@ fn deploys_and_deletes_replace_and_stop_sources() {
             .as_array()
             .is_none_or(|a| a.is_empty())
     });
-    nats.publish("orders.new", &[], b"three");
-    server.wait_until("the message waits in the stream", LIMIT, || {
-        nats.consumer("ORDERS", "lampyr-moving-nats").0 == 1
+    server.wait_until("lampyr's consumer deleted", LIMIT, || {
+        !nats.has_consumer("ORDERS", "lampyr-moving-nats")
     });
-    // Back, then deleted.
+    assert!(nats.has_consumer("ORDERS", "mine"));
+    let log = server.log().join("\n");
+    assert!(
+        log.contains("NATS consumer of a removed trigger deleted")
+            && log.contains("lampyr-moving-nats"),
+        "{log}"
+    );
+    nats.delete_consumer("ORDERS", "mine");
+    // Back, then the function deleted: its consumer goes with it.
     let f = function("moving", &witness, &nats_trigger(&nats, ""));
     server.deploy(f.path());
-    server.wait_until("the waiting message", LIMIT, || witness.seen().len() == 3);
+    server.wait_until("the consumer again", LIMIT, || {
+        nats.has_consumer("ORDERS", "lampyr-moving-nats")
+    });
     let r = server.api("DELETE", "/functions/moving", None);
     assert!(r.status < 300, "{}", r.text());
-    nats.publish("orders.new", &[], b"four");
-    server.wait_until("the message waits in the stream", LIMIT, || {
-        nats.consumer("ORDERS", "lampyr-moving-nats").0 == 1
+    server.wait_until("the consumer deleted with its function", LIMIT, || {
+        !nats.has_consumer("ORDERS", "lampyr-moving-nats")
     });
-    assert_eq!(witness.seen().len(), 3);
+    // Deleted and deployed again at once: the new source's consumer is not
+    // lost to the old one's deletion (it is created once that is done).
+    server.deploy(f.path());
+    let r = server.api("DELETE", "/functions/moving", None);
+    assert!(r.status < 300, "{}", r.text());
+    server.deploy(f.path());
+    nats.publish("orders.new", &[], b"five");
+    server.wait_until("the message after the deploy", LIMIT, || {
+        witness
+            .seen()
+            .iter()
+            .any(|s| s.record["data"] == "Zml2ZQ==")
+    });
+    assert!(nats.has_consumer("ORDERS", "lampyr-moving-nats"));
 }
 
 #[test]
@@ -704,11 +753,7 @@ fn user_and_password_connect_and_a_wrong_one_is_reported_without_it() {
         &nats_trigger(&nats, "user = \"app\"\npassword = \"wrong-pass-2\"\n"),
     );
     server.deploy(bad.path());
-    server.wait_until("the source retries", LIMIT, || {
-        source_state(&server, "wrongpass") == "retrying"
-    });
-    let info = info_json(&server, "wrongpass");
-    let err = info["sources"][0]["last_error"].as_str().unwrap_or("");
+    let (info, err) = retrying(&server, "wrongpass");
     assert!(err.to_lowercase().contains("authorization"), "{err}");
     let shown = format!(
         "{info}{}{}",
@@ -719,4 +764,112 @@ fn user_and_password_connect_and_a_wrong_one_is_reported_without_it() {
         !shown.contains("right-pass-1") && !shown.contains("wrong-pass-2"),
         "{shown}"
     );
+}
+
+/// An S3 notification as MinIO publishes it to NATS, for a storage
+/// trigger reading JetStream stream `MINIO`.
+fn minio_put(key: &str) -> Vec<u8> {
+    json!({"EventName": "s3:ObjectCreated:Put", "Key": format!("photos/{key}"), "Records": [{
+        "eventVersion": "2.0", "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put",
+        "eventTime": "2026-01-01T00:00:00.000Z",
+        "s3": {"bucket": {"name": "photos"}, "object": {"key": key, "eTag": "e1", "sequencer": "17"}}}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// A server that admits only an nkey user made in the test: a NATS
+/// trigger with `nkey_file` and a storage trigger reading JetStream with
+/// `nats_nkey_file` connect and deliver; another user's seed leaves the
+/// source retrying with the server's reason; no seed shows in the API,
+/// `lampyr info` or the log.
+#[test]
+fn nkey_users_connect_and_a_wrong_seed_is_reported() {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let nats = NatsServer::start_with_nkey(&user.public_key(), &seed);
+    nats.stream("ORDERS", &["orders.>"]);
+    nats.stream("MINIO", &["minio.events"]);
+    let dir = tempfile::tempdir().unwrap();
+    let right = dir.path().join("user.nk");
+    std::fs::write(&right, format!("{seed}\n")).unwrap();
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    let wrong = dir.path().join("stranger.nk");
+    std::fs::write(&wrong, &stranger).unwrap();
+    let server = Server::start();
+    let witness = Witness::start(Policy::default());
+    let queue = nats_trigger(&nats, &format!("nkey_file = \"{}\"\n", right.display()));
+    let storage = format!(
+        "[[triggers]]\ntype = \"storage\"\nnats_servers = [\"{}\"]\nnats_subject = \"minio.events\"\nnats_stream = \"MINIO\"\nnats_nkey_file = \"{}\"\n",
+        nats.url(),
+        right.display()
+    );
+    server.deploy(function("nkeyed", &witness, &format!("{queue}{storage}")).path());
+    nats.publish("orders.new", &[], b"hi");
+    nats.publish("minio.events", &[], &minio_put("a.jpg"));
+    server.wait_until("both deliveries", LIMIT, || {
+        let seen = witness.seen();
+        seen.iter()
+            .any(|s| s.record["eventSource"] == "lampyr:nats")
+            && seen.iter().any(|s| s.record["eventSource"] == "minio:s3")
+    });
+    let info = info_json(&server, "nkeyed");
+    for s in info["sources"].as_array().unwrap() {
+        assert_eq!(s["state"], "connected", "{info}");
+    }
+
+    let bad = function(
+        "wrongseed",
+        &witness,
+        &nats_trigger(&nats, &format!("nkey_file = \"{}\"\n", wrong.display())),
+    );
+    server.deploy(bad.path());
+    let (info, err) = retrying(&server, "wrongseed");
+    assert!(
+        err.to_lowercase().contains("authorization") && err.contains(&nats.url()),
+        "{err}"
+    );
+    let shown = format!(
+        "{info}{}{}",
+        server.api("GET", "/functions/nkeyed", None).text(),
+        server.log().join("\n")
+    );
+    assert!(
+        !shown.contains(&seed) && !shown.contains(&stranger),
+        "{shown}"
+    );
+}
+
+/// A decentralised (JWT) server, as `nsc` sets one up (the operator,
+/// account and user JWTs made here with nkeys): a NATS trigger with
+/// `creds_file` connects and delivers; creds whose JWT the server does
+/// not know are refused, and the source says so.
+#[test]
+fn a_creds_file_connects_to_a_server_in_operator_mode() {
+    let d = common::nats::Decentralized::new();
+    let nats = NatsServer::start_decentralized(&d);
+    nats.stream("ORDERS", &["orders.>"]);
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("user.creds");
+    std::fs::write(&creds, &d.creds).unwrap();
+    // Another operator's user: a JWT this server cannot trust.
+    let foreign = dir.path().join("foreign.creds");
+    std::fs::write(&foreign, &common::nats::Decentralized::new().creds).unwrap();
+    let server = Server::start();
+    let witness = Witness::start(Policy::default());
+    let f = function(
+        "jwt",
+        &witness,
+        &nats_trigger(&nats, &format!("creds_file = \"{}\"\n", creds.display())),
+    );
+    server.deploy(f.path());
+    nats.publish("orders.new", &[], b"signed");
+    server.wait_until("the delivery", LIMIT, || witness.seen().len() == 1);
+    let f = function(
+        "foreign",
+        &witness,
+        &nats_trigger(&nats, &format!("creds_file = \"{}\"\n", foreign.display())),
+    );
+    server.deploy(f.path());
+    let (_, err) = retrying(&server, "foreign");
+    assert!(err.to_lowercase().contains("authorization"), "{err}");
 }

@@ -462,6 +462,74 @@ fn failures_retry_and_dead_letter_and_an_unreachable_database_is_retried() {
     assert!(!String::from_utf8_lossy(&info.stdout).contains(wrong));
 }
 
+/// A database that requires TLS, as cloud databases do: PostgreSQL with
+/// `ssl = on` and a certificate the test's CA signed. `sslmode=verify-full`
+/// with that CA as `sslrootcert` connects over TLS and delivers changes;
+/// `sslmode=require` encrypts without checking the certificate; another CA
+/// is refused, and the status says so and what to set; no password shows.
+#[test]
+fn a_database_over_tls_is_checked_against_sslrootcert() {
+    use common::tls::Ca;
+    let ca = Ca::new("lampyr test database CA");
+    let pg = Postgres::start_tls(&ca.issue(&["127.0.0.1", "localhost"]));
+    pg.psql("CREATE TABLE items (id int PRIMARY KEY)");
+    let dir = tempfile::tempdir().unwrap();
+    let root = ca.write(dir.path(), "root.crt");
+    let other = Ca::new("another CA").write(dir.path(), "other.crt");
+    let server = Server::start();
+    let ledger = Ledger::start();
+    let with = |query: &str| format!("{}?{query}", pg.dsn());
+    let verified = with(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        root.display()
+    ));
+    server.deploy(function("verified", &ledger, &verified, "", "").path());
+    server.deploy(function("encrypted", &ledger, &with("sslmode=require"), "", "").path());
+    let wrong = with(&format!(
+        "sslmode=verify-ca&sslrootcert={}",
+        other.display()
+    ));
+    server.deploy(function("wrongca", &ledger, &wrong, "", "").path());
+    wait_slot(&pg, "lampyr_verified_postgres");
+    wait_slot(&pg, "lampyr_encrypted_postgres");
+    pg.psql("INSERT INTO items VALUES (1)");
+    server.wait_until("the change, over TLS", Duration::from_secs(60), || {
+        ledger.records("verified").len() == 1 && ledger.records("encrypted").len() == 1
+    });
+    assert_eq!(
+        change(&ledger.records("verified")[0]),
+        ("INSERT".to_string(), 1)
+    );
+    server.wait_until("TLS connections", Duration::from_secs(30), || {
+        pg.tls_connections() >= 2
+    });
+
+    let mut source = Value::Null;
+    server.wait_until("the refusal in the status", Duration::from_secs(60), || {
+        source = server.info("wrongca")["sources"][0].clone();
+        source["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("certificate is refused"))
+    });
+    let e = source["last_error"].as_str().unwrap();
+    assert!(
+        e.contains("signed by a CA lampyr does not trust")
+            && e.contains(&format!("sslrootcert ({})", other.display()))
+            && e.contains(
+                "set sslrootcert in the DSN to the CA that signed the server's certificate"
+            ),
+        "{e}"
+    );
+    assert!(!pg.has_slot("lampyr_wrongca_postgres"));
+    let shown = format!(
+        "{}{}{}",
+        server.log().join("\n"),
+        server.api("GET", "/functions/verified", None).text(),
+        String::from_utf8_lossy(&server.cli(&["info", "wrongca", "--json"]).stdout)
+    );
+    assert!(!shown.contains(&pg.password), "a password shows: {shown}");
+}
+
 /// SIGKILL between queueing and the slot's advance, made certain: the
 /// slot is put back where it was before the changes (a copy kept by the
 /// test), so the restarted server reads every one of them again; their

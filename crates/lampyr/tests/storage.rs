@@ -407,12 +407,9 @@ fn webhook_checks_tokens_and_bodies_and_deduplicates_minio_and_sns_notifications
     // SNS subscription confirmations: a GET of the SubscribeURL for an
     // allowed host; another host is refused, and logged.
     let confirmation = |port: u16| {
-        json!({
-            "Type": "SubscriptionConfirmation", "MessageId": "m-2", "Token": "tok",
-            "TopicArn": "arn:aws:sns:us-east-1:123456789012:lampyr",
-            "SubscribeURL": format!("http://127.0.0.1:{port}/?Action=ConfirmSubscription&Token=tok"),
-        })
-        .to_string()
+        sns_confirmation(&format!(
+            "http://127.0.0.1:{port}/?Action=ConfirmSubscription&Token=tok"
+        ))
     };
     let r = post(
         &server,
@@ -421,12 +418,7 @@ fn webhook_checks_tokens_and_bodies_and_deduplicates_minio_and_sns_notifications
         Some(&bearer),
         confirmation(confirm.port).as_bytes(),
     );
-    assert_eq!(
-        (r.status, r.json()["confirmed"].as_bool()),
-        (200, Some(true)),
-        "{}",
-        r.text()
-    );
+    assert_confirmed(&r);
     assert_eq!(
         confirm.requests(),
         [(
@@ -491,6 +483,112 @@ fn webhook_checks_tokens_and_bodies_and_deduplicates_minio_and_sns_notifications
     // No token in the log.
     let log = server.log().join("\n");
     assert!(!log.contains(own) && !log.contains(&token));
+}
+
+/// The webhook's answer to a confirmation it made.
+fn assert_confirmed(r: &Resp) {
+    assert_eq!(
+        (r.status, r.json()["confirmed"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        r.text()
+    );
+}
+
+/// An SNS `SubscriptionConfirmation` whose `SubscribeURL` is `url`.
+fn sns_confirmation(url: &str) -> String {
+    json!({
+        "Type": "SubscriptionConfirmation", "MessageId": "m-9", "Token": "tok",
+        "TopicArn": "arn:aws:sns:eu-west-1:123456789012:lampyr",
+        "SubscribeURL": url,
+    })
+    .to_string()
+}
+
+/// SNS as AWS sends it: an https `SubscribeURL`. With `SSL_CERT_FILE`
+/// naming the test's CA, the confirmation's GET reaches an allowed HTTPS
+/// server; a host that is not allowed is not contacted at all; a server
+/// whose certificate another CA signed is refused, 502 with a message
+/// that says why and what lampyr trusts, in the log and the status.
+#[test]
+fn sns_subscriptions_are_confirmed_over_https_with_the_trusted_cas() {
+    use common::tls::{Ca, HttpsServer};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("lampyr test CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let allowed = HttpsServer::start(&ca.issue(&["127.0.0.1"]));
+    let unlisted = HttpsServer::start(&ca.issue(&["127.0.0.1"]));
+    let stranger_ca = Ca::new("a CA nobody trusts");
+    let untrusted = HttpsServer::start(&stranger_ca.issue(&["127.0.0.1"]));
+    let server = Server::start_with_env(&[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
+    let ledger = Sink::start();
+    let token = "sns-https-token-0123456789";
+    server.deploy(
+        function(
+            "topic",
+            &ledger,
+            "",
+            "",
+            &format!(
+                "[[triggers]]\ntype = \"storage\"\ntoken = \"{token}\"\nsns_confirm_hosts = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+                allowed.port, untrusted.port
+            ),
+        )
+        .path(),
+    );
+    let bearer = format!("Bearer {token}");
+    let confirm = |port: u16| {
+        let url =
+            format!("https://127.0.0.1:{port}/?Action=ConfirmSubscription&TopicArn=t&Token=tok");
+        post(
+            &server,
+            "topic",
+            "storage",
+            Some(&bearer),
+            sns_confirmation(&url).as_bytes(),
+        )
+    };
+
+    let r = confirm(allowed.port);
+    assert_confirmed(&r);
+    assert_eq!(
+        allowed.requests(),
+        [(
+            "GET".to_string(),
+            "/?Action=ConfirmSubscription&TopicArn=t&Token=tok".to_string()
+        )]
+    );
+
+    let r = confirm(unlisted.port);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "sns_host_refused");
+    assert!(unlisted.requests().is_empty() && unlisted.refused().is_empty());
+
+    let r = confirm(untrusted.port);
+    assert_eq!(r.status, 502, "{}", r.text());
+    let e = r.json()["error"].clone();
+    assert_eq!(e["code"], "sns_certificate_refused", "{e}");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("https server 127.0.0.1 presented a certificate")
+            && message.contains("signed by a CA lampyr does not trust")
+            && message.contains("SSL_CERT_FILE"),
+        "{message}"
+    );
+    assert!(untrusted.requests().is_empty());
+    server.wait_until("the refusal in the log", Duration::from_secs(10), || {
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("not confirmed") && l.contains("does not trust"))
+    });
+    let status = storage_source(&server, "topic");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not trust")),
+        "{status}"
+    );
 }
 
 fn base64_encode(b: &[u8]) -> String {
@@ -1081,12 +1179,26 @@ fn notifications_from_a_jetstream_stream_are_acked_once_queued_and_never_queued_
     let runs = ledger.runs();
     assert_eq!(runs.len(), before + 1, "{runs:?}");
     assert_eq!(key_of(&runs[before]), "new.jpg");
-    let (pending, ack_pending, _) = nats.consumer("MINIO", "lampyr-js-storage-storage");
-    assert_eq!(
-        pending + ack_pending as u64,
-        1,
-        "the old consumer took the new message"
-    );
+    // The old consumer, which lampyr named, is deleted from the broker (it
+    // would keep messages for nobody); one the manifest named is kept when
+    // its function is deleted.
+    server.wait_until("the old consumer deleted", LIMIT, || {
+        !nats.has_consumer("MINIO", "lampyr-js-storage-storage")
+    });
+    let r = server.api("DELETE", "/functions/js", None);
+    assert!(r.status < 300, "{}", r.text());
+    let late = json!({ "Records": [record("photos", "late.jpg", "ObjectCreated:Put", "l1")] });
+    nats.publish("minio.events", &[], late.to_string().as_bytes());
+    server.wait_until("the message kept for the named consumer", LIMIT, || {
+        assert!(
+            nats.has_consumer("MINIO", "renamed"),
+            "the named consumer was deleted"
+        );
+        let (pending, ack_pending, _) = nats.consumer("MINIO", "renamed");
+        // Not acked: waiting, or held by a pull of the stopped side until
+        // its ack_wait runs out.
+        pending + ack_pending as u64 == 1
+    });
 }
 
 /// Notifications published to a JetStream stream while `lampyr serve` is

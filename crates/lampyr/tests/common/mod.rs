@@ -6,6 +6,7 @@ pub mod aws;
 pub mod nats;
 pub mod net;
 pub mod pg;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -165,9 +166,19 @@ impl Server {
     /// Starts the `lampyr` executable `exe` with a fresh data directory and
     /// extra arguments.
     pub fn start_exe(exe: &Path, extra: &[&str]) -> Server {
+        Server::start_exe_env(exe, extra, &[])
+    }
+
+    /// Starts a server with a fresh data directory and `env` set in its
+    /// environment.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Server {
+        Server::start_exe_env(&bin(), &[], env)
+    }
+
+    fn start_exe_env(exe: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let mut s = Server::start_exe_in(exe, &data, extra);
+        let mut s = Server::start_exe_in(exe, &data, extra, env);
         s._tmp = Some(tmp);
         s
     }
@@ -175,10 +186,10 @@ impl Server {
     /// Starts a server on `data` with extra arguments, waiting until it
     /// announces its address.
     pub fn start_in(data: &Path, extra: &[&str]) -> Server {
-        Server::start_exe_in(&bin(), data, extra)
+        Server::start_exe_in(&bin(), data, extra, &[])
     }
 
-    fn start_exe_in(exe: &Path, data: &Path, extra: &[&str]) -> Server {
+    fn start_exe_in(exe: &Path, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(exe)
             .args([
                 "serve",
@@ -191,6 +202,7 @@ impl Server {
             .arg(data)
             .args(extra)
             .env("LAMPYR_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

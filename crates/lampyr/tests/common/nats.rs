@@ -65,6 +65,30 @@ impl NatsServer {
         )
     }
 
+    /// One that admits only the nkey user `public`; the test's own client
+    /// signs in with its `seed`.
+    pub fn start_with_nkey(public: &str, seed: &str) -> NatsServer {
+        NatsServer::launch_with(
+            free_port(),
+            &[],
+            &format!("authorization {{\n  users = [ {{ nkey: {public} }} ]\n}}\n"),
+            async_nats::ConnectOptions::new().nkey(seed.to_string()),
+        )
+    }
+
+    /// One in operator mode (JWTs: see [`Decentralized`]); the test's own
+    /// client signs in with the user's creds.
+    pub fn start_decentralized(d: &Decentralized) -> NatsServer {
+        NatsServer::launch_with(
+            free_port(),
+            &[],
+            &d.config,
+            async_nats::ConnectOptions::new()
+                .credentials(&d.creds)
+                .expect("the test's creds read"),
+        )
+    }
+
     /// One on `port`.
     pub fn start_on(port: u16, token: Option<&str>) -> NatsServer {
         let mut s = match token {
@@ -80,8 +104,23 @@ impl NatsServer {
     }
 
     fn launch(port: u16, args: &[&str], opts: async_nats::ConnectOptions) -> NatsServer {
+        NatsServer::launch_with(port, args, "", opts)
+    }
+
+    /// `config`, when not empty, is the server's configuration file.
+    fn launch_with(
+        port: u16,
+        args: &[&str],
+        config: &str,
+        opts: async_nats::ConnectOptions,
+    ) -> NatsServer {
         let store = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(executable());
+        if !config.is_empty() {
+            let file = store.path().join("nats.conf");
+            std::fs::write(&file, config).unwrap();
+            cmd.arg("-c").arg(file);
+        }
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store.path())
             .arg("-l")
@@ -220,6 +259,28 @@ impl NatsServer {
         })
     }
 
+    /// Whether stream `stream` has consumer `name`.
+    pub fn has_consumer(&self, stream: &str, name: &str) -> bool {
+        use async_nats::jetstream::context::ConsumerInfoErrorKind;
+        let js = self.js();
+        let name = name.to_string();
+        self.rt.block_on(async move {
+            let s = js.get_stream(stream).await.expect("the stream");
+            match s.consumer_info(&name).await {
+                Ok(_) => true,
+                Err(e) => match e.kind() {
+                    ConsumerInfoErrorKind::NotFound => false,
+                    ConsumerInfoErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+                    {
+                        false
+                    }
+                    _ => panic!("consumer {name}: {e}"),
+                },
+            }
+        })
+    }
+
     /// Deletes a consumer: its acks are forgotten, so a consumer created
     /// again under its name gets the stream's messages again.
     pub fn delete_consumer(&self, stream: &str, name: &str) {
@@ -241,4 +302,88 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What `nsc` would make for a decentralised (JWT) server, made here with
+/// nkeys: an operator, an account with JetStream that it signs, a user of
+/// the account, and the system account JetStream needs. `config` is the
+/// server's (the operator's JWT and the accounts', preloaded); `creds` the
+/// user's `.creds` file.
+pub struct Decentralized {
+    pub config: String,
+    pub creds: String,
+}
+
+impl Decentralized {
+    pub fn new() -> Decentralized {
+        let operator = nkeys::KeyPair::new_operator();
+        let account = nkeys::KeyPair::new_account();
+        let user = nkeys::KeyPair::new_user();
+        let operator_jwt = jwt(
+            &operator,
+            &operator.public_key(),
+            serde_json::json!({"type": "operator", "version": 2}),
+        );
+        let unlimited = serde_json::json!({
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+        });
+        let account_jwt = jwt(
+            &operator,
+            &account.public_key(),
+            serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+        );
+        let user_jwt = jwt(
+            &account,
+            &user.public_key(),
+            serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+        );
+        // JetStream needs a system account.
+        let system = nkeys::KeyPair::new_account();
+        let system_jwt = jwt(
+            &operator,
+            &system.public_key(),
+            serde_json::json!({"type": "account", "version": 2}),
+        );
+        Decentralized {
+            config: format!(
+                "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {account_jwt}\n  {sys}: {system_jwt}\n}}\n",
+                account.public_key(),
+                sys = system.public_key()
+            ),
+            creds: creds(&user_jwt, &user.seed().unwrap()),
+        }
+    }
+}
+
+/// A user's `.creds` file: its JWT and its seed.
+pub fn creds(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n************************* IMPORTANT *************************\nNKEY Seed printed below can be used to sign and prove identity.\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+}
+
+/// A NATS JWT for `subject`, signed by `issuer`, with `nats` as its claims.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let claims = serde_json::json!({
+        "jti": format!("{}{}", now.as_nanos(), subject),
+        "iat": now.as_secs(),
+        "iss": issuer.public_key(),
+        "name": subject,
+        "sub": subject,
+        "nats": nats,
+    });
+    let head = format!(
+        "{}.{}",
+        b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = issuer.sign(head.as_bytes()).unwrap();
+    format!("{head}.{}", b64(&sig))
 }

@@ -66,17 +66,43 @@ fn run(mut c: Command, what: &str) -> Result<String, String> {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// One with `ssl = on`, presenting `cert` (TLS and plain connections
+    /// are both allowed, as `host` lines allow them).
+    pub fn start_tls(cert: &super::tls::Issued) -> Postgres {
+        Postgres::start_with(Some(cert))
+    }
+
+    fn start_with(cert: Option<&super::tls::Issued>) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let password = format!("pw-{}", std::process::id() as u64 * 7919 + 13);
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, &password).unwrap();
+        let mut owned = vec![dir.path().to_path_buf(), pwfile.clone()];
+        let mut ssl = String::new();
+        if let Some(cert) = cert {
+            let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&crt, &cert.cert_pem).unwrap();
+            std::fs::write(&key, &cert.key_pem).unwrap();
+            // PostgreSQL refuses a key others can read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            ssl = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                crt.display(),
+                key.display()
+            );
+            owned.extend([crt, key]);
+        }
         if as_root() {
             let user = nix::unistd::User::from_name("postgres")
                 .unwrap()
                 .expect("a postgres user (Debian's postgresql package creates it)");
-            for p in [dir.path(), &pwfile] {
+            for p in &owned {
                 nix::unistd::chown(p, Some(user.uid), Some(user.gid)).unwrap();
             }
         }
@@ -110,7 +136,7 @@ impl Postgres {
                 .arg(dir.path().join("log"))
                 .arg("-o")
                 .arg(format!(
-                    "-c wal_level=logical -c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} -c max_replication_slots=16 -c fsync=off -c shared_buffers=16MB -c max_connections=40",
+                    "-c wal_level=logical -c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} -c max_replication_slots=16 -c fsync=off -c shared_buffers=16MB -c max_connections=40{ssl}",
                     dir.path().display()
                 ))
                 .arg("start");
@@ -157,6 +183,13 @@ impl Postgres {
 
     pub fn psql(&self, sql: &str) -> String {
         self.try_psql(sql).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// How many connections to it use TLS now.
+    pub fn tls_connections(&self) -> usize {
+        self.psql("SELECT count(*) FROM pg_stat_ssl WHERE ssl")
+            .parse()
+            .unwrap()
     }
 
     /// Whether the replication slot `name` exists.
