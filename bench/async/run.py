@@ -92,14 +92,22 @@ def wait_drained(url, limit=600):
 
 
 def median(rows):
-    rows = sorted(rows, key=lambda r: r["rps"])
-    return rows[len(rows) // 2], (rows[0]["rps"], rows[-1]["rps"])
+    """Each figure's median over the rounds (a round's p99 is noisy on a
+    shared machine: one scheduling hiccup moves it), and the ranges of
+    requests/s and p99."""
+    def med(k):
+        v = sorted(r[k] for r in rows)
+        return v[len(v) // 2]
+    m = {k: med(k) for k in ("rps", "p50_us", "p99_us")}
+    rps = sorted(r["rps"] for r in rows)
+    p99 = sorted(r["p99_us"] for r in rows)
+    return m, (rps[0], rps[-1]), (p99[0] / 1000, p99[-1] / 1000)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", default="10s", help="each measured wrk run (default 10s)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds per shape (default 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per shape (default 5)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--no-build", action="store_true", help="use the existing target/release/lampyr")
     a = ap.parse_args()
@@ -187,19 +195,20 @@ def main():
              "POST: answered synchronously (the baseline), or queued with `x-lampyr-invocation-type: event` and "
              "answered `202 Accepted` once written to the event queue's journal, while the queue drains through the same "
              "instance (asynchronous events use half of it). `wrk --latency`, one thread, "
-             f"{a.duration} per run, {a.rounds} rounds alternating sync and async; each row is the median round "
-             "(range of requests/s in brackets). The queue is drained between runs.", "",
+             f"{a.duration} per run, {a.rounds} rounds alternating sync and async; each figure is its median over "
+             "the rounds (ranges of requests/s and of p99 in brackets). The queue is drained between runs.", "",
              f"Machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Node.js {node}; lampyr {commit}; "
-             f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. wrk, lampyr and the instance share the machine.", "",
+             f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f} when it ended. "
+             "wrk, lampyr and the instance share the machine.", "",
              "| connections | call | requests/s | p50 ms | p99 ms | async / sync req/s |",
              "| ---: | --- | ---: | ---: | ---: | ---: |"]
     verdicts = []
     for conns in (1, 16):
-        s, srange = median(results[("sync", conns)])
-        q, qrange = median(results[("async", conns)])
+        s, srange, sp99 = median(results[("sync", conns)])
+        q, qrange, qp99 = median(results[("async", conns)])
         ratio = q["rps"] / s["rps"]
-        lines.append(f"| {conns} | synchronous (200) | {s['rps']:.0f} ({srange[0]:.0f}–{srange[1]:.0f}) | {s['p50_us'] / 1000:.3f} | {s['p99_us'] / 1000:.3f} | |")
-        lines.append(f"| {conns} | asynchronous (202) | {q['rps']:.0f} ({qrange[0]:.0f}–{qrange[1]:.0f}) | {q['p50_us'] / 1000:.3f} | {q['p99_us'] / 1000:.3f} | **{ratio:.2f}×** |")
+        lines.append(f"| {conns} | synchronous (200) | {s['rps']:.0f} ({srange[0]:.0f}–{srange[1]:.0f}) | {s['p50_us'] / 1000:.3f} | {s['p99_us'] / 1000:.3f} ({sp99[0]:.2f}–{sp99[1]:.2f}) | |")
+        lines.append(f"| {conns} | asynchronous (202) | {q['rps']:.0f} ({qrange[0]:.0f}–{qrange[1]:.0f}) | {q['p50_us'] / 1000:.3f} | {q['p99_us'] / 1000:.3f} ({qp99[0]:.2f}–{qp99[1]:.2f}) | **{ratio:.2f}×** |")
         if conns == 16:
             verdicts.append((ratio, q["p99_us"] / 1000))
     ratio, p99 = verdicts[0]
@@ -213,7 +222,8 @@ def main():
               "the request (no hand-over to another thread, no SQLite transaction), and the accepts that arrive "
               "together share one write (group commit); the journal is applied to "
               "SQLite in the background at idle priority, where an event accepted, run and finished within "
-              "200 ms is one row written once. The drain runs at the same time as the accepts, on the same two "
+              "200 ms is one row written once. A running function takes queued events in batches (one lease write "
+              "for several) and their outcomes ride along with the next write. The drain runs at the same time as the accepts, on the same two "
               "CPUs and the same server thread, so every accepted event is also run within the measurement, "
               "and the rows above carry both.", "",
               *([] if met else [
@@ -225,9 +235,23 @@ def main():
                   "with every waiting event's state in memory it made the 202's p99 worse while tried, so events "
                   "give way only to synchronous calls.", ""]),
               "Reproduce: `bench/async/run.py` (see `bench/README.md`).", END]
+    # What the last recorded run measured, for comparison: the ratio moves
+    # with how busy the machine's host is.
+    text = open(a.out).read() if os.path.exists(a.out) else ""
+    if START in text:
+        old = text[text.index(START):text.index(END)]
+        when = re.search(r"lampyr (\w+); run ([0-9-]+ [0-9:]+ UTC)", old)
+        sync16 = re.search(r"^\| 16 \| synchronous \(200\) \| (\d+)", old, re.M)
+        ratio16 = re.search(r"^\| 16 \| asynchronous \(202\) \|.*\*\*([0-9.]+)×\*\*", old, re.M)
+        if when and sync16 and ratio16:
+            lines.insert(len(lines) - 2, f"The run recorded before this one (lampyr {when.group(1)}, {when.group(2)}) measured "
+                         f"{sync16.group(1)} synchronous requests/s and {ratio16.group(1)}× at 16 connections. The ratio "
+                         "moves with how much CPU the machine's host gives it: a synchronous call needs lampyr and the "
+                         "instance both scheduled for every request, an accept only lampyr, so accepts lose less when "
+                         "CPUs are scarce.\n")
     section = "\n".join(lines)
     print(section)
-    text = open(a.out).read() if os.path.exists(a.out) else "# Benchmarks\n"
+    text = text or "# Benchmarks\n"
     if START in text:
         text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
     else:
