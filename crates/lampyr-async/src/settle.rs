@@ -951,19 +951,15 @@ mod tests {
         assert_eq!(running.payload, Some(serde_json::json!({})));
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn accepts_arriving_together_share_a_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let db_path = dir.path().join("events.db");
-        let q = EventQueue::open(&db_path, crate::AsyncConfig::default()).unwrap();
-        let before = q.writer.lock().writes;
+    /// Spawns 32 accepts at once and waits for their answers.
+    async fn accept_32_at_once(q: &Arc<EventQueue>) {
         let accepts = (0..32).map(|n| {
             let q = q.clone();
             tokio::spawn(async move {
                 q.accept(crate::queue::Accept {
                     event: lampyr_scheduler::NewEvent {
                         function: "f".into(),
-                        request_id: format!("group-{n}"),
+                        request_id: format!("together-{n}"),
                         trigger: lampyr_api::TriggerKind::Async,
                         payload: b"{}".to_vec(),
                         idempotency_key: None,
@@ -976,18 +972,31 @@ mod tests {
         for a in futures_util::future::join_all(accepts).await {
             assert!(!a.unwrap().unwrap().duplicate);
         }
+    }
+
+    /// Waits for the settler, then counts the events in the database.
+    async fn settled_count(q: &EventQueue, db_path: &Path) -> i64 {
+        q.settled().await;
+        Connection::open(db_path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn accepts_arriving_together_share_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("events.db");
+        let q = EventQueue::open(&db_path, crate::AsyncConfig::default()).unwrap();
+        let before = q.writer.lock().writes;
+        accept_32_at_once(&q).await;
         // All 32 ready at once: the first to look wrote them all.
         assert_eq!(q.writer.lock().writes - before, 1);
         assert!(
             !q.writer.lock().waiting(),
             "every answered accept is written"
         );
-        q.settled().await;
-        let n: i64 = Connection::open(&db_path)
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 32);
+        assert_eq!(settled_count(&q, &db_path).await, 32);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -999,33 +1008,10 @@ mod tests {
             ..crate::AsyncConfig::default()
         };
         let q = EventQueue::open(&db_path, cfg).unwrap();
-        let accepts = (0..32).map(|n| {
-            let q = q.clone();
-            tokio::spawn(async move {
-                q.accept(crate::queue::Accept {
-                    event: lampyr_scheduler::NewEvent {
-                        function: "f".into(),
-                        request_id: format!("sync-{n}"),
-                        trigger: lampyr_api::TriggerKind::Async,
-                        payload: b"{}".to_vec(),
-                        idempotency_key: None,
-                    },
-                    tick: None,
-                })
-                .await
-            })
-        });
-        for a in futures_util::future::join_all(accepts).await {
-            assert!(!a.unwrap().unwrap().duplicate);
-        }
+        accept_32_at_once(&q).await;
         // Synced as far as the journal goes once every accept answered.
         let end = q.writer.lock().end();
         assert!(q.synced.load(Ordering::Acquire) >= end.pack());
-        q.settled().await;
-        let n: i64 = Connection::open(&db_path)
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 32);
+        assert_eq!(settled_count(&q, &db_path).await, 32);
     }
 }
