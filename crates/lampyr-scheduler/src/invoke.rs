@@ -154,6 +154,21 @@ impl<'a> Call<'a> {
             routing_key: None,
         }
     }
+
+    /// An event source's event for the durable queue, with the idempotency
+    /// key that drops it when its source delivers it again.
+    pub fn source_event(
+        function: &'a str,
+        event: Vec<u8>,
+        trigger: TriggerKind,
+        idempotency_key: &'a str,
+    ) -> Self {
+        Call {
+            invocation_type: InvocationType::Event,
+            idempotency_key: Some(idempotency_key),
+            ..Call::new(function, new_request_id(), event, trigger)
+        }
+    }
 }
 
 /// Time spent in each phase of one invocation.

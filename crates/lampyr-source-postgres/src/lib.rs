@@ -40,7 +40,7 @@ use futures_util::future::BoxFuture;
 use lampyr_api::postgres::{redact_dsn, PostgresSpec};
 use lampyr_api::sources::{SourceState, SourceStatus};
 use lampyr_api::{FunctionSpec, TriggerKind, TriggerSpec};
-use lampyr_scheduler::{Call, Credential, InvocationType, Scheduler};
+use lampyr_scheduler::{Call, Scheduler};
 use lampyr_triggers::{Context, Trigger, TriggerError};
 use parking_lot::Mutex;
 
@@ -649,17 +649,12 @@ impl Reader {
             let function = self.function.clone();
             async move {
                 sched
-                    .call(Call {
-                        function: &function,
-                        request_id: lampyr_scheduler::new_request_id(),
-                        event: bytes,
-                        trigger: TriggerKind::Postgres,
-                        invocation_type: InvocationType::Event,
-                        credential: Credential::Operator,
-                        attempt: None,
-                        idempotency_key: Some(&key),
-                        routing_key: None,
-                    })
+                    .call(Call::source_event(
+                        &function,
+                        bytes,
+                        TriggerKind::Postgres,
+                        &key,
+                    ))
                     .await
                     .map(|a| matches!(a, lampyr_scheduler::Answer::Queued(q) if q.duplicate))
                     .map_err(|e| SourceError::Enqueue(e.to_string()))

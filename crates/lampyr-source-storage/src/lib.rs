@@ -53,7 +53,7 @@ use futures_util::future::BoxFuture;
 use lampyr_api::sources::{SourceState, SourceStatus};
 use lampyr_api::{FunctionSpec, StorageSpec, TriggerKind};
 use lampyr_nats::OwnedConsumer;
-use lampyr_scheduler::{Answer, Call, Credential, InvocationType, Scheduler, SchedulerError};
+use lampyr_scheduler::{Answer, Call, Scheduler, SchedulerError};
 use lampyr_triggers::webhook::{Webhook, WebhookReply, WebhookRequest};
 use lampyr_triggers::{Context, Trigger, TriggerError};
 use parking_lot::{Mutex, RwLock};
@@ -479,17 +479,12 @@ pub(crate) async fn queue(
         let event = r.event();
         async move {
             sched
-                .call(Call {
+                .call(Call::source_event(
                     function,
-                    request_id: lampyr_scheduler::new_request_id(),
                     event,
-                    trigger: TriggerKind::Storage,
-                    invocation_type: InvocationType::Event,
-                    credential: Credential::Operator,
-                    attempt: None,
-                    idempotency_key: Some(&key),
-                    routing_key: None,
-                })
+                    TriggerKind::Storage,
+                    &key,
+                ))
                 .await
         }
     });
