@@ -25,6 +25,9 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import logger, start_server  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BIN = os.path.join(ROOT, "target", "release", "lampyr")
@@ -33,13 +36,7 @@ HANDLER = "exports.handler = async (event) => ({ ok: true });\n"
 MANIFEST = 'name = "noop"\nruntime = "nodejs"\nhandler = "index.handler"\nmax_instances = 1\nconcurrency = 64\n'
 
 
-def log(msg):
-    print(f"[bench/async] {msg}", file=sys.stderr, flush=True)
-
-
-def die(msg):
-    log(f"error: {msg}")
-    sys.exit(1)
+log, die = logger("bench/async")
 
 
 SCRIPT = os.path.join(HERE, "call.lua")
@@ -128,22 +125,7 @@ def main():
         # Deep enough for every accept of a run; events are kept briefly.
         open(cfg, "w").write('[async]\nmax_queue_depth = 100000000\nkeep_finished = "1m"\n')
         data = os.path.join(work, "data")
-        server = subprocess.Popen(
-            [BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", data, "--config", cfg],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "LAMPYR_LOG": "info", "NO_COLOR": "1"})
-        url = None
-        for line in server.stderr:
-            m = re.search(r"lampyr listening on (http://[0-9.:]+)", line)
-            if m:
-                url = m.group(1)
-                break
-        if not url:
-            die("lampyr did not start")
-        # Keep the log pipe drained.
-        import threading
-        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-        token = open(os.path.join(data, "token")).read().strip()
+        server, url, token = start_server(BIN, data, die, args=["--config", cfg])
         TOKEN["token"] = token
         out = subprocess.run([BIN, "deploy", fn], env={**os.environ, "LAMPYR_URL": url,
                              "LAMPYR_DATA_DIR": data}, capture_output=True, text=True)

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import subprocess
@@ -29,6 +28,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import free_port, logger, start_server  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -49,21 +51,8 @@ exports.handler = async (event) => {
 """
 
 
-def log(msg):
-    print(f"[bench/sources/nats] {msg}", file=sys.stderr, flush=True)
+log, die = logger("bench/sources/nats")
 
-
-def die(msg):
-    log(f"error: {msg}")
-    sys.exit(1)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Nats:
@@ -170,20 +159,8 @@ def main():
         if "error" in r:
             die(f"creating the stream: {r['error']}")
         data = os.path.join(work, "data")
-        server = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", data],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  env={**os.environ, "LAMPYR_LOG": "info", "NO_COLOR": "1"})
+        server, url, token = start_server(BIN, data, die)
         procs.append(server)
-        url = None
-        for line in server.stderr:
-            m = re.search(r"lampyr listening on (http://[0-9.:]+)", line)
-            if m:
-                url = m.group(1)
-                break
-        if not url:
-            die("lampyr did not start")
-        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-        token = open(os.path.join(data, "token")).read().strip()
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.bind(("127.0.0.1", 0))
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)

@@ -28,7 +28,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import free_port, logger, start_server  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -59,21 +61,8 @@ exports.handler = async (event) => {
 """
 
 
-def log(msg):
-    print(f"[bench/sources/postgres] {msg}", file=sys.stderr, flush=True)
+log, die = logger("bench/sources/postgres")
 
-
-def die(msg):
-    log(f"error: {msg}")
-    sys.exit(1)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Cluster:
@@ -259,19 +248,7 @@ def main():
         cluster.psql("CREATE TABLE bench (id int PRIMARY KEY)")
         ledger = Ledger()
         data = os.path.join(work, "data")
-        server = subprocess.Popen([a.bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", data],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  env={**os.environ, "LAMPYR_LOG": "info", "NO_COLOR": "1"})
-        url = None
-        for line in server.stderr:
-            m = re.search(r"lampyr listening on (http://[0-9.:]+)", line)
-            if m:
-                url = m.group(1)
-                break
-        if not url:
-            die("lampyr did not start")
-        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-        token = open(os.path.join(data, "token")).read().strip()
+        server, url, token = start_server(a.bin, data, die)
         next_id = 1
         for batch in (1, 10):
             name = f"noop{batch}"

@@ -22,7 +22,6 @@ import http.server
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +30,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import logger, start_server  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -56,13 +58,7 @@ exports.handler = async (event) => {
 """
 
 
-def log(msg):
-    print(f"[bench/sources/storage] {msg}", file=sys.stderr, flush=True)
-
-
-def die(msg):
-    log(f"error: {msg}")
-    sys.exit(1)
+log, die = logger("bench/sources/storage")
 
 
 class Collector:
@@ -207,24 +203,11 @@ def main():
         cfg = os.path.join(work, "server.toml")
         open(cfg, "w").write('[async]\nmax_queue_depth = 100000000\nkeep_finished = "1m"\n')
         data = os.path.join(work, "data")
-        server = subprocess.Popen(
-            [a.bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", data, "--config", cfg],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "LAMPYR_LOG": "info", "NO_COLOR": "1"})
-        url = None
-        for line in server.stderr:
-            m = re.search(r"lampyr listening on (http://[0-9.:]+)", line)
-            if m:
-                url = m.group(1)
-                break
-        if not url:
-            die("lampyr did not start")
-        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+        server, url, api_token = start_server(a.bin, data, die, args=["--config", cfg])
         out = subprocess.run([a.bin, "deploy", fn], env={**os.environ, "LAMPYR_URL": url, "LAMPYR_DATA_DIR": data},
                              capture_output=True, text=True)
         if out.returncode != 0:
             die(f"deploy failed: {out.stderr}")
-        api_token = open(os.path.join(data, "token")).read().strip()
         req = urllib.request.Request(url + "/api/v1/functions/noop", headers={"authorization": f"Bearer {api_token}"})
         token = json.loads(urllib.request.urlopen(req, timeout=30).read())["trigger_token"]
         port = int(url.rsplit(":", 1)[1])
