@@ -220,6 +220,20 @@ pub struct RuntimeReport {
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Other installed versions, newest first, for functions that name
+    /// theirs (`runtime = "python3.12"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<InterpreterReport>,
+    /// Interpreters the server configuration names that cannot be used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// One more interpreter of a runtime.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InterpreterReport {
+    pub version: String,
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

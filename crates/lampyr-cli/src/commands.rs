@@ -866,7 +866,7 @@ pub fn print_doctor(report: &lampyr_api::DoctorReport, data_dir: &Path, json: bo
     for r in &report.runtimes {
         match (&r.path, &r.version) {
             (Some(p), Some(v)) => {
-                let _ = writeln!(o, "  {:<8} ok   {v} at {p}", r.runtime);
+                let _ = writeln!(o, "  {:<8} ok   {v} at {p} (default)", r.runtime);
             }
             _ => {
                 let _ = writeln!(
@@ -876,6 +876,12 @@ pub fn print_doctor(report: &lampyr_api::DoctorReport, data_dir: &Path, json: bo
                     r.problem.as_deref().unwrap_or("")
                 );
             }
+        }
+        for i in &r.others {
+            let _ = writeln!(o, "  {:<8} ok   {} at {}", "", i.version, i.path);
+        }
+        for p in &r.problems {
+            let _ = writeln!(o, "  {:<8} BAD  {p}", "");
         }
     }
     let _ = writeln!(o, "isolation:");

@@ -26,7 +26,7 @@ pub mod prebuild;
 pub mod protocol;
 
 pub use capture::{log_channel, LogBudget, LogLine, LogReceiver, LogSender, Stream};
-pub use discover::{RuntimeInfo, Runtimes};
+pub use discover::{Interpreters, RuntimeInfo, Runtimes};
 pub use instance::poll::poll_before_park;
 pub use instance::{
     ExitReport, FirstInvoke, FunctionLoad, Instance, InstanceConfig, InstanceError, InvokeOutcome,

@@ -17,7 +17,9 @@ use crate::Runtimes;
 
 pub use crate::kinds::Prepared;
 
-/// Prepares the unpacked code in `dir` (still writable) for `runtime`.
+/// Prepares the unpacked code in `dir` (still writable) for `runtime`, with
+/// the interpreter that will run it (of `version`, where the function names
+/// one).
 ///
 /// The work runs as a one-off job of the sandbox ([`Sandboxer::run_job`]):
 /// jailed where the host allows it, unprivileged, without the network,
@@ -27,9 +29,11 @@ pub fn prepare(
     runtimes: &Runtimes,
     sandboxer: &Sandboxer,
     runtime: Runtime,
+    version: Option<&str>,
     dir: &Path,
 ) -> Prepared {
-    crate::kinds::of(runtime).prepare(runtimes.get(runtime), sandboxer, dir)
+    let info = runtimes.for_version(runtime, version);
+    crate::kinds::of(runtime).prepare(info.as_deref().map_err(String::as_str), sandboxer, dir)
 }
 
 #[cfg(test)]
@@ -55,7 +59,7 @@ mod tests {
         std::fs::write(root.join("index.py"), "def handler(e, c):\n    return 1\n").unwrap();
         std::fs::write(root.join("vendored/lib.py"), "VALUE = 2\n").unwrap();
         std::fs::write(root.join("broken.py"), "print 'python 2'\n").unwrap();
-        let got = prepare(&runtimes, &sandboxer, Runtime::Python, root);
+        let got = prepare(&runtimes, &sandboxer, Runtime::Python, None, root);
         assert_eq!(got, Prepared::Compiled { modules: 2 });
         let tag = format!(
             "cpython-{}",
@@ -80,7 +84,7 @@ mod tests {
             .join(format!("broken.{tag}.pyc"))
             .exists());
         assert_eq!(
-            prepare(&runtimes, &sandboxer, Runtime::Nodejs, root),
+            prepare(&runtimes, &sandboxer, Runtime::Nodejs, None, root),
             Prepared::Nothing
         );
     }

@@ -94,34 +94,25 @@ impl Scheduler {
         Ok(inst)
     }
 
-    /// Refuses a function that asks for an interpreter version (`runtime =
-    /// "nodejs22.x"`) other than the one this host runs, naming both.
-    fn check_runtime_version(&self, spec: &lampyr_api::FunctionSpec) -> Result<(), SchedulerError> {
-        let Some(required) = &spec.runtime_version else {
-            return Ok(());
-        };
-        let unavailable = |why: String| SchedulerError::RuntimeUnavailable {
-            function: spec.name.clone(),
-            runtime: format!("{} {required}", spec.runtime),
-            why,
-        };
-        let found = self
-            .inner
+    /// The interpreter that runs `spec`: the runtime's default, or the
+    /// installed one of the version the function asks for (`runtime =
+    /// "python3.12"`); refused naming what is installed.
+    fn interpreter<'s>(
+        &'s self,
+        spec: &lampyr_api::FunctionSpec,
+    ) -> Result<&'s lampyr_runtime::RuntimeInfo, SchedulerError> {
+        self.inner
             .config
             .runtimes
-            .get(spec.runtime)
-            .map_err(|why| unavailable(why.to_string()))?;
-        if lampyr_api::runtimes::version_satisfies(required, &found.version) {
-            return Ok(());
-        }
-        Err(unavailable(format!(
-            "this host runs {} {} ({}): install {} {required} and point {} at it, or name the installed version in the manifest (`lampyr doctor` lists it)",
-            spec.runtime,
-            found.version,
-            found.path.display(),
-            spec.runtime,
-            lampyr_runtime::kinds::of(spec.runtime).discovery().env_var,
-        )))
+            .for_version(spec.runtime, spec.runtime_version.as_deref())
+            .map_err(|why| SchedulerError::RuntimeUnavailable {
+                function: spec.name.clone(),
+                runtime: match &spec.runtime_version {
+                    Some(v) => format!("{} {v}", spec.runtime),
+                    None => spec.runtime.to_string(),
+                },
+                why,
+            })
     }
 
     /// Brings up one instance of `version`, specialised and loaded: from a
@@ -134,7 +125,14 @@ impl Scheduler {
     ) -> Result<(Loaded, StartKind), SchedulerError> {
         let spec = version.spec();
         let function = spec.name.clone();
-        self.check_runtime_version(spec)?;
+        let runtime = self.interpreter(spec)?;
+        // Pools and zygotes run the default interpreter.
+        let default_interpreter = self
+            .inner
+            .config
+            .runtimes
+            .get(spec.runtime)
+            .is_ok_and(|d| d.path == runtime.path);
         let code_started = Instant::now();
         // No response will refill the pool afterwards: a start for no
         // request (reserved, a deploy's check) refills it at once.
@@ -180,6 +178,7 @@ impl Scheduler {
         let network = self.network_of(spec)?;
         let pooled = match &network {
             lampyr_runtime::Network::Host => None,
+            _ if !default_interpreter => None,
             _ => self.inner.pools.take(spec.runtime),
         };
         if let Some(inst) = pooled {
@@ -206,16 +205,6 @@ impl Scheduler {
                 Err(SpecialiseError::Load(e)) => return Err(load_error(function, e)),
             }
         }
-        let runtime = self
-            .inner
-            .config
-            .runtimes
-            .get(spec.runtime)
-            .map_err(|why| SchedulerError::RuntimeUnavailable {
-                function: function.clone(),
-                runtime: spec.runtime.to_string(),
-                why: why.to_string(),
-            })?;
         let cfg = InstanceConfig {
             id: format!(
                 "{}-{}",

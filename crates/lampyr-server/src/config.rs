@@ -74,6 +74,73 @@ pub struct ServerConfig {
     pub async_: AsyncSection,
     #[serde(default)]
     pub versions: VersionsSection,
+    /// `[runtimes.NAME]`: which interpreters run each runtime.
+    #[serde(default)]
+    pub runtimes: std::collections::BTreeMap<String, RuntimeSection>,
+}
+
+/// `[runtimes.NAME]`: the interpreters of one runtime.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// The default interpreter, instead of the first on `PATH`.
+    pub path: Option<PathBuf>,
+    /// Other interpreters, for functions that name their version.
+    #[serde(default)]
+    pub interpreters: Vec<PathBuf>,
+    /// Also look where version managers install other versions.
+    pub scan: Option<bool>,
+}
+
+impl ServerConfig {
+    /// Where to look for each runtime's interpreters; refuses tables that
+    /// name no runtime.
+    pub fn interpreters(
+        &self,
+    ) -> Result<Vec<(lampyr_api::Runtime, lampyr_runtime::Interpreters)>, ConfigError> {
+        self.runtimes
+            .iter()
+            .map(|(name, section)| {
+                let rt = lampyr_api::Runtime::ALL
+                    .into_iter()
+                    .find(|r| r.as_str() == name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = lampyr_api::Runtime::ALL
+                            .iter()
+                            .map(|r| r.as_str())
+                            .collect();
+                        ConfigError::invalid(
+                            format!("runtimes.{name}"),
+                            format!(
+                                "unknown runtime: [runtimes] has a table per runtime ({})",
+                                names.join(", ")
+                            ),
+                        )
+                    })?;
+                for (i, p) in section.path.iter().chain(&section.interpreters).enumerate() {
+                    if !p.is_absolute() {
+                        let key = if section.path.is_some() && i == 0 {
+                            format!("runtimes.{name}.path")
+                        } else {
+                            format!("runtimes.{name}.interpreters")
+                        };
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("{} is not an absolute path", p.display()),
+                        ));
+                    }
+                }
+                Ok((
+                    rt,
+                    lampyr_runtime::Interpreters {
+                        default: section.path.clone(),
+                        others: section.interpreters.clone(),
+                        scan: section.scan.unwrap_or(true),
+                    },
+                ))
+            })
+            .collect()
+    }
 }
 
 /// `[versions]`: how many old versions keep their code.
@@ -648,6 +715,39 @@ mod tests {
             c.limits.max_package,
             lampyr_gateway::Limits::default().max_package
         );
+    }
+
+    #[test]
+    fn runtimes_tables_are_checked_by_name() {
+        for (text, key) in [
+            (
+                "[runtimes.java]\npath = \"/usr/bin/java\"\n",
+                "runtimes.java",
+            ),
+            (
+                "[runtimes.python]\ninterpreters = [\"python3.12\"]\n",
+                "runtimes.python.interpreters",
+            ),
+            (
+                "[runtimes.nodejs]\npath = \"node\"\n",
+                "runtimes.nodejs.path",
+            ),
+        ] {
+            let c: ServerConfig = toml::from_str(text).unwrap();
+            let e = c.interpreters().unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = toml::from_str::<ServerConfig>("[runtimes.python]\nversions = []\n").unwrap_err();
+        assert!(e.to_string().contains("versions"), "{e}");
+        let c: ServerConfig = toml::from_str(
+            "[runtimes.python]\nscan = false\ninterpreters = [\"/opt/py/bin/python3\"]\n",
+        )
+        .unwrap();
+        let got = c.interpreters().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, lampyr_api::Runtime::Python);
+        assert!(!got[0].1.scan);
+        assert_eq!(got[0].1.others, vec![PathBuf::from("/opt/py/bin/python3")]);
     }
 
     /// Every key `config/lampyr-server.toml` documents (as `# key = value`)

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use lampyr_api::{DoctorReport, IsolationFeature, Runtime, RuntimeReport};
+use lampyr_api::{DoctorReport, InterpreterReport, IsolationFeature, Runtime, RuntimeReport};
 use lampyr_runtime::Runtimes;
 use lampyr_sandbox::Sandboxer;
 
@@ -11,21 +11,41 @@ use lampyr_sandbox::Sandboxer;
 pub fn doctor_report(runtimes: &Runtimes, sandboxer: &Sandboxer, data_dir: &Path) -> DoctorReport {
     let rts = Runtime::ALL
         .iter()
-        .map(|&rt| match runtimes.get(rt) {
-            Ok(info) => RuntimeReport {
-                runtime: rt.to_string(),
-                found: true,
-                path: Some(info.path.display().to_string()),
-                version: Some(info.version.clone()),
-                problem: None,
-            },
-            Err(e) => RuntimeReport {
-                runtime: rt.to_string(),
-                found: false,
-                path: None,
-                version: None,
-                problem: Some(e.to_string()),
-            },
+        .map(|&rt| {
+            let others = runtimes
+                .installed(rt)
+                .into_iter()
+                .skip(usize::from(runtimes.get(rt).is_ok()))
+                .map(|i| InterpreterReport {
+                    version: i.version.clone(),
+                    path: i.path.display().to_string(),
+                })
+                .collect();
+            let problems = runtimes
+                .problems(rt)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            match runtimes.get(rt) {
+                Ok(info) => RuntimeReport {
+                    runtime: rt.to_string(),
+                    found: true,
+                    path: Some(info.path.display().to_string()),
+                    version: Some(info.version.clone()),
+                    problem: None,
+                    others,
+                    problems,
+                },
+                Err(e) => RuntimeReport {
+                    runtime: rt.to_string(),
+                    found: false,
+                    path: None,
+                    version: None,
+                    problem: Some(e.to_string()),
+                    others,
+                    problems,
+                },
+            }
         })
         .collect();
     let isolation = sandboxer

@@ -134,7 +134,7 @@ impl Server {
             );
         }
         let pools = cfg.pools.to_config()?;
-        let runtimes = Runtimes::discover();
+        let runtimes = Runtimes::discover_with(&cfg.interpreters()?);
         for rt in Runtime::ALL {
             match runtimes.get(rt) {
                 Ok(info) => {
@@ -171,7 +171,7 @@ impl Server {
         // bytecode), so the first request does not compile it.
         let prepare_with = (runtimes.clone(), sandboxer.clone());
         let store = Arc::new(Store::open(&data_dir, store_limits)?.with_code_preparer(Arc::new(
-            move |dir, spec| match lampyr_runtime::prebuild::prepare(&prepare_with.0, &prepare_with.1, spec.runtime, dir) {
+            move |dir, spec| match lampyr_runtime::prebuild::prepare(&prepare_with.0, &prepare_with.1, spec.runtime, spec.runtime_version.as_deref(), dir) {
                 Prepared::Skipped(why) => {
                     tracing::warn!(function = %spec.name, "code not prepared for its runtime: {why}")
                 }

@@ -46,6 +46,12 @@ pub struct Discovery {
     pub probe: &'static [&'static str],
     /// The oldest version lampyr runs (major, minor).
     pub min_version: (u32, u32),
+    /// Where other installed versions are, besides the default: patterns
+    /// of paths where `~` is the home directory, `$VAR` an environment
+    /// variable (a pattern whose variable is unset is skipped) and `*`
+    /// matches within one path component. A pattern without `/` is looked
+    /// for in every `PATH` directory (`python3.*`).
+    pub scan: &'static [&'static str],
 }
 
 /// A file a runtime's instances read from `/var/runtime`.

@@ -17,6 +17,16 @@ static DISCOVERY: Discovery = Discovery {
         "const p = require('path'); process.stdout.write([process.execPath, process.versions.node, p.resolve(process.execPath, '..', '..')].join('\\n'))",
     ],
     min_version: (18, 0),
+    scan: &[
+        "$NVM_DIR/versions/node/*/bin/node",
+        "~/.nvm/versions/node/*/bin/node",
+        "$FNM_DIR/node-versions/*/installation/bin/node",
+        "~/.local/share/fnm/node-versions/*/installation/bin/node",
+        "~/.volta/tools/image/node/*/bin/node",
+        "~/.asdf/installs/nodejs/*/bin/node",
+        "/usr/local/n/versions/node/*/bin/node",
+        "/opt/node*/bin/node",
+    ],
 };
 
 static FILES: &[File] = &[File {

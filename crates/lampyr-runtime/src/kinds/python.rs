@@ -33,6 +33,15 @@ static DISCOVERY: Discovery = Discovery {
         "import sys; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3]); print(sys.base_prefix)",
     ],
     min_version: (3, 9),
+    scan: &[
+        "python3.*",
+        "$PYENV_ROOT/versions/*/bin/python3",
+        "~/.pyenv/versions/*/bin/python3",
+        "~/.asdf/installs/python/*/bin/python3",
+        "/usr/bin/python3.*",
+        "/usr/local/bin/python3.*",
+        "/opt/python*/bin/python3",
+    ],
 };
 
 static FILES: &[File] = &[
