@@ -65,6 +65,13 @@ pub const BUILD_ID: u64 = {
     h = fnv1a(h, include_bytes!("seccomp.rs"));
     fnv1a(h, include_bytes!("seccomp.json"))
 };
+/// `INIT_ARG --reap PID FD`: what a zygote's helper execs once it has forked
+/// an instance into its sandbox: it waits for the instance (its child) and
+/// writes the raw wait status to `FD`, which the sandbox's PID 1 reads
+/// ([`adopt_and_wait`]). A small process instead of the interpreter's
+/// copy-on-write pages for each instance's lifetime.
+pub const REAP_ARG: &str = "--reap";
+
 /// The environment variable carrying the JSON [`JailSpec`].
 pub const SPEC_ENV: &str = "LAMPYR_JAIL_SPEC";
 
@@ -79,6 +86,12 @@ pub fn main() -> ! {
     if std::env::args_os().skip(1).any(|a| a == BUILD_ID_ARG) {
         println!("{BUILD_ID:016x}");
         std::process::exit(0);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [_, flag, pid, fd] = &args[..] {
+        if flag == REAP_ARG {
+            reap(pid, fd);
+        }
     }
     if std::env::var_os(SPEC_ENV).is_none() {
         eprintln!(
@@ -328,6 +341,32 @@ fn release_descriptors() {
             unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
         }
     }
+}
+
+/// [`REAP_ARG`]: waits for the child `pid` and writes its raw wait status to
+/// the descriptor `fd`.
+fn reap(pid: &str, fd: &str) -> ! {
+    let (Ok(pid), Ok(fd)) = (pid.parse::<libc::pid_t>(), fd.parse::<std::os::fd::RawFd>()) else {
+        eprintln!("{INIT_EXE} {REAP_ARG}: expected a pid and a descriptor");
+        std::process::exit(2);
+    };
+    let status = loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes the status of this process's own child into `status`.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break status;
+        }
+        if r < 0 && nix::errno::Errno::last() != nix::errno::Errno::EINTR {
+            // Not our child (any more): report it killed, as a helper
+            // that died without a report would be.
+            break libc::SIGKILL;
+        }
+    };
+    // SAFETY: the zygote's helper left `fd` open across exec for exactly this.
+    let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = nix::unistd::write(out, &status.to_ne_bytes());
+    std::process::exit(0)
 }
 
 /// Adopt mode: the runtime is forked by the zygote into this namespace as

@@ -35,6 +35,10 @@ use crate::SandboxError;
 #[derive(Debug)]
 pub struct Zygote {
     ctl: Mutex<StdUnixStream>,
+    /// The sandbox init's executable, sent with every request: the
+    /// zygote's helper becomes its reaper ([`crate::init::REAP_ARG`]) once
+    /// it has forked the instance.
+    reaper: std::fs::File,
     child: Mutex<Child>,
     /// The interpreter it runs (its host path); instances of this
     /// program come from it.
@@ -57,6 +61,7 @@ impl Zygote {
             program: python.display().to_string(),
             source,
         };
+        let reaper = std::fs::File::open(init).map_err(spawn_err)?;
         let (host, guest) = StdUnixStream::pair().map_err(SandboxError::Socket)?;
         let json = serde_json::to_string(spec).expect("jail spec serialises");
         let child = Command::new(init)
@@ -80,6 +85,7 @@ impl Zygote {
         }
         Ok(Zygote {
             ctl: Mutex::new(ctl),
+            reaper,
             child: Mutex::new(child),
             program: python.to_path_buf(),
         })
@@ -177,6 +183,7 @@ impl Adoption {
             .iter()
             .chain(ns.iter())
             .map(|f| f.as_raw_fd())
+            .chain([self.zygote.reaper.as_raw_fd()])
             .collect();
         self.zygote.fork(&self.request, &fds).map_err(fail)
     }
