@@ -132,10 +132,19 @@ cat >"$WORK/fn/hello/index.js" <<'EOF'
 exports.handler = async (event) => ({ statusCode: 200, headers: { "content-type": "text/plain" }, body: "Hello World\n" });
 EOF
 
-log "deploying hello"
-LAMPYR_URL="$LAMPYR_BASE" LAMPYR_DATA_DIR="$WORK/data" "$BIN" deploy "$WORK/fn/hello" >"$WORK/deploy.out" 2>"$WORK/deploy.err" ||
-  { cat "$WORK/deploy.err" >&2; die "lampyr deploy failed"; }
+# The same handler with the manifest every new function gets (concurrency = 1,
+# max_instances = 10): one request at a time per instance.
+mkdir -p "$WORK/fn/hello-default"
+cp "$WORK/fn/hello/index.js" "$WORK/fn/hello-default/index.js"
+printf 'name = "hello-default"\nruntime = "nodejs"\nhandler = "index.handler"\n' >"$WORK/fn/hello-default/lampyr.toml"
+
+for fn in hello hello-default; do
+  log "deploying $fn"
+  LAMPYR_URL="$LAMPYR_BASE" LAMPYR_DATA_DIR="$WORK/data" "$BIN" deploy "$WORK/fn/$fn" >"$WORK/deploy.out" 2>"$WORK/deploy.err" ||
+    { cat "$WORK/deploy.err" >&2; die "lampyr deploy $fn failed"; }
+done
 LAMPYR_URL_FN="$LAMPYR_BASE/fn/hello"
+DEFAULT_URL_FN="$LAMPYR_BASE/fn/hello-default"
 
 # ------------------------------------------------------------------ bare node
 log "starting the bare Node.js server on the same handler file"
@@ -161,6 +170,7 @@ check_hello() {
 for i in 1 2 3 4 5; do
   start="$(check_hello "$LAMPYR_URL_FN")"
   log "lampyr warm-up request $i: x-lampyr-start=$start"
+  check_hello "$DEFAULT_URL_FN" >/dev/null
   check_hello "$BARE_URL" >/dev/null
 done
 [[ "$start" == warm ]] || die "lampyr's instance is still not warm after 5 requests (x-lampyr-start=$start)"
@@ -231,10 +241,15 @@ for shape in "${SHAPES[@]}"; do
   key="t${threads}c${conns}"
   log "wrk -t$threads -c$conns: warm-up ${WARMUP} per target"
   run_wrk "warmup-$key-lampyr" "$threads" "$conns" "$WARMUP" "$LAMPYR_URL_FN" >/dev/null
+  run_wrk "warmup-$key-default" "$threads" "$conns" "$WARMUP" "$DEFAULT_URL_FN" >/dev/null
   run_wrk "warmup-$key-bare" "$threads" "$conns" "$WARMUP" "$BARE_URL" >/dev/null
   for round in $(seq "$ROUNDS"); do
-    for target in lampyr bare; do
-      if [[ $target == lampyr ]]; then url="$LAMPYR_URL_FN"; else url="$BARE_URL"; fi
+    for target in lampyr default bare; do
+      case $target in
+        lampyr) url="$LAMPYR_URL_FN" ;;
+        default) url="$DEFAULT_URL_FN" ;;
+        *) url="$BARE_URL" ;;
+      esac
       r="$(run_wrk "$key-$target-r$round" "$threads" "$conns" "$DURATION" "$url")"
       log "wrk -t$threads -c$conns round $round $target: $(awk '{ printf "%s req/s, p50 %s ms, p99 %s ms (%d requests in %s s)", $1, $2, $3, $4, $5 }' <<<"$r")"
       echo "$key $target $round $r" >>"$RESULTS"
@@ -272,8 +287,8 @@ SECTION="$WORK/section.md"
   echo "$MARK_START"
   echo '## Warm invocations (`bench/warm`)'
   echo
-  echo 'The same Node.js handler (an async function returning status 200, `text/plain`, `Hello World`) is measured through lampyr'"'"'s HTTP trigger `/fn/hello` (one warm instance, `max_instances = 1`, `concurrency = 64`) and through a bare Node.js `http` server that `require`s the same file and calls it directly (`bench/warm/bare-node.js`), so the difference is lampyr'"'"'s platform path.'
-  echo "Load is \`wrk --latency\` for $DURATION per run, after a $WARMUP warm-up per target and load shape; $ROUNDS runs per target alternate lampyr, bare, lampyr, bare, … and each row is the run with the median requests/s (range across runs in brackets)."
+  echo 'The same Node.js handler (an async function returning status 200, `text/plain`, `Hello World`) is measured through lampyr'"'"'s HTTP trigger, as `/fn/hello` (one warm instance, `max_instances = 1`, `concurrency = 64`) and as `/fn/hello-default` (the manifest every new function gets: `concurrency = 1`, `max_instances = 10`, one request at a time per instance), and through a bare Node.js `http` server that `require`s the same file and calls it directly (`bench/warm/bare-node.js`), so the difference is lampyr'"'"'s platform path.'
+  echo "Load is \`wrk --latency\` for $DURATION per run, after a $WARMUP warm-up per target and load shape; $ROUNDS runs per target alternate the three targets and each row is the run with the median requests/s (range across runs in brackets)."
   echo "wrk runs on the same CPUs as the server it measures, so its threads take CPU from that server: one thread drives 16 connections, and the \`-t2 -c16\` rows show what a second wrk thread, competing for the ${NPROC} CPUs, does to each server."
   echo
   echo "Machine: ${NPROC} CPUs${CPU_MODEL:+ ($CPU_MODEL)}, Linux $KERNEL, Node.js $NODE_VERSION, wrk $WRK_VERSION; lampyr $COMMIT; run $DATE. wrk, lampyr and Node.js share the machine."
@@ -284,15 +299,19 @@ SECTION="$WORK/section.md"
     threads="${shape%%:*}" conns="${shape##*:}"
     key="t${threads}c${conns}"
     read -r _ _ _ l_rps l_p50 l_p99 _ _ l_min l_max <<<"$(median "$key" lampyr)"
+    read -r _ _ _ d_rps d_p50 d_p99 _ _ d_min d_max <<<"$(median "$key" default)"
     read -r _ _ _ b_rps b_p50 b_p99 _ _ b_min b_max <<<"$(median "$key" bare)"
     ratio="$(awk -v a="$l_rps" -v b="$b_rps" 'BEGIN { printf "%.2f×", a / b }')"
+    d_ratio="$(awk -v a="$d_rps" -v b="$b_rps" 'BEGIN { printf "%.2f×", a / b }')"
     if [[ $ROUNDS -gt 1 ]]; then
       l_range=" ($(fmt_int "$l_min")–$(fmt_int "$l_max"))"
+      d_range=" ($(fmt_int "$d_min")–$(fmt_int "$d_max"))"
       b_range=" ($(fmt_int "$b_min")–$(fmt_int "$b_max"))"
     else
-      l_range="" b_range=""
+      l_range="" d_range="" b_range=""
     fi
-    echo "| $conns | \`-t$threads -c$conns\` | lampyr \`/fn/hello\` | $(fmt_int "$l_rps")$l_range | $l_p50 | $l_p99 | **$ratio** |"
+    echo "| $conns | \`-t$threads -c$conns\` | lampyr \`/fn/hello\` (concurrency 64) | $(fmt_int "$l_rps")$l_range | $l_p50 | $l_p99 | **$ratio** |"
+    echo "| $conns | \`-t$threads -c$conns\` | lampyr \`/fn/hello-default\` (default manifest) | $(fmt_int "$d_rps")$d_range | $d_p50 | $d_p99 | **$d_ratio** |"
     echo "| $conns | \`-t$threads -c$conns\` | bare Node.js | $(fmt_int "$b_rps")$b_range | $b_p50 | $b_p99 | |"
   done
   echo
