@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::draft::{lampyr_name, Draft};
 use crate::yaml::{refuse, Node, Res};
-use crate::{code_dir, environment, qualifier, schedule, timer_keys, HTTP_EVENT_NOTE};
+use crate::{code_dir, fc_settings, fc_timer, qualifier, HTTP_EVENT_NOTE};
 
 const SUPPORTED: &[&str] = &[
     "functionName",
@@ -76,22 +76,20 @@ fn function(id: &str, p: &Node, base: &Path) -> Res<Draft> {
         base,
         &need("code", "name the code directory, relative to s.yaml")?,
     )?);
-    if let Some(v) = p.get("memorySize")? {
-        d.set("memory_mb", v.int()?, &v.path);
-    }
-    if let Some(v) = p.get("timeout")? {
-        d.set("timeout", format!("{}s", v.int()?), &v.path);
-    }
-    if let Some(v) = p.get("instanceConcurrency")? {
-        d.set("concurrency", v.int()?, &v.path);
-    }
+    fc_settings(
+        &mut d,
+        p,
+        [
+            "memorySize",
+            "timeout",
+            "instanceConcurrency",
+            "environmentVariables",
+        ],
+    )?;
     if let Some(v) = p.get("internetAccess")? {
         if !v.bool()? {
             d.set("network", "none", &v.path);
         }
-    }
-    if let Some(v) = p.get("environmentVariables")? {
-        environment(&mut d, &v)?;
     }
     if let Some(l) = p.get("logConfig")? {
         d.note(format!(
@@ -146,13 +144,9 @@ fn trigger(d: &mut Draft, t: &Node) -> Res<()> {
                 return refuse(&format!("{}.triggerConfig", t.path), "is missing: a timer needs triggerConfig.cronExpression");
             };
             c.check_keys(&["cronExpression", "enable", "payload"], &[])?;
-            let expr = c.need("cronExpression", "write e.g. '@every 5m' or '0 0/5 * * * *'")?;
-            let sched = schedule::fc(&expr.text()?, &expr.path)?;
-            let enabled = c.get("enable")?.map(|v| v.bool()).transpose()?.unwrap_or(true);
-            let payload = c.get("payload")?.map(|v| v.text()).transpose()?;
             let name = lampyr_name(&name.text()?, &name.path, "timer")?;
-            d.timer(timer_keys(name, sched, enabled, payload, alias), &t.path);
-            Ok(())
+            let keys = ["cronExpression", "enable", "payload"];
+            fc_timer(d, &c, keys, name, alias, &t.path)
         }
         other => refuse(
             &ty.path,

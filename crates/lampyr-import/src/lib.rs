@@ -326,6 +326,48 @@ fn environment(d: &mut Draft, vars: &Node) -> Res<()> {
     Ok(())
 }
 
+/// The settings Function Compute's two kinds of template share, by their
+/// names in this one (`MemorySize` or `memorySize`, ...): memory, timeout
+/// (seconds), concurrency and environment.
+fn fc_settings(d: &mut Draft, p: &Node, [memory, timeout, concurrency, env]: [&str; 4]) -> Res<()> {
+    if let Some(v) = p.get(memory)? {
+        d.set("memory_mb", v.int()?, &v.path);
+    }
+    if let Some(v) = p.get(timeout)? {
+        d.set("timeout", format!("{}s", v.int()?), &v.path);
+    }
+    if let Some(v) = p.get(concurrency)? {
+        d.set("concurrency", v.int()?, &v.path);
+    }
+    if let Some(v) = p.get(env)? {
+        environment(d, &v)?;
+    }
+    Ok(())
+}
+
+/// A Function Compute timer's settings (`c`), by their names in this kind
+/// of template (`CronExpression` or `cronExpression`, ...), as timer
+/// `name` calling `alias`.
+fn fc_timer(
+    d: &mut Draft,
+    c: &Node,
+    [cron, enable, payload]: [&str; 3],
+    name: String,
+    alias: Option<String>,
+    origin: &str,
+) -> Res<()> {
+    let expr = c.need(cron, "write e.g. '@every 5m' or '0 0/5 * * * *'")?;
+    let sched = schedule::fc(&expr.text()?, &expr.path)?;
+    let enabled = c
+        .get(enable)?
+        .map(|v| v.bool())
+        .transpose()?
+        .unwrap_or(true);
+    let payload = c.get(payload)?.map(|v| v.text()).transpose()?;
+    d.timer(timer_keys(name, sched, enabled, payload, alias), origin);
+    Ok(())
+}
+
 /// A trigger's alias from a Function Compute qualifier (`LATEST`: none).
 fn qualifier(node: Option<Node>) -> Res<Option<String>> {
     let Some(q) = node else { return Ok(None) };

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::draft::{lampyr_name, Draft};
 use crate::yaml::{refuse, Node, Res};
-use crate::{code_dir, environment, qualifier, schedule, timer_keys};
+use crate::{code_dir, fc_settings, fc_timer, qualifier};
 
 const SUPPORTED: &[&str] = &[
     "Handler",
@@ -118,18 +118,16 @@ fn function(id: &str, f: &Node, base: &Path) -> Res<Draft> {
             "name the code directory, relative to the template",
         )?,
     )?);
-    if let Some(v) = p.get("MemorySize")? {
-        d.set("memory_mb", v.int()?, &v.path);
-    }
-    if let Some(v) = p.get("Timeout")? {
-        d.set("timeout", format!("{}s", v.int()?), &v.path);
-    }
-    if let Some(v) = p.get("InstanceConcurrency")? {
-        d.set("concurrency", v.int()?, &v.path);
-    }
-    if let Some(v) = p.get("EnvironmentVariables")? {
-        environment(&mut d, &v)?;
-    }
+    fc_settings(
+        &mut d,
+        &p,
+        [
+            "MemorySize",
+            "Timeout",
+            "InstanceConcurrency",
+            "EnvironmentVariables",
+        ],
+    )?;
     let mut any = false;
     if let Some(events) = f.get("Events")? {
         for (eid, e) in events.entries()? {
@@ -157,14 +155,10 @@ fn event(d: &mut Draft, id: &str, e: &Node) -> Res<()> {
         "Timer" => {
             let p = e.need("Properties", "a timer needs Properties.CronExpression")?;
             p.check_keys(&["CronExpression", "Enable", "Payload", "Qualifier"], &["Description"])?;
-            let expr = p.need("CronExpression", "write e.g. '@every 5m' or '0 0/5 * * * *'")?;
-            let sched = schedule::fc(&expr.text()?, &expr.path)?;
-            let enabled = p.get("Enable")?.map(|v| v.bool()).transpose()?.unwrap_or(true);
-            let payload = p.get("Payload")?.map(|v| v.text()).transpose()?;
             let alias = qualifier(p.get("Qualifier")?)?;
             let name = lampyr_name(id, &e.path, "timer")?;
-            d.timer(timer_keys(name, sched, enabled, payload, alias), &e.path);
-            Ok(())
+            let keys = ["CronExpression", "Enable", "Payload"];
+            fc_timer(d, &p, keys, name, alias, &e.path)
         }
         other => refuse(
             &ty.path,

@@ -5,118 +5,14 @@ use super::*;
 use lampyr_api::manifest::TriggerSpec;
 
 /// The hello-world `sam init` writes (Node.js 20, an Api event).
-const SAM_HELLO: &str = r#"AWSTemplateFormatVersion: '2010-09-09'
-Transform: AWS::Serverless-2016-10-31
-Description: >
-  sam-app
-
-  Sample SAM Template for sam-app
-
-# More info about Globals: https://github.com/awslabs/serverless-application-model/blob/master/docs/globals.rst
-Globals:
-  Function:
-    Timeout: 3
-
-Resources:
-  HelloWorldFunction:
-    Type: AWS::Serverless::Function # More info about Function Resource: https://github.com/awslabs/serverless-application-model/blob/master/versions/2016-10-31.md#awsserverlessfunction
-    Properties:
-      CodeUri: hello-world/
-      Handler: app.lambdaHandler
-      Runtime: nodejs20.x
-      Architectures:
-      - ARCH
-      Events:
-        HelloWorld:
-          Type: Api # More info about API Event Source: https://github.com/awslabs/serverless-application-model/blob/master/versions/2016-10-31.md#api
-          Properties:
-            Path: /hello
-            Method: get
-
-Outputs:
-  # ServerlessRestApi is an implicit API created by Serverless Application Model (SAM) (Events.HelloWorld.Type)
-  HelloWorldApi:
-    Description: "API Gateway endpoint URL for Prod stage for Hello World function"
-    Value: !Sub "https://${ServerlessRestApi}.execute-api.${AWS::Region}.amazonaws.com/Prod/hello/"
-  HelloWorldFunction:
-    Description: "Hello World Lambda Function ARN"
-    Value: !GetAtt HelloWorldFunction.Arn
-  HelloWorldFunctionIamRole:
-    Description: "Implicit IAM role created for Hello World function"
-    Value: !GetAtt HelloWorldFunctionRole.Arn
-"#;
+const SAM_HELLO: &str = include_str!("../fixtures/sam-template.yaml");
 
 /// The template.yml `fun init` writes for a timer function, with the
 /// reference's service.
-const FC_HELLO: &str = r#"ROSTemplateFormatVersion: '2015-09-01'
-Transform: 'Aliyun::Serverless-2018-04-03'
-Resources:
-  GreetingService:
-    Type: 'Aliyun::Serverless::Service'
-    Properties:
-      Description: 'hello world'
-    GreetingFunction:
-      Type: 'Aliyun::Serverless::Function'
-      Properties:
-        Handler: index.handler
-        Runtime: nodejs20
-        CodeUri: './'
-        MemorySize: 128
-        Timeout: 60
-        InstanceConcurrency: 1
-        EnvironmentVariables:
-          KEY: value
-      Events:
-        timerTrigger:
-          Type: Timer
-          Properties:
-            CronExpression: '0 0 8 * * *'
-            Enable: true
-            Payload: 'awesome-fc'
-"#;
+const FC_HELLO: &str = include_str!("../fixtures/fc-template.yml");
 
 /// The s.yaml `s init start-fc3-nodejs` writes, its triggers uncommented.
-const S_YAML: &str = r#"edition: 3.0.0
-name: hello-world-app
-access: "default"
-
-vars: # 全局变量
-  region: "cn-hangzhou"
-
-resources:
-  hello_world:
-    # 如果只想针对 hello_world 下面的业务进行相关操作，可以在命令行中加上 hello_world
-    component: fc3
-    props:
-      region: ${vars.region}
-      functionName: "start-nodejs-s1mr"
-      description: 'hello world by serverless devs'
-      runtime: "nodejs20"
-      code: ./code
-      handler: index.handler
-      memorySize: 128
-      timeout: 30
-      logConfig: auto
-      environmentVariables:
-        REGION: ${vars.region}
-      triggers:
-        - triggerName: httpTrigger # 触发器名称
-          triggerType: http # 触发器类型
-          description: 'xxxx'
-          qualifier: LATEST # 触发服务的版本
-          triggerConfig:
-            authType: anonymous # 鉴权类型，可选值：anonymous、function
-            disableURLInternet: false # 是否禁用公网访问 URL
-            methods: # HTTP 触发器支持的访问方法
-              - GET
-              - POST
-        - triggerName: timerTrigger
-          triggerType: timer
-          triggerConfig:
-            cronExpression: '@every 5m'
-            enable: true
-            payload: 'hello'
-"#;
+const S_YAML: &str = include_str!("../fixtures/fc3-s.yaml");
 
 struct Project {
     dir: tempfile::TempDir,
