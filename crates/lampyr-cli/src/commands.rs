@@ -19,6 +19,7 @@ impl CommandError {
             CommandError::Client(ClientError::Decode(_)) => "bad_answer",
             CommandError::Manifest(_) => "invalid_manifest",
             CommandError::Package { .. } => "invalid_package",
+            CommandError::Template(_) => "invalid_template",
             CommandError::Input(_) => "invalid_input",
             CommandError::FunctionFailed => "function_error",
         };
@@ -42,6 +43,9 @@ pub enum CommandError {
     },
     #[error("{0}")]
     Input(String),
+    /// A template that cannot be deployed as written.
+    #[error(transparent)]
+    Template(#[from] lampyr_import::ImportError),
     /// The function ran and failed; the details are already printed.
     #[error("the function returned an error")]
     FunctionFailed,
@@ -80,6 +84,9 @@ pub struct DeployArgs {
     pub alias: Option<String>,
     /// With `alias`: `PERCENT%/INTERVAL`, a canary first.
     pub canary: Option<String>,
+    /// With a template: deploy only this function (its name in the
+    /// template or in lampyr).
+    pub function: Option<String>,
 }
 
 /// The function directory and manifest a `deploy` path names.
@@ -95,13 +102,22 @@ fn function_dir(path: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf),
         return Ok((dir, path.to_path_buf()));
     }
     Err(CommandError::Input(format!(
-        "{} is neither a function directory nor a lampyr.toml: pass the directory that holds lampyr.toml (default: the current one), or the lampyr.toml itself",
+        "{} is neither a function directory nor a lampyr.toml: pass the directory that holds lampyr.toml (default: the current one), the lampyr.toml itself, or a template (template.yaml, template.yml, s.yaml)",
         path.display()
     )))
 }
 
-/// `lampyr deploy [DIR | DIR/lampyr.toml]`.
+/// `lampyr deploy [DIR | DIR/lampyr.toml | TEMPLATE]`.
 pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), CommandError> {
+    if lampyr_import::is_template_path(&args.path) {
+        return crate::templates::deploy(client, args, json);
+    }
+    if args.function.is_some() {
+        return Err(CommandError::Input(format!(
+            "--function picks one function of a template (template.yaml, template.yml, s.yaml), and {} is not one: drop --function",
+            args.path.display()
+        )));
+    }
     let (dir, manifest_path) = function_dir(&args.path)?;
     let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
         CommandError::Manifest(format!(
@@ -131,6 +147,25 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
         ),
     );
     let pkg = lampyr_package::pack_dir(&dir).map_err(package_err)?;
+    let res = upload(client, &spec.name, &pkg, args, args.alias.as_deref(), json)?;
+    if json {
+        print_json(&res);
+    } else {
+        report(&res, t);
+    }
+    Ok(())
+}
+
+/// Uploads package `pkg` of function `name` as `args` say (pointing
+/// `alias` at the new version, if given), with the progress lines.
+pub(crate) fn upload(
+    client: &Client,
+    name: &str,
+    pkg: &[u8],
+    args: &DeployArgs,
+    alias: Option<&str>,
+    json: bool,
+) -> Result<DeployResult, CommandError> {
     // The server's limit, checked here so the answer names it instead of
     // a connection the server cut mid-upload.
     if let Ok(limits) = client.get_json::<lampyr_api::DoctorReport>("/api/v1/doctor") {
@@ -158,7 +193,7 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
             crate::versions::encode_component(d)
         ));
     }
-    if let Some(a) = &args.alias {
+    if let Some(a) = alias {
         query.push(format!("alias={}", crate::versions::encode_component(a)));
     }
     if let Some(c) = &args.canary {
@@ -166,11 +201,11 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
             .map_err(|m| CommandError::Input(format!("--canary: {m}")))?;
         query.push(format!("canary={}", crate::versions::encode_component(c)));
     }
-    let mut path = format!("/api/v1/functions/{}", spec.name);
+    let mut path = format!("/api/v1/functions/{name}");
     if !query.is_empty() {
         path = format!("{path}?{}", query.join("&"));
     }
-    let reply = match client.call("PUT", &path, Some(&pkg)) {
+    let reply = match client.call("PUT", &path, Some(pkg)) {
         Ok(r) => r,
         Err(ClientError::Server { status: 413, code, message }) => {
             // A server names the limit and its setting; for one that does
@@ -208,39 +243,39 @@ pub fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<(), Comm
             res.version, res.build_ms
         ),
     );
-    if json {
-        print_json(&res);
+    Ok(res)
+}
+
+/// What `lampyr deploy` prints for people once a function is deployed.
+pub(crate) fn report(res: &DeployResult, t: Instant) {
+    let what = if res.changed {
+        "deployed"
     } else {
-        let what = if res.changed {
-            "deployed"
-        } else {
-            "unchanged, still"
-        };
-        let _ = writeln!(
-            out(),
-            "{} {what} version {} in {:.0} ms\n{}",
-            res.name,
-            res.version,
-            t.elapsed().as_secs_f64() * 1000.0,
-            res.url
-        );
-        if let Some(a) = &res.alias {
-            let _ = writeln!(out(), "alias {} → {}", a.alias, a.target);
-            if let Some(c) = &a.canary {
-                let _ = writeln!(
-                    out(),
-                    "canary: version {} on {:.0}% until {}, then promoted unless its error rate is more than {:.1} points above version {}'s (`lampyr alias ls {}`)",
-                    c.to,
-                    c.weight * 100.0,
-                    c.decide_at,
-                    c.threshold * 100.0,
-                    c.from,
-                    res.name
-                );
-            }
+        "unchanged, still"
+    };
+    let _ = writeln!(
+        out(),
+        "{} {what} version {} in {:.0} ms\n{}",
+        res.name,
+        res.version,
+        t.elapsed().as_secs_f64() * 1000.0,
+        res.url
+    );
+    if let Some(a) = &res.alias {
+        let _ = writeln!(out(), "alias {} → {}", a.alias, a.target);
+        if let Some(c) = &a.canary {
+            let _ = writeln!(
+                out(),
+                "canary: version {} on {:.0}% until {}, then promoted unless its error rate is more than {:.1} points above version {}'s (`lampyr alias ls {}`)",
+                c.to,
+                c.weight * 100.0,
+                c.decide_at,
+                c.threshold * 100.0,
+                c.from,
+                res.name
+            );
         }
     }
-    Ok(())
 }
 
 fn too_big(size: u64, max: u64) -> String {
@@ -259,39 +294,8 @@ fn dry_run(
     package_bytes: u64,
     json: bool,
 ) -> Result<(), CommandError> {
-    let rules = if plan.from_ignore_file {
-        format!("{}/{}", dir.display(), lampyr_package::IGNORE_FILE)
-    } else {
-        format!(
-            "the defaults ({}; write a {} to choose)",
-            lampyr_package::DEFAULT_IGNORE.join(", "),
-            lampyr_package::IGNORE_FILE
-        )
-    };
     if json {
-        let entries: Vec<serde_json::Value> = plan
-            .entries
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "path": e.path,
-                    "size": e.size,
-                    "kind": match e.kind {
-                        lampyr_package::EntryKind::File => "file",
-                        lampyr_package::EntryKind::Dir => "dir",
-                        lampyr_package::EntryKind::Link => "link",
-                    },
-                })
-            })
-            .collect();
-        print_json(&serde_json::json!({
-            "name": spec.name,
-            "dir": dir,
-            "entries": entries,
-            "bytes": plan.bytes(),
-            "package_bytes": package_bytes,
-            "ignore_file": plan.from_ignore_file,
-        }));
+        print_json(&plan_json(&spec.name, dir, plan, package_bytes));
         return Ok(());
     }
     let mut o = out();
@@ -308,19 +312,69 @@ fn dry_run(
             e.path.display()
         );
     }
+    let _ = writeln!(
+        o,
+        "{} would ship {}; nothing was uploaded",
+        spec.name,
+        shipped(dir, plan, package_bytes)
+    );
+    Ok(())
+}
+
+/// What a package holds, for people: "N file(s), SIZE (SIZE packed); left
+/// out by RULES".
+pub(crate) fn shipped(dir: &Path, plan: &lampyr_package::Plan, package_bytes: u64) -> String {
+    let rules = if plan.from_ignore_file {
+        format!("{}/{}", dir.display(), lampyr_package::IGNORE_FILE)
+    } else {
+        format!(
+            "the defaults ({}; write a {} to choose)",
+            lampyr_package::DEFAULT_IGNORE.join(", "),
+            lampyr_package::IGNORE_FILE
+        )
+    };
     let files = plan
         .entries
         .iter()
         .filter(|e| e.kind == lampyr_package::EntryKind::File)
         .count();
-    let _ = writeln!(
-        o,
-        "{} would ship {files} file(s), {} ({} packed); left out by {rules}; nothing was uploaded",
-        spec.name,
+    format!(
+        "{files} file(s), {} ({} packed); left out by {rules}",
         lampyr_package::size(plan.bytes()),
         lampyr_package::size(package_bytes)
-    );
-    Ok(())
+    )
+}
+
+/// What a package holds, for scripts.
+pub(crate) fn plan_json(
+    name: &str,
+    dir: &Path,
+    plan: &lampyr_package::Plan,
+    package_bytes: u64,
+) -> serde_json::Value {
+    let entries: Vec<serde_json::Value> = plan
+        .entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "path": e.path,
+                "size": e.size,
+                "kind": match e.kind {
+                    lampyr_package::EntryKind::File => "file",
+                    lampyr_package::EntryKind::Dir => "dir",
+                    lampyr_package::EntryKind::Link => "link",
+                },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": name,
+        "dir": dir,
+        "entries": entries,
+        "bytes": plan.bytes(),
+        "package_bytes": package_bytes,
+        "ignore_file": plan.from_ignore_file,
+    })
 }
 
 /// Reads `--data`: inline JSON, or `@file`.

@@ -11,6 +11,7 @@ pub mod events;
 pub mod keys;
 pub mod paths;
 pub mod scaffold;
+mod templates;
 pub mod versions;
 
 pub use client::{Client, ClientError};

@@ -169,39 +169,70 @@ pub fn plan(dir: &Path) -> Result<Plan, PackageError> {
 /// Packs a function directory into a deterministic `.tar.gz`, leaving out
 /// what its `.lampyrignore` (or [`DEFAULT_IGNORE`]) names.
 pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
-    let entries: Vec<PathBuf> = plan(dir)?.entries.into_iter().map(|e| e.path).collect();
+    pack(dir, None)
+}
+
+/// Packs a directory of code as [`pack_dir`] does, with `manifest` as its
+/// `lampyr.toml` (a manifest made from another platform's template, for
+/// code that has none); a directory with a `lampyr.toml` of its own is
+/// refused, as the two could disagree.
+pub fn pack_dir_with_manifest(dir: &Path, manifest: &str) -> Result<Vec<u8>, PackageError> {
+    pack(dir, Some(manifest))
+}
+
+fn pack(dir: &Path, manifest: Option<&str>) -> Result<Vec<u8>, PackageError> {
+    let mut entries: Vec<PathBuf> = plan(dir)?.entries.into_iter().map(|e| e.path).collect();
+    let manifest_path = Path::new("lampyr.toml");
+    if manifest.is_some() {
+        if entries.iter().any(|e| e == manifest_path) {
+            return Err(PackageError::Invalid(format!(
+                "{} has a lampyr.toml of its own: deploy the directory with it (`lampyr deploy {}`), or remove it to deploy from the template",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        entries.push(manifest_path.to_path_buf());
+        entries.sort();
+    }
     let gz = GzEncoder::new(Vec::new(), Compression::fast());
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     tar.follow_symlinks(false);
+    // Every entry's header: no times, no owners, modes reduced.
+    let header = |kind: tar::EntryType, size: u64, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h
+    };
     for rel in entries {
+        if let Some(text) = manifest.filter(|_| rel == manifest_path) {
+            let mut h = header(tar::EntryType::Regular, text.len() as u64, 0o644);
+            tar.append_data(&mut h, &rel, text.as_bytes())
+                .map_err(io(dir))?;
+            continue;
+        }
         let full = dir.join(&rel);
         let meta = std::fs::symlink_metadata(&full).map_err(io(&full))?;
-        let mut header = tar::Header::new_gnu();
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&full).map_err(io(&full))?;
             check_link(&rel, &target)?;
-            header.set_entry_type(tar::EntryType::Symlink);
-            header.set_size(0);
-            header.set_mode(0o777);
-            tar.append_link(&mut header, &rel, &target)
-                .map_err(io(&full))?;
+            let mut h = header(tar::EntryType::Symlink, 0, 0o777);
+            tar.append_link(&mut h, &rel, &target).map_err(io(&full))?;
         } else if meta.is_dir() {
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_size(0);
-            header.set_mode(0o755);
-            tar.append_data(&mut header, &rel, std::io::empty())
+            let mut h = header(tar::EntryType::Directory, 0, 0o755);
+            tar.append_data(&mut h, &rel, std::io::empty())
                 .map_err(io(&full))?;
         } else if meta.is_file() {
             let exec = meta.permissions().mode() & 0o111 != 0;
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(meta.len());
-            header.set_mode(if exec { 0o755 } else { 0o644 });
+            let mode = if exec { 0o755 } else { 0o644 };
+            let mut h = header(tar::EntryType::Regular, meta.len(), mode);
             let f = std::fs::File::open(&full).map_err(io(&full))?;
-            tar.append_data(&mut header, &rel, f).map_err(io(&full))?;
+            tar.append_data(&mut h, &rel, f).map_err(io(&full))?;
         }
     }
     let gz = tar.into_inner().map_err(io(dir))?;
@@ -725,6 +756,30 @@ mod tests {
             left -= n;
         }
         gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_manifest_made_elsewhere_is_packed_as_lampyr_toml() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("index.js"), "x").unwrap();
+        let text = "name = \"a\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
+        let pkg = pack_dir_with_manifest(d.path(), text).unwrap();
+        assert_eq!(
+            pkg,
+            pack_dir_with_manifest(d.path(), text).unwrap(),
+            "deterministic"
+        );
+        let out = tempfile::tempdir().unwrap();
+        unpack(&pkg, out.path(), NO_LIMITS).unwrap();
+        assert_eq!(read_manifest(out.path(), 1 << 16).unwrap(), text);
+        assert_eq!(std::fs::read(out.path().join("index.js")).unwrap(), b"x");
+        // Packed as if the file were there.
+        std::fs::write(d.path().join("lampyr.toml"), text).unwrap();
+        assert_eq!(pack_dir(d.path()).unwrap(), pkg);
+        let e = pack_dir_with_manifest(d.path(), text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has a lampyr.toml of its own"), "{e}");
     }
 
     #[test]

@@ -105,18 +105,30 @@ enum Command {
     },
     /// Validate, package and upload a function; prints its URL.
     ///
+    /// PATH may also be another platform's template: AWS SAM's
+    /// template.yaml, Function Compute's template.yml or Serverless Devs'
+    /// s.yaml. Each of its functions is deployed from its code directory
+    /// with the lampyr.toml made of it (`--dry-run` prints it); a field
+    /// lampyr does not support is refused by name.
+    ///
     /// The server checks that the new version loads (starts an instance and
     /// loads its handler, within the function's init timeout) before it takes
     /// traffic; if it does not, the deploy fails with the error and the
     /// previous version keeps serving.
     Deploy {
-        /// The function's directory, or its lampyr.toml.
+        /// The function's directory, its lampyr.toml, or a template
+        /// (template.yaml, template.yml, s.yaml).
         #[arg(default_value = ".")]
         path: PathBuf,
         /// List what would be shipped (after .lampyrignore) and its size;
-        /// upload nothing.
+        /// upload nothing. With a template: print the lampyr.toml made of
+        /// each function.
         #[arg(long)]
         dry_run: bool,
+        /// With a template: deploy only this function (its name in the
+        /// template or in lampyr) [default: every function]
+        #[arg(long, value_name = "NAME")]
+        function: Option<String>,
         /// Skip the load check (for code whose initialisation needs what
         /// only a request brings).
         #[arg(long)]
@@ -382,6 +394,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy {
             path,
             dry_run,
+            function,
             no_verify,
             description,
             alias,
@@ -394,6 +407,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 description: description.clone(),
                 alias: alias.clone(),
                 canary: canary.clone(),
+                function: function.clone(),
             };
             Ok(lampyr_cli::deploy(&client(), &args, cli.json)?)
         }

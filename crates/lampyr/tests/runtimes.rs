@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Fixture, Server};
+use common::{installed, Fixture, Server};
 use serde_json::Value;
 
 /// `major.minor` of a version.
@@ -37,28 +37,6 @@ fn pythons(server: &Server) -> Vec<(String, String)> {
         ));
     }
     all
-}
-
-/// `major` and `major.minor` of each runtime's default `lampyr doctor` found.
-fn installed(server: &Server) -> (String, String) {
-    let out = server.cli(&["doctor", "--json"]);
-    assert!(out.status.success());
-    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let version = |rt: &str| {
-        d["runtimes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["runtime"] == rt)
-            .and_then(|r| r["version"].as_str())
-            .unwrap_or_else(|| panic!("doctor found no {rt}: {d}"))
-            .to_string()
-    };
-    let node = version("nodejs");
-    let python = version("python");
-    let node_major = node.split('.').next().unwrap().to_string();
-    let python_minor = python.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
-    (node_major, python_minor)
 }
 
 #[test]

@@ -645,3 +645,25 @@ impl Fixture {
 pub fn fresh(r: &Resp) -> bool {
     matches!(r.header("x-lampyr-start"), Some("cold") | Some("pooled"))
 }
+
+/// `major` and `major.minor` of each runtime `lampyr doctor` found.
+pub fn installed(server: &Server) -> (String, String) {
+    let out = server.cli(&["doctor", "--json"]);
+    assert!(out.status.success());
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = |rt: &str| {
+        d["runtimes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["runtime"] == rt)
+            .and_then(|r| r["version"].as_str())
+            .unwrap_or_else(|| panic!("doctor found no {rt}: {d}"))
+            .to_string()
+    };
+    let node = version("nodejs");
+    let python = version("python");
+    let node_major = node.split('.').next().unwrap().to_string();
+    let python_minor = python.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
+    (node_major, python_minor)
+}
