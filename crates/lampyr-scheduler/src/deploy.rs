@@ -120,8 +120,7 @@ impl Scheduler {
             });
         }
         if let Err(e) = self.check_trigger_aliases(&staged, opts.alias.as_deref()) {
-            let store = self.inner.store.clone();
-            let _ = blocking(move || store.discard(staged)).await;
+            self.discard(staged).await;
             return Err(e);
         }
         let store = self.inner.store.clone();
@@ -137,8 +136,7 @@ impl Scheduler {
                     check_time = Some(started.elapsed());
                 }
                 Err(e) => {
-                    let store = self.inner.store.clone();
-                    let _ = blocking(move || store.discard(staged)).await;
+                    self.discard(staged).await;
                     return Err(e);
                 }
             }
@@ -202,6 +200,16 @@ impl Scheduler {
             .into());
         }
         Ok(())
+    }
+
+    /// Drops a refused package: its code (unless a recorded version uses
+    /// it) and that code's sandbox view, which would otherwise show the
+    /// same package deployed again an empty directory.
+    async fn discard(&self, staged: Staged) {
+        let store = self.inner.store.clone();
+        if let Ok(Ok(Some(dir))) = blocking(move || store.discard(staged)).await {
+            self.inner.config.sandboxer.forget_code(&dir);
+        }
     }
 
     /// Starts an instance of the staged version `version` and loads its
