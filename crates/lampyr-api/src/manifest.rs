@@ -1084,10 +1084,11 @@ pub(crate) fn duration_in(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MIN: &str = "name = \"hello\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
+    pub(crate) const MIN: &str =
+        "name = \"hello\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
 
     #[test]
     fn defaults_fill_in() {
@@ -1268,7 +1269,8 @@ mod tests {
         assert_eq!(s.auth, Auth::Token);
     }
 
-    fn err(extra: &str) -> String {
+    /// The error for a minimal manifest with `extra` lines.
+    pub(crate) fn err(extra: &str) -> String {
         FunctionSpec::from_toml(&format!("{MIN}{extra}"))
             .unwrap_err()
             .to_string()

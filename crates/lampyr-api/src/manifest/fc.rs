@@ -114,15 +114,8 @@ pub(crate) fn initializer(
 
 #[cfg(test)]
 mod tests {
+    use crate::manifest::tests::{err, MIN};
     use crate::FunctionSpec;
-
-    const MIN: &str = "name = \"hello\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
-
-    fn err(extra: &str) -> String {
-        FunctionSpec::from_toml(&format!("{MIN}{extra}"))
-            .unwrap_err()
-            .to_string()
-    }
 
     #[test]
     fn handler_types_and_initializers_are_read_and_checked() {
