@@ -89,6 +89,24 @@ exports.handler = async (req, resp, context) => {
     let r = server.call("POST", "fc-node/stream", Some(b"twelve bytes"));
     assert_eq!((r.status, r.text()), (200, "streamed 12 bytes".to_string()));
 
+    // An HTTP request run asynchronously is still an HTTP request.
+    let r = request(
+        "POST",
+        &format!("{}/fn/fc-node/later", server.url),
+        Some(b"queued"),
+        &[("x-lampyr-invocation-type", "event")],
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["request_id"].as_str().unwrap().to_string();
+    server.wait_until(
+        "the queued request to succeed",
+        Duration::from_secs(20),
+        || {
+            let r = server.api("GET", &format!("/invocations/{id}"), None);
+            r.status == 200 && r.json()["state"] == "succeeded"
+        },
+    );
+
     // Only HTTP requests can call an HTTP handler: a raw invocation gets
     // an error saying so.
     let r = server.api("POST", "/functions/fc-node/invoke", Some(b"{}"));
