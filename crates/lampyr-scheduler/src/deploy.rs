@@ -3,8 +3,9 @@
 //!
 //! A deploy is staged by the store (validated, unpacked, prepared, nothing
 //! recorded), then **checked**: an instance of the new version is started
-//! with the function's limits and its handler loaded, within its init
-//! timeout (the function's `timeout`, at least 10 s). Only if that works is
+//! with the function's limits and its handler loaded (its initializer run,
+//! if it has one), within its init timeout (the function's `timeout`, at
+//! least 10 s, plus the initializer's own). Only if that works is
 //! the version recorded and made current, and the instance that passed the
 //! check serves it at once. If the handler does not load, the deploy fails
 //! with the runtime's error and the previous version keeps serving;
