@@ -97,6 +97,11 @@ NODE_FILES = {
         exports.late = async () => { setTimeout(() => { throw new Error('late boom'); }, 20); return 'ok'; };
         exports.echo = async (event) => event;
         exports.notAFunction = 42;
+        exports.fcHttp = (req, resp, context) => {
+          resp.setStatusCode(207);
+          resp.setHeader('X-A', ['1', '2']);
+          resp.send(Buffer.from([0, 255]));
+        };
         exports.moduleInfo = async () => ({
           filename: __filename, dirname: __dirname, id: module.id, loaded: module.loaded,
           cached: require.cache[__filename] === module, leftpad: require.resolve('leftpad'),
@@ -216,6 +221,10 @@ PY_FILES = {
             return event
 
         not_callable = 42
+
+        def wsgi(environ, start_response):
+            start_response('207 Multi-Status', [('X-A', '1'), ('X-A', '2')])
+            return [b'\x00', b'\xff']
     """,
     "vendored_pkg/__init__.py": r"""
         def greet(name):
@@ -378,12 +387,13 @@ class Runtime(object):
     def hello(self):
         return json.loads(self.expect(T_HELLO, timeout=15))
 
-    def load(self, task_root, handler, concurrency=1, timeout_ms=10000, env=None, expect=T_LOADED):
+    def load(self, task_root, handler, concurrency=1, timeout_ms=10000, env=None, expect=T_LOADED, extra=None):
         cfg = {
             "handler": handler, "task_root": task_root, "function_name": "fixture-fn",
             "function_version": "7", "memory_mb": 256, "timeout_ms": timeout_ms,
             "concurrency": concurrency, "env": env if env is not None else {"MY_SETTING": "on"},
         }
+        cfg.update(extra or {})
         self.timeout_ms = timeout_ms
         self.send(T_LOAD, json.dumps(cfg).encode())
         return json.loads(self.expect(expect, timeout=15))
@@ -1068,6 +1078,44 @@ def overhead(kind, root):
 
 
 # ---------------------------------------------------------------- main
+
+
+HTTP_EVENT = {
+    "version": "2.0", "rawPath": "/p", "rawQueryString": "", "headers": {"host": "h:1"},
+    "requestContext": {"apiId": "fixture-fn", "http": {
+        "method": "GET", "path": "/p", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1"}},
+    "isBase64Encoded": False,
+}
+
+
+@test()
+def fc_http_handlers_answer_with_proxy_results(kind, root):
+    rt = Runtime(kind)
+    try:
+        rt.start(root, "index.fcHttp" if kind == "nodejs" else "app.wsgi", extra={"handler_type": "http"})
+        eq(rt.call(HTTP_EVENT, inv_id=1), {
+            "statusCode": 207, "headers": {}, "multiValueHeaders": {"x-a": ["1", "2"]},
+            "body": "AP8=", "isBase64Encoded": True,
+        }, "proxy result")
+        err = rt.call({"not": "http"}, inv_id=2, expect=T_ERROR)
+        eq(err.get("errorType"), "Runtime.NotHttpEvent", "a non-HTTP event's error")
+        # The instance goes on serving.
+        eq(rt.call(HTTP_EVENT, inv_id=3)["statusCode"], 207, "after the error")
+    finally:
+        rt.close()
+
+
+@test()
+def a_missing_initializer_is_a_load_error(kind, root):
+    rt = Runtime(kind)
+    try:
+        err = rt.start(root, mod(kind) + ".obj", extra={"initializer": mod(kind) + ".nope"},
+                       expect=T_LOAD_ERROR)
+        eq(err.get("errorType"), "Runtime.InitializerNotFound", "errorType")
+        check("nope" in err.get("errorMessage", ""), "the message names it: %r" % err)
+        rt.wait_exit()
+    finally:
+        rt.close()
 
 
 def main(argv):

@@ -526,6 +526,201 @@ function invoke(id, deadline, rid, eventStr) {
   als.run(rid, runHandler, id, rid, deadline, event);
 }
 
+// ---------------------------------------------------------------- Function Compute
+
+// Function Compute's context fields, the same for every invocation of the
+// instance: set once at LOAD on Context's prototype, so an invocation pays
+// nothing for them. lampyr has no STS: the credentials are empty strings,
+// as FC's are for a service without a role; no log service either
+// (logProject, logStore empty); a function stands alone, so its service is
+// named after it; the qualifier is the version the instance runs.
+function setFcContext(cfg, handlerStr) {
+  const P = Context.prototype;
+  P.credentials = Object.freeze({ accessKeyId: '', accessKeySecret: '', securityToken: '' });
+  P.function = Object.freeze({
+    name: fnName,
+    handler: handlerStr,
+    memory: Number(memoryMb),
+    timeout: Math.ceil(Number(cfg.timeout_ms || 0) / 1000),
+    initializer: cfg.initializer ? String(cfg.initializer) : '',
+    initializationTimeout: Math.ceil(Number(cfg.initialization_timeout_ms || 0) / 1000),
+  });
+  P.service = Object.freeze({
+    name: fnName, logProject: '', logStore: '', qualifier: fnVersion, versionId: fnVersion,
+  });
+  P.region = String(cfg.region || 'local');
+  P.accountId = String(cfg.account_id || '000000000000');
+  P.logger = console;
+}
+Object.defineProperty(Context.prototype, 'requestId', {
+  get() {
+    return this.awsRequestId;
+  },
+});
+
+// Runs the initializer (`exports.init = (context, callback)`, or async)
+// once, before LOADED, within its timeout. False once a LOAD_ERROR has been
+// sent.
+async function runInitializer(cfg, taskRoot) {
+  const entry = String(cfg.initializer);
+  const init = await findExport(entry, taskRoot, 'Runtime.InitializerNotFound');
+  if (init === null) return false;
+  const limitMs = Number(cfg.initialization_timeout_ms || 3000);
+  let suffix = '';
+  for (let i = 0; i < 2; i++) suffix += Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, '0');
+  const outcome = await new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ timeout: true }), limitMs);
+    const settle = (err) => {
+      clearTimeout(timer);
+      resolve({ err });
+    };
+    const ok = () => settle(null);
+    const fail = (e) => settle(e === undefined || e === null ? new Error(String(e)) : e);
+    const ctx = new Context('init-' + suffix, Date.now() + limitMs, ok, fail);
+    try {
+      const ret = init.length >= 2
+        ? init(ctx, (err) => (err !== undefined && err !== null ? fail(err) : ok()))
+        : init(ctx);
+      if (isThenable(ret)) Promise.resolve(ret).then(ok, fail);
+      else if (init.length < 2) ok();
+    } catch (e) {
+      fail(e);
+    }
+  });
+  if (outcome.timeout) {
+    loadFailed('Runtime.InitializerTimeout', 'the initializer ' + entry + ' did not finish within ' +
+      limitMs / 1000 + ' s (initialization_timeout in lampyr.toml): make it faster, or raise the limit', []);
+    return false;
+  }
+  if (outcome.err) {
+    const o = errorObject(outcome.err);
+    loadFailed('Runtime.InitializerError', 'the initializer ' + entry + ' failed: ' + o.errorType + ': ' +
+      o.errorMessage, o.stackTrace);
+    return false;
+  }
+  return true;
+}
+
+// Function Compute's HTTP handler, `handler(req, resp, context)`, as an
+// ordinary handler of the HTTP trigger's payload-2.0 event: `req` is a
+// readable stream of the body with FC's fields, and `resp.send` ends the
+// call with a proxy result. Chosen once at LOAD.
+function fcHttpHandler(fn) {
+  const { Readable } = require('node:stream');
+  return (event, ctx) => new Promise((resolve, reject) => {
+    const http = event !== null && typeof event === 'object' && event.requestContext &&
+      event.requestContext.http;
+    if (!http) {
+      const e = new Error('this function has an HTTP handler (handler_type = "http"), which only HTTP ' +
+        'requests through its URL can call; it was called with another event');
+      e.name = 'Runtime.NotHttpEvent';
+      throw e;
+    }
+    const body = typeof event.body === 'string'
+      ? Buffer.from(event.body, event.isBase64Encoded ? 'base64' : 'utf8') : null;
+    const req = new Readable({ read() {} });
+    if (body !== null && body.length > 0) req.push(body);
+    req.push(null);
+    const headers = Object.assign({}, event.headers);
+    if (Array.isArray(event.cookies) && event.cookies.length > 0) headers.cookie = event.cookies.join('; ');
+    const qs = event.rawQueryString || '';
+    req.headers = headers;
+    req.path = event.rawPath || '/';
+    req.queries = fcQueries(qs);
+    req.method = http.method;
+    req.clientIP = http.sourceIp;
+    req.url = req.path + (qs === '' ? '' : '?' + qs);
+    let ret;
+    try {
+      ret = fn(req, new FcResponse(resolve), ctx);
+    } catch (e) {
+      reject(e);
+      return;
+    }
+    if (isThenable(ret)) Promise.resolve(ret).then(undefined, reject);
+  });
+}
+
+// `req.queries`: each name's value, or its values when it repeats.
+function fcQueries(qs) {
+  const out = {};
+  if (qs === '') return out;
+  for (const [k, v] of new URLSearchParams(qs)) {
+    const had = out[k];
+    if (had === undefined) out[k] = v;
+    else if (Array.isArray(had)) had.push(v);
+    else out[k] = [had, v];
+  }
+  return out;
+}
+
+class FcResponse {
+  #send;
+  #status = 200;
+  #headers = Object.create(null);
+  #sent = false;
+
+  constructor(send) {
+    this.#send = send;
+  }
+
+  setStatusCode(code) {
+    const n = Number(code);
+    if (!Number.isInteger(n) || n < 100 || n > 599) throw new TypeError('invalid status code ' + code);
+    this.#status = n;
+  }
+
+  setHeader(name, value) {
+    this.#headers[String(name).toLowerCase()] = Array.isArray(value) ? value.map(String) : String(value);
+  }
+
+  getHeader(name) {
+    return this.#headers[String(name).toLowerCase()];
+  }
+
+  deleteHeader(name) {
+    delete this.#headers[String(name).toLowerCase()];
+  }
+
+  // Ends the call: a string, a Buffer (any bytes) or a readable stream.
+  send(body) {
+    if (this.#sent) {
+      record(2, 'WARN', 'resp.send was called again; the response was already sent');
+      return;
+    }
+    this.#sent = true;
+    if (body !== null && typeof body === 'object' && typeof body.pipe === 'function' &&
+        typeof body.on === 'function') {
+      const chunks = [];
+      body.on('data', (c) => chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(String(c))));
+      body.on('end', () => this.#finish(Buffer.concat(chunks)));
+      body.on('error', (e) => this.#finish(Buffer.from(String(e && e.message))));
+      return;
+    }
+    this.#finish(body);
+  }
+
+  #finish(body) {
+    const headers = {};
+    let multi = null;
+    for (const k of Object.keys(this.#headers)) {
+      const v = this.#headers[k];
+      if (!Array.isArray(v)) headers[k] = v;
+      else (multi === null ? (multi = {}) : multi)[k] = v;
+    }
+    const result = { statusCode: this.#status, headers };
+    if (multi !== null) result.multiValueHeaders = multi;
+    if (Buffer.isBuffer(body) || body instanceof Uint8Array) {
+      result.body = Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('base64');
+      result.isBase64Encoded = true;
+    } else {
+      result.body = body === undefined || body === null ? '' : String(body);
+      result.isBase64Encoded = false;
+    }
+    this.#send(result);
+  }
+}
+
 // ---------------------------------------------------------------- load
 
 function loadFailed(errorType, errorMessage, stackTrace) {
@@ -639,7 +834,8 @@ async function load(cfg) {
   const taskRoot = path.resolve(String(cfg.task_root || '.'));
   fnName = String(cfg.function_name || '');
   fnVersion = String(cfg.function_version === undefined ? '$LATEST' : cfg.function_version);
-  fnArn = 'arn:aws:lambda:local:000000000000:function:' + fnName;
+  fnArn = 'arn:aws:lambda:' + (cfg.region || 'local') + ':' + (cfg.account_id || '000000000000') +
+    ':function:' + fnName;
   memoryMb = String(cfg.memory_mb === undefined ? 128 : cfg.memory_mb);
   setEnv(cfg, taskRoot);
   try {
@@ -650,14 +846,35 @@ async function load(cfg) {
     return;
   }
 
-  const dot = handlerStr.lastIndexOf('.');
-  if (dot <= 0 || dot === handlerStr.length - 1) {
-    loadFailed('Runtime.HandlerNotFound',
-      'Bad handler ' + JSON.stringify(handlerStr) + ': expected "file.export"', []);
-    return;
+  const fn = await findExport(handlerStr, taskRoot, 'Runtime.HandlerNotFound');
+  if (fn === null) return;
+  if (cfg.handler_type === 'http') {
+    handler = fcHttpHandler(fn);
+    isCallbackHandler = false;
+  } else {
+    handler = fn;
+    isCallbackHandler = fn.length >= 3;
   }
-  const modRel = handlerStr.slice(0, dot);
-  const exportName = handlerStr.slice(dot + 1);
+  setFcContext(cfg, handlerStr);
+  if (cfg.initializer && !(await runInitializer(cfg, taskRoot))) return;
+  sendFrame(T_LOADED, '{}');
+  const now = Date.now();
+  for (const [id, deadline, rid, eventStr, at] of queued.splice(0)) {
+    invoke(id, deadline + (now - at), rid, eventStr);
+  }
+}
+
+// The function `entry` ("file.export") names, loaded from the task root;
+// null once a LOAD_ERROR has been sent (`notFound`: its errorType when the
+// export is missing).
+async function findExport(entry, taskRoot, notFound) {
+  const dot = entry.lastIndexOf('.');
+  if (dot <= 0 || dot === entry.length - 1) {
+    loadFailed(notFound, 'Bad handler ' + JSON.stringify(entry) + ': expected "file.export"', []);
+    return null;
+  }
+  const modRel = entry.slice(0, dot);
+  const exportName = entry.slice(dot + 1);
   const base = path.resolve(taskRoot, modRel);
   let file = null;
   for (const ext of ['.js', '.mjs', '.cjs']) {
@@ -670,7 +887,7 @@ async function load(cfg) {
   if (file === null) {
     loadFailed('Runtime.ImportModuleError',
       "Error: Cannot find module '" + modRel + "' (looked for " + base + '.js, .mjs, .cjs)', []);
-    return;
+    return null;
   }
 
   let mod;
@@ -679,7 +896,7 @@ async function load(cfg) {
   } catch (e) {
     const o = errorObject(e);
     loadFailed('Runtime.ImportModuleError', o.errorType + ': ' + o.errorMessage, o.stackTrace);
-    return;
+    return null;
   }
 
   let fn;
@@ -693,17 +910,11 @@ async function load(cfg) {
     fn = undefined;
   }
   if (typeof fn !== 'function') {
-    loadFailed('Runtime.HandlerNotFound',
+    loadFailed(notFound,
       modRel + '.' + exportName + ' is ' + (fn === undefined ? 'undefined or not exported' : 'not a function'), []);
-    return;
+    return null;
   }
-  handler = fn;
-  isCallbackHandler = fn.length >= 3;
-  sendFrame(T_LOADED, '{}');
-  const now = Date.now();
-  for (const [id, deadline, rid, eventStr, at] of queued.splice(0)) {
-    invoke(id, deadline + (now - at), rid, eventStr);
-  }
+  return fn;
 }
 
 // ---------------------------------------------------------------- frames

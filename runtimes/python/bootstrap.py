@@ -564,7 +564,11 @@ def _load(cfg):
     version = cfg.get("function_version")
     LambdaContext.function_name = name
     LambdaContext.function_version = "$LATEST" if version is None else str(version)
-    LambdaContext.invoked_function_arn = "arn:aws:lambda:local:000000000000:function:" + name
+    LambdaContext.invoked_function_arn = "arn:aws:lambda:%s:%s:function:%s" % (
+        cfg.get("region") or "local",
+        cfg.get("account_id") or "000000000000",
+        name,
+    )
     LambdaContext.memory_limit_in_mb = str(cfg.get("memory_mb", 128))
     try:
         _concurrency = max(1, int(cfg.get("concurrency") or 1))
@@ -579,9 +583,36 @@ def _load(cfg):
         _load_failed("Runtime.ImportModuleError", "Cannot enter task root %s: %s" % (task_root, e), [])
     sys.path.insert(0, task_root)
 
-    mod_path, dot, attr = handler_str.rpartition(".")
+    fn = _find_export(handler_str, "Runtime.HandlerNotFound")
+    code = getattr(fn, "__code__", None)
+    if code is not None and code.co_flags & 0x80:  # CO_COROUTINE: prepare the loop now
+        if _concurrency > 1:
+            _start_loop_thread()
+        else:
+            _ensure_loop()
+
+    if _concurrency > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _executor = ThreadPoolExecutor(max_workers=_concurrency, thread_name_prefix="lampyr-invoke")
+        _send = _send_locked
+    if cfg.get("handler_type") == "http":
+        fn = _wsgi_handler(fn)
+    _set_fc_context(cfg, handler_str)
+    if cfg.get("initializer"):
+        _run_initializer(cfg)
+    _handler = fn
+    _flush_logs("-")
+    _send_frame(T_LOADED, b"{}")
+
+
+def _find_export(entry, not_found):
+    """The function `entry` ("module.function") names, imported from the task
+    root; a LOAD_ERROR (`not_found`: its errorType when it is missing) ends
+    the runtime otherwise."""
+    mod_path, dot, attr = entry.rpartition(".")
     if not dot or not mod_path or not attr:
-        _load_failed("Runtime.HandlerNotFound", "Bad handler %r: expected 'module.function'" % handler_str, [])
+        _load_failed(not_found, "Bad handler %r: expected 'module.function'" % entry, [])
     module_name = os.path.normpath(mod_path).strip("/").replace("/", ".")
 
     try:
@@ -596,26 +627,11 @@ def _load(cfg):
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         _load_failed(
-            "Runtime.HandlerNotFound",
+            not_found,
             "Handler '%s' %s on module '%s'" % (attr, "missing" if fn is None else "is not callable", module_name),
             [],
         )
-
-    code = getattr(fn, "__code__", None)
-    if code is not None and code.co_flags & 0x80:  # CO_COROUTINE: prepare the loop now
-        if _concurrency > 1:
-            _start_loop_thread()
-        else:
-            _ensure_loop()
-
-    if _concurrency > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _executor = ThreadPoolExecutor(max_workers=_concurrency, thread_name_prefix="lampyr-invoke")
-        _send = _send_locked
-    _handler = fn
-    _flush_logs("-")
-    _send_frame(T_LOADED, b"{}")
+    return fn
 
 
 def _invoke_in_worker(inv_id, deadline, rid, event_bytes):
@@ -623,6 +639,202 @@ def _invoke_in_worker(inv_id, deadline, rid, event_bytes):
         _invoke(inv_id, deadline, rid, event_bytes)
     except BaseException:
         _fatal("Runtime Error")
+
+
+# ------------------------------------------------------------------ Function Compute
+
+
+def _set_fc_context(cfg, handler_str):
+    """Function Compute's context fields, the same for every invocation of
+    the instance: class attributes set once at LOAD. lampyr has no STS: the
+    credentials are empty strings, as FC's are for a service without a
+    role; no log service either (log_project, log_store empty); a function
+    stands alone, so its service is named after it; the qualifier is the
+    version the instance runs."""
+    from types import SimpleNamespace
+
+    name = LambdaContext.function_name
+    version = LambdaContext.function_version
+    LambdaContext.credentials = SimpleNamespace(access_key_id="", access_key_secret="", security_token="")
+    LambdaContext.function = SimpleNamespace(
+        name=name,
+        handler=handler_str,
+        memory=int(cfg.get("memory_mb", 128)),
+        timeout=-(-int(cfg.get("timeout_ms") or 0) // 1000),
+        initializer=str(cfg.get("initializer") or ""),
+        initialization_timeout=-(-int(cfg.get("initialization_timeout_ms") or 0) // 1000),
+    )
+    LambdaContext.service = SimpleNamespace(
+        name=name, log_project="", log_store="", qualifier=version, version_id=version
+    )
+    LambdaContext.region = str(cfg.get("region") or "local")
+    LambdaContext.account_id = str(cfg.get("account_id") or "000000000000")
+    LambdaContext.request_id = property(lambda self: self.aws_request_id)
+
+
+def _run_initializer(cfg):
+    """Runs the initializer (`def init(context)`, or `async def`) once,
+    before LOADED, within its timeout; a LOAD_ERROR naming it ends the
+    runtime if it fails or overruns."""
+    entry = str(cfg["initializer"])
+    init = _find_export(entry, "Runtime.InitializerNotFound")
+    limit_ms = int(cfg.get("initialization_timeout_ms") or 3000)
+    context = LambdaContext("init-" + os.urandom(8).hex(), time.time() * 1000 + limit_ms)
+    failed = []
+
+    def run():
+        try:
+            result = init(context)
+            if _needs_await(result):
+                _await(result, "-")
+        except BaseException as e:
+            failed.append(e)
+
+    t = threading.Thread(target=run, name="lampyr-initializer", daemon=True)
+    t.start()
+    t.join(limit_ms / 1000)
+    if t.is_alive():
+        _load_failed(
+            "Runtime.InitializerTimeout",
+            "the initializer %s did not finish within %g s (initialization_timeout in lampyr.toml): "
+            "make it faster, or raise the limit" % (entry, limit_ms / 1000),
+            [],
+        )
+    if failed:
+        e = failed[0]
+        _load_failed(
+            "Runtime.InitializerError",
+            "the initializer %s failed: %s: %s" % (entry, type(e).__name__, e),
+            _user_frames(e.__traceback__),
+        )
+
+
+class _NotHttpEvent(Exception):
+    pass
+
+
+_NotHttpEvent.__name__ = "Runtime.NotHttpEvent"
+
+
+def _wsgi_handler(app):
+    """Function Compute's HTTP handler for Python, a WSGI application
+    (`handler(environ, start_response)`, or a Flask app itself), as an
+    ordinary handler of the HTTP trigger's payload-2.0 event, returning a
+    proxy result. Chosen once at LOAD."""
+    import base64
+
+    def handler(event, context):
+        rc = event.get("requestContext") if isinstance(event, dict) else None
+        http = rc.get("http") if isinstance(rc, dict) else None
+        if not isinstance(http, dict):
+            raise _NotHttpEvent(
+                'this function has an HTTP handler (handler_type = "http"), which only HTTP requests '
+                "through its URL can call; it was called with another event"
+            )
+        body = event.get("body")
+        if body is None:
+            body = b""
+        elif event.get("isBase64Encoded"):
+            body = base64.b64decode(body)
+        else:
+            body = body.encode("utf-8")
+        environ = _wsgi_environ(event, rc, http, body, context)
+        started = []
+        chunks = []
+
+        def start_response(status, headers, exc_info=None):
+            if exc_info is not None and started:
+                # Nothing has been sent yet (the body is collected): the
+                # new status and headers replace the old.
+                started.clear()
+            elif started:
+                raise AssertionError("start_response called twice without exc_info")
+            started.append((status, headers))
+            return chunks.append
+
+        result = app(environ, start_response)
+        try:
+            for chunk in result:
+                if chunk:
+                    chunks.append(chunk)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        if not started:
+            raise RuntimeError("the WSGI application returned without calling start_response")
+        status, header_list = started[-1]
+        single = {}
+        multi = {}
+        for k, v in header_list:
+            k = k.lower()
+            if k in multi:
+                multi[k].append(v)
+            elif k in single:
+                multi[k] = [single.pop(k), v]
+            else:
+                single[k] = v
+        out = b"".join(chunks)
+        resp = {"statusCode": int(str(status).split(" ", 1)[0]), "headers": single}
+        if multi:
+            resp["multiValueHeaders"] = multi
+        try:
+            resp["body"] = out.decode("utf-8")
+            resp["isBase64Encoded"] = False
+        except UnicodeDecodeError:
+            resp["body"] = base64.b64encode(out).decode("ascii")
+            resp["isBase64Encoded"] = True
+        return resp
+
+    return handler
+
+
+def _latin1(s):
+    # WSGI's native strings: the bytes of the request, one character each.
+    return s.encode("utf-8").decode("latin-1")
+
+
+def _wsgi_environ(event, rc, http, body, context):
+    headers = event.get("headers") or {}
+    host = headers.get("host") or rc.get("domainName") or "localhost"
+    if host.startswith("["):  # an IPv6 literal
+        end = host.find("]") + 1
+        name, port = host[:end], host[end + 1 :]
+    else:
+        name, _, port = host.partition(":")
+    port = port or "80"
+    script = "/fn/" + str(rc.get("apiId") or "")
+    path = event.get("rawPath") or "/"
+    query = event.get("rawQueryString") or ""
+    environ = {
+        "REQUEST_METHOD": str(http.get("method") or "GET"),
+        "SCRIPT_NAME": _latin1(script),
+        "PATH_INFO": _latin1(path),
+        "QUERY_STRING": query,
+        "CONTENT_TYPE": headers.get("content-type", ""),
+        "CONTENT_LENGTH": str(len(body)),
+        "SERVER_NAME": name,
+        "SERVER_PORT": port,
+        "SERVER_PROTOCOL": str(http.get("protocol") or "HTTP/1.1"),
+        "REMOTE_ADDR": str(http.get("sourceIp") or ""),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": headers.get("x-forwarded-proto", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": _concurrency > 1,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "fc.context": context,
+        "fc.request_uri": _latin1(script + path) + ("?" + query if query else ""),
+    }
+    for k, v in headers.items():
+        if k in ("content-type", "content-length"):
+            continue
+        environ["HTTP_" + k.upper().replace("-", "_")] = _latin1(str(v))
+    cookies = event.get("cookies")
+    if cookies:
+        environ["HTTP_COOKIE"] = _latin1("; ".join(cookies))
+    return environ
 
 
 # ------------------------------------------------------------------ main loop

@@ -22,10 +22,17 @@ pub mod versions;
 
 pub use invocation::{FunctionError, StartKind, Status, TriggerKind};
 pub use manifest::{
-    Auth, CatchUp, FunctionSpec, HttpSpec, ManifestError, NatsAuth, NatsSpec, Network, Overlap,
-    TimerSpec, TriggerSpec,
+    Auth, CatchUp, FunctionSpec, HandlerType, HttpSpec, ManifestError, NatsAuth, NatsSpec, Network,
+    Overlap, TimerSpec, TriggerSpec,
 };
 pub use network::AllowRule;
 pub use runtimes::Runtime;
 pub use storage::{StorageNats, StorageSpec};
 pub use types::*;
+
+/// The region lampyr's ARNs and the runtimes' `context` objects name: one
+/// server has no regions.
+pub const REGION: &str = "local";
+/// The account id lampyr's ARNs and the runtimes' `context` objects name:
+/// one server has no accounts.
+pub const ACCOUNT_ID: &str = "000000000000";

@@ -13,6 +13,9 @@
 //! max_queue = 100             # requests that may wait for a free instance
 //! queue_timeout = "10s"       # how long one may wait before a 429
 //! auth = "public"             # or "token": the HTTP trigger needs a bearer token
+//! handler_type = "event"      # or "http": Function Compute's HTTP handler (`fc` module)
+//! initializer = "index.init"  # run once per instance before its first call
+//! initialization_timeout = "3s"
 //! [env]
 //! GREETING = "hi"
 //!
@@ -29,8 +32,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::network::AllowRule;
+pub use fc::HandlerType;
 pub use nats::{NatsAuth, NatsSpec};
 
+pub mod fc;
 pub(crate) mod nats;
 pub use crate::runtimes::Runtime;
 
@@ -115,6 +120,9 @@ struct RawManifest {
     max_event_age: Option<DurationText>,
     on_success: Option<String>,
     on_failure: Option<String>,
+    handler_type: Option<String>,
+    initializer: Option<String>,
+    initialization_timeout: Option<DurationText>,
 }
 
 /// A duration as written: a string such as `"10s"`, or a bare number,
@@ -192,6 +200,20 @@ pub struct FunctionSpec {
     /// event fails for good (retries exhausted, or too old).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<String>,
+    /// How the handler is called: an event handler, or Function Compute's
+    /// HTTP handler.
+    #[serde(default, skip_serializing_if = "HandlerType::is_event")]
+    pub handler_type: HandlerType,
+    /// `FILE.EXPORT` of a hook run once per instance, after its module has
+    /// loaded and before its first invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initializer: Option<String>,
+    /// How long the initializer may run.
+    #[serde(
+        default = "fc::default_initialization_timeout_ms",
+        skip_serializing_if = "fc::is_default_initialization_timeout_ms"
+    )]
+    pub initialization_timeout_ms: u64,
 }
 
 pub const DEFAULT_RETRIES: u32 = 2;
@@ -578,7 +600,15 @@ impl FunctionSpec {
         validate_name(&raw.name)?;
         let (runtime, runtime_version) = crate::runtimes::parse_runtime_id(&raw.runtime)
             .map_err(|m| ManifestError::invalid("runtime", m))?;
-        validate_handler(&raw.handler)?;
+        validate_entry("handler", &raw.handler, "handler")?;
+        let handler_type = HandlerType::parse(raw.handler_type.as_deref())?;
+        let (initializer, initialization_timeout) = fc::initializer(
+            raw.initializer,
+            raw.initialization_timeout
+                .as_ref()
+                .map(|t| t.text("initialization_timeout"))
+                .transpose()?,
+        )?;
 
         let memory_mb = int_in(
             "memory_mb",
@@ -754,6 +784,7 @@ impl FunctionSpec {
                 triggers
             }
         };
+        handler_type.check_triggers(&triggers)?;
         let retries = int_in(
             "retries",
             raw.retries,
@@ -809,6 +840,9 @@ impl FunctionSpec {
             max_event_age_ms: max_event_age.as_millis() as u64,
             on_success: raw.on_success,
             on_failure: raw.on_failure,
+            handler_type,
+            initializer,
+            initialization_timeout_ms: initialization_timeout.as_millis() as u64,
         })
     }
 
@@ -903,6 +937,9 @@ impl FunctionSpec {
     pub fn queue_timeout(&self) -> Duration {
         Duration::from_millis(self.queue_timeout_ms)
     }
+    pub fn initialization_timeout(&self) -> Duration {
+        Duration::from_millis(self.initialization_timeout_ms)
+    }
 
     /// The handler's module path (relative, without extension) and export name.
     pub fn handler_parts(&self) -> (&str, &str) {
@@ -937,11 +974,13 @@ fn split_handler(handler: &str) -> Option<(&str, &str)> {
     Some((module, export))
 }
 
-fn validate_handler(handler: &str) -> Result<(), ManifestError> {
+/// Checks a `FILE.EXPORT` value (the handler, the initializer) of manifest
+/// key `key`; `example` is the export an example names.
+fn validate_entry(key: &str, handler: &str, example: &str) -> Result<(), ManifestError> {
     let bad = |why: &str| {
         ManifestError::invalid(
-            "handler",
-            format!("\"{handler}\" {why}; write it as FILE.EXPORT, e.g. \"index.handler\""),
+            key,
+            format!("\"{handler}\" {why}; write it as FILE.EXPORT, e.g. \"index.{example}\""),
         )
     };
     let (module, export) = split_handler(handler).ok_or_else(|| bad("has no '.'"))?;
@@ -1045,10 +1084,11 @@ pub(crate) fn duration_in(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MIN: &str = "name = \"hello\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
+    pub(crate) const MIN: &str =
+        "name = \"hello\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n";
 
     #[test]
     fn defaults_fill_in() {
@@ -1229,7 +1269,8 @@ mod tests {
         assert_eq!(s.auth, Auth::Token);
     }
 
-    fn err(extra: &str) -> String {
+    /// The error for a minimal manifest with `extra` lines.
+    pub(crate) fn err(extra: &str) -> String {
         FunctionSpec::from_toml(&format!("{MIN}{extra}"))
             .unwrap_err()
             .to_string()

@@ -35,6 +35,9 @@ handler = "index.handler"     # FILE.EXPORT: index.{ext}, export `handler`
 # max_queue = 100             # requests that may wait for a free instance
 # queue_timeout = "10s"       # how long a request may wait before a 429
 # auth = "public"             # "token": callers need a bearer token
+# handler_type = "event"      # "http": Function Compute's HTTP handler ((req, resp, context); Python: WSGI)
+# initializer = "index.init"  # run once per instance, before its first invocation
+# initialization_timeout = "3s"  # how long the initializer may run
 # network = "egress"          # outbound internet; "none": loopback only; "host": the host's network
 # allow = []                  # private or host destinations "egress" may reach, e.g. ["10.0.0.5:5432"]
 

@@ -3,8 +3,9 @@
 //!
 //! A deploy is staged by the store (validated, unpacked, prepared, nothing
 //! recorded), then **checked**: an instance of the new version is started
-//! with the function's limits and its handler loaded, within its init
-//! timeout (the function's `timeout`, at least 10 s). Only if that works is
+//! with the function's limits and its handler loaded (its initializer run,
+//! if it has one), within its init timeout (the function's `timeout`, at
+//! least 10 s, plus the initializer's own). Only if that works is
 //! the version recorded and made current, and the instance that passed the
 //! check serves it at once. If the handler does not load, the deploy fails
 //! with the runtime's error and the previous version keeps serving;
@@ -120,8 +121,7 @@ impl Scheduler {
             });
         }
         if let Err(e) = self.check_trigger_aliases(&staged, opts.alias.as_deref()) {
-            let store = self.inner.store.clone();
-            let _ = blocking(move || store.discard(staged)).await;
+            self.discard(staged).await;
             return Err(e);
         }
         let store = self.inner.store.clone();
@@ -137,8 +137,7 @@ impl Scheduler {
                     check_time = Some(started.elapsed());
                 }
                 Err(e) => {
-                    let store = self.inner.store.clone();
-                    let _ = blocking(move || store.discard(staged)).await;
+                    self.discard(staged).await;
                     return Err(e);
                 }
             }
@@ -202,6 +201,16 @@ impl Scheduler {
             .into());
         }
         Ok(())
+    }
+
+    /// Drops a refused package: its code (unless a recorded version uses
+    /// it) and that code's sandbox view, which would otherwise show the
+    /// same package deployed again an empty directory.
+    async fn discard(&self, staged: Staged) {
+        let store = self.inner.store.clone();
+        if let Ok(Ok(Some(dir))) = blocking(move || store.discard(staged)).await {
+            self.inner.config.sandboxer.forget_code(&dir);
+        }
     }
 
     /// Starts an instance of the staged version `version` and loads its

@@ -159,9 +159,18 @@ impl Scheduler {
             timeout_ms: spec.timeout_ms,
             concurrency: spec.concurrency,
             env: spec.env.clone(),
+            handler_type: spec.handler_type,
+            initializer: spec.initializer.clone(),
+            initialization_timeout_ms: spec.initialization_timeout_ms,
             // Init code gets the function's timeout, as on Lambda, but at
-            // least 10 s.
-            init_limit: spec.timeout().max(Duration::from_secs(10)),
+            // least 10 s; an initializer its own timeout on top (the
+            // runtime enforces that one and reports it: this limit is
+            // for a runtime that cannot).
+            init_limit: spec.timeout().max(Duration::from_secs(10))
+                + spec
+                    .initializer
+                    .as_ref()
+                    .map_or(Duration::ZERO, |_| spec.initialization_timeout()),
         };
         let announce = |instance: &str| {
             if let Some(f) = &first {

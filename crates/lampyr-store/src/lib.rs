@@ -440,10 +440,11 @@ impl Store {
     }
 
     /// Drops a staged package that will not be committed: its code and
-    /// blob go unless a recorded version uses them.
-    pub fn discard(&self, staged: Staged) -> Result<()> {
+    /// blob go unless a recorded version uses them. Returns the code
+    /// directory it removed (whose sandbox view must go too).
+    pub fn discard(&self, staged: Staged) -> Result<Option<PathBuf>> {
         if staged.unchanged.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         self.staging.lock().remove(&staged.code_sha256);
         let used: bool = self.db.lock().query_row(
@@ -451,12 +452,13 @@ impl Store {
             params![staged.code_sha256],
             |r| r.get(0),
         )?;
-        if !used {
-            package::unseal(&staged.code_dir);
-            let _ = std::fs::remove_dir_all(&staged.code_dir);
-            let _ = std::fs::remove_file(self.blob_path(&staged.code_sha256));
+        if used {
+            return Ok(None);
         }
-        Ok(())
+        package::unseal(&staged.code_dir);
+        let _ = std::fs::remove_dir_all(&staged.code_dir);
+        let _ = std::fs::remove_file(self.blob_path(&staged.code_sha256));
+        Ok(Some(staged.code_dir))
     }
 
     /// The function and its current version.

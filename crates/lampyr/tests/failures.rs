@@ -139,6 +139,30 @@ fn a_module_that_fails_to_load_gives_a_clear_error() {
     }
 }
 
+/// A package the load check refused, deployed again unchecked, runs its own
+/// code: nothing of the refused deploy (the sandbox's view of its code
+/// directory, removed with it) is left to hide the code.
+#[test]
+fn a_refused_package_deployed_again_unchecked_runs_its_code() {
+    let server = Server::start();
+    let f = Fixture::python(
+        "refused-py",
+        "",
+        "raise KeyError('FROM_THE_MODULE')
+
+def handler(event, context):
+    return 'ok'
+",
+    );
+    let pkg = lampyr_store::pack_dir(f.path()).unwrap();
+    let r = server.api("PUT", "/functions/refused-py", Some(&pkg));
+    assert_eq!(r.status, 422, "{}", r.text());
+    server.deploy(f.path());
+    let r = server.get("refused-py");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("FROM_THE_MODULE"), "{}", r.text());
+}
+
 #[test]
 fn unknown_functions_and_oversized_bodies() {
     let server = Server::start();

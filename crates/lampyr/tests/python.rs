@@ -197,23 +197,6 @@ fn pooled_python_imports_what_a_fresh_interpreter_does() {
     );
 }
 
-/// Copies `from` into `to`, skipping bytecode caches.
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let name = e.file_name();
-        if name == "__pycache__" || name == "bin" || name == ".complete" {
-            continue;
-        }
-        let t = e.file_type().unwrap();
-        if t.is_dir() {
-            copy_tree(&e.path(), &to.join(&name));
-        } else if t.is_file() {
-            std::fs::copy(e.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
 /// pydantic, requests and numpy, installed with `pip install --target` into
 /// the function, import and work in pooled and unpooled instances; requests
 /// reaches a server of the test's own through the egress network.
@@ -256,7 +239,7 @@ def handler(event, context):
     }
 "#;
     let f = Fixture::python("real", "memory_mb = 512\ntimeout = \"60s\"\n", code);
-    copy_tree(&deps, f.path());
+    common::copy_tree(&deps, f.path());
     let pkg = lampyr_store::pack_dir(f.path()).unwrap();
     for pools in ["on", "off"] {
         let server = Server::start_with(&["--config", &cfg, "--pools", pools]);

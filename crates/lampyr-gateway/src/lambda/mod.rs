@@ -35,7 +35,8 @@ use crate::AppState;
 const TAIL_BYTES: usize = 4096;
 
 /// The account id lampyr's ARNs carry.
-const ACCOUNT: &str = "000000000000";
+const ACCOUNT: &str = lampyr_api::ACCOUNT_ID;
+const REGION: &str = lampyr_api::REGION;
 
 /// A platform error, as Lambda answers it.
 #[derive(Debug)]
@@ -63,7 +64,7 @@ impl LambdaError {
             StatusCode::NOT_FOUND,
             "ResourceNotFoundException",
             format!(
-                "Function not found: arn:aws:lambda:local:{ACCOUNT}:function:{what} (deploy it with `lampyr deploy DIR`, or list functions with `lampyr ls`)"
+                "Function not found: arn:aws:lambda:{REGION}:{ACCOUNT}:function:{what} (deploy it with `lampyr deploy DIR`, or list functions with `lampyr ls`)"
             ),
         )
     }

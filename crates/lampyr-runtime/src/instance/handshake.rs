@@ -29,7 +29,15 @@ pub struct FunctionLoad {
     pub timeout_ms: u64,
     pub concurrency: u32,
     pub env: BTreeMap<String, String>,
-    /// How long loading the handler (its module's init code) may take.
+    /// How the handler is called (Function Compute's HTTP handlers).
+    pub handler_type: lampyr_api::HandlerType,
+    /// `FILE.EXPORT` of the hook the runtime runs once, after the handler
+    /// has loaded and before LOADED.
+    pub initializer: Option<String>,
+    /// How long the runtime lets the initializer run.
+    pub initialization_timeout_ms: u64,
+    /// How long loading the handler (its module's init code, and the
+    /// initializer) may take.
     pub init_limit: Duration,
 }
 
@@ -46,6 +54,14 @@ struct LoadRequest<'a> {
     timeout_ms: u64,
     concurrency: u32,
     env: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "lampyr_api::HandlerType::is_event")]
+    handler_type: lampyr_api::HandlerType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initializer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initialization_timeout_ms: Option<u64>,
+    region: &'static str,
+    account_id: &'static str,
 }
 
 /// An invocation sent along with the LOAD of a start: the runtime runs it
@@ -107,7 +123,7 @@ impl Instance {
         let first = first.map(|f| instance.send_first(f));
         let t = instance.started(starting).await?;
         // Loading starts when the runtime is up.
-        let init = instance.loaded(Instant::now(), load.init_limit).await?;
+        let init = instance.loaded(Instant::now(), load).await?;
         Ok(Loaded {
             instance,
             phases: StartPhases {
@@ -142,7 +158,7 @@ impl Instance {
         let started = self.send_load(load).await.map_err(SpecialiseError::Load)?;
         let first = first.map(|f| self.send_first(f));
         let init = self
-            .loaded(started, load.init_limit)
+            .loaded(started, load)
             .await
             .map_err(SpecialiseError::Load)?;
         Ok(Loaded {
@@ -218,6 +234,14 @@ impl Instance {
             timeout_ms: load.timeout_ms,
             concurrency: load.concurrency,
             env: &load.env,
+            handler_type: load.handler_type,
+            initializer: load.initializer.as_deref(),
+            initialization_timeout_ms: load
+                .initializer
+                .as_ref()
+                .map(|_| load.initialization_timeout_ms),
+            region: lampyr_api::REGION,
+            account_id: lampyr_api::ACCOUNT_ID,
         };
         let body = serde_json::to_vec(&req).expect("load request serialises");
         self.send(&protocol::encode(protocol::LOAD, &body), "load the handler")
@@ -227,8 +251,16 @@ impl Instance {
 
     /// Waits until the handler sent with [`Instance::send_load`] (at
     /// `started`) has loaded. Returns how long loading took.
-    async fn loaded(&self, started: Instant, limit: Duration) -> Result<Duration, InstanceError> {
-        let frame = self.next_control("load the handler", limit).await?;
+    async fn loaded(
+        &self,
+        started: Instant,
+        load: &FunctionLoad,
+    ) -> Result<Duration, InstanceError> {
+        let stage = match load.initializer {
+            None => "load the handler",
+            Some(_) => "load the handler and run its initializer",
+        };
+        let frame = self.next_control(stage, load.init_limit).await?;
         match frame.kind {
             protocol::LOADED => {
                 self.shared.loaded.store(true, Ordering::Release);

@@ -537,6 +537,43 @@ impl RawPackage {
     }
 }
 
+/// Where scripts/test installed `what` under target/test-deps (`install`
+/// says how, for the message when it is missing); the environment variable
+/// `LAMPYR_TEST_<WHAT>` (`-` as `_`) overrides it.
+pub fn test_deps(what: &str, install: &str) -> PathBuf {
+    let var = format!("LAMPYR_TEST_{}", what.to_uppercase().replace('-', "_"));
+    let dir = std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/test-deps")
+            .join(what)
+    });
+    assert!(
+        dir.join(".complete").exists(),
+        "{} has no {what}: run the tests with scripts/test, which installs it ({})",
+        dir.display(),
+        install.replace("DIR", &dir.display().to_string())
+    );
+    dir
+}
+
+/// Copies `from` into `to` (a function's directory, say), skipping
+/// bytecode caches, scripts and the `.complete` marker of scripts/test.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let name = e.file_name();
+        if name == "__pycache__" || name == "bin" || name == ".complete" {
+            continue;
+        }
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            copy_tree(&e.path(), &to.join(&name));
+        } else if t.is_file() {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
 /// The manifest of a Node.js function `name`.
 pub fn node_manifest(name: &str) -> String {
     format!("name = \"{name}\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\n")
