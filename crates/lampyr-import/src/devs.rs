@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::draft::{lampyr_name, Draft};
 use crate::yaml::{refuse, Node, Res};
-use crate::{code_dir, fc_settings, fc_timer, qualifier, HTTP_EVENT_NOTE};
+use crate::{code_dir, fc_settings, fc_timer, http_auth, initializer, qualifier, HTTP_EVENT_NOTE};
 
 const SUPPORTED: &[&str] = &[
     "functionName",
@@ -23,6 +23,7 @@ const SUPPORTED: &[&str] = &[
     "instanceConcurrency",
     "internetAccess",
     "triggers",
+    "instanceLifecycleConfig",
 ];
 /// Accepted and ignored: where the function would run on the cloud, and
 /// where its logs would go (lampyr keeps them: `lampyr logs`).
@@ -86,6 +87,12 @@ fn function(id: &str, p: &Node, base: &Path) -> Res<Draft> {
             "environmentVariables",
         ],
     )?;
+    if let Some(c) = p.get("instanceLifecycleConfig")? {
+        c.check_keys(&["initializer"], &[])?;
+        if let Some(i) = c.get("initializer")? {
+            initializer(&mut d, &i, ["handler", "timeout"])?;
+        }
+    }
     if let Some(v) = p.get("internetAccess")? {
         if !v.bool()? {
             d.set("network", "none", &v.path);
@@ -125,14 +132,7 @@ fn trigger(d: &mut Draft, t: &Node) -> Res<()> {
             if let Some(c) = &config {
                 c.check_keys(&["authType", "methods"], &["disableURLInternet"])?;
                 if let Some(a) = c.get("authType")? {
-                    match a.text()?.to_ascii_lowercase().as_str() {
-                        "anonymous" => {}
-                        "function" => {
-                            d.set("auth", "token", &a.path);
-                            d.note(format!("{}: authType function becomes auth = \"token\": callers send `Authorization: Bearer TOKEN` with the function's trigger token (`lampyr info NAME`)", a.path));
-                        }
-                        other => return refuse(&a.path, format!("\"{other}\" is not supported by lampyr: use anonymous or function")),
-                    }
+                    http_auth(d, &a)?;
                 }
             }
             d.http(alias, &t.path);

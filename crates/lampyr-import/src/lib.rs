@@ -345,6 +345,34 @@ fn fc_settings(d: &mut Draft, p: &Node, [memory, timeout, concurrency, env]: [&s
     Ok(())
 }
 
+/// A Function Compute initializer (`FILE.EXPORT`) and its timeout in
+/// seconds, by their names in this kind of template.
+fn initializer(d: &mut Draft, c: &Node, [handler, timeout]: [&str; 2]) -> Res<()> {
+    if let Some(h) = c.get(handler)? {
+        d.set("initializer", h.text()?, &h.path);
+    }
+    if let Some(t) = c.get(timeout)? {
+        d.set("initialization_timeout", format!("{}s", t.int()?), &t.path);
+    }
+    Ok(())
+}
+
+/// A Function Compute HTTP trigger's `AuthType`/`authType`.
+fn http_auth(d: &mut Draft, a: &Node) -> Res<()> {
+    match a.text()?.to_ascii_lowercase().as_str() {
+        "anonymous" => Ok(()),
+        "function" => {
+            d.set("auth", "token", &a.path);
+            d.note(format!("{}: authType function becomes auth = \"token\": callers send `Authorization: Bearer TOKEN` with the function's trigger token (`lampyr info NAME`)", a.path));
+            Ok(())
+        }
+        other => refuse(
+            &a.path,
+            format!("\"{other}\" is not supported by lampyr: use anonymous or function"),
+        ),
+    }
+}
+
 /// A Function Compute timer's settings (`c`), by their names in this kind
 /// of template (`CronExpression` or `cronExpression`, ...), as timer
 /// `name` calling `alias`.

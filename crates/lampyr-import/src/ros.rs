@@ -4,14 +4,15 @@
 //! `Timer` events.
 //!
 //! An `HTTP` event calls a Function Compute HTTP function
-//! (`handler(req, resp, context)`, WSGI in Python), a handler kind lampyr's
-//! manifest does not have yet, so it is refused by name.
+//! (`handler(req, resp, context)`, WSGI in Python): the function gets
+//! `handler_type = "http"` and its URL. `Initializer` and
+//! `InitializationTimeout` become the manifest's initializer hook.
 
 use std::path::Path;
 
 use crate::draft::{lampyr_name, Draft};
 use crate::yaml::{refuse, Node, Res};
-use crate::{code_dir, fc_settings, fc_timer, qualifier};
+use crate::{code_dir, fc_settings, fc_timer, http_auth, initializer, qualifier};
 
 const SUPPORTED: &[&str] = &[
     "Handler",
@@ -21,6 +22,8 @@ const SUPPORTED: &[&str] = &[
     "Timeout",
     "InstanceConcurrency",
     "EnvironmentVariables",
+    "Initializer",
+    "InitializationTimeout",
 ];
 
 pub(crate) fn convert(root: &Node, base: &Path) -> Res<Vec<Draft>> {
@@ -128,6 +131,7 @@ fn function(id: &str, f: &Node, base: &Path) -> Res<Draft> {
             "EnvironmentVariables",
         ],
     )?;
+    initializer(&mut d, &p, ["Initializer", "InitializationTimeout"])?;
     let mut any = false;
     if let Some(events) = f.get("Events")? {
         for (eid, e) in events.entries()? {
@@ -148,10 +152,25 @@ fn event(d: &mut Draft, id: &str, e: &Node) -> Res<()> {
     e.check_keys(&["Type", "Properties"], &[])?;
     let ty = e.need("Type", "every event has a Type")?;
     match ty.text()?.as_str() {
-        "HTTP" | "Http" | "http" => refuse(
-            &e.path,
-            "an HTTP trigger calls a Function Compute HTTP function (handler(req, resp, context) in Node.js, a WSGI app in Python), which lampyr's manifest cannot declare yet: remove the event to deploy the function for `lampyr invoke` and its timers, or move it to Serverless Devs' fc3 (whose HTTP trigger calls an event handler)",
-        ),
+        "HTTP" | "Http" | "http" => {
+            // An HTTP trigger calls an HTTP function: handler(req, resp,
+            // context) in Node.js, a WSGI app in Python.
+            d.set("handler_type", "http", &e.path);
+            if let Some(p) = e.get("Properties")? {
+                p.check_keys(&["AuthType", "Methods", "Qualifier"], &["Description"])?;
+                if let Some(a) = p.get("AuthType")? {
+                    http_auth(d, &a)?;
+                }
+                d.http(qualifier(p.get("Qualifier")?)?, &e.path);
+            } else {
+                d.http(None, &e.path);
+            }
+            d.note(format!(
+                "{}: the HTTP function is served at /fn/NAME/..., for every path and method",
+                e.path
+            ));
+            Ok(())
+        }
         "Timer" => {
             let p = e.need("Properties", "a timer needs Properties.CronExpression")?;
             p.check_keys(&["CronExpression", "Enable", "Payload", "Qualifier"], &["Description"])?;

@@ -213,7 +213,7 @@ fn sam_fields_lampyr_lacks_are_refused_by_path() {
 }
 
 #[test]
-fn function_compute_template_imports_timers_and_refuses_http_functions() {
+fn function_compute_template_imports_timers_http_functions_and_initializers() {
     let p = Project::new(&[]);
     let t = p.import("template.yml", FC_HELLO).unwrap();
     assert_eq!(t.format, Format::FunctionCompute);
@@ -233,19 +233,28 @@ fn function_compute_template_imports_timers_and_refuses_http_functions() {
     );
     assert_eq!(timer.payload.as_deref(), Some("awesome-fc"));
     assert!(!f.spec.has_http_trigger());
-    // The reference's HTTP trigger: an HTTP function, refused by name.
-    let http = FC_HELLO.replace(
-        "        timerTrigger:",
-        "        httpTrigger:\n          Type: HTTP\n          Properties: {AuthType: ANONYMOUS, Methods: ['GET', 'POST']}\n        timerTrigger:",
+    // The reference's HTTP trigger: an HTTP function with its URL, and an
+    // initializer.
+    let events = FC_HELLO.find("      Events:").unwrap();
+    let http = format!(
+        "{}      Events:\n        httpTrigger:\n          Type: HTTP\n          Properties: {{AuthType: FUNCTION, Methods: ['GET', 'POST']}}\n",
+        FC_HELLO[..events].replace(
+            "        InstanceConcurrency: 1\n",
+            "        InstanceConcurrency: 1\n        Initializer: index.init\n        InitializationTimeout: 5\n",
+        )
     );
-    let (f, m) = refusal(p.import("template.yml", &http));
-    assert_eq!(
-        f,
-        "Resources.GreetingService.GreetingFunction.Events.httpTrigger"
+    let f = p.import("template.yml", &http).unwrap().functions.remove(0);
+    assert!(f.spec.has_http_trigger());
+    assert_eq!(f.spec.handler_type, lampyr_api::manifest::HandlerType::Http);
+    assert_eq!(f.spec.initializer.as_deref(), Some("index.init"));
+    assert_eq!(f.spec.initialization_timeout_ms, 5_000);
+    assert!(
+        f.manifest.contains("handler_type = \"http\""),
+        "{}",
+        f.manifest
     );
-    assert!(m.contains("handler(req, resp, context)"), "{m}");
+    assert!(f.manifest.contains("auth = \"token\""), "{}", f.manifest);
     for (from, to, field) in [
-        ("        InstanceConcurrency: 1\n", "        Initializer: index.init\n", "Resources.GreetingService.GreetingFunction.Properties.Initializer"),
         ("      Description: 'hello world'\n", "      VpcConfig: {}\n", "Resources.GreetingService.Properties.VpcConfig"),
         ("Type: Timer", "Type: OSS", "Resources.GreetingService.GreetingFunction.Events.timerTrigger.Type"),
         ("'0 0 8 * * *'", "'0 0 8 * * 1-5'", "Resources.GreetingService.GreetingFunction.Events.timerTrigger.Properties.CronExpression"),
@@ -253,6 +262,27 @@ fn function_compute_template_imports_timers_and_refuses_http_functions() {
         let (f, m) = refusal(p.import("template.yml", &FC_HELLO.replace(from, to)));
         assert_eq!(f, field, "{to}: {m}");
     }
+}
+
+#[test]
+fn serverless_devs_initializer_comes_from_the_instance_lifecycle() {
+    let p = Project::new(&["code"]);
+    let yaml = S_YAML.replace(
+        "      timeout: 30\n",
+        "      timeout: 30\n      instanceLifecycleConfig:\n        initializer: {handler: index.init, timeout: 7}\n",
+    );
+    let f = p.import("s.yaml", &yaml).unwrap().functions.remove(0);
+    assert_eq!(f.spec.initializer.as_deref(), Some("index.init"));
+    assert_eq!(f.spec.initialization_timeout_ms, 7_000);
+    let hooks = S_YAML.replace(
+        "      timeout: 30\n",
+        "      timeout: 30\n      instanceLifecycleConfig:\n        preStop: {handler: index.stop}\n",
+    );
+    let (field, _) = refusal(p.import("s.yaml", &hooks));
+    assert_eq!(
+        field,
+        "resources.hello_world.props.instanceLifecycleConfig.preStop"
+    );
 }
 
 #[test]
@@ -296,7 +326,7 @@ fn serverless_devs_s_yaml_imports_with_vars() {
             "      timeout: 30\n",
             "      timeout: 30\n      initializer: index.init\n",
             "resources.hello_world.props.initializer",
-            "initializer",
+            "instanceLifecycleConfig",
         ),
         (
             "    component: fc3\n",

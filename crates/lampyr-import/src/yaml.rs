@@ -246,9 +246,11 @@ fn hint(key: &str) -> &'static str {
             "lampyr has no IAM roles; remove it and pass the credentials the code needs in its environment variables"
         }
         "Layers" | "layers" => "put the layer's files in the code directory instead, and remove it",
-        "Initializer" | "InitializationTimeout" | "initializer" | "initializationTimeout"
-        | "instanceLifecycleConfig" => {
-            "lampyr's manifest has no initializer hook yet; do the set-up at the top level of the handler's module (it runs once per instance), and remove it"
+        "initializer" | "initializationTimeout" => {
+            "Serverless Devs 3 names the initializer under instanceLifecycleConfig.initializer (handler, timeout); move it there"
+        }
+        "preStop" | "preFreeze" => {
+            "lampyr has no pre-stop or pre-freeze hook; remove it"
         }
         "NasConfig" | "nasConfig" | "ossMountConfig" | "EphemeralStorage" | "FileSystemConfigs" => {
             "lampyr mounts no network file systems; remove it"

@@ -3,8 +3,9 @@
 //! template.yml and Serverless Devs' s.yaml deploy from their code
 //! directories, answer on their URLs, and their schedules are timers (one
 //! fires; the minute-long ones are checked by their next firings); the
-//! manifest `--dry-run` prints deploys on its own; a field lampyr lacks is
-//! refused by its path.
+//! manifest `--dry-run` prints deploys on its own; a Function Compute HTTP
+//! event makes an HTTP function with its initializer; a field lampyr lacks
+//! is refused by its path.
 
 mod common;
 
@@ -267,19 +268,47 @@ Resources:
     );
     assert_every(&info, "daily", "0 0 8 * * *", 24 * 3600);
 
-    // An HTTP event (an FC HTTP function) is refused by its path.
-    let http = template.replace(
-        "        tick:\n",
-        "        web:\n          Type: HTTP\n          Properties: {AuthType: ANONYMOUS, Methods: ['GET']}\n        tick:\n",
-    );
-    std::fs::write(&t, http).unwrap();
-    let out = server.cli(&["deploy", t.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // An HTTP event makes an FC HTTP function (req, resp, context) with its
+    // URL; its initializer runs once, before the first request.
+    let web = r#"ROSTemplateFormatVersion: '2015-09-01'
+Transform: 'Aliyun::Serverless-2018-04-03'
+Resources:
+  WebService:
+    Type: 'Aliyun::Serverless::Service'
+    WebFunction:
+      Type: 'Aliyun::Serverless::Function'
+      Properties:
+        Handler: index.handler
+        Initializer: index.init
+        InitializationTimeout: 5
+        Runtime: nodejs20
+        CodeUri: './'
+      Events:
+        web:
+          Type: HTTP
+          Properties: {AuthType: ANONYMOUS, Methods: ['GET', 'POST']}
+"#
+    .replace("nodejs20", &format!("nodejs{node}"));
+    let web_dir = project(&[
+        ("template.yml", web),
+        (
+            "index.js",
+            "let inits = 0;\nexports.init = (context, callback) => { inits += 1; callback(null, ''); };\nexports.handler = (req, resp, context) => { resp.setStatusCode(201); resp.setHeader('x-path', req.path); resp.send(`inits=${inits} ${req.method}`); };\n".into(),
+        ),
+    ]);
+    let wt = web_dir.path().join("template.yml");
+    let dry = cli_ok(&server, &["deploy", wt.to_str().unwrap(), "--dry-run"]);
     assert!(
-        err.contains("Resources.GreetingService.GreetingFunction.Events.web: an HTTP trigger calls a Function Compute HTTP function"),
-        "{err}"
+        dry.contains("handler_type = \"http\"") && dry.contains("initializer = \"index.init\""),
+        "{dry}"
     );
+    cli_ok(&server, &["deploy", wt.to_str().unwrap()]);
+    for _ in 0..2 {
+        let r = server.call("POST", "web-function/x/y", Some(b"{}"));
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert_eq!(r.header("x-path"), Some("/x/y"));
+        assert_eq!(r.text(), "inits=1 POST");
+    }
 }
 
 #[test]
