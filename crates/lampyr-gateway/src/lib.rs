@@ -3,7 +3,8 @@
 //!
 //! * the HTTP trigger, `ANY /fn/NAME[/REST]` (`trigger.rs`): a request
 //!   becomes a payload-2.0 event and a `lampyr_scheduler::Call`, the answer
-//!   becomes the response (the proxy-result rules);
+//!   becomes the response (the proxy-result rules); a streamed reply is
+//!   written to the client as it arrives (`streaming.rs`);
 //! * the management API under `/api/v1`, bearer-token protected, with
 //!   `/healthz` and `/metrics` (`api.rs`);
 //! * the dashboard under `/ui`;
@@ -22,6 +23,7 @@ mod keys;
 mod lambda;
 pub mod listen;
 mod sources;
+mod streaming;
 mod trigger;
 mod ui;
 mod versions;

@@ -212,7 +212,7 @@ async fn invoke_inner(
         idempotency_key: None,
         routing_key: None,
     };
-    match app.sched.call(call).await {
+    match app.sched.call_streamed(call).await {
         Ok(Answer::Queued(_)) => {
             let mut r = StatusCode::ACCEPTED.into_response();
             r.headers_mut()
@@ -220,6 +220,9 @@ async fn invoke_inner(
             Ok(r)
         }
         Ok(Answer::Ran(mut inv)) => {
+            // A streamed reply, whole (as Lambda answers a plain Invoke of
+            // a streaming function), within the response limit.
+            inv.collect(app.limits.max_response_body).await;
             let log = if tail {
                 Some(log_tail(app, &inv).await)
             } else {
@@ -378,7 +381,14 @@ fn answer(inv: &Invocation, log: Option<String>) -> Response {
     };
     let mut resp = Response::new(axum::body::Body::from(body));
     let h = resp.headers_mut();
-    h.insert("content-type", HeaderValue::from_static("application/json"));
+    let content_type = match inv.streamed() {
+        Some(t) if !failed => HeaderValue::from_str(t).ok(),
+        _ => None,
+    };
+    h.insert(
+        "content-type",
+        content_type.unwrap_or(HeaderValue::from_static("application/json")),
+    );
     h.insert("x-amz-executed-version", HeaderValue::from(inv.version));
     h.insert(
         crate::trigger::X_LAMPYR_VERSION,
