@@ -9,7 +9,8 @@
 //!   `/healthz` and `/metrics` (`api.rs`);
 //! * the dashboard under `/ui`;
 //! * Lambda's Invoke API, `POST /2015-03-31/functions/NAME/invocations`
-//!   (`lambda/`), for AWS SDKs and the AWS CLI.
+//!   (`lambda/`), for AWS SDKs and the AWS CLI, and its
+//!   `InvokeWithResponseStream` (`lambda/stream.rs`).
 //!
 //! Every error leaving this crate is a status code plus the stable body
 //! `{ "error": { "code", "message" } }` (see [`error`]).
@@ -246,7 +247,11 @@ pub fn router(app: AppState) -> Router {
         )
         .route(
             "/2015-03-31/functions/{function}/invocations",
-            post(lambda::invoke).layer(DefaultBodyLimit::max(app.limits.max_request_body)),
+            post(lambda::invoke::<false>).layer(DefaultBodyLimit::max(app.limits.max_request_body)),
+        )
+        .route(
+            "/2021-11-15/functions/{function}/response-streaming-invocations",
+            post(lambda::invoke::<true>).layer(DefaultBodyLimit::max(app.limits.max_request_body)),
         )
         .route("/healthz", get(api::health))
         .route("/metrics", get(api::metrics))

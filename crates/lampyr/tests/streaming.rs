@@ -171,6 +171,16 @@ fn record(server: &Server, id: &str) -> Value {
     last
 }
 
+/// A plain Invoke through Lambda's Invoke API (with the server's token).
+fn lambda_invoke(server: &Server, function: &str, payload: &str) -> common::Resp {
+    request(
+        "POST",
+        &format!("{}/2015-03-31/functions/{function}/invocations", server.url),
+        Some(payload.as_bytes()),
+        &[("authorization", &format!("Bearer {}", server.token()))],
+    )
+}
+
 #[test]
 fn chunks_reach_the_client_while_the_function_runs() {
     let server = Server::start();
@@ -217,17 +227,22 @@ fn chunks_reach_the_client_while_the_function_runs() {
     assert_eq!(rel["stream_bytes"], 8);
 
     // The Lambda Invoke API answers with the whole body.
-    let token = server.token();
-    let r = request(
-        "POST",
-        &format!("{}/2015-03-31/functions/held/invocations", server.url),
-        Some(br#"{"rawPath":"/release"}"#),
-        &[("authorization", &format!("Bearer {token}"))],
-    );
+    let r = lambda_invoke(&server, "held", r#"{"rawPath":"/release"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "released");
     assert_eq!(r.header("content-type"), Some("text/plain"));
     assert_eq!(r.header("x-amz-function-error"), None);
+
+    // InvokeWithResponseStream through boto3: its chunks, then the end.
+    let (id, secret) = common::aws::new_key(&server);
+    let events = boto3_stream(&server, (&id, &secret), "held", r#"{"rawPath":"/release"}"#);
+    let body: String = events.iter().filter_map(|e| e["chunk"].as_str()).collect();
+    assert_eq!(body, "released", "{events:?}");
+    let end = &events.last().unwrap()["complete"];
+    assert!(
+        end.is_object() && end.get("ErrorCode").is_none(),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -276,16 +291,30 @@ fn failures_cut_the_stream_and_are_recorded() {
     assert_eq!(r["error_type"], "Runtime.Timeout");
 
     // The Invoke API: a function error, as Lambda gives one.
-    let token = server.token();
-    let r = request(
-        "POST",
-        &format!("{}/2015-03-31/functions/failing/invocations", server.url),
-        Some(br#"{"rawPath":"/mid"}"#),
-        &[("authorization", &format!("Bearer {token}"))],
-    );
+    let r = lambda_invoke(&server, "failing", r#"{"rawPath":"/mid"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
     assert_eq!(r.json()["errorMessage"], "broke mid-stream");
+
+    // InvokeWithResponseStream through boto3: the chunk, then the error.
+    let (id, secret) = common::aws::new_key(&server);
+    let events = boto3_stream(&server, (&id, &secret), "failing", r#"{"rawPath":"/mid"}"#);
+    assert_eq!(events[0]["chunk"], "partial", "{events:?}");
+    let end = &events.last().unwrap()["complete"];
+    assert_eq!(end["ErrorCode"], "StreamBroke", "{events:?}");
+    assert!(end["ErrorDetails"]
+        .as_str()
+        .is_some_and(|d| d.contains("broke mid-stream")));
+}
+
+/// The events boto3's `invoke_with_response_stream` read.
+fn boto3_stream(server: &Server, key: (&str, &str), function: &str, payload: &str) -> Vec<Value> {
+    let r = common::aws::boto3_fixture(
+        "stream_client.py",
+        &[server.url.as_str(), key.0, key.1, function, payload],
+    );
+    assert_eq!(r["status"], 200, "{r}");
+    r["events"].as_array().unwrap().clone()
 }
 
 #[test]
@@ -327,16 +356,7 @@ fn a_large_body_streams_to_a_slow_reader_in_bounded_memory() {
 
     // The Invoke API collects a streamed body up to the response limit
     // (6 MB), and refuses one past it as Lambda does.
-    let token = server.token();
-    let auth = format!("Bearer {token}");
-    let invoke = |mib: u32| {
-        request(
-            "POST",
-            &format!("{}/2015-03-31/functions/large/invocations", server.url),
-            Some(format!(r#"{{"mib":{mib}}}"#).as_bytes()),
-            &[("authorization", &auth)],
-        )
-    };
+    let invoke = |mib: u32| lambda_invoke(&server, "large", &format!(r#"{{"mib":{mib}}}"#));
     let r = invoke(2);
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), 2 << 20);
