@@ -649,6 +649,8 @@ function runStreamingHandler(id, rid, deadline, event) {
   };
   stream.on('finish', () => ended(null));
   stream.on('error', (e) => ended(e === undefined || e === null ? new Error('the response stream failed') : e));
+  // Destroyed without an error: the response ends there.
+  stream.on('close', () => ended(null));
   const fail = (e) => {
     ended(e === undefined || e === null ? new Error(String(e)) : e);
     if (!stream.destroyed) stream.destroy();
@@ -661,10 +663,13 @@ function runStreamingHandler(id, rid, deadline, event) {
     fail(e);
     return;
   }
-  // A handler that returns without ending its stream has it ended.
-  Promise.resolve(ret).then(() => {
-    if (!stream.writableEnded && !stream.destroyed) stream.end();
-  }, fail);
+  // An async handler whose promise resolves without ending its stream has
+  // it ended; one that returns no promise ends it itself, when it is done.
+  if (isThenable(ret)) {
+    Promise.resolve(ret).then(() => {
+      if (!stream.writableEnded && !stream.destroyed) stream.end();
+    }, fail);
+  }
 }
 
 // ---------------------------------------------------------------- load
