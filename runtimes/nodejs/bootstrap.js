@@ -3,9 +3,11 @@
 // Run as `node bootstrap.js` with one end of a Unix socketpair inherited as
 // fd 3 (LAMPYR_FD). Speaks the instance protocol described in
 // docs/protocol.md: sends HELLO, loads one function's handler on LOAD, then
-// answers INVOKE frames (concurrently) with RESULT / ERROR frames. Handlers
-// follow the AWS Lambda Node.js contract (async, plain-value and callback
-// forms; CommonJS and ES modules). console.* is replaced so that every call
+// answers INVOKE frames (concurrently) with RESULT / ERROR frames, or with a
+// stream (STREAM_START, STREAM_CHUNK, STREAM_END) for a handler wrapped in
+// awslambda.streamifyResponse. Handlers follow the AWS Lambda Node.js
+// contract (async, plain-value, callback and streaming forms; CommonJS and
+// ES modules). console.* is replaced so that every call
 // writes one log record `ts<TAB>requestId<TAB>LEVEL<TAB>message` to
 // stdout/stderr.
 'use strict';
@@ -26,6 +28,10 @@ const T_INVOKE = 0x10;
 const T_RESULT = 0x11;
 const T_ERROR = 0x12;
 const T_POLL = 0x13;
+const T_STREAM_START = 0x14;
+const T_STREAM_CHUNK = 0x15;
+const T_STREAM_END = 0x16;
+const MAX_CHUNK = 1024 * 1024;
 const MAX_FRAME = 16 * 1024 * 1024;
 
 const als = new AsyncLocalStorage();
@@ -286,6 +292,7 @@ function warmUp(done) {
     setImmediate(() => {
       handler = null;
       isCallbackHandler = false;
+      isStreamingHandler = false;
       loading = false;
       queued.length = 0;
       fnName = fnVersion = fnArn = memoryMb = logGroup = logStream = '';
@@ -373,6 +380,7 @@ function uncork() {
 
 let handler = null;
 let isCallbackHandler = false;
+let isStreamingHandler = false;
 let loading = false;
 let fnName = '';
 let fnVersion = '';
@@ -523,7 +531,145 @@ function invoke(id, deadline, rid, eventStr) {
     });
     return;
   }
-  als.run(rid, runHandler, id, rid, deadline, event);
+  als.run(rid, isStreamingHandler ? runStreamingHandler : runHandler, id, rid, deadline, event);
+}
+
+// ---------------------------------------------------------------- streaming
+
+// Lambda's response streaming: `awslambda.streamifyResponse(handler)` marks
+// a handler that is called as (event, responseStream, context) and writes
+// its response to the stream; `awslambda.HttpResponseStream.from(stream,
+// {statusCode, headers, cookies})` makes it an HTTP response, whose
+// prelude (the JSON and 8 NUL bytes) goes before the first byte. The host
+// gets STREAM_START (with the content type) before the first byte,
+// STREAM_CHUNKs of at most 1 MiB, and STREAM_END (with the error object if
+// the handler failed after the stream started; an ERROR frame if it failed
+// before). Each chunk is written with back-pressure: the stream's write
+// callback waits until the socket took the frame.
+const STREAMING = Symbol.for('aws.lambda.runtime.handler.streaming');
+const HTTP_INTEGRATION = 'application/vnd.awslambda.http-integration-response';
+
+class HttpResponseStream {
+  static from(stream, prelude) {
+    stream.setContentType(HTTP_INTEGRATION);
+    stream._prelude = Buffer.concat([Buffer.from(JSON.stringify(prelude || {}), 'utf8'), Buffer.alloc(8)]);
+    return stream;
+  }
+}
+
+globalThis.awslambda = {
+  streamifyResponse(fn) {
+    fn[STREAMING] = 'response';
+    return fn;
+  },
+  HttpResponseStream,
+};
+
+function streamFrame(type, id, body) {
+  const b = Buffer.allocUnsafe(9 + body.length);
+  b.writeUInt32BE(body.length + 5, 0);
+  b[4] = type;
+  b.writeUInt32BE(id, 5);
+  body.copy(b, 9);
+  return b;
+}
+
+// The Writable class, made on the first streamed invocation (node:stream
+// stays off the path of ordinary handlers).
+let ResponseStream = null;
+function responseStreamClass() {
+  if (ResponseStream !== null) return ResponseStream;
+  const { Writable } = require('node:stream');
+  ResponseStream = class ResponseStream extends Writable {
+    constructor(id) {
+      super();
+      this._id = id;
+      this._contentType = '';
+      this._prelude = null;
+      this._started = false;
+    }
+
+    setContentType(type) {
+      if (this._started) throw new Error('setContentType: the response has already started streaming');
+      this._contentType = String(type);
+    }
+
+    _begin() {
+      if (this._started) return;
+      this._started = true;
+      out.write(streamFrame(T_STREAM_START, this._id, Buffer.from(this._contentType, 'utf8')));
+      if (this._prelude !== null) this._send(this._prelude, null);
+    }
+
+    // `chunk` in frames of at most MAX_CHUNK; `cb` once the socket took the last.
+    _send(chunk, cb) {
+      let off = 0;
+      while (chunk.length - off > MAX_CHUNK) {
+        out.write(streamFrame(T_STREAM_CHUNK, this._id, chunk.subarray(off, off + MAX_CHUNK)));
+        off += MAX_CHUNK;
+      }
+      if (chunk.length - off > 0) out.write(streamFrame(T_STREAM_CHUNK, this._id, chunk.subarray(off)), cb);
+      else if (cb !== null) process.nextTick(cb);
+    }
+
+    _write(chunk, encoding, cb) {
+      this._begin();
+      this._send(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk, encoding), cb);
+    }
+
+    _final(cb) {
+      this._begin();
+      cb();
+    }
+  };
+  return ResponseStream;
+}
+
+function runStreamingHandler(id, rid, deadline, event) {
+  const Stream = responseStreamClass();
+  const stream = new Stream(id);
+  let settled = false;
+  const ended = (err) => {
+    if (settled) return;
+    settled = true;
+    if (err === null) {
+      out.write(streamFrame(T_STREAM_END, id, Buffer.alloc(0)));
+      return;
+    }
+    const obj = errorObject(err);
+    if (!stream._started) {
+      // Nothing streamed yet: an ordinary error.
+      stream._started = true;
+      replyError(id, rid, obj);
+      return;
+    }
+    const json = JSON.stringify(obj);
+    writeRecord(2, rid, 'ERROR', 'Invoke Error ' + json);
+    out.write(streamFrame(T_STREAM_END, id, Buffer.from(json, 'utf8')));
+  };
+  stream.on('finish', () => ended(null));
+  stream.on('error', (e) => ended(e === undefined || e === null ? new Error('the response stream failed') : e));
+  // Destroyed without an error: the response ends there.
+  stream.on('close', () => ended(null));
+  const fail = (e) => {
+    ended(e === undefined || e === null ? new Error(String(e)) : e);
+    if (!stream.destroyed) stream.destroy();
+  };
+  const ctx = new Context(rid, deadline, () => {}, fail);
+  let ret;
+  try {
+    ret = handler(event, stream, ctx);
+  } catch (e) {
+    fail(e);
+    return;
+  }
+  // An async handler whose promise resolves without ending its stream has
+  // it ended; one that returns no promise ends it itself, when it is done.
+  if (isThenable(ret)) {
+    Promise.resolve(ret).then(() => {
+      if (!stream.writableEnded && !stream.destroyed) stream.end();
+    }, fail);
+  }
 }
 
 // ---------------------------------------------------------------- Function Compute
@@ -850,10 +996,12 @@ async function load(cfg) {
   if (fn === null) return;
   if (cfg.handler_type === 'http') {
     handler = fcHttpHandler(fn);
+    isStreamingHandler = false;
     isCallbackHandler = false;
   } else {
     handler = fn;
-    isCallbackHandler = fn.length >= 3;
+    isStreamingHandler = fn[STREAMING] === 'response';
+    isCallbackHandler = !isStreamingHandler && fn.length >= 3;
   }
   setFcContext(cfg, handlerStr);
   if (cfg.initializer && !(await runInitializer(cfg, taskRoot))) return;

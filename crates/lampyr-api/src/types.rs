@@ -294,6 +294,10 @@ pub struct InvocationRecord {
     /// first is 1); absent for one that is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// The bytes the function streamed, when its reply was a stream (then
+    /// `duration_ms` runs to the stream's end, `phases.exec` to its start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_bytes: Option<u64>,
 }
 
 /// `d` in milliseconds, as the records and the API give durations: the

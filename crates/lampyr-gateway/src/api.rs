@@ -263,7 +263,13 @@ pub(crate) async fn invoke_raw(
                 idempotency_key: idempotency_key.as_deref(),
                 routing_key: routing_key.as_deref(),
             };
-            trigger::call_and_answer(&app, call, trigger::respond_raw).await
+            trigger::call_and_answer(
+                &app,
+                call,
+                trigger::respond_raw,
+                crate::streaming::StreamAs::Raw,
+            )
+            .await
         }
     };
     if !resp.headers().contains_key(trigger::X_LAMPYR_REQUEST_ID) {

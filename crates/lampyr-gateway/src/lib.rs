@@ -3,12 +3,14 @@
 //!
 //! * the HTTP trigger, `ANY /fn/NAME[/REST]` (`trigger.rs`): a request
 //!   becomes a payload-2.0 event and a `lampyr_scheduler::Call`, the answer
-//!   becomes the response (the proxy-result rules);
+//!   becomes the response (the proxy-result rules); a streamed reply is
+//!   written to the client as it arrives (`streaming.rs`);
 //! * the management API under `/api/v1`, bearer-token protected, with
 //!   `/healthz` and `/metrics` (`api.rs`);
 //! * the dashboard under `/ui`;
 //! * Lambda's Invoke API, `POST /2015-03-31/functions/NAME/invocations`
-//!   (`lambda/`), for AWS SDKs and the AWS CLI.
+//!   (`lambda/`), for AWS SDKs and the AWS CLI, and its
+//!   `InvokeWithResponseStream` (`lambda/stream.rs`).
 //!
 //! Every error leaving this crate is a status code plus the stable body
 //! `{ "error": { "code", "message" } }` (see [`error`]).
@@ -22,6 +24,7 @@ mod keys;
 mod lambda;
 pub mod listen;
 mod sources;
+mod streaming;
 mod trigger;
 mod ui;
 mod versions;
@@ -244,7 +247,11 @@ pub fn router(app: AppState) -> Router {
         )
         .route(
             "/2015-03-31/functions/{function}/invocations",
-            post(lambda::invoke).layer(DefaultBodyLimit::max(app.limits.max_request_body)),
+            post(lambda::invoke::<false>).layer(DefaultBodyLimit::max(app.limits.max_request_body)),
+        )
+        .route(
+            "/2021-11-15/functions/{function}/response-streaming-invocations",
+            post(lambda::invoke::<true>).layer(DefaultBodyLimit::max(app.limits.max_request_body)),
         )
         .route("/healthz", get(api::health))
         .route("/metrics", get(api::metrics))

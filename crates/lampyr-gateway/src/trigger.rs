@@ -23,6 +23,7 @@ use lampyr_scheduler::{
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::streaming::StreamAs;
 use crate::{bearer, AppState};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -198,9 +199,12 @@ async fn run(
         idempotency_key: idempotency_key.as_deref(),
         routing_key: routing_key.as_deref(),
     };
-    Ok(call_and_answer(app, call, |inv| {
-        respond(inv, max).unwrap_or_else(IntoResponse::into_response)
-    })
+    Ok(call_and_answer(
+        app,
+        call,
+        |inv| respond(inv, max).unwrap_or_else(IntoResponse::into_response),
+        StreamAs::Http,
+    )
     .await)
 }
 
@@ -215,17 +219,22 @@ pub(crate) fn routing_key(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Makes a call and answers it: `respond` maps an invocation to the
-/// response, a refusal maps to its error. The invocation is held by the
+/// response, a streamed reply is streamed (`streaming.rs`, as `stream`
+/// says), a refusal maps to its error. The invocation is held by the
 /// response body until the response is sent: its record, and the refill of
 /// a pool it took an instance from, wait until then.
 pub(crate) async fn call_and_answer(
     app: &AppState,
     call: Call<'_>,
     respond: impl FnOnce(&Invocation) -> Response,
+    stream: StreamAs,
 ) -> Response {
     use hyper::body::Body as _;
-    match app.sched.call(call).await {
+    match app.sched.call_streamed(call).await {
         Ok(Answer::Queued(q)) => accepted(&q),
+        Ok(Answer::Ran(inv)) if inv.streaming() => {
+            crate::streaming::respond(inv, stream, respond).await
+        }
         Ok(Answer::Ran(mut inv)) => {
             let resp = respond(&inv);
             inv.delivered(Delivery {
@@ -599,7 +608,7 @@ pub(crate) fn server_timing(inv: &Invocation) -> String {
     s
 }
 
-fn platform_headers(resp: &mut Response, inv: &Invocation) {
+pub(crate) fn platform_headers(resp: &mut Response, inv: &Invocation) {
     let h = resp.headers_mut();
     h.insert(X_LAMPYR_START, HeaderValue::from_static(inv.start.as_str()));
     // From the string's own buffer, not a copy of it.
@@ -693,7 +702,7 @@ fn function_error(err: &[u8]) -> Response {
     resp
 }
 
-fn bad_result(function: &str, what: String) -> ApiError {
+pub(crate) fn bad_result(function: &str, what: String) -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
         "invalid_response",
@@ -863,6 +872,31 @@ fn general_proxy_result(
             .insert("content-type", HeaderValue::from_static("application/json"));
         return Ok(resp);
     };
+    let b64 = obj
+        .get("isBase64Encoded")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let body = match obj.get("body") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(s)) if b64 => B64
+            .decode(s)
+            .map_err(|e| bad_result(function, format!("body is not valid base64 ({e})")))?,
+        Some(serde_json::Value::String(s)) => s.clone().into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+    };
+    let mut resp = proxy_head(function, &obj, "application/json")?;
+    *resp.body_mut() = Body::from(body);
+    Ok(resp)
+}
+
+/// A response's head from a proxy result's (or a streamed reply's
+/// prelude's) `statusCode`, `headers`, `multiValueHeaders` and `cookies`,
+/// with an empty body; `default_type` when it names no content type.
+pub(crate) fn proxy_head(
+    function: &str,
+    obj: &serde_json::Map<String, serde_json::Value>,
+    default_type: &'static str,
+) -> Result<Response, ApiError> {
     let status = obj
         .get("statusCode")
         .and_then(|v| {
@@ -879,19 +913,7 @@ fn general_proxy_result(
                 ),
             )
         })?;
-    let b64 = obj
-        .get("isBase64Encoded")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    let body = match obj.get("body") {
-        None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(serde_json::Value::String(s)) if b64 => B64
-            .decode(s)
-            .map_err(|e| bad_result(function, format!("body is not valid base64 ({e})")))?,
-        Some(serde_json::Value::String(s)) => s.clone().into_bytes(),
-        Some(other) => other.to_string().into_bytes(),
-    };
-    let mut resp = Response::new(Body::from(body));
+    let mut resp = Response::new(Body::empty());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     let mut has_type = false;
@@ -943,7 +965,7 @@ fn general_proxy_result(
         }
     }
     if !has_type {
-        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("content-type", HeaderValue::from_static(default_type));
     }
     Ok(resp)
 }

@@ -30,5 +30,6 @@ pub use discover::{Interpreters, RuntimeInfo, Runtimes};
 pub use instance::poll::poll_before_park;
 pub use instance::{
     ExitReport, FirstInvoke, FunctionLoad, Instance, InstanceConfig, InstanceError, InvokeOutcome,
-    Loaded, Network, PendingInvoke, SpecialiseError, StartPhases, StartTimings,
+    Loaded, Network, PendingInvoke, ReplyStream, SpecialiseError, StartPhases, StartTimings,
+    StreamEnd, StreamItem,
 };

@@ -17,6 +17,22 @@ pub const ERROR: u8 = 0x12;
 /// Host → runtime: how long to keep polling for the next frame after an
 /// INVOKE before sleeping (payload: `u32` microseconds, 0 for not at all).
 pub const POLL: u8 = 0x13;
+/// Runtime → host: the invocation's reply is a stream (payload: `u32` id,
+/// then the content type as UTF-8; empty for `application/octet-stream`).
+/// It replaces RESULT/ERROR for that invocation.
+pub const STREAM_START: u8 = 0x14;
+/// Runtime → host: `u32` id, then a piece of the streamed body (at most
+/// [`MAX_STREAM_CHUNK`] bytes; never empty).
+pub const STREAM_CHUNK: u8 = 0x15;
+/// Runtime → host: `u32` id, then nothing (the stream ended well) or a JSON
+/// error object (the function failed mid-stream).
+pub const STREAM_END: u8 = 0x16;
+
+/// The largest body a STREAM_CHUNK frame carries.
+pub const MAX_STREAM_CHUNK: usize = 1 << 20;
+
+/// The content type of a stream that names none.
+pub const DEFAULT_STREAM_TYPE: &str = "application/octet-stream";
 
 /// Frames larger than this are a protocol violation.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -91,7 +107,19 @@ pub fn encode_poll(micros: u32) -> Vec<u8> {
     encode(POLL, &micros.to_be_bytes())
 }
 
-/// Splits the payload of a RESULT or ERROR frame into its invocation id and body.
+/// Encodes a frame that names an invocation: `u32` id, then `body`
+/// (RESULT, ERROR and the STREAM_* frames).
+pub fn encode_reply(kind: u8, id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + body.len());
+    out.put_u32((body.len() + 5) as u32);
+    out.put_u8(kind);
+    out.put_u32(id);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Splits the payload of a frame that names an invocation (RESULT, ERROR,
+/// STREAM_START, STREAM_CHUNK, STREAM_END) into its id and body.
 pub fn split_reply(mut payload: Bytes) -> Result<(u32, Bytes), FrameError> {
     if payload.len() < 4 {
         return Err(FrameError::Truncated("reply"));
@@ -125,6 +153,48 @@ mod tests {
         assert_eq!(f.kind, POLL);
         assert_eq!(&f.payload[..], &100u32.to_be_bytes());
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn stream_frame_layout() {
+        let mut wire = encode_reply(STREAM_START, 9, b"text/plain");
+        wire.extend(encode_reply(STREAM_CHUNK, 9, b"hello"));
+        wire.extend(encode_reply(STREAM_END, 9, b""));
+        // Byte for byte: length (type + id + body), type, id, body.
+        assert_eq!(
+            &wire[..19],
+            &[
+                0, 0, 0, 15, 0x14, 0, 0, 0, 9, b't', b'e', b'x', b't', b'/', b'p', b'l', b'a',
+                b'i', b'n'
+            ]
+        );
+        assert_eq!(&wire[19..29], &[0, 0, 0, 10, 0x15, 0, 0, 0, 9, b'h']);
+        assert_eq!(&wire[wire.len() - 9..], &[0, 0, 0, 5, 0x16, 0, 0, 0, 9]);
+        let mut buf = BytesMut::from(&wire[..]);
+        let kinds: Vec<(u8, u32, Bytes)> = std::iter::from_fn(|| decode(&mut buf).unwrap())
+            .map(|f| {
+                let (id, body) = split_reply(f.payload).unwrap();
+                (f.kind, id, body)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (STREAM_START, 9, Bytes::from_static(b"text/plain")),
+                (STREAM_CHUNK, 9, Bytes::from_static(b"hello")),
+                (STREAM_END, 9, Bytes::new()),
+            ]
+        );
+        // A failed stream's end carries the error object.
+        let err = br#"{"errorType":"Error","errorMessage":"x","stackTrace":[]}"#;
+        let mut buf = BytesMut::from(&encode_reply(STREAM_END, 1, err)[..]);
+        let f = decode(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            split_reply(f.payload).unwrap(),
+            (1, Bytes::from_static(err))
+        );
+        // The largest chunk fits a frame.
+        const { assert!(MAX_STREAM_CHUNK + 9 <= MAX_FRAME) };
     }
 
     #[test]

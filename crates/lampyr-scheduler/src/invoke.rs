@@ -24,6 +24,10 @@ use lampyr_runtime::{FirstInvoke, InvokeOutcome, PendingInvoke};
 use crate::state::{self, FunctionState, Grant, SlotGrant, SlotId};
 use crate::{records, Scheduler, SchedulerError, TriggerAccess, Version};
 
+/// The most a streamed reply [`Scheduler::call`] collects holds: what one
+/// RESULT frame can.
+pub const COLLECT_LIMIT: usize = lampyr_runtime::protocol::MAX_FRAME;
+
 /// How the caller waits for the invocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InvocationType {
@@ -246,7 +250,14 @@ pub struct Invocation {
     pub started_at: SystemTime,
     /// The instance that ran it.
     pub instance: String,
-    after: After,
+    /// A streamed reply (`stream.rs`).
+    pub(crate) stream: Option<crate::stream::Streaming>,
+    /// From the start of execution to the end of a streamed reply.
+    pub(crate) stream_duration: Option<Duration>,
+    /// The bytes a streamed reply carried.
+    pub(crate) stream_bytes: u64,
+    /// Taken when the record is written.
+    after: Option<After>,
 }
 
 /// What happens when an [`Invocation`] is dropped.
@@ -275,22 +286,67 @@ impl std::fmt::Debug for Invocation {
 impl Invocation {
     /// Notes what the trigger delivered, for the record.
     pub fn delivered(&mut self, delivery: Delivery) {
-        self.after.delivery = delivery;
+        if let Some(after) = &mut self.after {
+            after.delivery = delivery;
+        }
+    }
+
+    /// An invocation whose caller stopped reading its streamed reply: the
+    /// record waits for the stream's end, in a task of its own.
+    fn record_at_stream_end(&mut self) -> bool {
+        if !self.streaming() {
+            return false;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let mut rest = Invocation {
+            request_id: std::mem::take(&mut self.request_id),
+            function: std::mem::take(&mut self.function),
+            version: self.version,
+            alias: self.alias.take(),
+            start: self.start,
+            phases: self.phases,
+            outcome: Outcome::Ok(Bytes::new()),
+            memory_mb: self.memory_mb,
+            started_at: self.started_at,
+            instance: std::mem::take(&mut self.instance),
+            stream: self.stream.take(),
+            stream_duration: None,
+            stream_bytes: 0,
+            after: self.after.take(),
+        };
+        rt.spawn(async move {
+            let done = match rest.stream.as_mut() {
+                Some(s) => s.finish().await,
+                None => None,
+            };
+            rest.stream_ended(done);
+        });
+        true
     }
 }
 
 impl Drop for Invocation {
     fn drop(&mut self) {
+        if self.record_at_stream_end() {
+            return;
+        }
+        let Some(after) = self.after.take() else {
+            return;
+        };
         let ms = lampyr_api::millis;
         let p = self.phases;
         let exec_ms = ms(p.exec);
-        let billed_ms = (exec_ms.ceil() as u64).max(1);
+        // A streamed reply lasts until its end.
+        let duration_ms = self.stream_duration.map_or(exec_ms, ms);
+        let billed_ms = (duration_ms.ceil() as u64).max(1);
         let (status, error_type) = self.outcome.recorded_as();
         let record = lampyr_api::InvocationRecord {
             request_id: std::mem::take(&mut self.request_id),
             function: std::mem::take(&mut self.function),
             version: self.version,
-            trigger: self.after.trigger,
+            trigger: after.trigger,
             // Formatted by the record writer, off the request path.
             start_time: String::new(),
             start: self.start,
@@ -302,26 +358,27 @@ impl Drop for Invocation {
                 init: p.init.map(ms),
                 exec: exec_ms,
             },
-            duration_ms: exec_ms,
+            duration_ms,
             billed_ms,
             gb_seconds: f64::from(self.memory_mb) / 1024.0 * billed_ms as f64 / 1000.0,
             memory_mb: self.memory_mb,
             max_memory_used_mb: None,
             status,
             error_type,
-            http_status: self.after.delivery.http_status,
-            response_bytes: self.after.delivery.response_bytes,
+            http_status: after.delivery.http_status,
+            response_bytes: after.delivery.response_bytes,
             instance: Some(std::mem::take(&mut self.instance)),
-            attempt: self.after.attempt,
+            attempt: after.attempt,
+            stream_bytes: self.stream.is_some().then_some(self.stream_bytes),
         };
-        let inner = &self.after.sched.inner;
+        let inner = &after.sched.inner;
         inner.recorder.record(records::Draft {
             record,
             started_at: self.started_at,
-            instance: Some(self.after.sandbox.clone()),
+            instance: Some(after.sandbox.clone()),
             report: true,
         });
-        if let Some(rt) = self.after.refill {
+        if let Some(rt) = after.refill {
             inner.pools.replenish(rt);
         }
     }
@@ -396,12 +453,26 @@ impl Scheduler {
         self.inner.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Runs one call of a function (see the module doc).
+    /// Runs one call of a function (see the module doc). A streamed reply
+    /// is collected into `Outcome::Ok` (at most [`COLLECT_LIMIT`] bytes;
+    /// see [`Invocation::collect`]): the answer for callers that want the
+    /// whole result.
+    pub async fn call(&self, call: Call<'_>) -> Result<Answer, Refused> {
+        let mut answer = self.call_streamed(call).await?;
+        if let Answer::Ran(inv) = &mut answer {
+            inv.collect(COLLECT_LIMIT).await;
+        }
+        Ok(answer)
+    }
+
+    /// Runs one call of a function (see the module doc), whose reply may be
+    /// a stream still to be read ([`Invocation::streaming`],
+    /// [`Invocation::next_chunk`]).
     ///
     /// The invocation runs in a task of its own: if the caller goes away
     /// (a client disconnected), it still finishes or times out and gives
     /// its slot back properly, and a cold start it began still completes.
-    pub async fn call(&self, call: Call<'_>) -> Result<Answer, Refused> {
+    pub async fn call_streamed(&self, call: Call<'_>) -> Result<Answer, Refused> {
         if call.invocation_type == InvocationType::RequestResponse {
             self.inner
                 .calls
@@ -537,6 +608,7 @@ impl Scheduler {
             response_bytes: 0,
             instance: None,
             attempt,
+            stream_bytes: None,
         };
         Refused {
             error,
@@ -580,55 +652,38 @@ impl Scheduler {
         };
         let outcome = tokio::time::timeout(timeout, pending.outcome()).await;
         phases.exec = exec_started.elapsed();
-        let name = &state.name;
+        let mut stream = None;
         let outcome = match outcome {
             Ok(InvokeOutcome::Ok(b)) => Outcome::Ok(b),
             // The runtime logged the error and its stack.
             Ok(InvokeOutcome::Error(b)) => Outcome::FunctionError(b),
             Ok(InvokeOutcome::Exited(report)) => {
-                lease.poison("crashed");
-                if report.oom {
-                    self.platform_log(
-                        &lease,
-                        request_id,
-                        "ERROR",
-                        format!(
-                            "Runtime.OutOfMemory: function '{name}' exceeded its memory limit of {} MiB; instance {} was killed",
-                            spec.memory_mb,
-                            lease.instance.id()
-                        ),
-                    );
-                    Outcome::OutOfMemory {
-                        limit_mb: spec.memory_mb,
-                    }
-                } else {
-                    self.platform_log(
-                        &lease,
-                        request_id,
-                        "ERROR",
-                        format!(
-                            "instance {} exited during the invocation: {}",
-                            lease.instance.id(),
-                            report.reason
-                        ),
-                    );
-                    Outcome::Crashed {
-                        reason: report.reason,
-                    }
-                }
+                self.ended(&lease, request_id, Ended::Exited(report))
             }
-            Err(_) => {
-                self.platform_log(
-                    &lease,
-                    request_id,
-                    "ERROR",
-                    format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),
-                );
-                lease.poison(&format!(
-                    "an invocation timed out after {:.2} s",
-                    timeout.as_secs_f64()
+            Err(_) => self.ended(&lease, request_id, Ended::TimedOut(timeout)),
+            Ok(InvokeOutcome::Stream(reply)) => {
+                // The slot goes with the stream, given back at its end.
+                let ran = Ran {
+                    version: version.record.version,
+                    start,
+                    phases,
+                    outcome: Outcome::Ok(Bytes::new()),
+                    memory_mb: spec.memory_mb,
+                    instance: lease.instance.id().to_string(),
+                    sandbox: lease.instance.sandbox(),
+                    refill: (start == StartKind::Pooled).then_some(spec.runtime),
+                    function: state.name.clone(),
+                    stream: None,
+                };
+                stream = Some(crate::stream::pump(
+                    self.clone(),
+                    lease,
+                    request_id.to_string(),
+                    reply,
+                    exec_started,
+                    timeout,
                 ));
-                Outcome::Timeout { timeout }
+                return Ok(Ran { stream, ..ran });
             }
         };
         Ok(Ran {
@@ -642,7 +697,62 @@ impl Scheduler {
             // A pooled start refills its pool once the answer is dropped.
             refill: (start == StartKind::Pooled).then_some(spec.runtime),
             function: state.name.clone(),
+            stream,
         })
+    }
+
+    /// The outcome of an invocation that its instance's exit or its
+    /// timeout ended, logged; the instance is replaced.
+    pub(crate) fn ended(&self, lease: &Lease, request_id: &str, how: Ended) -> Outcome {
+        let name = &lease.state.name;
+        let spec = lease.version.spec();
+        match how {
+            Ended::Exited(report) => {
+                lease.poison("crashed");
+                if report.oom {
+                    self.platform_log(
+                        lease,
+                        request_id,
+                        "ERROR",
+                        format!(
+                            "Runtime.OutOfMemory: function '{name}' exceeded its memory limit of {} MiB; instance {} was killed",
+                            spec.memory_mb,
+                            lease.instance.id()
+                        ),
+                    );
+                    Outcome::OutOfMemory {
+                        limit_mb: spec.memory_mb,
+                    }
+                } else {
+                    self.platform_log(
+                        lease,
+                        request_id,
+                        "ERROR",
+                        format!(
+                            "instance {} exited during the invocation: {}",
+                            lease.instance.id(),
+                            report.reason
+                        ),
+                    );
+                    Outcome::Crashed {
+                        reason: report.reason,
+                    }
+                }
+            }
+            Ended::TimedOut(timeout) => {
+                self.platform_log(
+                    lease,
+                    request_id,
+                    "ERROR",
+                    format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),
+                );
+                lease.poison(&format!(
+                    "an invocation timed out after {:.2} s",
+                    timeout.as_secs_f64()
+                ));
+                Outcome::Timeout { timeout }
+            }
+        }
     }
 
     /// The START line of an invocation, for followers of the live log
@@ -667,7 +777,13 @@ impl Scheduler {
         }
     }
 
-    fn platform_log(&self, lease: &Lease, request_id: &str, level: &str, message: String) {
+    pub(crate) fn platform_log(
+        &self,
+        lease: &Lease,
+        request_id: &str,
+        level: &str,
+        message: String,
+    ) {
         self.inner.logs.platform(
             &lease.state.name,
             lease.version.record.version,
@@ -801,6 +917,13 @@ struct Ran {
     instance: String,
     sandbox: Arc<lampyr_sandbox::SandboxControl>,
     refill: Option<lampyr_api::Runtime>,
+    stream: Option<crate::stream::Streaming>,
+}
+
+/// How an invocation ended without an answer.
+pub(crate) enum Ended {
+    Exited(lampyr_runtime::ExitReport),
+    TimedOut(Duration),
 }
 
 impl Ran {
@@ -824,21 +947,24 @@ impl Ran {
             memory_mb: self.memory_mb,
             started_at,
             instance: self.instance,
-            after: After {
+            stream: self.stream,
+            stream_duration: None,
+            stream_bytes: 0,
+            after: Some(After {
                 sched: sched.clone(),
                 trigger,
                 attempt,
                 delivery: Delivery::default(),
                 sandbox: self.sandbox,
                 refill: self.refill,
-            },
+            }),
         }
     }
 }
 
 /// One taken slot on an instance; giving it back (dropping it) frees the slot
 /// or hands it to the next waiter.
-struct Lease {
+pub(crate) struct Lease {
     state: Arc<FunctionState>,
     slot: SlotId,
     instance: Arc<lampyr_runtime::Instance>,

@@ -44,6 +44,7 @@ mod records;
 mod start;
 mod state;
 pub mod stats;
+mod stream;
 mod versions;
 
 use std::collections::HashMap;
@@ -61,7 +62,7 @@ pub use deploy::{DeployOptions, DeployOutcome};
 pub use error::SchedulerError;
 pub use invoke::{
     new_request_id, token_eq, Answer, Call, Credential, Delivery, EventSink, Invocation,
-    InvocationType, NewEvent, Outcome, Phases, Queued, Refused,
+    InvocationType, NewEvent, Outcome, Phases, Queued, Refused, COLLECT_LIMIT,
 };
 pub use logs::{Follower, LogHub};
 pub use pool::{PoolBounds, PoolConfig};

@@ -460,6 +460,7 @@ mod tests {
             response_bytes: 12,
             instance: instance.map(str::to_string),
             attempt: None,
+            stream_bytes: None,
         }
     }
 

@@ -245,6 +245,7 @@ mod tests {
             response_bytes: 1,
             instance: None,
             attempt: None,
+            stream_bytes: None,
         }
     }
 

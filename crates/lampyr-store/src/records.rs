@@ -113,6 +113,8 @@ struct Row<S>(
     /* instance */ Option<S>,
     /* attempt, absent from batches written before it */
     #[serde(default)] Option<u32>,
+    /* stream_bytes, absent from batches written before it */
+    #[serde(default)] Option<u64>,
 );
 
 impl<'a> Row<&'a str> {
@@ -141,6 +143,7 @@ impl<'a> Row<&'a str> {
             r.response_bytes,
             r.instance.as_deref(),
             r.attempt,
+            r.stream_bytes,
         )
     }
 }
@@ -208,6 +211,7 @@ impl Row<String> {
             response_bytes: r.19,
             instance: r.20,
             attempt: r.21,
+            stream_bytes: r.22,
         }
     }
 }
@@ -306,6 +310,7 @@ impl RecordStore {
                     response_bytes: r.get::<_, i64>(15)? as u64,
                     instance: r.get(16)?,
                     attempt: None,
+                    stream_bytes: None,
                 })
             })?;
             rows.collect::<rusqlite::Result<_>>()?
@@ -683,6 +688,7 @@ mod tests {
             response_bytes: 12,
             instance: Some("f-1".into()),
             attempt: None,
+            stream_bytes: None,
         }
     }
 

@@ -28,21 +28,6 @@ fn deploy(server: &Server) {
     server.deploy(Fixture::node("boom", "", BOOM).path());
 }
 
-/// An access key from `lampyr keys create --json`.
-fn new_key(server: &Server) -> (String, String) {
-    let out = server.cli(&["keys", "create", "--name", "tests", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (
-        key["id"].as_str().unwrap().to_string(),
-        key["secret"].as_str().unwrap().to_string(),
-    )
-}
-
 #[test]
 fn boto3_invokes_functions_with_an_issued_key() {
     let server = Server::start();
@@ -53,21 +38,8 @@ fn boto3_invokes_functions_with_an_issued_key() {
         "{}",
         String::from_utf8_lossy(&alias.stderr)
     );
-    let (id, secret) = new_key(&server);
-    let deps = common::aws::test_deps("moto", "'moto[s3,sns,server]' boto3");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/lambda/boto3_client.py");
-    let out = common::aws::python(&deps)
-        .arg(&script)
-        .args([server.url.as_str(), &id, &secret])
-        .output()
-        .expect("run boto3");
-    assert!(
-        out.status.success(),
-        "boto3 client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (id, secret) = common::aws::new_key(&server);
+    let r = common::aws::boto3_fixture("boto3_client.py", &[server.url.as_str(), &id, &secret]);
 
     // RequestResponse: the raw result, the version that ran, the log tail.
     let sync = &r["sync"];
@@ -164,7 +136,7 @@ fn bearer_tokens_and_revoked_keys_on_the_invoke_api() {
         unsigned.text()
     );
     // A key that was revoked no longer signs.
-    let (id, _) = new_key(&server);
+    let (id, _) = common::aws::new_key(&server);
     let listed = server.cli(&["keys", "ls", "--json"]);
     let keys: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert!(keys
@@ -205,7 +177,7 @@ fn bearer_tokens_and_revoked_keys_on_the_invoke_api() {
 fn the_aws_cli_invokes_a_function() {
     let server = Server::start();
     deploy(&server);
-    let (id, secret) = new_key(&server);
+    let (id, secret) = common::aws::new_key(&server);
     let deps = common::aws::test_deps("awscli", "awscli");
     let out_dir = tempfile::tempdir().unwrap();
     let out_file = out_dir.path().join("out.json");

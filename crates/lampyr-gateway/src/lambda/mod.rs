@@ -14,11 +14,18 @@
 //!   `x-amzn-ErrorType` and `{"Type","message"}`. `X-Amz-Log-Type: Tail`
 //!   adds the invocation's last 4 KB of log, base64, in `X-Amz-Log-Result`.
 //!
+//! * **`InvokeWithResponseStream`**
+//!   (`/2021-11-15/functions/NAME/response-streaming-invocations`): the
+//!   answer as an AWS event stream, chunk by chunk (`stream.rs`). A plain
+//!   Invoke of a function that streams gets the whole body, within the
+//!   response limit.
+//!
 //! The function is named by its name, its ARN or a partial ARN, with an
 //! optional qualifier (`NAME:QUALIFIER` or `?Qualifier=`): a version
 //! number, an alias or `$LATEST`, as lampyr's own `NAME@QUALIFIER`.
 
 pub(crate) mod sigv4;
+mod stream;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -116,8 +123,10 @@ impl IntoResponse for LambdaError {
     }
 }
 
-/// `POST /2015-03-31/functions/NAME/invocations`.
-pub(crate) async fn invoke(
+/// `POST /2015-03-31/functions/NAME/invocations` (`STREAMED` false) and
+/// `POST /2021-11-15/functions/NAME/response-streaming-invocations`
+/// (`STREAMED` true).
+pub(crate) async fn invoke<const STREAMED: bool>(
     State(app): State<AppState>,
     Path(function): Path<String>,
     method: Method,
@@ -125,12 +134,31 @@ pub(crate) async fn invoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let req = Req {
+        function: &function,
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
+    invoke_as(&app, req, body, STREAMED).await
+}
+
+/// What an Invoke request names and carries, besides its body.
+#[derive(Clone, Copy)]
+struct Req<'a> {
+    function: &'a str,
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+}
+
+/// Answers an Invoke (`streamed`: as an event stream), with its request id.
+async fn invoke_as(app: &AppState, req: Req<'_>, body: Bytes, streamed: bool) -> Response {
     let request_id = crate::new_request_id();
-    let mut resp =
-        match invoke_inner(&app, &function, &method, &uri, &headers, body, &request_id).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
-        };
+    let mut resp = match run_invoke(app, req, body, streamed, &request_id).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-amzn-requestid", v.clone());
         resp.headers_mut()
@@ -139,15 +167,19 @@ pub(crate) async fn invoke(
     resp
 }
 
-async fn invoke_inner(
+async fn run_invoke(
     app: &AppState,
-    function: &str,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    req: Req<'_>,
     body: Bytes,
+    streamed: bool,
     request_id: &str,
 ) -> Result<Response, LambdaError> {
+    let Req {
+        function,
+        method,
+        uri,
+        headers,
+    } = req;
     authenticate(app, method, uri, headers, &body)?;
     let query_qualifier = uri.query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
@@ -169,7 +201,8 @@ async fn invoke_inner(
         .map(|v| v.to_str().unwrap_or(""))
     {
         None | Some("RequestResponse") => InvocationType::RequestResponse,
-        Some("Event") => InvocationType::Event,
+        // A response stream has no event form (as on Lambda).
+        Some("Event") if !streamed => InvocationType::Event,
         Some("DryRun") => return Ok(StatusCode::NO_CONTENT.into_response()),
         Some(other) => {
             return Err(LambdaError::bad_request(format!(
@@ -213,14 +246,18 @@ async fn invoke_inner(
         idempotency_key: None,
         routing_key: None,
     };
-    match app.sched.call(call).await {
+    match app.sched.call_streamed(call).await {
         Ok(Answer::Queued(_)) => {
             let mut r = StatusCode::ACCEPTED.into_response();
             r.headers_mut()
                 .insert("content-length", HeaderValue::from_static("0"));
             Ok(r)
         }
+        Ok(Answer::Ran(inv)) if streamed => Ok(stream::respond(app, inv, tail)),
         Ok(Answer::Ran(mut inv)) => {
+            // A streamed reply, whole (as Lambda answers a plain Invoke of
+            // a streaming function), within the response limit.
+            inv.collect(app.limits.max_response_body).await;
             let log = if tail {
                 Some(log_tail(app, &inv).await)
             } else {
@@ -336,7 +373,39 @@ fn function_name(
 
 /// The response to a call that ran.
 fn answer(inv: &Invocation, log: Option<String>) -> Response {
-    let (body, failed) = match &inv.outcome {
+    let (body, failed) = outcome_body(inv, &inv.outcome);
+    let mut resp = Response::new(axum::body::Body::from(body));
+    let h = resp.headers_mut();
+    let content_type = match inv.streamed() {
+        Some(t) if !failed => HeaderValue::from_str(t).ok(),
+        _ => None,
+    };
+    h.insert(
+        "content-type",
+        content_type.unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    h.insert("x-amz-executed-version", HeaderValue::from(inv.version));
+    h.insert(
+        crate::trigger::X_LAMPYR_VERSION,
+        HeaderValue::from(inv.version),
+    );
+    if failed {
+        h.insert(
+            "x-amz-function-error",
+            HeaderValue::from_static("Unhandled"),
+        );
+    }
+    if let Some(log) = log {
+        if let Ok(v) = HeaderValue::from_str(&log) {
+            h.insert("x-amz-log-result", v);
+        }
+    }
+    resp
+}
+
+/// Lambda's body for an outcome, and whether it is a function error.
+fn outcome_body(inv: &Invocation, outcome: &Outcome) -> (Bytes, bool) {
+    match outcome {
         Outcome::Ok(result) => (result.clone(), false),
         Outcome::FunctionError(err) => {
             let e = FunctionError::parse(err, "Error");
@@ -376,27 +445,7 @@ fn answer(inv: &Invocation, log: Option<String>) -> Response {
             }),
             true,
         ),
-    };
-    let mut resp = Response::new(axum::body::Body::from(body));
-    let h = resp.headers_mut();
-    h.insert("content-type", HeaderValue::from_static("application/json"));
-    h.insert("x-amz-executed-version", HeaderValue::from(inv.version));
-    h.insert(
-        crate::trigger::X_LAMPYR_VERSION,
-        HeaderValue::from(inv.version),
-    );
-    if failed {
-        h.insert(
-            "x-amz-function-error",
-            HeaderValue::from_static("Unhandled"),
-        );
     }
-    if let Some(log) = log {
-        if let Ok(v) = HeaderValue::from_str(&log) {
-            h.insert("x-amz-log-result", v);
-        }
-    }
-    resp
 }
 
 /// `{"errorMessage","errorType","stackTrace"}`, as Lambda's clients read it.

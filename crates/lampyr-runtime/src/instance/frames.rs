@@ -13,7 +13,8 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::poll::{poll_hint, IN_FLIGHT, POLL_WINDOW};
-use super::{Instance, InstanceError, InvokeOutcome, Pending, Shared};
+use super::stream::{ReplyStream, StreamEnd};
+use super::{Instance, InstanceError, InvokeOutcome, Pending, Reply, Shared};
 use crate::protocol::{self, Frame};
 
 impl Instance {
@@ -123,7 +124,7 @@ impl Instance {
             id,
             Pending {
                 request_id: request_id.to_string(),
-                reply: tx,
+                reply: Reply::Waiting(tx),
             },
         );
         let pending = PendingInvoke {
@@ -226,19 +227,28 @@ pub struct PendingInvoke {
 }
 
 impl PendingInvoke {
-    /// Waits for the runtime's answer, or the instance's exit.
+    /// Waits for the runtime's answer, or the instance's exit. A streamed
+    /// answer holds the invocation until the stream is dropped.
     pub async fn outcome(mut self) -> InvokeOutcome {
         // The exit watcher records the exit before it drains `pending`, so
         // an exit before the entry was made is seen here.
-        if let Some(report) = self.shared.exit_report() {
-            if let Ok(out) = self.rx.try_recv() {
-                return out;
+        let out = if let Some(report) = self.shared.exit_report() {
+            match self.rx.try_recv() {
+                Ok(out) => out,
+                Err(_) => InvokeOutcome::Exited(report),
             }
-            return InvokeOutcome::Exited(report);
-        }
-        match (&mut self.rx).await {
-            Ok(outcome) => outcome,
-            Err(_) => InvokeOutcome::Exited(self.shared.wait_exit().await),
+        } else {
+            match (&mut self.rx).await {
+                Ok(outcome) => outcome,
+                Err(_) => InvokeOutcome::Exited(self.shared.wait_exit().await),
+            }
+        };
+        match out {
+            InvokeOutcome::Stream(mut s) => {
+                s.guard = Some(self);
+                InvokeOutcome::Stream(s)
+            }
+            other => other,
         }
     }
 }
@@ -269,19 +279,18 @@ pub(super) async fn read_frames(
         loop {
             match protocol::decode(&mut buf) {
                 Ok(Some(frame)) => match frame.kind {
-                    protocol::RESULT | protocol::ERROR => {
+                    protocol::RESULT
+                    | protocol::ERROR
+                    | protocol::STREAM_START
+                    | protocol::STREAM_CHUNK
+                    | protocol::STREAM_END => {
                         let Ok((id, body)) = protocol::split_reply(frame.payload) else {
                             break 'outer;
                         };
-                        let p = shared.pending.lock().remove(&id);
-                        if let Some(p) = p {
-                            shared.finished(p.request_id.clone());
-                            let outcome = if frame.kind == protocol::RESULT {
-                                InvokeOutcome::Ok(body)
-                            } else {
-                                InvokeOutcome::Error(body)
-                            };
-                            let _ = p.reply.send(outcome);
+                        if let Err(e) = reply(&shared, frame.kind, id, body).await {
+                            tracing::warn!(instance = %shared.id, "instance protocol error: {e}");
+                            *shared.kill_reason.lock() = Some(format!("protocol error: {e}"));
+                            break 'outer;
                         }
                     }
                     _ if shared.loaded.load(Ordering::Acquire) => {
@@ -321,5 +330,77 @@ pub(super) async fn read_frames(
             }
         }
         shared.kill.notify_one();
+    }
+}
+
+/// Hands one reply frame to its invocation's caller. A frame for an
+/// invocation that is no longer pending (abandoned: timed out, its caller
+/// gone) is dropped. A STREAM_CHUNK waits for room in its stream's
+/// channel: the back-pressure that keeps a streamed body out of memory.
+async fn reply(shared: &Arc<Shared>, kind: u8, id: u32, body: bytes::Bytes) -> Result<(), String> {
+    match kind {
+        protocol::STREAM_CHUNK => {
+            let chunks = match shared.pending.lock().get(&id).map(|p| &p.reply) {
+                None => return Ok(()),
+                Some(Reply::Streaming(feed)) => feed.chunks.clone(),
+                Some(Reply::Waiting(_)) => {
+                    return Err(format!(
+                        "STREAM_CHUNK before STREAM_START (invocation {id})"
+                    ))
+                }
+            };
+            if !body.is_empty() {
+                // An error: the caller dropped the stream; the chunk goes.
+                let _ = chunks.send(body).await;
+            }
+            Ok(())
+        }
+        protocol::STREAM_START => {
+            let content_type = match std::str::from_utf8(&body) {
+                Ok("") => protocol::DEFAULT_STREAM_TYPE.to_string(),
+                Ok(t) => t.to_string(),
+                Err(_) => return Err("STREAM_START's content type is not UTF-8".into()),
+            };
+            let mut pending = shared.pending.lock();
+            let Some(p) = pending.get_mut(&id) else {
+                return Ok(());
+            };
+            let (stream, feed) = ReplyStream::new(shared.clone(), content_type);
+            match std::mem::replace(&mut p.reply, Reply::Streaming(feed)) {
+                Reply::Waiting(tx) => {
+                    let _ = tx.send(InvokeOutcome::Stream(stream));
+                    Ok(())
+                }
+                Reply::Streaming(_) => Err(format!("a second STREAM_START (invocation {id})")),
+            }
+        }
+        _ => {
+            let Some(p) = shared.pending.lock().remove(&id) else {
+                return Ok(());
+            };
+            shared.finished(p.request_id.clone());
+            match (p.reply, kind) {
+                (Reply::Waiting(tx), protocol::RESULT) => {
+                    let _ = tx.send(InvokeOutcome::Ok(body));
+                }
+                (Reply::Waiting(tx), protocol::ERROR) => {
+                    let _ = tx.send(InvokeOutcome::Error(body));
+                }
+                (Reply::Streaming(feed), protocol::STREAM_END) => feed.end(if body.is_empty() {
+                    StreamEnd::Ok
+                } else {
+                    StreamEnd::Error(body)
+                }),
+                (Reply::Waiting(_), _) => {
+                    return Err(format!("STREAM_END before STREAM_START (invocation {id})"))
+                }
+                (Reply::Streaming(_), _) => {
+                    return Err(format!(
+                        "a RESULT or ERROR for a streamed reply (invocation {id})"
+                    ))
+                }
+            }
+            Ok(())
+        }
     }
 }

@@ -13,6 +13,10 @@
 //!   Frames go out from the sending task when the socket takes them at
 //!   once; a writer task sends what could not be written then. A reader
 //!   task hands replies to their callers.
+//! * `stream`: a reply that is a stream (STREAM_START, STREAM_CHUNK,
+//!   STREAM_END): handed to its caller at STREAM_START, its chunks through
+//!   a bounded channel, so a slow reader holds the runtime back instead of
+//!   the host buffering the body.
 //! * [`poll`]: when instances are asked to poll for their next frame
 //!   instead of sleeping.
 //!
@@ -24,6 +28,7 @@ mod frames;
 mod handshake;
 pub mod poll;
 mod spawn;
+mod stream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -45,6 +50,7 @@ use frames::Outbox;
 pub use frames::PendingInvoke;
 pub use handshake::{FirstInvoke, FunctionLoad, Loaded, SpecialiseError, StartPhases};
 pub use spawn::StartTimings;
+pub use stream::{ReplyStream, StreamEnd, StreamItem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
@@ -67,8 +73,8 @@ pub enum InstanceError {
     LoadFailed(FunctionError),
 }
 
-/// The end of one invocation.
-#[derive(Debug, Clone)]
+/// The end of one invocation, or the start of its streamed reply.
+#[derive(Debug)]
 pub enum InvokeOutcome {
     /// The handler returned; the JSON of its result.
     Ok(Bytes),
@@ -76,6 +82,9 @@ pub enum InvokeOutcome {
     Error(Bytes),
     /// The instance died before answering.
     Exited(ExitReport),
+    /// The runtime answers with a stream (STREAM_START): the invocation
+    /// goes on until the stream ends.
+    Stream(ReplyStream),
 }
 
 /// Why and how an instance ended.
@@ -91,7 +100,27 @@ pub struct ExitReport {
 
 struct Pending {
     request_id: String,
-    reply: oneshot::Sender<InvokeOutcome>,
+    reply: Reply,
+}
+
+/// Where an invocation's reply goes.
+enum Reply {
+    /// Its caller waits for the outcome (or a stream's start).
+    Waiting(oneshot::Sender<InvokeOutcome>),
+    /// The reply is a stream, being read.
+    Streaming(stream::Feed),
+}
+
+impl Pending {
+    /// Ends the invocation with the instance's exit.
+    fn exited(self, report: &ExitReport) {
+        match self.reply {
+            Reply::Waiting(tx) => {
+                let _ = tx.send(InvokeOutcome::Exited(report.clone()));
+            }
+            Reply::Streaming(feed) => feed.end(StreamEnd::Exited(report.clone())),
+        }
+    }
 }
 
 struct Shared {
@@ -290,7 +319,7 @@ async fn watch_exit(shared: Arc<Shared>, mut sandbox: Sandbox) {
     LIVE.fetch_sub(1, Ordering::Relaxed);
     let drained: Vec<Pending> = shared.pending.lock().drain().map(|(_, p)| p).collect();
     for p in drained {
-        let _ = p.reply.send(InvokeOutcome::Exited(report.clone()));
+        p.exited(&report);
     }
 }
 

@@ -37,3 +37,38 @@ pub fn python(deps: &Path) -> Command {
     }
     c
 }
+
+/// An access key from `lampyr keys create --json`: its id and secret.
+pub fn new_key(server: &super::Server) -> (String, String) {
+    let out = server.cli(&["keys", "create", "--name", "tests", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        key["id"].as_str().unwrap().to_string(),
+        key["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Runs `tests/fixtures/lambda/SCRIPT` (a boto3 client) with `args` and
+/// returns the JSON it prints.
+pub fn boto3_fixture(script: &str, args: &[&str]) -> serde_json::Value {
+    let deps = test_deps("moto", "'moto[s3,sns,server]' boto3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/lambda")
+        .join(script);
+    let out = python(&deps)
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("run boto3");
+    assert!(
+        out.status.success(),
+        "boto3 client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
