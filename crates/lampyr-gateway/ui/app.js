@@ -1025,9 +1025,12 @@
     }
     return phases;
   }
+  // Each run of the test panel; an older run stops updating the panel.
+  let testRun = 0;
   async function runTest() {
     const st = detail;
     if (!st) return;
+    const run = ++testRun;
     const err = $('test-error');
     err.hidden = true;
     let r;
@@ -1075,16 +1078,17 @@
     const logs = $('test-logs');
     logs.replaceChildren(empty('Waiting for its log lines…'));
     if (!rid) return;
-    // Log lines are written within moments of the response.
-    for (let i = 0; i < 15 && detail === st; i++) {
+    // Log lines are written within moments of the response (longer on a
+    // busy host): show what has arrived until the REPORT line has.
+    const until = performance.now() + 20000;
+    while (detail === st && run === testRun && performance.now() < until) {
       let recs = [];
       try {
         recs = (await api(`/functions/${enc(st.name)}/logs?request_id=${enc(rid)}`, st.c.signal)).records || [];
       } catch (_) { /* not yet */ }
-      if (recs.some((x) => x.stream === 'platform' && /^REPORT /.test(x.message))) {
-        logs.replaceChildren(...recs.map((x) => logLine(x, false)));
-        return;
-      }
+      if (run !== testRun) return;
+      if (recs.length) logs.replaceChildren(...recs.map((x) => logLine(x, false)));
+      if (recs.some((x) => x.stream === 'platform' && /^REPORT /.test(x.message))) return;
       await sleep(200, st.c.signal);
     }
   }
