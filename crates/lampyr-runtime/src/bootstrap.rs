@@ -24,8 +24,46 @@ pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-/// Where [`install`] put a runtime's bootstrap.
+/// Copies the programs of lampyr's own that runtimes run alone
+/// ([`crate::kinds::Kind::own_program`]: `provided`'s Runtime API shim),
+/// as discovery found them, into `dir/RUNTIME/` (when their size or
+/// modification time differ), where a jail can show them.
+pub fn install_programs(dir: &Path, runtimes: &crate::Runtimes) -> std::io::Result<()> {
+    for rt in Runtime::ALL {
+        let Ok(info) = runtimes.get(rt) else { continue };
+        if !crate::kinds::of(rt).own_program() {
+            continue;
+        }
+        let Some(name) = info.path.file_name() else {
+            continue;
+        };
+        let d = dir.join(rt.as_str());
+        std::fs::create_dir_all(&d)?;
+        let to = d.join(name);
+        let stamp = |p: &Path| std::fs::metadata(p).map(|m| (m.len(), m.modified().ok()));
+        let from = stamp(&info.path)?;
+        if stamp(&to).ok() == Some(from) {
+            continue;
+        }
+        let tmp = d.join(format!(".{}.tmp", name.to_string_lossy()));
+        std::fs::copy(&info.path, &tmp)?;
+        if let Some(t) = from.1 {
+            std::fs::File::options()
+                .write(true)
+                .open(&tmp)?
+                .set_modified(t)?;
+        }
+        std::fs::rename(&tmp, &to)?;
+    }
+    Ok(())
+}
+
+/// Where [`install`] put a runtime's bootstrap (or [`install_programs`]
+/// its program).
 pub fn path(dir: &Path, runtime: Runtime) -> PathBuf {
-    dir.join(runtime.as_str())
-        .join(crate::kinds::bootstrap(runtime).name)
+    let d = dir.join(runtime.as_str());
+    match crate::kinds::bootstrap(runtime) {
+        Some(b) => d.join(b.name),
+        None => d.join(crate::kinds::SHIM),
+    }
 }

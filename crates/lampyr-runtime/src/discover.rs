@@ -21,6 +21,10 @@ pub struct RuntimeInfo {
     /// The installation prefix holding the binary and its libraries, e.g.
     /// `/usr` or `~/.pyenv/versions/3.11.7`; a sandbox makes it visible.
     pub prefix: PathBuf,
+    /// Other installation prefixes its instances see: (host directory,
+    /// where a jail shows it). A custom runtime (`provided`) sees the
+    /// host's interpreters.
+    pub shared_prefixes: Vec<(PathBuf, PathBuf)>,
 }
 
 /// What discovery found for each runtime.
@@ -32,9 +36,16 @@ pub struct Runtimes {
 impl Runtimes {
     /// Looks up every runtime.
     pub fn discover() -> Self {
-        Runtimes {
-            found: Runtime::ALL.iter().map(|&rt| (rt, find(rt))).collect(),
+        let mut found: Vec<(Runtime, Result<RuntimeInfo, String>)> =
+            Runtime::ALL.iter().map(|&rt| (rt, find(rt))).collect();
+        let infos: Vec<&RuntimeInfo> = found.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+        let shared = crate::kinds::shared_prefixes(&infos);
+        for (rt, r) in &mut found {
+            if let (Runtime::Provided, Ok(info)) = (*rt, r) {
+                info.shared_prefixes = shared.clone();
+            }
         }
+        Runtimes { found }
     }
 
     /// The interpreter of `runtime`, or why this host has none.
@@ -53,7 +64,17 @@ fn find(runtime: Runtime) -> Result<RuntimeInfo, String> {
     let var = d.env_var;
     let candidates: Vec<PathBuf> = match std::env::var_os(var) {
         Some(p) => vec![PathBuf::from(p)],
-        None => d.names.iter().filter_map(|n| which(n)).collect(),
+        None => {
+            let beside = std::env::current_exe()
+                .ok()
+                .filter(|_| d.beside_lampyr)
+                .into_iter()
+                .flat_map(|me| d.names.iter().map(move |n| me.with_file_name(n)))
+                .filter(|p| is_executable(p));
+            beside
+                .chain(d.names.iter().filter_map(|n| which(n)))
+                .collect()
+        }
     };
     if candidates.is_empty() {
         return Err(format!(
@@ -113,6 +134,7 @@ fn probe_one(
         path,
         version,
         prefix,
+        shared_prefixes: Vec::new(),
     })
 }
 
@@ -150,7 +172,9 @@ mod tests {
     #[test]
     fn finds_real_binaries() {
         let rts = Runtimes::discover();
-        for rt in Runtime::ALL {
+        // `provided`'s shim is lampyr's own, beside `lampyr`, not found
+        // from a library test.
+        for rt in [Runtime::Nodejs, Runtime::Python] {
             let info = rts.get(rt).unwrap_or_else(|e| panic!("{rt}: {e}"));
             // The real binary, not a shell script shim.
             let head = std::fs::read(&info.path).unwrap();

@@ -138,7 +138,7 @@ impl Instance {
             .unwrap_or(0);
         // A broken socket kills the instance (see `queue`); its exit
         // watcher then fails this invocation.
-        let invoke = protocol::encode_invoke(id, deadline_ms, request_id, event);
+        let invoke = protocol::encode_invoke(id, deadline_ms, request_id, None, event);
         if self.poll.swap(poll, Ordering::Relaxed) != poll {
             // The hint changes: the POLL frame goes in the same write.
             let micros = if poll {
