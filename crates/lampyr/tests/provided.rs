@@ -43,6 +43,44 @@ fn provided(
     f
 }
 
+/// Copies the tree `from` into `to` (modes kept).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&src, &dst);
+        } else if e.file_type().unwrap().is_file() {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A provided function `name` from the fixture directory `fixture` (its
+/// `bootstrap` and code), with `handler`, more manifest lines and
+/// variables, and `vendor` (a directory of packages) copied in as
+/// `vendor/`.
+fn from_fixture(
+    name: &str,
+    fixture: &str,
+    handler: &str,
+    env: &str,
+    vendor: Option<&Path>,
+) -> Fixture {
+    let f = Fixture::new(
+        &format!(
+            "name = \"{name}\"\nruntime = \"provided\"\nhandler = \"{handler}\"\n[env]\nGREETING = \"hello\"\n{env}"
+        ),
+        &[],
+    );
+    copy_tree(&fixtures().join(fixture), f.path());
+    if let Some(v) = vendor {
+        copy_tree(v, &f.path().join("vendor"));
+    }
+    f
+}
+
 fn shell_bootstrap() -> String {
     std::fs::read_to_string(fixtures().join("shell/bootstrap")).unwrap()
 }
@@ -64,7 +102,14 @@ fn invoke(server: &Server, name: &str, event: &Value) -> common::Resp {
 }
 
 /// Checks what a function reported seeing for one invocation of `event`.
-fn check_seen(name: &str, seen: &Value, event: &Value, request_id: &str, timeout_ms: u64) {
+fn check_seen(
+    name: &str,
+    handler: &str,
+    seen: &Value,
+    event: &Value,
+    request_id: &str,
+    timeout_ms: u64,
+) {
     assert_eq!(&seen["event"], event, "{seen}");
     assert_eq!(seen["request_id"], request_id, "{seen}");
     assert_eq!(
@@ -82,7 +127,7 @@ fn check_seen(name: &str, seen: &Value, event: &Value, request_id: &str, timeout
     let env = &seen["env"];
     for (k, v) in [
         ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"),
-        ("_HANDLER", "function.handler"),
+        ("_HANDLER", handler),
         ("LAMBDA_TASK_ROOT", "/var/task"),
         ("LAMBDA_RUNTIME_DIR", "/var/runtime"),
         ("AWS_LAMBDA_FUNCTION_NAME", name),
@@ -101,18 +146,18 @@ fn check_seen(name: &str, seen: &Value, event: &Value, request_id: &str, timeout
 
 /// Events, results and context through the Runtime API: a raw event and an
 /// HTTP request, the second warm on the same instance.
-fn check_invocations(server: &Server, name: &str) {
+fn check_invocations(server: &Server, name: &str, handler: &str) {
     let event = serde_json::json!({"n": 1, "text": "hi there"});
     let r = invoke(server, name, &event);
     assert_eq!(r.status, 200, "{}", r.text());
     let rid = r.header("x-lampyr-request-id").unwrap().to_string();
-    check_seen(name, &r.json(), &event, &rid, 10_000);
+    check_seen(name, handler, &r.json(), &event, &rid, 10_000);
     let event = serde_json::json!({"n": 2});
     let r = invoke(server, name, &event);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-lampyr-start"), Some("warm"));
     let rid = r.header("x-lampyr-request-id").unwrap().to_string();
-    check_seen(name, &r.json(), &event, &rid, 10_000);
+    check_seen(name, handler, &r.json(), &event, &rid, 10_000);
     // Through the HTTP trigger, the event is a payload-2.0 request.
     let r = server.call("POST", &format!("{name}/some/path"), Some(b"{}"));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -124,7 +169,7 @@ fn a_shell_bootstrap_with_curl_serves_events_and_sees_the_lambda_environment() {
     let server = Server::start();
     let f = provided("shell", "", "", &shell_bootstrap(), &[]);
     server.deploy(f.path());
-    check_invocations(&server, "shell");
+    check_invocations(&server, "shell", "function.handler");
     // Its output is the function's log, attributed to the invocation.
     let r = invoke(&server, "shell", &serde_json::json!({}));
     let rid = r.header("x-lampyr-request-id").unwrap().to_string();
@@ -304,4 +349,49 @@ fn the_host_cannot_reach_an_instances_runtime_api() {
             assert!(!text.contains("lambda-runtime-aws-request-id"), "{text}");
         }
     }
+}
+
+#[test]
+fn awslambdaric_from_pypi_runs_under_the_runtime_api() {
+    let deps = common::aws::test_deps("awslambdaric", "awslambdaric");
+    let server = Server::start();
+    server.deploy(from_fixture("py-ric", "python", "app.handler", "", Some(&deps)).path());
+    check_invocations(&server, "py-ric", "app.handler");
+    let r = invoke(
+        &server,
+        "py-ric",
+        &serde_json::json!({"action": "provided-fail"}),
+    );
+    assert_eq!(r.header("x-lampyr-function-error"), Some("Unhandled"));
+    let v = r.json();
+    assert_eq!(v["errorType"], "ValueError", "{v}");
+    assert_eq!(v["errorMessage"], "it broke in python", "{v}");
+    assert!(
+        v["stackTrace"].as_array().is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
+    // Its prints are the function's log.
+    server.wait_until(
+        "the module's line in the log",
+        Duration::from_secs(10),
+        || {
+            server.logs("py-ric", "").iter().any(|l| {
+                l["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("awslambdaric app loaded")
+            })
+        },
+    );
+    // A module that does not import: awslambdaric posts init/error.
+    server.deploy(from_fixture("py-ric-bad", "python", "missing.handler", "", Some(&deps)).path());
+    let r = server.get("py-ric-bad");
+    assert_eq!(r.status, 502, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "init_error", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("py-ric-bad") && msg.contains("missing"),
+        "{msg}"
+    );
 }
