@@ -395,3 +395,41 @@ fn awslambdaric_from_pypi_runs_under_the_runtime_api() {
         "{msg}"
     );
 }
+
+/// Custom runtimes have a pool like the built-in ones: the shim is up in a
+/// built jail, waiting for LOAD; a cold start only starts the bootstrap.
+#[test]
+fn a_cold_start_takes_a_pooled_provided_instance_and_the_pool_refills() {
+    let server = Server::start();
+    server.wait_pools_ready();
+    server.deploy(provided("sh-pooled", "", "", &shell_bootstrap(), &[]).path());
+    let r = invoke(&server, "sh-pooled", &serde_json::json!({"n": 1}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-lampyr-start"), Some("pooled"));
+    let timing = r.header("server-timing").unwrap();
+    assert!(
+        !timing.contains("runtime;"),
+        "the shim was already up: {timing}"
+    );
+    let rid = r.header("x-lampyr-request-id").unwrap().to_string();
+    check_seen(
+        "sh-pooled",
+        "function.handler",
+        &r.json(),
+        &serde_json::json!({"n": 1}),
+        &rid,
+        10_000,
+    );
+    server.wait_until("the pool to refill", Duration::from_secs(30), || {
+        let pools = server.api("GET", "/pools", None).json();
+        pools
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["runtime"] == "provided" && p["ready"] == 1)
+    });
+    assert_eq!(
+        invoke(&server, "sh-pooled", &serde_json::json!({})).header("x-lampyr-start"),
+        Some("warm")
+    );
+}
