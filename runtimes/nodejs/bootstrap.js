@@ -388,7 +388,7 @@ class Context {
   #ok;
   #fail;
 
-  constructor(rid, deadline, ok, fail) {
+  constructor(rid, deadline, ok, fail, extras) {
     this.callbackWaitsForEmptyEventLoop = true;
     this.functionName = fnName;
     this.functionVersion = fnVersion;
@@ -397,6 +397,9 @@ class Context {
     this.awsRequestId = rid;
     this.logGroupName = logGroup;
     this.logStreamName = logStream;
+    // What the caller sent besides the event (Lambda's Invoke API).
+    this.clientContext = extras === undefined ? undefined : extras.client_context;
+    this.identity = extras === undefined ? undefined : extras.identity;
     this.#deadline = deadline;
     this.#ok = ok;
     this.#fail = fail;
@@ -469,7 +472,7 @@ function isThenable(v) {
   }
 }
 
-function runHandler(id, rid, deadline, event) {
+function runHandler(id, rid, deadline, event, extras) {
   let settled = false;
   const ok = (value) => {
     if (settled) return;
@@ -481,7 +484,7 @@ function runHandler(id, rid, deadline, event) {
     settled = true;
     replyError(id, rid, errorObject(err));
   };
-  const ctx = new Context(rid, deadline, ok, fail);
+  const ctx = new Context(rid, deadline, ok, fail, extras);
   let ret;
   try {
     if (isCallbackHandler) {
@@ -503,7 +506,7 @@ function runHandler(id, rid, deadline, event) {
   }
 }
 
-function invoke(id, deadline, rid, eventStr) {
+function invoke(id, deadline, rid, eventStr, extrasStr) {
   if (handler === null) {
     replyError(id, rid, {
       errorType: 'Runtime.NotLoaded',
@@ -523,7 +526,16 @@ function invoke(id, deadline, rid, eventStr) {
     });
     return;
   }
-  als.run(rid, runHandler, id, rid, deadline, event);
+  let extras;
+  if (extrasStr !== undefined) {
+    try {
+      extras = JSON.parse(extrasStr);
+    } catch (_) {
+      extras = {};
+    }
+    if (extras.trace_id) process.env._X_AMZN_TRACE_ID = String(extras.trace_id);
+  }
+  als.run(rid, runHandler, id, rid, deadline, event, extras);
 }
 
 // ---------------------------------------------------------------- load
@@ -701,8 +713,8 @@ async function load(cfg) {
   isCallbackHandler = fn.length >= 3;
   sendFrame(T_LOADED, '{}');
   const now = Date.now();
-  for (const [id, deadline, rid, eventStr, at] of queued.splice(0)) {
-    invoke(id, deadline + (now - at), rid, eventStr);
+  for (const [id, deadline, rid, eventStr, at, extrasStr] of queued.splice(0)) {
+    invoke(id, deadline + (now - at), rid, eventStr, extrasStr);
   }
 }
 
@@ -716,18 +728,27 @@ function onFrame(type, buf, start, end, arrived) {
     if (end - start < 13) throw new Error('malformed INVOKE frame (' + (end - start) + ' bytes)');
     const id = buf.readUInt32BE(start);
     const deadline = buf.readUInt32BE(start + 4) * 4294967296 + buf.readUInt32BE(start + 8);
-    const ridLen = buf[start + 12];
-    const evStart = start + 13 + ridLen;
-    if (evStart > end) throw new Error('malformed INVOKE frame (request id overruns frame)');
-    const rid = buf.toString('latin1', start + 13, evStart);
+    // The length byte's top bit: extras (a u32 length, JSON) follow the id.
+    const ridLen = buf[start + 12] & 0x7f;
+    const ridEnd = start + 13 + ridLen;
+    if (ridEnd > end) throw new Error('malformed INVOKE frame (request id overruns frame)');
+    const rid = buf.toString('latin1', start + 13, ridEnd);
+    let evStart = ridEnd;
+    let extrasStr;
+    if (buf[start + 12] & 0x80) {
+      if (ridEnd + 4 > end) throw new Error('malformed INVOKE frame (extras overrun frame)');
+      evStart = ridEnd + 4 + buf.readUInt32BE(ridEnd);
+      if (evStart > end) throw new Error('malformed INVOKE frame (extras overrun frame)');
+      extrasStr = buf.toString('utf8', ridEnd + 4, evStart);
+    }
     const eventStr = buf.toString('utf8', evStart, end);
     if (handler === null && loading) {
       // Sent right behind the LOAD (a cold start): runs once the handler
       // is loaded, its deadline moved on by the time it waited for that.
-      queued.push([id, deadline, rid, eventStr, arrived]);
+      queued.push([id, deadline, rid, eventStr, arrived, extrasStr]);
       return;
     }
-    invoke(id, deadline, rid, eventStr);
+    invoke(id, deadline, rid, eventStr, extrasStr);
   } else if (type === T_POLL) {
     if (end - start < 4) throw new Error('malformed POLL frame (' + (end - start) + ' bytes)');
     pollWindowMs = buf.readUInt32BE(start) / 1000;

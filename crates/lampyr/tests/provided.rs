@@ -81,6 +81,22 @@ fn from_fixture(
     f
 }
 
+/// Where scripts/test installed `dir` under target/test-deps (`var`
+/// overrides it), with `how` it did so for the message if it did not.
+fn test_dep(dir: &str, var: &str, how: &str) -> PathBuf {
+    let path = std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/test-deps")
+            .join(dir)
+    });
+    assert!(
+        path.join(".complete").exists(),
+        "{} is not there: run the tests with scripts/test, which installs it ({how})",
+        path.display()
+    );
+    path
+}
+
 fn shell_bootstrap() -> String {
     std::fs::read_to_string(fixtures().join("shell/bootstrap")).unwrap()
 }
@@ -431,5 +447,50 @@ fn a_cold_start_takes_a_pooled_provided_instance_and_the_pool_refills() {
     assert_eq!(
         invoke(&server, "sh-pooled", &serde_json::json!({})).header("x-lampyr-start"),
         Some("warm")
+    );
+}
+
+#[test]
+fn aws_lambda_ric_from_npm_runs_under_the_runtime_api() {
+    let deps = test_dep(
+        "aws-lambda-ric",
+        "LAMPYR_TEST_AWS_LAMBDA_RIC",
+        "npm install aws-lambda-ric@4.0.2",
+    );
+    let server = Server::start();
+    let f = from_fixture("node-ric", "nodejs", "index.handler", "", None);
+    // The client and what it loads, vendored as npm installed them.
+    for m in ["aws-lambda-ric", "@aws"] {
+        copy_tree(
+            &deps.join("node_modules").join(m),
+            &f.path().join("node_modules").join(m),
+        );
+    }
+    server.deploy(f.path());
+    check_invocations(&server, "node-ric", "index.handler");
+    let r = invoke(
+        &server,
+        "node-ric",
+        &serde_json::json!({"action": "provided-fail"}),
+    );
+    assert_eq!(r.header("x-lampyr-function-error"), Some("Unhandled"));
+    let v = r.json();
+    assert_eq!(v["errorType"], "BadThing", "{v}");
+    assert_eq!(v["errorMessage"], "it broke in node", "{v}");
+    assert!(
+        v["stackTrace"].as_array().is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
+    server.wait_until(
+        "the module's line in the log",
+        Duration::from_secs(10),
+        || {
+            server.logs("node-ric", "").iter().any(|l| {
+                l["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("aws-lambda-ric app loaded")
+            })
+        },
     );
 }
