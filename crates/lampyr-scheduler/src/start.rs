@@ -133,7 +133,7 @@ impl Scheduler {
             return Ok(());
         }
         let why = if !self.inner.config.sandboxer.is_jailed() {
-            "its instances would share the host's network, where any local process could take its events from the Runtime API; run the server with its sandbox on ([sandbox] isolation = \"auto\" or \"strict\", as root with namespaces)"
+            "its instances would share the host's network, where any local process could take its events from the Runtime API; run the server with its sandbox on (`lampyr serve --isolation auto` or `strict`, as root on a kernel with namespaces; `lampyr doctor` says what is missing)"
         } else if spec.network == lampyr_api::Network::Host {
             "network = \"host\" would put its Runtime API on the host's network, where any local process could take its events; use network = \"egress\" or \"none\""
         } else {

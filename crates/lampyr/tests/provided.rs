@@ -174,6 +174,34 @@ fn check_invocations(server: &Server, name: &str, handler: &str) {
     assert_eq!(r.header("x-lampyr-start"), Some("warm"));
     let rid = r.header("x-lampyr-request-id").unwrap().to_string();
     check_seen(name, handler, &r.json(), &event, &rid, 10_000);
+    // Through Lambda's Invoke API, with a client context (base64 JSON, as
+    // the SDKs send it).
+    let cc = serde_json::json!({"custom": {"user": "ada"}, "env": {"platform": "test"}, "client": {"app_title": "t"}});
+    let encoded =
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cc.to_string());
+    let auth = format!("Bearer {}", server.token());
+    let event = serde_json::json!({"n": 3});
+    let r = common::request(
+        "POST",
+        &format!("{}/2015-03-31/functions/{name}/invocations", server.url),
+        Some(event.to_string().as_bytes()),
+        &[
+            ("authorization", &auth),
+            ("x-amz-client-context", &encoded),
+            (
+                "x-amzn-trace-id",
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
+            ),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert_eq!(seen["event"], event, "{seen}");
+    assert_eq!(seen["client_context"]["custom"]["user"], "ada", "{seen}");
+    assert_eq!(seen["client_context"]["env"]["platform"], "test", "{seen}");
+    if let Some(t) = seen.get("trace_id") {
+        assert_eq!(t, "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1");
+    }
     // Through the HTTP trigger, the event is a payload-2.0 request.
     let r = server.call("POST", &format!("{name}/some/path"), Some(b"{}"));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -492,5 +520,94 @@ fn aws_lambda_ric_from_npm_runs_under_the_runtime_api() {
                     .contains("aws-lambda-ric app loaded")
             })
         },
+    );
+}
+
+/// The Rust functions scripts/test builds from fixtures/provided/rust.
+fn rust_function(name: &str, binary: &str) -> Fixture {
+    let built = test_dep(
+        "lambda-runtime",
+        "LAMPYR_TEST_LAMBDA_RUNTIME",
+        "cargo build --release of crates/lampyr/tests/fixtures/provided/rust",
+    );
+    let f = Fixture::new(
+        &format!(
+            "name = \"{name}\"\nruntime = \"provided.al2023\"\nhandler = \"function.handler\"\n[env]\nGREETING = \"hello\"\n"
+        ),
+        &[],
+    );
+    std::fs::copy(built.join(binary), f.path().join("bootstrap")).unwrap();
+    f
+}
+
+#[test]
+fn lambda_runtime_from_crates_io_runs_under_the_runtime_api() {
+    let server = Server::start();
+    server.deploy(rust_function("rust-fn", "buffered").path());
+    check_invocations(&server, "rust-fn", "function.handler");
+    let r = invoke(
+        &server,
+        "rust-fn",
+        &serde_json::json!({"action": "provided-fail"}),
+    );
+    assert_eq!(r.header("x-lampyr-function-error"), Some("Unhandled"));
+    let v = r.json();
+    assert_eq!(v["errorMessage"], "it broke in rust", "{v}");
+    assert!(
+        v["errorType"].as_str().is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
+    server.wait_until(
+        "the binary's line in the log",
+        Duration::from_secs(10),
+        || {
+            server.logs("rust-fn", "").iter().any(|l| {
+                l["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("rust runtime starting")
+            })
+        },
+    );
+}
+
+/// A streamed HTTP response from `lambda_http::run_with_streaming_response`
+/// through `/fn/NAME`: the prelude's status, headers and cookie, then the
+/// body as it was written.
+#[test]
+#[ignore = "needs host-side streaming"]
+fn a_streamed_response_from_lambda_http_reaches_the_caller() {
+    let server = Server::start();
+    server.deploy(rust_function("rust-stream", "streaming").path());
+    let r = server.get("rust-stream/hello");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-streamed"), Some("yes"));
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert!(
+        r.header("set-cookie")
+            .is_some_and(|c| c.contains("flavour=rust")),
+        "{:?}",
+        r.header("set-cookie")
+    );
+    assert_eq!(r.text(), "one two three");
+}
+
+/// Without the sandbox the Runtime API would be on the host's loopback:
+/// provided functions are refused, saying why and what to do.
+#[test]
+fn provided_functions_need_the_sandbox() {
+    let server = Server::start_with(&["--isolation", "off"]);
+    let f = provided("sh-plain", "", "", &shell_bootstrap(), &[]);
+    let deployed = server.cli(&["deploy", f.path().to_str().unwrap()]);
+    let said = if deployed.status.success() {
+        let r = server.get("sh-plain");
+        assert!(r.status >= 500, "{}", r.text());
+        r.text()
+    } else {
+        String::from_utf8_lossy(&deployed.stderr).into_owned()
+    };
+    assert!(
+        said.contains("Runtime API") && said.contains("--isolation auto"),
+        "{said}"
     );
 }
