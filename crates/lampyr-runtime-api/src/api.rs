@@ -191,18 +191,28 @@ async fn response(state: &State, request_id: &str, req: Request<Incoming>) -> Re
     if streaming {
         return stream(state, request_id, req).await;
     }
-    let body = match read_body(req.into_body()).await {
-        Ok(b) => b,
+    let (id, body) = match answer_with_body(state, request_id, req.into_body()).await {
+        Ok(a) => a,
         Err(r) => return r,
-    };
-    let id = match state.answer(request_id) {
-        Ok(id) => id,
-        Err(r) => return refused(r, request_id),
     };
     // A response with no body is a handler that returned nothing.
     let result: &[u8] = if body.is_empty() { b"null" } else { &body };
     state.send(protocol::encode_reply(protocol::RESULT, id, result));
     accepted()
+}
+
+/// Reads an answer's body, then takes the invocation to answer it (a
+/// second answer that raced this one loses here).
+async fn answer_with_body(
+    state: &State,
+    request_id: &str,
+    body: Incoming,
+) -> Result<(u32, Bytes), Reply> {
+    let body = read_body(body).await?;
+    let id = state
+        .answer(request_id)
+        .map_err(|r| refused(r, request_id))?;
+    Ok((id, body))
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
@@ -265,13 +275,9 @@ async fn invocation_error(state: &State, request_id: &str, req: Request<Incoming
         return refused(r, request_id);
     }
     let error_type = header(req.headers(), ERROR_TYPE).map(str::to_string);
-    let body = match read_body(req.into_body()).await {
-        Ok(b) => b,
+    let (id, body) = match answer_with_body(state, request_id, req.into_body()).await {
+        Ok(a) => a,
         Err(r) => return r,
-    };
-    let id = match state.answer(request_id) {
-        Ok(id) => id,
-        Err(r) => return refused(r, request_id),
     };
     let err = function_error(&body, error_type.as_deref(), "Runtime.Unknown");
     state.send(protocol::encode_reply(

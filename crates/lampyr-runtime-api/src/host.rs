@@ -345,9 +345,13 @@ mod tests {
     use super::*;
     use lampyr_runtime::protocol::{decode, Frame};
 
+    /// A state whose function is loading (LOAD received).
     fn state() -> (Arc<State>, mpsc::UnboundedReceiver<Out>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(State::new(tx)), rx)
+        let st = Arc::new(State::new(tx));
+        let load = r#"{"handler":"f.h","task_root":"/var/task","function_name":"fn"}"#;
+        st.loading(&serde_json::from_str(load).unwrap());
+        (st, rx)
     }
 
     pub(crate) fn frames(rx: &mut mpsc::UnboundedReceiver<Out>) -> Vec<Frame> {
@@ -378,12 +382,6 @@ mod tests {
     #[tokio::test]
     async fn the_first_next_sends_loaded_and_hands_out_held_invocations_in_order() {
         let (st, mut rx) = state();
-        st.loading(
-            &serde_json::from_str(
-                r#"{"handler":"f.h","task_root":"/var/task","function_name":"fn"}"#,
-            )
-            .unwrap(),
-        );
         st.push(invocation(1, "a"));
         st.push(invocation(2, "b"));
         let a = st.next().await;
@@ -404,10 +402,6 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_next_gets_the_invocation_pushed_later() {
         let (st, _rx) = state();
-        st.loading(
-            &serde_json::from_str(r#"{"handler":"f.h","task_root":"/t","function_name":"fn"}"#)
-                .unwrap(),
-        );
         let waiter = tokio::spawn({
             let st = st.clone();
             async move { st.next().await.request_id }
@@ -420,10 +414,6 @@ mod tests {
     #[tokio::test]
     async fn one_answer_per_invocation_and_unknown_ids_are_told_apart() {
         let (st, _rx) = state();
-        st.loading(
-            &serde_json::from_str(r#"{"handler":"f.h","task_root":"/t","function_name":"fn"}"#)
-                .unwrap(),
-        );
         st.push(invocation(3, "r"));
         assert_eq!(st.check("r"), Err(Refused::Unknown), "not handed out yet");
         st.next().await;
@@ -437,10 +427,6 @@ mod tests {
     #[test]
     fn load_error_is_sent_once_and_never_after_loaded() {
         let (st, mut rx) = state();
-        st.loading(
-            &serde_json::from_str(r#"{"handler":"f.h","task_root":"/t","function_name":"fn"}"#)
-                .unwrap(),
-        );
         let err = serde_json::json!({"errorType": "X", "errorMessage": "m", "stackTrace": []});
         assert!(st.load_failed(&err));
         assert!(!st.load_failed(&err));

@@ -43,6 +43,27 @@ fn new_key(server: &Server) -> (String, String) {
     )
 }
 
+/// Runs tests/fixtures/lambda/boto3_client.py against `server` with a new
+/// access key and `args`; returns what it printed.
+fn boto3(server: &Server, args: &[&str]) -> Value {
+    let (id, secret) = new_key(server);
+    let deps = common::aws::test_deps("moto", "'moto[s3,sns,server]' boto3");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/lambda/boto3_client.py");
+    let out = common::aws::python(&deps)
+        .arg(&script)
+        .args([server.url.as_str(), &id, &secret])
+        .args(args)
+        .output()
+        .expect("run boto3");
+    assert!(
+        out.status.success(),
+        "boto3 client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn boto3_invokes_functions_with_an_issued_key() {
     let server = Server::start();
@@ -53,21 +74,7 @@ fn boto3_invokes_functions_with_an_issued_key() {
         "{}",
         String::from_utf8_lossy(&alias.stderr)
     );
-    let (id, secret) = new_key(&server);
-    let deps = common::aws::test_deps("moto", "'moto[s3,sns,server]' boto3");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/lambda/boto3_client.py");
-    let out = common::aws::python(&deps)
-        .arg(&script)
-        .args([server.url.as_str(), &id, &secret])
-        .output()
-        .expect("run boto3");
-    assert!(
-        out.status.success(),
-        "boto3 client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = boto3(&server, &[]);
 
     // RequestResponse: the raw result, the version that ran, the log tail.
     let sync = &r["sync"];
@@ -262,21 +269,7 @@ fn boto3_client_context_reaches_the_handlers_context() {
         )
         .path(),
     );
-    let (id, secret) = new_key(&server);
-    let deps = common::aws::test_deps("moto", "'moto[s3,sns,server]' boto3");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/lambda/boto3_context.py");
-    let out = common::aws::python(&deps)
-        .arg(&script)
-        .args([server.url.as_str(), &id, &secret, "ctx-node", "ctx-py"])
-        .output()
-        .expect("run boto3");
-    assert!(
-        out.status.success(),
-        "boto3 client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = boto3(&server, &["context", "ctx-node", "ctx-py"]);
     let node = &r["ctx-node"];
     assert_eq!(node["cc"]["custom"]["user"], "ada", "{r}");
     assert_eq!(node["cc"]["env"]["locale"], "en", "{r}");

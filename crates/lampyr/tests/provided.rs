@@ -81,22 +81,6 @@ fn from_fixture(
     f
 }
 
-/// Where scripts/test installed `dir` under target/test-deps (`var`
-/// overrides it), with `how` it did so for the message if it did not.
-fn test_dep(dir: &str, var: &str, how: &str) -> PathBuf {
-    let path = std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../target/test-deps")
-            .join(dir)
-    });
-    assert!(
-        path.join(".complete").exists(),
-        "{} is not there: run the tests with scripts/test, which installs it ({how})",
-        path.display()
-    );
-    path
-}
-
 fn shell_bootstrap() -> String {
     std::fs::read_to_string(fixtures().join("shell/bootstrap")).unwrap()
 }
@@ -217,6 +201,40 @@ fn check_invocations(server: &Server, name: &str, handler: &str) {
     let r = server.call("POST", &format!("{name}/some/path"), Some(b"{}"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["event"]["rawPath"], "/some/path");
+}
+
+/// The client's report of a handler error through the Invoke API: its
+/// type, its message and a stack.
+fn check_handler_error(server: &Server, name: &str, error_type: Option<&str>, message: &str) {
+    let r = invoke(
+        server,
+        name,
+        &serde_json::json!({"action": "provided-fail"}),
+    );
+    assert_eq!(r.header("x-lampyr-function-error"), Some("Unhandled"));
+    let v = r.json();
+    match error_type {
+        Some(t) => assert_eq!(v["errorType"], t, "{v}"),
+        None => assert!(
+            v["errorType"].as_str().is_some_and(|t| !t.is_empty()),
+            "{v}"
+        ),
+    }
+    assert_eq!(v["errorMessage"], message, "{v}");
+}
+
+/// Waits until the function's log has a line containing `text`.
+fn wait_for_log(server: &Server, name: &str, text: &str) {
+    server.wait_until(
+        &format!("{text:?} in the log"),
+        Duration::from_secs(10),
+        || {
+            server
+                .logs(name, "")
+                .iter()
+                .any(|l| l["message"].as_str().unwrap_or("").contains(text))
+        },
+    );
 }
 
 #[test]
@@ -412,32 +430,9 @@ fn awslambdaric_from_pypi_runs_under_the_runtime_api() {
     let server = Server::start();
     server.deploy(from_fixture("py-ric", "python", "app.handler", "", Some(&deps)).path());
     check_invocations(&server, "py-ric", "app.handler");
-    let r = invoke(
-        &server,
-        "py-ric",
-        &serde_json::json!({"action": "provided-fail"}),
-    );
-    assert_eq!(r.header("x-lampyr-function-error"), Some("Unhandled"));
-    let v = r.json();
-    assert_eq!(v["errorType"], "ValueError", "{v}");
-    assert_eq!(v["errorMessage"], "it broke in python", "{v}");
-    assert!(
-        v["stackTrace"].as_array().is_some_and(|s| !s.is_empty()),
-        "{v}"
-    );
+    check_handler_error(&server, "py-ric", Some("ValueError"), "it broke in python");
     // Its prints are the function's log.
-    server.wait_until(
-        "the module's line in the log",
-        Duration::from_secs(10),
-        || {
-            server.logs("py-ric", "").iter().any(|l| {
-                l["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("awslambdaric app loaded")
-            })
-        },
-    );
+    wait_for_log(&server, "py-ric", "awslambdaric app loaded");
     // A module that does not import: awslambdaric posts init/error.
     server.deploy(from_fixture("py-ric-bad", "python", "missing.handler", "", Some(&deps)).path());
     let r = server.get("py-ric-bad");
@@ -491,11 +486,7 @@ fn a_cold_start_takes_a_pooled_provided_instance_and_the_pool_refills() {
 
 #[test]
 fn aws_lambda_ric_from_npm_runs_under_the_runtime_api() {
-    let deps = test_dep(
-        "aws-lambda-ric",
-        "LAMPYR_TEST_AWS_LAMBDA_RIC",
-        "npm install aws-lambda-ric@4.0.2",
-    );
+    let deps = common::test_dep("aws-lambda-ric", "npm install aws-lambda-ric@4.0.2");
     let server = Server::start();
     let f = from_fixture("node-ric", "nodejs", "index.handler", "", None);
     // The client and what it loads, vendored as npm installed them.
@@ -507,38 +498,14 @@ fn aws_lambda_ric_from_npm_runs_under_the_runtime_api() {
     }
     server.deploy(f.path());
     check_invocations(&server, "node-ric", "index.handler");
-    let r = invoke(
-        &server,
-        "node-ric",
-        &serde_json::json!({"action": "provided-fail"}),
-    );
-    assert_eq!(r.header("x-lampyr-function-error"), Some("Unhandled"));
-    let v = r.json();
-    assert_eq!(v["errorType"], "BadThing", "{v}");
-    assert_eq!(v["errorMessage"], "it broke in node", "{v}");
-    assert!(
-        v["stackTrace"].as_array().is_some_and(|s| !s.is_empty()),
-        "{v}"
-    );
-    server.wait_until(
-        "the module's line in the log",
-        Duration::from_secs(10),
-        || {
-            server.logs("node-ric", "").iter().any(|l| {
-                l["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("aws-lambda-ric app loaded")
-            })
-        },
-    );
+    check_handler_error(&server, "node-ric", Some("BadThing"), "it broke in node");
+    wait_for_log(&server, "node-ric", "aws-lambda-ric app loaded");
 }
 
 /// The Rust functions scripts/test builds from fixtures/provided/rust.
 fn rust_function(name: &str, binary: &str) -> Fixture {
-    let built = test_dep(
+    let built = common::test_dep(
         "lambda-runtime",
-        "LAMPYR_TEST_LAMBDA_RUNTIME",
         "cargo build --release of crates/lampyr/tests/fixtures/provided/rust",
     );
     let f = Fixture::new(
@@ -556,30 +523,8 @@ fn lambda_runtime_from_crates_io_runs_under_the_runtime_api() {
     let server = Server::start();
     server.deploy(rust_function("rust-fn", "buffered").path());
     check_invocations(&server, "rust-fn", "function.handler");
-    let r = invoke(
-        &server,
-        "rust-fn",
-        &serde_json::json!({"action": "provided-fail"}),
-    );
-    assert_eq!(r.header("x-lampyr-function-error"), Some("Unhandled"));
-    let v = r.json();
-    assert_eq!(v["errorMessage"], "it broke in rust", "{v}");
-    assert!(
-        v["errorType"].as_str().is_some_and(|t| !t.is_empty()),
-        "{v}"
-    );
-    server.wait_until(
-        "the binary's line in the log",
-        Duration::from_secs(10),
-        || {
-            server.logs("rust-fn", "").iter().any(|l| {
-                l["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("rust runtime starting")
-            })
-        },
-    );
+    check_handler_error(&server, "rust-fn", None, "it broke in rust");
+    wait_for_log(&server, "rust-fn", "rust runtime starting");
 }
 
 /// A streamed HTTP response from `lambda_http::run_with_streaming_response`

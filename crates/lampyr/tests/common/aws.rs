@@ -3,25 +3,16 @@
 //! them against loopback endpoints only.
 
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 
 /// Where scripts/test installed `what` (`pip install --target`); the
 /// environment variable `LAMPYR_TEST_<WHAT>` overrides it.
 pub fn test_deps(what: &str, packages: &str) -> PathBuf {
-    let dir = std::env::var(format!("LAMPYR_TEST_{}", what.to_uppercase()))
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/test-deps")
-                .join(what)
-        });
-    assert!(
-        dir.join(".complete").exists(),
-        "{} has no {what}: run the tests with scripts/test, which installs it (pip install --target {} {packages})",
-        dir.display(),
-        dir.display()
-    );
-    dir
+    super::test_dep(
+        what,
+        &format!("pip install --target target/test-deps/{what} {packages}"),
+    )
 }
 
 /// A Python process that sees the packages in `deps`, no AWS configuration

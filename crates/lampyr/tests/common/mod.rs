@@ -554,6 +554,24 @@ impl Drop for Server {
     }
 }
 
+/// Where scripts/test installed `what` under target/test-deps, `how` it
+/// does so for the message if it is missing; the environment variable
+/// `LAMPYR_TEST_<WHAT>` (upper case, `-` as `_`) overrides the place.
+pub fn test_dep(what: &str, how: &str) -> PathBuf {
+    let var = format!("LAMPYR_TEST_{}", what.to_uppercase().replace('-', "_"));
+    let dir = std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/test-deps")
+            .join(what)
+    });
+    assert!(
+        dir.join(".complete").exists(),
+        "{} has no {what}: run the tests with scripts/test, which installs it ({how})",
+        dir.display()
+    );
+    dir
+}
+
 pub fn wait_until(what: &str, limit: Duration, cond: &mut dyn FnMut() -> bool) {
     let start = Instant::now();
     let mut pause = Duration::from_millis(5);
