@@ -18,8 +18,10 @@
 //! * [`bootstrap`]: the function's process, its environment, and what its
 //!   exit means.
 //!
-//! It is small and starts in about a millisecond: a current-thread tokio
-//! runtime, no configuration files, on every cold start of a custom runtime.
+//! It is on every unpooled cold start of a custom runtime, so it stays
+//! small: a current-thread tokio runtime, no configuration files, HELLO as
+//! soon as its listener is bound (a few milliseconds from exec, see
+//! `docs/custom-runtimes.md`).
 #![forbid(unsafe_code)]
 
 pub mod api;
