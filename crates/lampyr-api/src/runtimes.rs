@@ -77,7 +77,9 @@ static PROVIDED: Descriptor = Descriptor {
         PROVIDED_BOOTSTRAP,
         include_str!("../../../runtimes/provided/template/bootstrap"),
     ),
-    pool: (1, 4),
+    // Grown on demand (a cold start that found none raises the target):
+    // a server whose functions bring no runtime of their own keeps none.
+    pool: (0, 4),
 };
 
 impl Runtime {

@@ -135,8 +135,6 @@ impl Server {
         }
         let pools = cfg.pools.to_config()?;
         let runtimes = Runtimes::discover();
-        // The Runtime API shim runs from the data directory, which a jail shows.
-        lampyr_runtime::bootstrap::install_programs(&bootstrap_dir, &runtimes).map_err(dd)?;
         for rt in Runtime::ALL {
             match runtimes.get(rt) {
                 Ok(info) => {

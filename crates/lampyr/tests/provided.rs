@@ -450,7 +450,9 @@ fn awslambdaric_from_pypi_runs_under_the_runtime_api() {
 /// built jail, waiting for LOAD; a cold start only starts the bootstrap.
 #[test]
 fn a_cold_start_takes_a_pooled_provided_instance_and_the_pool_refills() {
-    let server = Server::start();
+    // The pool of custom runtimes starts empty unless configured.
+    let (_dir, config) = common::config_file("[pools.provided]\nmin = 1\n");
+    let server = Server::start_with(&["--config", &config]);
     server.wait_pools_ready();
     server.deploy(provided("sh-pooled", "", "", &shell_bootstrap(), &[]).path());
     let r = invoke(&server, "sh-pooled", &serde_json::json!({"n": 1}));

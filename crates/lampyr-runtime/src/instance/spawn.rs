@@ -128,7 +128,17 @@ impl Instance {
         // Building a sandbox starts processes and writes cgroup files:
         // milliseconds that must not hold up the async workers, and every
         // request they serve, while a pool refills or a function starts.
+        let install = own_program.then(|| (runtime_dir.clone(), cfg.runtime.clone()));
         let (sandbox, mut io) = on_builder_thread(move || {
+            if let Some((dir, info)) = &install {
+                crate::bootstrap::install_program(dir, info).map_err(|e| {
+                    InstanceError::SandboxSetup(format!(
+                        "installing {} into {}: {e}",
+                        info.path.display(),
+                        dir.display()
+                    ))
+                })?;
+            }
             let spec = InstanceSpec {
                 id: &id,
                 program: &program,
@@ -142,7 +152,7 @@ impl Instance {
                 network: net_mode,
                 background: code_dir.is_none(),
             };
-            sandboxer.spawn(&spec)
+            sandboxer.spawn(&spec).map_err(InstanceError::from)
         })
         .await??;
         let adoption = io.adoption.take();

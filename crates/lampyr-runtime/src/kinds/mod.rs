@@ -89,7 +89,7 @@ pub trait Kind: Send + Sync + 'static {
 
     /// The program found by discovery is lampyr's own and runs alone, with
     /// no bootstrap file: it is copied under `runtime/NAME/` by
-    /// [`crate::bootstrap::install_programs`] and instances run that copy
+    /// [`crate::bootstrap::install_program`] and instances run that copy
     /// (which a jail shows at `/var/runtime`). `provided`'s Runtime API shim.
     fn own_program(&self) -> bool {
         false

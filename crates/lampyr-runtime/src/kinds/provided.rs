@@ -5,8 +5,9 @@
 //! instance's loopback to the function's own executable `bootstrap`.
 //!
 //! * The shim is found beside the running `lampyr` (or `PATH`, or
-//!   `LAMPYR_RUNTIME_API_SHIM`) and copied into `runtime/provided/` of the
-//!   data directory, which a jail shows at `/var/runtime`.
+//!   `LAMPYR_RUNTIME_API_SHIM`) and, when an instance first starts, linked
+//!   or copied into `runtime/provided/` of the data directory, which a jail
+//!   shows at `/var/runtime`.
 //! * A provided function sees `/usr` (the system's interpreters and tools)
 //!   and the host's interpreters lampyr found outside `/usr`, read-only at
 //!   `/opt/lampyr/NAME` (`/opt/lampyr/python` for a pyenv Python), with
