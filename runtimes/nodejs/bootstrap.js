@@ -396,7 +396,7 @@ class Context {
   #ok;
   #fail;
 
-  constructor(rid, deadline, ok, fail) {
+  constructor(rid, deadline, ok, fail, extras) {
     this.callbackWaitsForEmptyEventLoop = true;
     this.functionName = fnName;
     this.functionVersion = fnVersion;
@@ -405,6 +405,9 @@ class Context {
     this.awsRequestId = rid;
     this.logGroupName = logGroup;
     this.logStreamName = logStream;
+    // What the caller sent besides the event (Lambda's Invoke API).
+    this.clientContext = extras === undefined ? undefined : extras.client_context;
+    this.identity = extras === undefined ? undefined : extras.identity;
     this.#deadline = deadline;
     this.#ok = ok;
     this.#fail = fail;
@@ -477,7 +480,7 @@ function isThenable(v) {
   }
 }
 
-function runHandler(id, rid, deadline, event) {
+function runHandler(id, rid, deadline, event, extras) {
   let settled = false;
   const ok = (value) => {
     if (settled) return;
@@ -489,7 +492,7 @@ function runHandler(id, rid, deadline, event) {
     settled = true;
     replyError(id, rid, errorObject(err));
   };
-  const ctx = new Context(rid, deadline, ok, fail);
+  const ctx = new Context(rid, deadline, ok, fail, extras);
   let ret;
   try {
     if (isCallbackHandler) {
@@ -511,7 +514,7 @@ function runHandler(id, rid, deadline, event) {
   }
 }
 
-function invoke(id, deadline, rid, eventStr) {
+function invoke(id, deadline, rid, eventStr, extrasStr) {
   if (handler === null) {
     replyError(id, rid, {
       errorType: 'Runtime.NotLoaded',
@@ -531,7 +534,16 @@ function invoke(id, deadline, rid, eventStr) {
     });
     return;
   }
-  als.run(rid, isStreamingHandler ? runStreamingHandler : runHandler, id, rid, deadline, event);
+  let extras;
+  if (extrasStr !== undefined) {
+    try {
+      extras = JSON.parse(extrasStr);
+    } catch (_) {
+      extras = {};
+    }
+    if (extras.trace_id) process.env._X_AMZN_TRACE_ID = String(extras.trace_id);
+  }
+  als.run(rid, isStreamingHandler ? runStreamingHandler : runHandler, id, rid, deadline, event, extras);
 }
 
 // ---------------------------------------------------------------- streaming
@@ -625,7 +637,7 @@ function responseStreamClass() {
   return ResponseStream;
 }
 
-function runStreamingHandler(id, rid, deadline, event) {
+function runStreamingHandler(id, rid, deadline, event, extras) {
   const Stream = responseStreamClass();
   const stream = new Stream(id);
   let settled = false;
@@ -655,7 +667,7 @@ function runStreamingHandler(id, rid, deadline, event) {
     ended(e === undefined || e === null ? new Error(String(e)) : e);
     if (!stream.destroyed) stream.destroy();
   };
-  const ctx = new Context(rid, deadline, () => {}, fail);
+  const ctx = new Context(rid, deadline, () => {}, fail, extras);
   let ret;
   try {
     ret = handler(event, stream, ctx);
@@ -1007,8 +1019,8 @@ async function load(cfg) {
   if (cfg.initializer && !(await runInitializer(cfg, taskRoot))) return;
   sendFrame(T_LOADED, '{}');
   const now = Date.now();
-  for (const [id, deadline, rid, eventStr, at] of queued.splice(0)) {
-    invoke(id, deadline + (now - at), rid, eventStr);
+  for (const [id, deadline, rid, eventStr, at, extrasStr] of queued.splice(0)) {
+    invoke(id, deadline + (now - at), rid, eventStr, extrasStr);
   }
 }
 
@@ -1075,18 +1087,27 @@ function onFrame(type, buf, start, end, arrived) {
     if (end - start < 13) throw new Error('malformed INVOKE frame (' + (end - start) + ' bytes)');
     const id = buf.readUInt32BE(start);
     const deadline = buf.readUInt32BE(start + 4) * 4294967296 + buf.readUInt32BE(start + 8);
-    const ridLen = buf[start + 12];
-    const evStart = start + 13 + ridLen;
-    if (evStart > end) throw new Error('malformed INVOKE frame (request id overruns frame)');
-    const rid = buf.toString('latin1', start + 13, evStart);
+    // The length byte's top bit: extras (a u32 length, JSON) follow the id.
+    const ridLen = buf[start + 12] & 0x7f;
+    const ridEnd = start + 13 + ridLen;
+    if (ridEnd > end) throw new Error('malformed INVOKE frame (request id overruns frame)');
+    const rid = buf.toString('latin1', start + 13, ridEnd);
+    let evStart = ridEnd;
+    let extrasStr;
+    if (buf[start + 12] & 0x80) {
+      if (ridEnd + 4 > end) throw new Error('malformed INVOKE frame (extras overrun frame)');
+      evStart = ridEnd + 4 + buf.readUInt32BE(ridEnd);
+      if (evStart > end) throw new Error('malformed INVOKE frame (extras overrun frame)');
+      extrasStr = buf.toString('utf8', ridEnd + 4, evStart);
+    }
     const eventStr = buf.toString('utf8', evStart, end);
     if (handler === null && loading) {
       // Sent right behind the LOAD (a cold start): runs once the handler
       // is loaded, its deadline moved on by the time it waited for that.
-      queued.push([id, deadline, rid, eventStr, arrived]);
+      queued.push([id, deadline, rid, eventStr, arrived, extrasStr]);
       return;
     }
-    invoke(id, deadline, rid, eventStr);
+    invoke(id, deadline, rid, eventStr, extrasStr);
   } else if (type === T_POLL) {
     if (end - start < 4) throw new Error('malformed POLL frame (' + (end - start) + ' bytes)');
     pollWindowMs = buf.readUInt32BE(start) / 1000;

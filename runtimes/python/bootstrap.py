@@ -285,6 +285,53 @@ class LambdaContext(object):
         )
 
 
+class _Client(object):
+    """`context.client_context.client`: the calling app (mobile SDKs)."""
+
+    def __init__(self, d):
+        d = d if isinstance(d, dict) else {}
+        self.installation_id = d.get("installation_id")
+        self.app_title = d.get("app_title")
+        self.app_version_name = d.get("app_version_name")
+        self.app_version_code = d.get("app_version_code")
+        self.app_package_name = d.get("app_package_name")
+
+
+class ClientContext(object):
+    """`context.client_context`, from the Invoke API's X-Amz-Client-Context."""
+
+    def __init__(self, d):
+        self.client = _Client(d.get("client")) if d.get("client") is not None else None
+        self.custom = d.get("custom")
+        self.env = d.get("env")
+
+
+class CognitoIdentity(object):
+    """`context.identity`."""
+
+    def __init__(self, d):
+        self.cognito_identity_id = d.get("cognitoIdentityId")
+        self.cognito_identity_pool_id = d.get("cognitoIdentityPoolId")
+
+
+def _context(rid, deadline, extras):
+    ctx = LambdaContext(rid, deadline)
+    if extras is not None:
+        try:
+            x = json.loads(extras.decode("utf-8"))
+        except ValueError:
+            x = {}
+        cc = x.get("client_context")
+        if isinstance(cc, dict):
+            ctx.client_context = ClientContext(cc)
+        ident = x.get("identity")
+        if isinstance(ident, dict):
+            ctx.identity = CognitoIdentity(ident)
+        if x.get("trace_id"):
+            os.environ["_X_AMZN_TRACE_ID"] = str(x["trace_id"])
+    return ctx
+
+
 # ------------------------------------------------------------------ socket
 
 _sock = None
@@ -473,7 +520,7 @@ def _handler_exit(exc):
     os._exit(code)
 
 
-def _run(deadline, rid, event_bytes):
+def _run(deadline, rid, event_bytes, extras=None):
     if _handler is None:
         return _error_body(rid, "Runtime.NotLoaded", "INVOKE received before the handler was loaded", [])
     try:
@@ -481,7 +528,7 @@ def _run(deadline, rid, event_bytes):
     except ValueError as e:
         return _error_body(rid, "Runtime.UnmarshalError", "Unable to parse event as JSON: %s" % e, [])
     try:
-        result = _handler(event, LambdaContext(rid, deadline))
+        result = _handler(event, _context(rid, deadline, extras))
         if _needs_await(result):
             result = _await(result, rid)
     except SystemExit as e:
@@ -508,10 +555,10 @@ def _run(deadline, rid, event_bytes):
     return T_RESULT, body
 
 
-def _invoke(inv_id, deadline, rid, event_bytes):
+def _invoke(inv_id, deadline, rid, event_bytes, extras=None):
     token = _REQ.set(rid)
     try:
-        ftype, body = _run(deadline, rid, event_bytes)
+        ftype, body = _run(deadline, rid, event_bytes, extras)
         _flush_logs(rid)
     except BaseException:
         _fatal("Runtime Error")
@@ -634,9 +681,9 @@ def _find_export(entry, not_found):
     return fn
 
 
-def _invoke_in_worker(inv_id, deadline, rid, event_bytes):
+def _invoke_in_worker(inv_id, deadline, rid, event_bytes, extras=None):
     try:
-        _invoke(inv_id, deadline, rid, event_bytes)
+        _invoke(inv_id, deadline, rid, event_bytes, extras)
     except BaseException:
         _fatal("Runtime Error")
 
@@ -870,18 +917,28 @@ def _serve():
             if ftype == T_INVOKE:
                 if flen < 14:
                     raise ValueError("malformed INVOKE frame (%d bytes)" % flen)
-                inv_id, deadline, rid_len = _unpack_invoke(buf, pos + 5)
+                inv_id, deadline, flags = _unpack_invoke(buf, pos + 5)
                 rs = pos + 18
-                es = rs + rid_len
+                es = rs + (flags & 0x7F)
                 if es > end:
                     raise ValueError("malformed INVOKE frame (request id overruns frame)")
                 rid = buf[rs:es].decode("ascii", "replace")
+                extras = None
+                if flags & 0x80:
+                    # Extras (a u32 length, JSON) follow the request id.
+                    if es + 4 > end:
+                        raise ValueError("malformed INVOKE frame (extras overrun frame)")
+                    (xlen,) = _unpack_len(buf, es)
+                    extras = bytes(buf[es + 4 : es + 4 + xlen])
+                    es += 4 + xlen
+                    if es > end:
+                        raise ValueError("malformed INVOKE frame (extras overrun frame)")
                 event = bytes(buf[es:end])
                 deadline += waited_ms
                 if _executor is not None:
-                    _executor.submit(_invoke_in_worker, inv_id, deadline, rid, event)
+                    _executor.submit(_invoke_in_worker, inv_id, deadline, rid, event, extras)
                 else:
-                    _invoke(inv_id, deadline, rid, event)
+                    _invoke(inv_id, deadline, rid, event, extras)
             elif ftype == T_LOAD:
                 if loaded:
                     _emit(2, "-", "WARN", "ignoring a second LOAD frame")

@@ -704,6 +704,12 @@ impl FunctionSpec {
                 .map_err(|m: String| ManifestError::invalid(&format!("allow[{i}]"), m))?;
             allow.push(r);
         }
+        if network == Network::Host && runtime.is_custom() {
+            return Err(ManifestError::invalid(
+                "network",
+                "\"host\" is not for runtime = \"provided\": its Runtime API (127.0.0.1:9001) would be on the host's network, where any local process could take the function's events; use \"egress\" or \"none\"".to_string(),
+            ));
+        }
         if !allow.is_empty() && network != Network::Egress {
             return Err(ManifestError::invalid(
                 "allow",
@@ -1118,6 +1124,12 @@ pub(crate) mod tests {
         assert!(e.contains("`allow`") && e.contains("egress"), "{e}");
         let e = err("network = \"lan\"\n");
         assert!(e.contains("`network`") && e.contains("egress"), "{e}");
+        let e = FunctionSpec::from_toml(
+            "name = \"a\"\nruntime = \"provided.al2023\"\nhandler = \"f.h\"\nnetwork = \"host\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`network`") && e.contains("Runtime API"), "{e}");
     }
 
     /// A spec stored before `allow` existed (and with the old default

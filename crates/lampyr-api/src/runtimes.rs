@@ -3,6 +3,10 @@
 //! name, the handler files it loads, the hello-world `lampyr init` writes,
 //! its pool's default size). How a runtime is found, started and prepared
 //! lives beside its bootstrap, in `lampyr-runtime`'s `kinds` module.
+//!
+//! `provided` is Lambda's custom runtime (`provided.al2023`, `provided.al2`):
+//! no interpreter, the function ships an executable `bootstrap` that speaks
+//! the Lambda Runtime API (see `docs/custom-runtimes.md`).
 
 use std::fmt;
 
@@ -14,6 +18,9 @@ use serde::{Deserialize, Serialize};
 pub enum Runtime {
     Nodejs,
     Python,
+    /// A custom runtime: the function's own `bootstrap` over the Lambda
+    /// Runtime API.
+    Provided,
 }
 
 /// What lampyr knows of one runtime.
@@ -25,7 +32,8 @@ pub struct Descriptor {
     pub aliases: &'static [&'static str],
     /// What a host needs to run it, for people, e.g. `Node.js >= 18`.
     pub requirement: &'static str,
-    /// The file extensions a handler module may have, in lookup order.
+    /// The file extensions a handler module may have, in lookup order;
+    /// none when the runtime loads no handler module (`provided`).
     pub extensions: &'static [&'static str],
     /// The handler `lampyr init` writes: its file name and contents.
     pub template: (&'static str, &'static str),
@@ -57,14 +65,32 @@ static PYTHON: Descriptor = Descriptor {
     pool: (1, 8),
 };
 
+/// The file a `provided` function runs: an executable at its code's root.
+pub const PROVIDED_BOOTSTRAP: &str = "bootstrap";
+
+static PROVIDED: Descriptor = Descriptor {
+    name: "provided",
+    aliases: &["provided.al2023", "provided.al2"],
+    requirement: "lampyr-runtime-api installed beside lampyr",
+    extensions: &[],
+    template: (
+        PROVIDED_BOOTSTRAP,
+        include_str!("../../../runtimes/provided/template/bootstrap"),
+    ),
+    // Grown on demand (a cold start that found none raises the target):
+    // a server whose functions bring no runtime of their own keeps none.
+    pool: (0, 4),
+};
+
 impl Runtime {
-    pub const ALL: [Runtime; 2] = [Runtime::Nodejs, Runtime::Python];
+    pub const ALL: [Runtime; 3] = [Runtime::Nodejs, Runtime::Python, Runtime::Provided];
 
     /// The runtime's row of the table.
     pub fn descriptor(self) -> &'static Descriptor {
         match self {
             Runtime::Nodejs => &NODEJS,
             Runtime::Python => &PYTHON,
+            Runtime::Provided => &PROVIDED,
         }
     }
 
@@ -75,6 +101,12 @@ impl Runtime {
     /// The file extensions a handler module may have, in lookup order.
     pub fn extensions(self) -> &'static [&'static str] {
         self.descriptor().extensions
+    }
+
+    /// Whether the function brings its own runtime (an executable
+    /// `bootstrap`) rather than a handler module for an interpreter.
+    pub fn is_custom(self) -> bool {
+        self == Runtime::Provided
     }
 }
 
@@ -154,18 +186,25 @@ mod tests {
                 serde_json::to_string(&rt).unwrap(),
                 format!("\"{}\"", d.name)
             );
-            assert!(!d.extensions.is_empty());
-            let ext = d.template.0.rsplit('.').next().unwrap();
-            assert!(
-                d.extensions.contains(&ext),
-                "{}: template {}",
-                d.name,
-                d.template.0
-            );
+            if rt.is_custom() {
+                assert!(d.extensions.is_empty());
+                assert_eq!(d.template.0, PROVIDED_BOOTSTRAP);
+            } else {
+                let ext = d.template.0.rsplit('.').next().unwrap();
+                assert!(
+                    d.extensions.contains(&ext),
+                    "{}: template {}",
+                    d.name,
+                    d.template.0
+                );
+            }
             assert!(d.pool.0 <= d.pool.1);
         }
         let e = "ruby".parse::<Runtime>().unwrap_err();
-        assert_eq!(e, "unknown runtime 'ruby': use \"nodejs\" or \"python\"");
+        assert_eq!(
+            e,
+            "unknown runtime 'ruby': use \"nodejs\" or \"python\" or \"provided\""
+        );
     }
 
     #[test]
@@ -173,6 +212,11 @@ mod tests {
         let ok = |s: &str| parse_runtime_id(s).unwrap();
         assert_eq!(ok("nodejs"), (Runtime::Nodejs, None));
         assert_eq!(ok("python"), (Runtime::Python, None));
+        // Lambda's OS-only runtimes are lampyr's `provided`: the function
+        // brings its own runtime, there is no interpreter version to check.
+        assert_eq!(ok("provided.al2023"), (Runtime::Provided, None));
+        assert_eq!(ok("provided.al2"), (Runtime::Provided, None));
+        assert_eq!(ok("provided"), (Runtime::Provided, None));
         for (id, rt, v) in [
             ("nodejs18.x", Runtime::Nodejs, "18"),
             ("nodejs20.x", Runtime::Nodejs, "20"),
@@ -190,7 +234,7 @@ mod tests {
             "python2.7",
             "python3.x",
             "java21",
-            "provided.al2023",
+            "provided.al2099",
         ] {
             let e = parse_runtime_id(bad).unwrap_err();
             assert!(e.contains(bad) && e.contains("nodejs20.x"), "{bad}: {e}");

@@ -282,6 +282,7 @@ impl Dispatcher {
             attempt: Some(attempt),
             idempotency_key: None,
             routing_key: None,
+            extras: None,
         };
         let answer = self.sched.call(call).await;
         let failure = |error_type: String, message: String| AttemptError {

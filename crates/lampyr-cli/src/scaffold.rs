@@ -24,7 +24,7 @@ pub fn manifest(name: &str, runtime: Runtime) -> String {
         r#"# lampyr function manifest
 name = "{name}"
 runtime = "{runtime}"          # {runtimes}
-handler = "index.handler"     # FILE.EXPORT: index.{ext}, export `handler`
+{handler}
 
 # memory_mb = 128             # memory limit of one instance
 # timeout = "10s"             # longest one invocation may run
@@ -44,7 +44,13 @@ handler = "index.handler"     # FILE.EXPORT: index.{ext}, export `handler`
 [env]
 # GREETING = "hello"
 "#,
-        ext = runtime.extensions()[0],
+        handler = match runtime.extensions().first() {
+            Some(ext) => format!(
+                "handler = \"index.handler\"     # FILE.EXPORT: index.{ext}, export `handler`"
+            ),
+            // A custom runtime: the executable `bootstrap` reads it as $_HANDLER.
+            None => "handler = \"function.handler\"  # given to ./bootstrap as $_HANDLER".into(),
+        },
         runtimes = Runtime::ALL
             .iter()
             .map(|r| format!("\"{r}\""))
@@ -83,6 +89,11 @@ pub fn init(dir: &Path, runtime: Runtime, name: Option<&str>) -> Result<String, 
     let h = dir.join(file);
     if !h.exists() {
         std::fs::write(&h, body).map_err(io(&h))?;
+        if runtime.is_custom() {
+            // A custom runtime's bootstrap is the program lampyr starts.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o755)).map_err(io(&h))?;
+        }
     }
     Ok(name)
 }
@@ -103,6 +114,9 @@ mod tests {
             )
             .unwrap();
             assert_eq!(spec.runtime, rt);
+            let (file, _) = rt.descriptor().template;
+            lampyr_package::check_handler(&dir, &spec).unwrap();
+            assert!(dir.join(file).is_file());
             assert!(matches!(
                 init(&dir, rt, None),
                 Err(ScaffoldError::Exists(_))

@@ -262,6 +262,7 @@ pub(crate) async fn invoke_raw(
                 attempt: None,
                 idempotency_key: idempotency_key.as_deref(),
                 routing_key: routing_key.as_deref(),
+                extras: None,
             };
             trigger::call_and_answer(
                 &app,

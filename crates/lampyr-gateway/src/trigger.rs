@@ -198,6 +198,7 @@ async fn run(
         attempt: None,
         idempotency_key: idempotency_key.as_deref(),
         routing_key: routing_key.as_deref(),
+        extras: None,
     };
     Ok(call_and_answer(
         app,

@@ -34,6 +34,9 @@ pub enum PackageError {
     Invalid(String),
     #[error("handler '{handler}': no file {tried} in the function directory")]
     HandlerMissing { handler: String, tried: String },
+    /// A `provided` function without a usable `bootstrap`.
+    #[error("runtime \"provided\": {0}")]
+    BootstrapUnusable(String),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -643,8 +646,12 @@ pub fn read_manifest(dir: &Path, limit: u64) -> Result<String, PackageError> {
     Ok(text)
 }
 
-/// Checks that the handler's module file exists.
+/// Checks that the handler's module file exists; for a custom runtime,
+/// that the code has an executable `bootstrap` at its root.
 pub fn check_handler(dir: &Path, spec: &FunctionSpec) -> Result<(), PackageError> {
+    if spec.runtime.is_custom() {
+        return check_bootstrap(dir);
+    }
     let (module, _) = spec.handler_parts();
     let exts = spec.runtime.extensions();
     if exts
@@ -662,6 +669,32 @@ pub fn check_handler(dir: &Path, spec: &FunctionSpec) -> Result<(), PackageError
         handler: spec.handler.clone(),
         tried,
     })
+}
+
+/// A custom runtime's `bootstrap`: a regular file (or a link to one inside
+/// the code) that its owner may execute.
+fn check_bootstrap(dir: &Path) -> Result<(), PackageError> {
+    let name = lampyr_api::runtimes::PROVIDED_BOOTSTRAP;
+    let path = dir.join(name);
+    let bad = |why: String| Err(PackageError::BootstrapUnusable(why));
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return bad(format!(
+                "the function directory has no `{name}`: a custom runtime is an executable named `{name}` at the code's root that speaks the Lambda Runtime API (`lampyr init --runtime provided` writes an example)"
+            ))
+        }
+        Err(e) => return bad(format!("`{name}` cannot be read ({e})")),
+    };
+    if !meta.is_file() {
+        return bad(format!("`{name}` must be a regular file, an executable"));
+    }
+    if meta.permissions().mode() & 0o100 == 0 {
+        return bad(format!(
+            "`{name}` is not executable: run `chmod +x {name}` and deploy again"
+        ));
+    }
+    Ok(())
 }
 
 /// Makes unpacked code read-only: it is immutable once deployed.

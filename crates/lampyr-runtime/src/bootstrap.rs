@@ -24,8 +24,49 @@ pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-/// Where [`install`] put a runtime's bootstrap.
+/// Copies a program of lampyr's own that a runtime runs alone
+/// ([`crate::kinds::Kind::own_program`]: `provided`'s Runtime API shim),
+/// as discovery found it, into `runtime_dir` (unless a copy of the same
+/// size and modification time is there), where a jail can show it; a hard
+/// link where both are on one file system. Done when an instance of the
+/// runtime first starts, so a server that runs none keeps no copy.
+pub fn install_program(runtime_dir: &Path, info: &crate::RuntimeInfo) -> std::io::Result<PathBuf> {
+    let name = info
+        .path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the program has no file name"))?;
+    let to = runtime_dir.join(name);
+    let stamp = |p: &Path| std::fs::metadata(p).map(|m| (m.len(), m.modified().ok()));
+    let from = stamp(&info.path)?;
+    if stamp(&to).ok() == Some(from) {
+        return Ok(to);
+    }
+    std::fs::create_dir_all(runtime_dir)?;
+    let tmp = runtime_dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(&info.path, &tmp).is_err() {
+        std::fs::copy(&info.path, &tmp)?;
+        if let Some(t) = from.1 {
+            std::fs::File::options()
+                .write(true)
+                .open(&tmp)?
+                .set_modified(t)?;
+        }
+    }
+    std::fs::rename(&tmp, &to)?;
+    Ok(to)
+}
+
+/// Where [`install`] put a runtime's bootstrap (or [`install_programs`]
+/// its program).
 pub fn path(dir: &Path, runtime: Runtime) -> PathBuf {
-    dir.join(runtime.as_str())
-        .join(crate::kinds::bootstrap(runtime).name)
+    let d = dir.join(runtime.as_str());
+    match crate::kinds::bootstrap(runtime) {
+        Some(b) => d.join(b.name),
+        None => d.join(crate::kinds::SHIM),
+    }
 }

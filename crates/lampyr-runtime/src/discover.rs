@@ -22,6 +22,10 @@ pub struct RuntimeInfo {
     /// The installation prefix holding the binary and its libraries, e.g.
     /// `/usr` or `~/.pyenv/versions/3.11.7`; a sandbox makes it visible.
     pub prefix: PathBuf,
+    /// Other installation prefixes its instances see: (host directory,
+    /// where a jail shows it). A custom runtime (`provided`) sees the
+    /// host's interpreters.
+    pub shared_prefixes: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Where to look for one runtime's interpreters, from the server
@@ -84,11 +88,20 @@ impl Runtimes {
                 )
             })
             .collect();
+        let mut found: Vec<(Runtime, Result<RuntimeInfo, String>)> = config
+            .iter()
+            .map(|(rt, c)| (*rt, find(*rt, c.default.as_deref())))
+            .collect();
+        // A custom runtime's instances see the host's interpreters.
+        let infos: Vec<&RuntimeInfo> = found.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+        let shared = crate::kinds::shared_prefixes(&infos);
+        for (rt, r) in &mut found {
+            if let (Runtime::Provided, Ok(info)) = (*rt, r) {
+                info.shared_prefixes = shared.clone();
+            }
+        }
         Runtimes {
-            found: config
-                .iter()
-                .map(|(rt, c)| (*rt, find(*rt, c.default.as_deref())))
-                .collect(),
+            found,
             config,
             others: Arc::default(),
         }
@@ -288,7 +301,17 @@ fn find(runtime: Runtime, configured: Option<&Path>) -> Result<RuntimeInfo, Stri
     let candidates: Vec<PathBuf> = match (std::env::var_os(var), configured) {
         (Some(p), _) => vec![PathBuf::from(p)],
         (None, Some(p)) => vec![p.to_path_buf()],
-        (None, None) => d.names.iter().filter_map(|n| which(n)).collect(),
+        (None, None) => {
+            let beside = std::env::current_exe()
+                .ok()
+                .filter(|_| d.beside_lampyr)
+                .into_iter()
+                .flat_map(|me| d.names.iter().map(move |n| me.with_file_name(n)))
+                .filter(|p| is_executable(p));
+            beside
+                .chain(d.names.iter().filter_map(|n| which(n)))
+                .collect()
+        }
     };
     if candidates.is_empty() {
         return Err(format!(
@@ -348,6 +371,7 @@ fn probe_one(
         path,
         version,
         prefix,
+        shared_prefixes: Vec::new(),
     })
 }
 
@@ -459,7 +483,9 @@ mod tests {
     #[test]
     fn finds_real_binaries() {
         let rts = Runtimes::discover();
-        for rt in Runtime::ALL {
+        // `provided`'s shim is lampyr's own, beside `lampyr`, not found
+        // from a library test.
+        for rt in [Runtime::Nodejs, Runtime::Python] {
             let info = rts.get(rt).unwrap_or_else(|e| panic!("{rt}: {e}"));
             // The real binary, not a shell script shim.
             let head = std::fs::read(&info.path).unwrap();

@@ -34,6 +34,11 @@ pub const MAX_STREAM_CHUNK: usize = 1 << 20;
 /// The content type of a stream that names none.
 pub const DEFAULT_STREAM_TYPE: &str = "application/octet-stream";
 
+/// Set in INVOKE's request-id length byte when the invocation carries
+/// extras (a client context, an identity, a trace id): a `u32` length and
+/// that much JSON follow the request id. Request ids are at most 127 bytes.
+pub const INVOKE_EXTRAS: u8 = 0x80;
+
 /// Frames larger than this are a protocol violation.
 pub const MAX_FRAME: usize = 16 << 20;
 
@@ -87,28 +92,88 @@ pub fn encode(kind: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Encodes an INVOKE frame.
-pub fn encode_invoke(id: u32, deadline_ms: u64, request_id: &str, event: &[u8]) -> Vec<u8> {
-    let rid = &request_id.as_bytes()[..request_id.len().min(255)];
-    let body = 4 + 8 + 1 + rid.len() + event.len();
+/// Encodes an INVOKE frame; `extras` (JSON: `client_context`, `identity`,
+/// `trace_id`) only when the call has any, so a plain call costs no byte
+/// more.
+pub fn encode_invoke(
+    id: u32,
+    deadline_ms: u64,
+    request_id: &str,
+    extras: Option<&[u8]>,
+    event: &[u8],
+) -> Vec<u8> {
+    let rid = &request_id.as_bytes()[..request_id.len().min(127)];
+    let extra_len = extras.map_or(0, |e| 4 + e.len());
+    let body = 4 + 8 + 1 + rid.len() + extra_len + event.len();
     let mut out = Vec::with_capacity(5 + body);
     out.put_u32((body + 1) as u32);
     out.put_u8(INVOKE);
     out.put_u32(id);
     out.put_u64(deadline_ms);
-    out.put_u8(rid.len() as u8);
-    out.extend_from_slice(rid);
+    match extras {
+        Some(e) => {
+            out.put_u8(rid.len() as u8 | INVOKE_EXTRAS);
+            out.extend_from_slice(rid);
+            out.put_u32(e.len() as u32);
+            out.extend_from_slice(e);
+        }
+        None => {
+            out.put_u8(rid.len() as u8);
+            out.extend_from_slice(rid);
+        }
+    }
     out.extend_from_slice(event);
     out
 }
 
-/// Encodes a POLL frame.
-pub fn encode_poll(micros: u32) -> Vec<u8> {
-    encode(POLL, &micros.to_be_bytes())
+/// An INVOKE frame's payload, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invoke {
+    pub id: u32,
+    pub deadline_ms: u64,
+    pub request_id: String,
+    /// The extras' JSON, when the call has any.
+    pub extras: Option<Bytes>,
+    pub event: Bytes,
 }
 
-/// Encodes a frame that names an invocation: `u32` id, then `body`
-/// (RESULT, ERROR and the STREAM_* frames).
+/// Decodes an INVOKE frame's payload.
+pub fn decode_invoke(mut p: Bytes) -> Result<Invoke, FrameError> {
+    let short = || FrameError::Truncated("invoke");
+    if p.len() < 13 {
+        return Err(short());
+    }
+    let id = p.get_u32();
+    let deadline_ms = p.get_u64();
+    let flags = p.get_u8();
+    let rid_len = usize::from(flags & !INVOKE_EXTRAS);
+    if p.len() < rid_len {
+        return Err(short());
+    }
+    let request_id = String::from_utf8_lossy(&p.split_to(rid_len)).into_owned();
+    let extras = if flags & INVOKE_EXTRAS != 0 {
+        if p.len() < 4 {
+            return Err(short());
+        }
+        let n = p.get_u32() as usize;
+        if p.len() < n {
+            return Err(short());
+        }
+        Some(p.split_to(n))
+    } else {
+        None
+    };
+    Ok(Invoke {
+        id,
+        deadline_ms,
+        request_id,
+        extras,
+        event: p,
+    })
+}
+
+/// Encodes a frame whose payload is an invocation id and `body`
+/// (RESULT, ERROR, STREAM_START, STREAM_CHUNK, STREAM_END).
 pub fn encode_reply(kind: u8, id: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + body.len());
     out.put_u32((body.len() + 5) as u32);
@@ -116,6 +181,11 @@ pub fn encode_reply(kind: u8, id: u32, body: &[u8]) -> Vec<u8> {
     out.put_u32(id);
     out.extend_from_slice(body);
     out
+}
+
+/// Encodes a POLL frame.
+pub fn encode_poll(micros: u32) -> Vec<u8> {
+    encode(POLL, &micros.to_be_bytes())
 }
 
 /// Splits the payload of a frame that names an invocation (RESULT, ERROR,
@@ -134,16 +204,50 @@ mod tests {
 
     #[test]
     fn invoke_frame_layout() {
-        let f = encode_invoke(7, 1_700_000_000_000, "rid", b"{}");
+        let f = encode_invoke(7, 1_700_000_000_000, "rid", None, b"{}");
         let mut buf = BytesMut::from(&f[..]);
         let frame = decode(&mut buf).unwrap().unwrap();
         assert!(buf.is_empty());
         assert_eq!(frame.kind, INVOKE);
-        let mut p = frame.payload;
+        let mut p = frame.payload.clone();
         assert_eq!(p.get_u32(), 7);
         assert_eq!(p.get_u64(), 1_700_000_000_000);
         assert_eq!(p.get_u8(), 3);
         assert_eq!(&p[..], b"rid{}");
+        let inv = decode_invoke(frame.payload).unwrap();
+        assert_eq!(
+            (inv.id, inv.request_id.as_str(), inv.extras, &inv.event[..]),
+            (7, "rid", None, &b"{}"[..])
+        );
+    }
+
+    #[test]
+    fn invoke_extras_ride_behind_the_request_id_only_when_there_are_any() {
+        let plain = encode_invoke(1, 2, "rid", None, b"{}");
+        let extras = br#"{"trace_id":"Root=1-a-b"}"#;
+        let f = encode_invoke(1, 2, "rid", Some(extras), b"{}");
+        assert_eq!(f.len(), plain.len() + 4 + extras.len());
+        let mut buf = BytesMut::from(&f[..]);
+        let frame = decode(&mut buf).unwrap().unwrap();
+        assert_eq!(frame.payload[12], 3 | INVOKE_EXTRAS);
+        let inv = decode_invoke(frame.payload).unwrap();
+        assert_eq!(inv.request_id, "rid");
+        assert_eq!(inv.extras.as_deref(), Some(&extras[..]));
+        assert_eq!(&inv.event[..], b"{}");
+        let cut = Bytes::copy_from_slice(&f[5..5 + 13 + 3 + 2]);
+        assert_eq!(decode_invoke(cut), Err(FrameError::Truncated("invoke")));
+    }
+
+    #[test]
+    fn reply_frames_carry_their_invocation_id() {
+        let f = encode_reply(STREAM_CHUNK, 9, b"abc");
+        let mut buf = BytesMut::from(&f[..]);
+        let frame = decode(&mut buf).unwrap().unwrap();
+        assert_eq!(frame.kind, STREAM_CHUNK);
+        assert_eq!(
+            split_reply(frame.payload).unwrap(),
+            (9, Bytes::from_static(b"abc"))
+        );
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl Sandboxer {
             JailContents {
                 program: spec.program,
                 program_prefix: spec.program_prefix,
+                shared_prefixes: &[],
                 args: &spec.args,
                 env: &spec.env,
                 runtime_dir: None,

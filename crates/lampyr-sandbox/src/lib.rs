@@ -47,7 +47,8 @@ pub use spawn::{
 };
 pub use sys::{
     batch_scheduling, caller_cpu_wait, count_as_caller_thread, idle_scheduling,
-    uncount_caller_thread, ReadySet, FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO, FRAME_SANDBOX_READY,
+    take_protocol_socket, uncount_caller_thread, ReadySet, FRAME_SANDBOX_ERROR, FRAME_SANDBOX_GO,
+    FRAME_SANDBOX_READY,
 };
 
 /// The file descriptor at which an instance finds its protocol socket.
@@ -58,6 +59,9 @@ pub const GUEST_TASK_ROOT: &str = "/var/task";
 pub const GUEST_RUNTIME_DIR: &str = "/var/runtime";
 /// Where a runtime installed outside `/usr` appears inside a jail.
 pub const GUEST_RUNTIME_PREFIX: &str = "/opt/lampyr/runtime";
+/// Where the host's interpreters installed outside `/usr` appear inside a
+/// custom runtime's jail: `/opt/lampyr/NAME` (`/opt/lampyr/python`).
+pub const GUEST_SHARED_PREFIXES: &str = "/opt/lampyr";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -131,6 +135,7 @@ impl Sandboxer {
             JailContents {
                 program: spec.program,
                 program_prefix: Some(spec.prefix),
+                shared_prefixes: &[],
                 args: &spec.args,
                 env: &env,
                 runtime_dir: Some(spec.runtime_dir),
@@ -261,6 +266,7 @@ mod tests {
             id: "t-1",
             program,
             program_prefix: None,
+            shared_prefixes: &[],
             args: args.iter().map(OsString::from).collect(),
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             runtime_dir: code,

@@ -30,6 +30,10 @@ pub struct InstanceSpec<'a> {
     pub program: &'a Path,
     /// The interpreter's installation prefix, made visible when outside `/usr`.
     pub program_prefix: Option<&'a Path>,
+    /// Other installation prefixes shown read-only inside a jail: (host
+    /// directory, where the instance sees it). A custom runtime sees the
+    /// host's interpreters this way.
+    pub shared_prefixes: &'a [(PathBuf, PathBuf)],
     pub args: Vec<OsString>,
     /// The complete environment; nothing is inherited from the server.
     pub env: Vec<(OsString, OsString)>,
@@ -61,6 +65,7 @@ pub enum NetMode {
 pub(crate) struct JailContents<'a> {
     pub(crate) program: &'a Path,
     pub(crate) program_prefix: Option<&'a Path>,
+    pub(crate) shared_prefixes: &'a [(PathBuf, PathBuf)],
     pub(crate) args: &'a [OsString],
     pub(crate) env: &'a [(OsString, OsString)],
     pub(crate) runtime_dir: Option<&'a Path>,
@@ -471,6 +476,11 @@ impl Sandboxer {
                 }
             }
         }
+        for (host, guest) in c.shared_prefixes {
+            if host.is_dir() {
+                binds.push(Bind::read_only(j.views.of(host), guest, true));
+            }
+        }
         if let Some(dir) = c.runtime_dir {
             binds.push(Bind::read_only(j.views.of(dir), GUEST_RUNTIME_DIR, true));
         }
@@ -601,6 +611,7 @@ impl Sandboxer {
             JailContents {
                 program: spec.program,
                 program_prefix: spec.program_prefix,
+                shared_prefixes: spec.shared_prefixes,
                 args: &spec.args,
                 env: &spec.env,
                 runtime_dir: Some(spec.runtime_dir),

@@ -62,6 +62,35 @@ pub fn send_frame(kind: u8, payload: &[u8]) {
     );
 }
 
+/// Takes the protocol socket this process inherited on fd 3 (an
+/// instance's runtime written in Rust, e.g. the Runtime API shim). Only
+/// the first call gets it; it must be a Unix stream socket. It is made
+/// close-on-exec: programs the runtime starts do not inherit it.
+pub fn take_protocol_socket() -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(std::io::Error::other(
+            "the protocol socket was already taken",
+        ));
+    }
+    // SAFETY: fd 3 is only borrowed here, to check what it is.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::PROTOCOL_FD) };
+    let st = nix::sys::stat::fstat(fd).map_err(std::io::Error::from)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other(format!(
+            "fd {} is not the protocol socket (is this running in a lampyr instance?)",
+            crate::PROTOCOL_FD
+        )));
+    }
+    // SAFETY: fd 3 is open (fstat succeeded), a socket, and owned by
+    // nothing else in this process: TAKEN hands it out once.
+    let sock = unsafe { std::os::unix::net::UnixStream::from_raw_fd(crate::PROTOCOL_FD) };
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(&sock, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(std::io::Error::from)?;
+    Ok(sock)
+}
+
 /// Remounts a bind mount read-only, without set-uid programs or devices.
 pub(crate) const READ_ONLY_REMOUNT: MsFlags = MsFlags::MS_REMOUNT
     .union(MsFlags::MS_BIND)

@@ -136,6 +136,10 @@ pub struct Call<'a> {
     /// Keeps a caller on one version of a weighted alias
     /// (`x-lampyr-routing-key`).
     pub routing_key: Option<&'a str>,
+    /// What the call brings besides its event, as JSON for the runtime
+    /// (`client_context`, `identity`, `trace_id`: Lambda's Invoke API);
+    /// request-response calls only, as on Lambda.
+    pub extras: Option<Vec<u8>>,
 }
 
 impl<'a> Call<'a> {
@@ -156,6 +160,7 @@ impl<'a> Call<'a> {
             attempt: None,
             idempotency_key: None,
             routing_key: None,
+            extras: None,
         }
     }
 
@@ -488,6 +493,7 @@ impl Scheduler {
             attempt,
             idempotency_key,
             routing_key,
+            extras,
         } = call;
         let crate::versions::Target { state, alias } = self
             .target(function, trigger, routing_key)
@@ -529,7 +535,10 @@ impl Scheduler {
         let task = tokio::spawn(async move {
             let started_at = SystemTime::now();
             let queued_at = Instant::now();
-            match sched.run(&state, &request_id, &event).await {
+            match sched
+                .run(&state, &request_id, &event, extras.as_deref())
+                .await
+            {
                 Ok(done) => Ok(Answer::Ran(done.into_invocation(
                     &sched, request_id, started_at, trigger, attempt, alias,
                 ))),
@@ -622,6 +631,7 @@ impl Scheduler {
         state: &Arc<FunctionState>,
         request_id: &str,
         event: &[u8],
+        extras: Option<&[u8]>,
     ) -> Result<Ran, SchedulerError> {
         let queued_at = Instant::now();
         let mut phases = Phases::default();
@@ -629,6 +639,7 @@ impl Scheduler {
         let first = FirstInvoke {
             request_id,
             event,
+            extras,
             timeout,
             on_sent: None,
         };
@@ -647,7 +658,7 @@ impl Scheduler {
                 self.log_start(&state.name, &version, lease.instance.id(), request_id);
                 lease
                     .instance
-                    .start_invoke(request_id, SystemTime::now() + timeout, event)
+                    .start_invoke(request_id, SystemTime::now() + timeout, extras, event)
             }
         };
         let outcome = tokio::time::timeout(timeout, pending.outcome()).await;

@@ -115,6 +115,28 @@ impl Scheduler {
             })
     }
 
+    /// Refuses a custom runtime (`provided`) whose Runtime API would be
+    /// on the host's network: it serves each instance's events and takes
+    /// its results on `127.0.0.1:9001`, which only an instance's own
+    /// network namespace keeps to itself.
+    fn check_custom_runtime(&self, spec: &lampyr_api::FunctionSpec) -> Result<(), SchedulerError> {
+        if !spec.runtime.is_custom() {
+            return Ok(());
+        }
+        let why = if !self.inner.config.sandboxer.is_jailed() {
+            "its instances would share the host's network, where any local process could take its events from the Runtime API; run the server with its sandbox on (`lampyr serve --isolation auto` or `strict`, as root on a kernel with namespaces; `lampyr doctor` says what is missing)"
+        } else if spec.network == lampyr_api::Network::Host {
+            "network = \"host\" would put its Runtime API on the host's network, where any local process could take its events; use network = \"egress\" or \"none\""
+        } else {
+            return Ok(());
+        };
+        Err(SchedulerError::RuntimeUnavailable {
+            function: spec.name.clone(),
+            runtime: spec.runtime.to_string(),
+            why: why.into(),
+        })
+    }
+
     /// Brings up one instance of `version`, specialised and loaded: from a
     /// pool when one has an instance ready, else from scratch.
     pub(crate) async fn start_instance(
@@ -133,6 +155,7 @@ impl Scheduler {
             .runtimes
             .get(spec.runtime)
             .is_ok_and(|d| d.path == runtime.path);
+        self.check_custom_runtime(spec)?;
         let code_started = Instant::now();
         // No response will refill the pool afterwards: a start for no
         // request (reserved, a deploy's check) refills it at once.

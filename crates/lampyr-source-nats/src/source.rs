@@ -401,6 +401,7 @@ async fn invoke(ctx: &Ctx, meta: &[Delivered], body: Vec<u8>) -> Verdict {
             attempt: Some(attempt),
             idempotency_key: None,
             routing_key: None,
+            extras: None,
         };
         match ctx.sched.call(call).await {
             Ok(Answer::Ran(inv)) => {

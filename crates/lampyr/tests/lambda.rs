@@ -28,6 +28,15 @@ fn deploy(server: &Server) {
     server.deploy(Fixture::node("boom", "", BOOM).path());
 }
 
+/// Runs tests/fixtures/lambda/boto3_client.py against `server` with a new
+/// access key and `args`; returns what it printed.
+fn boto3(server: &Server, args: &[&str]) -> Value {
+    let (id, secret) = common::aws::new_key(server);
+    let mut all = vec![server.url.as_str(), id.as_str(), secret.as_str()];
+    all.extend_from_slice(args);
+    common::aws::boto3_fixture("boto3_client.py", &all)
+}
+
 #[test]
 fn boto3_invokes_functions_with_an_issued_key() {
     let server = Server::start();
@@ -211,4 +220,63 @@ fn the_aws_cli_invokes_a_function() {
     let out = aws_invoke("boom", &[]);
     let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(meta["FunctionError"], "Unhandled", "{meta}");
+}
+
+/// boto3's `ClientContext=` reaches `context.clientContext` (Node.js) and
+/// `context.client_context` (Python), as on Lambda.
+#[test]
+fn boto3_client_context_reaches_the_handlers_context() {
+    let server = Server::start();
+    server.deploy(
+        Fixture::node(
+            "ctx-node",
+            "",
+            "exports.handler = async (e, c) => ({ cc: c.clientContext, identity: c.identity === undefined ? null : c.identity });",
+        )
+        .path(),
+    );
+    server.deploy(
+        Fixture::python(
+            "ctx-py",
+            "",
+            "def handler(e, c):\n    cc = c.client_context\n    return {'cc': {'custom': cc.custom, 'env': cc.env, 'app_title': cc.client.app_title}, 'identity': c.identity}\n",
+        )
+        .path(),
+    );
+    let r = boto3(&server, &["context", "ctx-node", "ctx-py"]);
+    let node = &r["ctx-node"];
+    assert_eq!(node["cc"]["custom"]["user"], "ada", "{r}");
+    assert_eq!(node["cc"]["env"]["locale"], "en", "{r}");
+    assert_eq!(node["cc"]["client"]["app_title"], "boto3 test", "{r}");
+    assert!(node["identity"].is_null(), "{r}");
+    let py = &r["ctx-py"];
+    assert_eq!(py["cc"]["custom"]["user"], "ada", "{r}");
+    assert_eq!(py["cc"]["env"]["locale"], "en", "{r}");
+    assert_eq!(py["cc"]["app_title"], "boto3 test", "{r}");
+    assert!(py["identity"].is_null(), "{r}");
+    // Without one, nothing rides along.
+    let token = format!("Bearer {}", server.token());
+    let plain = request(
+        "POST",
+        &format!("{}/2015-03-31/functions/ctx-node/invocations", server.url),
+        Some(b"{}"),
+        &[("authorization", &token)],
+    );
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    assert!(plain.json()["cc"].is_null(), "{}", plain.text());
+    // A client context that is not base64 JSON is the SDK's error.
+    let bad = request(
+        "POST",
+        &format!("{}/2015-03-31/functions/ctx-node/invocations", server.url),
+        Some(b"{}"),
+        &[
+            ("authorization", &token),
+            ("x-amz-client-context", "not base64!"),
+        ],
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(
+        bad.header("x-amzn-errortype"),
+        Some("InvalidRequestContentException")
+    );
 }

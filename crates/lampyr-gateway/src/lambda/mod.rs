@@ -234,6 +234,11 @@ async fn run_invoke(
             "Could not parse request body into json: the payload must be JSON",
         ));
     }
+    let extras = match invocation_type {
+        InvocationType::RequestResponse => call_extras(headers)?,
+        // As on Lambda, the client context is for synchronous calls only.
+        _ => None,
+    };
     let call = Call {
         function: &target,
         request_id: request_id.to_string(),
@@ -245,6 +250,7 @@ async fn run_invoke(
         attempt: None,
         idempotency_key: None,
         routing_key: None,
+        extras,
     };
     match app.sched.call_streamed(call).await {
         Ok(Answer::Queued(_)) => {
@@ -446,6 +452,54 @@ fn outcome_body(inv: &Invocation, outcome: &Outcome) -> (Bytes, bool) {
             true,
         ),
     }
+}
+
+/// What a call carries to the function's `context` besides its event:
+/// `X-Amz-Client-Context` (base64 JSON, the mobile SDKs' client context)
+/// and the caller's X-Ray trace header (`X-Amzn-Trace-Id`), as the JSON
+/// the runtimes read (`docs/protocol.md`); `None` when there is neither.
+fn call_extras(headers: &HeaderMap) -> Result<Option<Vec<u8>>, LambdaError> {
+    let mut extras = serde_json::Map::new();
+    if let Some(v) = headers.get("x-amz-client-context") {
+        let bad = || {
+            LambdaError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                "Client context must be a valid Base64-encoded JSON object (X-Amz-Client-Context)",
+            )
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v.as_bytes())
+            .map_err(|_| bad())?;
+        // Lambda's limit on the encoded context.
+        if v.len() > 3583 {
+            return Err(LambdaError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                format!(
+                    "Client context is {} bytes base64-encoded, over Lambda's limit of 3583",
+                    v.len()
+                ),
+            ));
+        }
+        match serde_json::from_slice::<serde_json::Value>(&raw) {
+            Ok(obj @ serde_json::Value::Object(_)) => {
+                extras.insert("client_context".into(), obj);
+            }
+            _ => return Err(bad()),
+        }
+    }
+    if let Some(t) = headers
+        .get("x-amzn-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty())
+    {
+        extras.insert("trace_id".into(), t.into());
+    }
+    if extras.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::to_vec(&extras).expect("extras serialise")))
 }
 
 /// `{"errorMessage","errorType","stackTrace"}`, as Lambda's clients read it.

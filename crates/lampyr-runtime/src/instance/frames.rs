@@ -96,17 +96,19 @@ impl Instance {
         deadline: SystemTime,
         event: &[u8],
     ) -> InvokeOutcome {
-        self.start_invoke(request_id, deadline, event)
+        self.start_invoke(request_id, deadline, None, event)
             .outcome()
             .await
     }
 
-    /// Sends one invocation; its outcome comes from the returned handle.
-    /// Dropping the handle abandons the invocation.
+    /// Sends one invocation, with the call's extras (JSON: client context,
+    /// identity, trace id) if it has any; its outcome comes from the
+    /// returned handle. Dropping the handle abandons the invocation.
     pub fn start_invoke(
         &self,
         request_id: &str,
         deadline: SystemTime,
+        extras: Option<&[u8]>,
         event: &[u8],
     ) -> PendingInvoke {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -139,7 +141,7 @@ impl Instance {
             .unwrap_or(0);
         // A broken socket kills the instance (see `queue`); its exit
         // watcher then fails this invocation.
-        let invoke = protocol::encode_invoke(id, deadline_ms, request_id, event);
+        let invoke = protocol::encode_invoke(id, deadline_ms, request_id, extras, event);
         if self.poll.swap(poll, Ordering::Relaxed) != poll {
             // The hint changes: the POLL frame goes in the same write.
             let micros = if poll {

@@ -70,6 +70,8 @@ struct LoadRequest<'a> {
 pub struct FirstInvoke<'a> {
     pub request_id: &'a str,
     pub event: &'a [u8],
+    /// The call's extras (see [`Instance::start_invoke`]).
+    pub extras: Option<&'a [u8]>,
     /// Its deadline is this long after it is sent.
     pub timeout: Duration,
     /// Called with the instance's id as it is sent (to announce it).
@@ -191,7 +193,12 @@ impl Instance {
         if let Some(on_sent) = f.on_sent {
             on_sent(self.id());
         }
-        self.start_invoke(f.request_id, SystemTime::now() + f.timeout, f.event)
+        self.start_invoke(
+            f.request_id,
+            SystemTime::now() + f.timeout,
+            f.extras,
+            f.event,
+        )
     }
 
     /// Gives a generic instance a function's code (read-only at its task

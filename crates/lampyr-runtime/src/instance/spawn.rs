@@ -110,8 +110,17 @@ impl Instance {
         let started = Instant::now();
         let (args, env) = command_line(&cfg);
         let id = cfg.id.clone();
-        let program = cfg.runtime.path.clone();
-        let prefix = cfg.runtime.prefix.clone();
+        let own_program = crate::kinds::of(cfg.runtime.runtime).own_program();
+        // A program of lampyr's own runs from the copy in its runtime
+        // directory (which a jail shows); an interpreter from its prefix.
+        let (program, prefix) = match cfg.runtime.path.file_name() {
+            Some(name) if own_program => (
+                cfg.sandboxer.guest_runtime_dir(&cfg.runtime_dir).join(name),
+                None,
+            ),
+            _ => (cfg.runtime.path.clone(), Some(cfg.runtime.prefix.clone())),
+        };
+        let shared_prefixes = cfg.runtime.shared_prefixes.clone();
         let runtime_dir = cfg.runtime_dir.clone();
         let code_dir = cfg.code_dir.clone();
         let (memory_mb, net_mode) = (cfg.memory_mb, cfg.network.mode());
@@ -119,11 +128,22 @@ impl Instance {
         // Building a sandbox starts processes and writes cgroup files:
         // milliseconds that must not hold up the async workers, and every
         // request they serve, while a pool refills or a function starts.
+        let install = own_program.then(|| (runtime_dir.clone(), cfg.runtime.clone()));
         let (sandbox, mut io) = on_builder_thread(move || {
+            if let Some((dir, info)) = &install {
+                crate::bootstrap::install_program(dir, info).map_err(|e| {
+                    InstanceError::SandboxSetup(format!(
+                        "installing {} into {}: {e}",
+                        info.path.display(),
+                        dir.display()
+                    ))
+                })?;
+            }
             let spec = InstanceSpec {
                 id: &id,
                 program: &program,
-                program_prefix: Some(&prefix),
+                program_prefix: prefix.as_deref(),
+                shared_prefixes: &shared_prefixes,
                 args,
                 env,
                 runtime_dir: &runtime_dir,
@@ -132,7 +152,7 @@ impl Instance {
                 network: net_mode,
                 background: code_dir.is_none(),
             };
-            sandboxer.spawn(&spec)
+            sandboxer.spawn(&spec).map_err(InstanceError::from)
         })
         .await??;
         let adoption = io.adoption.take();
@@ -269,8 +289,17 @@ impl Instance {
 fn command_line(cfg: &InstanceConfig<'_>) -> (Vec<OsString>, Vec<(OsString, OsString)>) {
     let guest_runtime_dir = cfg.sandboxer.guest_runtime_dir(&cfg.runtime_dir);
     let (args, own_env) = crate::kinds::command_line(cfg.runtime.runtime, &guest_runtime_dir);
-    let mut env: Vec<(OsString, OsString)> = vec![
-        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+    // A custom runtime also sees the host's interpreters (see
+    // `kinds::provided`); the others need /usr alone.
+    let jailed = cfg.sandboxer.is_jailed();
+    let prefixes: Vec<std::path::PathBuf> = cfg
+        .runtime
+        .shared_prefixes
+        .iter()
+        .map(|(host, guest)| if jailed { guest } else { host }.clone())
+        .collect();
+    let mut env = crate::kinds::search_paths(&prefixes);
+    env.extend([
         ("LANG".into(), "C.UTF-8".into()),
         ("TZ".into(), "UTC".into()),
         ("HOME".into(), "/tmp".into()),
@@ -280,7 +309,7 @@ fn command_line(cfg: &InstanceConfig<'_>) -> (Vec<OsString>, Vec<(OsString, OsSt
             lampyr_sandbox::PROTOCOL_FD.to_string().into(),
         ),
         ("LAMPYR_INSTANCE_ID".into(), cfg.id.clone().into()),
-    ];
+    ]);
     env.extend(own_env);
     if cfg.code_dir.is_some() {
         // Started for one request with its code: warming the invocation

@@ -10,7 +10,11 @@
 //! under `runtimes/NAME/`.
 
 mod nodejs;
+mod provided;
 mod python;
+
+pub(crate) use provided::search_paths;
+pub use provided::{shared_prefixes, SHIM};
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -52,6 +56,9 @@ pub struct Discovery {
     /// matches within one path component. A pattern without `/` is looked
     /// for in every `PATH` directory (`python3.*`).
     pub scan: &'static [&'static str],
+    /// Looked for beside the running `lampyr` before `PATH` (a program
+    /// of lampyr's own).
+    pub beside_lampyr: bool,
 }
 
 /// A file a runtime's instances read from `/var/runtime`.
@@ -82,8 +89,17 @@ pub trait Kind: Send + Sync + 'static {
     fn discovery(&self) -> &'static Discovery;
 
     /// The files installed under `runtime/NAME/` of the data directory;
-    /// the first is the bootstrap the interpreter runs.
+    /// the first is the bootstrap the interpreter runs. None when the
+    /// program found by [`Kind::discovery`] runs alone ([`Kind::own_program`]).
     fn files(&self) -> &'static [File];
+
+    /// The program found by discovery is lampyr's own and runs alone, with
+    /// no bootstrap file: it is copied under `runtime/NAME/` by
+    /// [`crate::bootstrap::install_program`] and instances run that copy
+    /// (which a jail shows at `/var/runtime`). `provided`'s Runtime API shim.
+    fn own_program(&self) -> bool {
+        false
+    }
 
     /// The interpreter's arguments before the bootstrap's path.
     fn args(&self) -> &'static [&'static str] {
@@ -119,12 +135,13 @@ pub fn of(runtime: Runtime) -> &'static dyn Kind {
     match runtime {
         Runtime::Nodejs => &nodejs::NODEJS,
         Runtime::Python => &python::PYTHON,
+        Runtime::Provided => &provided::PROVIDED,
     }
 }
 
-/// The bootstrap file of a runtime.
-pub fn bootstrap(runtime: Runtime) -> &'static File {
-    &of(runtime).files()[0]
+/// The bootstrap file of a runtime, if it has one.
+pub fn bootstrap(runtime: Runtime) -> Option<&'static File> {
+    of(runtime).files().first()
 }
 
 /// The interpreter's arguments to run the bootstrap at `runtime_dir` (as
@@ -135,7 +152,9 @@ pub(crate) fn command_line(
 ) -> (Vec<OsString>, Vec<(OsString, OsString)>) {
     let kind = of(runtime);
     let mut args: Vec<OsString> = kind.args().iter().map(OsString::from).collect();
-    args.push(runtime_dir.join(bootstrap(runtime).name).into());
+    if let Some(b) = bootstrap(runtime) {
+        args.push(runtime_dir.join(b.name).into());
+    }
     let env = kind
         .env()
         .iter()
@@ -154,7 +173,7 @@ pub fn start_zygote(
     bootstrap_dir: &Path,
 ) -> Result<bool, lampyr_sandbox::SandboxError> {
     let kind = of(runtime);
-    let Some(z) = kind.zygote() else {
+    let (Some(z), Some(b)) = (kind.zygote(), bootstrap(runtime)) else {
         return Ok(false);
     };
     let host_dir = bootstrap_dir.join(runtime.as_str());
@@ -166,10 +185,7 @@ pub fn start_zygote(
         .iter()
         .map(|(k, v)| (OsString::from(k), OsString::from(v)))
         .collect();
-    env.push((
-        "LAMPYR_BOOTSTRAP".into(),
-        guest_dir.join(bootstrap(runtime).name).into(),
-    ));
+    env.push(("LAMPYR_BOOTSTRAP".into(), guest_dir.join(b.name).into()));
     sandboxer.start_zygote(&lampyr_sandbox::ZygoteSpec {
         program: &info.path,
         prefix: &info.prefix,
@@ -189,7 +205,10 @@ mod tests {
         for rt in Runtime::ALL {
             let k = of(rt);
             assert_eq!(k.runtime(), rt);
-            assert!(k.files()[0].name.starts_with("bootstrap."), "{rt}");
+            match k.files().first() {
+                Some(b) => assert!(b.name.starts_with("bootstrap."), "{rt}"),
+                None => assert!(k.own_program(), "{rt}"),
+            }
             if let Some(z) = k.zygote() {
                 assert!(k.files().iter().any(|f| f.name == z.file), "{rt}");
             }

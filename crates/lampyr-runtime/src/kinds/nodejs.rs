@@ -16,6 +16,7 @@ static DISCOVERY: Discovery = Discovery {
         "-e",
         "const p = require('path'); process.stdout.write([process.execPath, process.versions.node, p.resolve(process.execPath, '..', '..')].join('\\n'))",
     ],
+    beside_lampyr: false,
     min_version: (18, 0),
     scan: &[
         "$NVM_DIR/versions/node/*/bin/node",

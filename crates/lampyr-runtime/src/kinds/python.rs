@@ -32,6 +32,7 @@ static DISCOVERY: Discovery = Discovery {
         "-c",
         "import sys; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3]); print(sys.base_prefix)",
     ],
+    beside_lampyr: false,
     min_version: (3, 9),
     scan: &[
         "python3.*",

@@ -3,6 +3,7 @@
 //! them against loopback endpoints only.
 
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 
 /// Where scripts/test installed `what` (`pip install --target`); the

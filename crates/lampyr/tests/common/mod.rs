@@ -297,15 +297,15 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits until every enabled runtime pool has an instance ready.
+    /// Waits until every enabled runtime pool has its target of instances
+    /// ready.
     pub fn wait_pools_ready(&self) {
         self.wait_until("the runtime pools to fill", Duration::from_secs(30), || {
             let pools = self.api("GET", "/pools", None).json();
-            pools
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|p| p["enabled"] == false || p["ready"].as_u64().unwrap() >= 1)
+            pools.as_array().unwrap().iter().all(|p| {
+                p["enabled"] == false
+                    || p["ready"].as_u64().unwrap() >= p["target"].as_u64().unwrap()
+            })
         });
     }
 
