@@ -920,7 +920,8 @@ pub fn print_doctor(report: &lampyr_api::DoctorReport, data_dir: &Path, json: bo
     for r in &report.runtimes {
         match (&r.path, &r.version) {
             (Some(p), Some(v)) => {
-                let _ = writeln!(o, "  {:<8} ok   {v} at {p} (default)", r.runtime);
+                let default = if r.others.is_empty() { "" } else { " (default)" };
+                let _ = writeln!(o, "  {:<8} ok   {v} at {p}{default}", r.runtime);
             }
             _ => {
                 let _ = writeln!(
