@@ -920,7 +920,11 @@ pub fn print_doctor(report: &lampyr_api::DoctorReport, data_dir: &Path, json: bo
     for r in &report.runtimes {
         match (&r.path, &r.version) {
             (Some(p), Some(v)) => {
-                let default = if r.others.is_empty() { "" } else { " (default)" };
+                let default = if r.others.is_empty() {
+                    ""
+                } else {
+                    " (default)"
+                };
                 let _ = writeln!(o, "  {:<8} ok   {v} at {p}{default}", r.runtime);
             }
             _ => {
