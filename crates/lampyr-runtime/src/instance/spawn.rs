@@ -33,25 +33,55 @@ pub struct StartTimings {
 
 type BuildJob = Box<dyn FnOnce() + Send>;
 
+/// Threads of lampyr's own that run blocking start-up work, alive as long
+/// as the server.
+struct Workers {
+    name: &'static str,
+    threads: fn() -> usize,
+    jobs: std::sync::OnceLock<std::sync::mpsc::Sender<BuildJob>>,
+}
+
+/// The threads that build sandboxes: an instance's first process dies
+/// with the thread that started it (its parent-death signal), so the async
+/// runtime's blocking pool, whose idle threads exit, must not start
+/// instances. Two starts at once (a cold start beside a pool refill) at
+/// least.
+static BUILDERS: Workers = Workers {
+    name: "lampyr-sandbox",
+    threads: || std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+    jobs: std::sync::OnceLock::new(),
+};
+
+/// The thread that has zygotes fork runtimes into built sandboxes. One is
+/// enough (a zygote forks one instance at a time), and a thread that stays
+/// keeps its memory: the blocking pool would start a thread, with a malloc
+/// arena of its own, for each of many instances started at once (40
+/// reserved instances grew the server by ~45 MiB that way).
+static ADOPTERS: Workers = Workers {
+    name: "lampyr-adopt",
+    threads: || 1,
+    jobs: std::sync::OnceLock::new(),
+};
+
 /// Runs `f` on one of the threads that build sandboxes and waits for its
-/// result. They are threads of their own, alive as long as the server: an
-/// instance's first process dies with the thread that started it (its
-/// parent-death signal), so the async runtime's blocking pool, whose idle
-/// threads exit, must not start instances.
+/// result.
 async fn on_builder_thread<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, InstanceError> {
-    static BUILDERS: std::sync::OnceLock<std::sync::mpsc::Sender<BuildJob>> =
-        std::sync::OnceLock::new();
-    let builders = BUILDERS.get_or_init(|| {
+    on_worker(&BUILDERS, f).await
+}
+
+async fn on_worker<T: Send + 'static>(
+    workers: &'static Workers,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, InstanceError> {
+    let jobs = workers.jobs.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<BuildJob>();
         let rx = Arc::new(Mutex::new(rx));
-        // Two starts at once (a cold start beside a pool refill) at least.
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-        for _ in 0..n {
+        for _ in 0..(workers.threads)() {
             let rx = rx.clone();
             let started = std::thread::Builder::new()
-                .name("lampyr-sandbox".into())
+                .name(workers.name.into())
                 .spawn(move || loop {
                     let job = rx.lock().recv();
                     match job {
@@ -64,7 +94,7 @@ async fn on_builder_thread<T: Send + 'static>(
                     }
                 });
             if let Err(e) = started {
-                tracing::warn!("could not start a sandbox builder thread: {e}");
+                tracing::warn!("could not start a {} thread: {e}", workers.name);
             }
         }
         tx
@@ -72,14 +102,16 @@ async fn on_builder_thread<T: Send + 'static>(
     let (tx, rx) = oneshot::channel();
     // The sandbox's process and pipes belong to the caller's runtime.
     let runtime = tokio::runtime::Handle::current();
-    builders
-        .send(Box::new(move || {
-            let _entered = runtime.enter();
-            let _ = tx.send(f());
-        }))
-        .map_err(|_| InstanceError::Protocol("no thread is left to build sandboxes".into()))?;
+    jobs.send(Box::new(move || {
+        let _entered = runtime.enter();
+        let _ = tx.send(f());
+    }))
+    .map_err(|_| InstanceError::Protocol(format!("no {} thread is left", workers.name)))?;
     rx.await.map_err(|_| {
-        InstanceError::Protocol("building the sandbox failed (its thread panicked)".into())
+        InstanceError::Protocol(format!(
+            "starting the instance failed (a {} thread panicked)",
+            workers.name
+        ))
     })
 }
 
@@ -250,7 +282,7 @@ impl Instance {
                     sandbox_time = started.elapsed();
                     // A Python runtime forked from the zygote into the jail.
                     if let Some(a) = adoption.take() {
-                        let forked = tokio::task::spawn_blocking(move || a.complete()).await;
+                        let forked = on_worker(&ADOPTERS, move || a.complete()).await;
                         match forked {
                             Ok(Ok(_pid)) => {}
                             Ok(Err(e)) => {
@@ -259,7 +291,7 @@ impl Instance {
                             }
                             Err(e) => {
                                 self.kill("the zygote could not fork the runtime");
-                                return Err(InstanceError::Protocol(e.to_string()));
+                                return Err(e);
                             }
                         }
                     }
