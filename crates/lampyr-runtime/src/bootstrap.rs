@@ -2,6 +2,7 @@
 //! data directory at start-up so a single `lampyr` file is all a host needs.
 //! Which files a runtime has is its kind's ([`crate::kinds::Kind::files`]).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use lampyr_api::Runtime;
@@ -42,19 +43,28 @@ pub fn install_program(runtime_dir: &Path, info: &crate::RuntimeInfo) -> std::io
         return Ok(to);
     }
     std::fs::create_dir_all(runtime_dir)?;
+    // A name of this call's own: instances start on several threads at
+    // once, and a copy written through another call's link would truncate
+    // the program itself (a hard link is the same file).
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = runtime_dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_file(&tmp);
     if std::fs::hard_link(&info.path, &tmp).is_err() {
-        std::fs::copy(&info.path, &tmp)?;
+        // A new file (never an existing one, which may be a link to the
+        // program), then the program's bytes into it.
+        let mut out = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&tmp)?;
+        std::io::copy(&mut std::fs::File::open(&info.path)?, &mut out)?;
         if let Some(t) = from.1 {
-            std::fs::File::options()
-                .write(true)
-                .open(&tmp)?
-                .set_modified(t)?;
+            out.set_modified(t)?;
         }
     }
     std::fs::rename(&tmp, &to)?;
@@ -68,5 +78,35 @@ pub fn path(dir: &Path, runtime: Runtime) -> PathBuf {
     match crate::kinds::bootstrap(runtime) {
         Some(b) => d.join(b.name),
         None => d.join(crate::kinds::SHIM),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Instances start on several threads at once: installing the program
+    /// from all of them leaves it, and its installed copy, whole.
+    #[test]
+    fn concurrent_installs_keep_the_program_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let program = d.path().join("shim");
+        let body = vec![7u8; 1 << 20];
+        std::fs::write(&program, &body).unwrap();
+        let info = crate::RuntimeInfo {
+            runtime: Runtime::Provided,
+            path: program.clone(),
+            version: "0".into(),
+            prefix: d.path().into(),
+            shared_prefixes: Vec::new(),
+        };
+        let dir = d.path().join("runtime");
+        std::thread::scope(|s| {
+            for _ in 0..16 {
+                s.spawn(|| install_program(&dir, &info).unwrap());
+            }
+        });
+        assert_eq!(std::fs::read(&program).unwrap(), body);
+        assert_eq!(std::fs::read(dir.join("shim")).unwrap(), body);
     }
 }
