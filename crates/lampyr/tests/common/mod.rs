@@ -588,6 +588,31 @@ impl Drop for Server {
                 self.kill();
             }
         }
+        // A server that was killed leaves its sandbox's mounts (views of
+        // host directories, the slots' tmpfs) under its data directory,
+        // which its temporary directory cannot be removed through.
+        if self._tmp.is_some() {
+            detach_mounts_under(&self.data);
+        }
+    }
+}
+
+/// Detaches every mount at or under `dir`, deepest first.
+pub fn detach_mounts_under(dir: &Path) {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // The mount point is the fifth field (spaces escaped as \040).
+    let mut points: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
