@@ -319,6 +319,8 @@ async fn watch_exit(shared: Arc<Shared>, mut sandbox: Sandbox) {
     LIVE.fetch_sub(1, Ordering::Relaxed);
     let drained: Vec<Pending> = shared.pending.lock().drain().map(|(_, p)| p).collect();
     for p in drained {
+        // Its last lines may still be in the pipe: they are its.
+        shared.finished(p.request_id.clone());
         p.exited(&report);
     }
 }
