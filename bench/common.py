@@ -1,9 +1,13 @@
 """What lampyr's benchmark scripts share: their log lines, a free loopback
-port, and starting `lampyr serve` on loopback (its address read from its
-log, its management token from its data directory)."""
+port, starting `lampyr serve` on loopback (its address read from its log,
+its management token from its data directory), and the functions they
+deploy: hello worlds, and two real functions with their packages from npm
+and PyPI (installed once under target/bench-deps)."""
 
+import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,3 +53,83 @@ def start_server(binary, data, die, args=()):
     threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
     token = open(os.path.join(data, "token")).read().strip()
     return server, url, token
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEPS = os.path.join(ROOT, "target", "bench-deps")
+
+HELLO_NODE = "exports.handler = async () => ({ statusCode: 200, body: 'Hello World' });\n"
+HELLO_PYTHON = "def handler(event, context):\n    return {'statusCode': 200, 'body': 'Hello World'}\n"
+REAL_NODE = """const { S3Client } = require('@aws-sdk/client-s3');
+const _ = require('lodash');
+const express = require('express');
+const s3 = new S3Client({ region: 'us-east-1' });
+const app = express();
+exports.handler = async (event) => ({
+  statusCode: 200,
+  body: _.join(['real', typeof s3.send, typeof app.listen], ' '),
+});
+"""
+REAL_PYTHON = """import numpy
+import requests
+import pydantic
+
+class Item(pydantic.BaseModel):
+    name: str
+    size: int
+
+def handler(event, context):
+    item = Item(name='real', size=int(numpy.arange(4).sum()))
+    return {'statusCode': 200, 'body': item.model_dump_json() + ' ' + requests.__version__}
+"""
+
+# The usual shape of a real function: name -> (runtime, handler file,
+# source, memory_mb, packages).
+REAL_FUNCTIONS = {
+    "real-node": ("nodejs", "index.js", REAL_NODE, 512, "npm"),
+    "real-python": ("python", "index.py", REAL_PYTHON, 512, "pip"),
+}
+
+
+def install_packages(kind, log):
+    """The real functions' packages, installed once under target/bench-deps:
+    (installed path, name in the function's directory) pairs."""
+    if kind == "npm":
+        d = os.path.join(DEPS, "node-real")
+        if not os.path.exists(os.path.join(d, ".complete")):
+            log("installing @aws-sdk/client-s3, lodash and express from npm")
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "package.json"), "w") as f:
+                json.dump({"name": "real-node", "private": True}, f)
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent",
+                            "@aws-sdk/client-s3", "lodash", "express"], cwd=d, check=True)
+            open(os.path.join(d, ".complete"), "w").close()
+        return [(os.path.join(d, "node_modules"), "node_modules")]
+    d = os.path.join(DEPS, "python-real")
+    if not os.path.exists(os.path.join(d, ".complete")):
+        log("installing numpy, requests and pydantic from PyPI")
+        shutil.rmtree(d, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "--target", d, "numpy", "requests", "pydantic"], check=True)
+        open(os.path.join(d, ".complete"), "w").close()
+    return [(os.path.join(d, e), e) for e in os.listdir(d) if e != ".complete"]
+
+
+def write_function(d, name, function, extra, log):
+    """Writes function `name` (a (runtime, file, source, memory_mb, packages)
+    tuple) into directory `d`, with `extra` manifest lines; returns `d`."""
+    runtime, file, source, memory, packages = function
+    os.makedirs(d)
+    with open(os.path.join(d, file), "w") as f:
+        f.write(source)
+    with open(os.path.join(d, "lampyr.toml"), "w") as f:
+        f.write(f'name = "{name}"\nruntime = "{runtime}"\nhandler = "index.handler"\n'
+                f'memory_mb = {memory}\nnetwork = "none"\n{extra}')
+    if packages:
+        for src, dst in install_packages(packages, log):
+            target = os.path.join(d, dst)
+            if os.path.isdir(src):
+                shutil.copytree(src, target, symlinks=True)
+            else:
+                shutil.copy2(src, target)
+    return d

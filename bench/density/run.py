@@ -37,90 +37,26 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
-from common import logger, start_server  # noqa: E402
+from common import HELLO_NODE, HELLO_PYTHON, REAL_FUNCTIONS, logger, start_server, write_function  # noqa: E402
 
 BIN = os.environ.get("LAMPYR_BIN", os.path.join(ROOT, "target", "release", "lampyr"))
-DEPS = os.path.join(ROOT, "target", "bench-deps")
 MARK_START = "<!-- bench:density:start -->"
 MARK_END = "<!-- bench:density:end -->"
 log, die = logger("density")
 
-HELLO_NODE = "exports.handler = async () => ({ statusCode: 200, body: 'Hello World' });\n"
-HELLO_PYTHON = "def handler(event, context):\n    return {'statusCode': 200, 'body': 'Hello World'}\n"
-REAL_NODE = """const { S3Client } = require('@aws-sdk/client-s3');
-const _ = require('lodash');
-const express = require('express');
-const s3 = new S3Client({ region: 'us-east-1' });
-const app = express();
-exports.handler = async (event) => ({
-  statusCode: 200,
-  body: _.join(['real', typeof s3.send, typeof app.listen], ' '),
-});
-"""
-REAL_PYTHON = """import numpy
-import requests
-import pydantic
-
-class Item(pydantic.BaseModel):
-    name: str
-    size: int
-
-def handler(event, context):
-    item = Item(name='real', size=int(numpy.arange(4).sum()))
-    return {'statusCode': 200, 'body': item.model_dump_json() + ' ' + requests.__version__}
-"""
-
-# name -> (runtime, handler file, source, memory_mb, packages installer)
+# name -> (runtime, handler file, source, memory_mb, packages)
 FUNCTIONS = {
     "hello-node": ("nodejs", "index.js", HELLO_NODE, 128, None),
     "hello-python": ("python", "index.py", HELLO_PYTHON, 128, None),
-    "real-node": ("nodejs", "index.js", REAL_NODE, 512, "npm"),
-    "real-python": ("python", "index.py", REAL_PYTHON, 512, "pip"),
+    "real-node": REAL_FUNCTIONS["real-node"],
+    "real-python": REAL_FUNCTIONS["real-python"],
 }
 
 
-def install_packages(kind):
-    """The real functions' packages, installed once under target/bench-deps."""
-    if kind == "npm":
-        d = os.path.join(DEPS, "node-real")
-        if not os.path.exists(os.path.join(d, ".complete")):
-            log("installing @aws-sdk/client-s3, lodash and express from npm")
-            os.makedirs(d, exist_ok=True)
-            with open(os.path.join(d, "package.json"), "w") as f:
-                json.dump({"name": "real-node", "private": True}, f)
-            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent",
-                            "@aws-sdk/client-s3", "lodash", "express"], cwd=d, check=True)
-            open(os.path.join(d, ".complete"), "w").close()
-        return [(os.path.join(d, "node_modules"), "node_modules")]
-    d = os.path.join(DEPS, "python-real")
-    if not os.path.exists(os.path.join(d, ".complete")):
-        log("installing numpy, requests and pydantic from PyPI")
-        shutil.rmtree(d, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "--target", d, "numpy", "requests", "pydantic"], check=True)
-        open(os.path.join(d, ".complete"), "w").close()
-    return [(os.path.join(d, e), e) for e in os.listdir(d) if e != ".complete"]
-
-
 def function_dir(tmp, name, instances):
-    runtime, file, source, memory, packages = FUNCTIONS[name]
-    d = os.path.join(tmp, "fn-" + name)
-    os.makedirs(d)
-    with open(os.path.join(d, file), "w") as f:
-        f.write(source)
-    with open(os.path.join(d, "lampyr.toml"), "w") as f:
-        f.write(f'name = "{name}"\nruntime = "{runtime}"\nhandler = "index.handler"\n'
-                f'memory_mb = {memory}\nmin_instances = {instances}\nmax_instances = {instances}\n'
-                'idle_timeout = "1h"\n'
-                'network = "none"\n')
-    if packages:
-        for src, dst in install_packages(packages):
-            target = os.path.join(d, dst)
-            if os.path.isdir(src):
-                shutil.copytree(src, target, symlinks=True)
-            else:
-                shutil.copy2(src, target)
-    return d
+    return write_function(
+        os.path.join(tmp, "fn-" + name), name, FUNCTIONS[name],
+        f"min_instances = {instances}\nmax_instances = {instances}\nidle_timeout = \"1h\"\n", log)
 
 
 def descendants(pid):
