@@ -11,7 +11,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
+import urllib.request
 
 
 def logger(tag):
@@ -133,3 +136,61 @@ def write_function(d, name, function, extra, log):
             else:
                 shutil.copy2(src, target)
     return d
+
+
+class Lampyr:
+    """`lampyr serve` (`binary`) on loopback with a fresh data directory in
+    `work`, and what the benchmarks ask of it."""
+
+    def __init__(self, binary, work, die, args=()):
+        self.binary, self.die = binary, die
+        self.data = tempfile.mkdtemp(prefix="data-", dir=work)
+        self.proc, self.url, self.token = start_server(binary, self.data, die, args)
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def api(self, path):
+        req = urllib.request.Request(self.url + "/api/v1" + path, headers={"Authorization": "Bearer " + self.token})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+    def wait(self, what, cond, limit=300, pause=0.005):
+        deadline = time.monotonic() + limit
+        while not cond():
+            if time.monotonic() > deadline:
+                self.die(f"timed out waiting for {what}")
+            time.sleep(pause)
+
+    def deploy(self, fn_dir):
+        env = dict(os.environ, LAMPYR_URL=self.url, LAMPYR_DATA_DIR=self.data)
+        r = subprocess.run([self.binary, "deploy", fn_dir], env=env, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            self.die(f"lampyr deploy {fn_dir} failed:\n{r.stdout}{r.stderr}")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def commit():
+    """The commit the repository is at, short."""
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_section(out, start, end, text):
+    """Replaces the section of file `out` between markers `start` and `end`
+    (which `text` begins and ends with), or appends it."""
+    doc = open(out).read() if os.path.exists(out) else "# Benchmarks\n"
+    if start in doc:
+        a, rest = doc.split(start, 1)
+        doc = a + text + rest.split(end, 1)[1]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    with open(out, "w") as f:
+        f.write(doc)

@@ -23,19 +23,18 @@ Run as root (the sandbox).
 import argparse
 import datetime
 import http.client
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
-from common import REAL_FUNCTIONS, free_port, logger, start_server, write_function  # noqa: E402
+from common import (  # noqa: E402
+    REAL_FUNCTIONS, Lampyr, commit, free_port, logger, write_function, write_section)
 
 BIN = os.environ.get("LAMPYR_BIN", os.path.join(ROOT, "target", "release", "lampyr"))
 MARK_START = "<!-- bench:coldstart-real:start -->"
@@ -65,30 +64,7 @@ def get(host, port, path, timeout=30):
         c.close()
 
 
-class Lampyr:
-    def __init__(self, work):
-        self.data = tempfile.mkdtemp(prefix="data-", dir=work)
-        self.proc, self.url, self.token = start_server(BIN, self.data, die)
-        self.port = int(self.url.rsplit(":", 1)[1])
-
-    def api(self, path):
-        req = urllib.request.Request(self.url + "/api/v1" + path, headers={"Authorization": "Bearer " + self.token})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.load(r)
-
-    def wait(self, what, cond, limit=60):
-        deadline = time.monotonic() + limit
-        while not cond():
-            if time.monotonic() > deadline:
-                die(f"timed out waiting for {what}")
-            time.sleep(0.005)
-
-    def deploy(self, d):
-        env = dict(os.environ, LAMPYR_URL=self.url, LAMPYR_DATA_DIR=self.data)
-        r = subprocess.run([BIN, "deploy", d], env=env, capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            die(f"lampyr deploy {d} failed:\n{r.stdout}{r.stderr}")
-
+class Server(Lampyr):
     def cold(self, name, runtime):
         """One cold start: (client ms, x-lampyr-start, phases in ms)."""
         self.wait(f"{name} to have no instance", lambda: self.api("/functions/" + name).get("instances") == 0)
@@ -105,13 +81,6 @@ class Lampyr:
             if len(bits) == 2:
                 phases[bits[0]] = float(bits[1])
         return ms, headers.get("x-lampyr-start"), phases
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def bare_once(argv):
@@ -147,14 +116,6 @@ def interpreter(name):
     return os.path.realpath(path) if name == "node" else path
 
 
-def commit():
-    try:
-        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def report(rows, args):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -182,14 +143,7 @@ def report(rows, args):
         MARK_END,
     ]
     text = "\n".join(lines)
-    doc = open(args.out).read() if os.path.exists(args.out) else "# Benchmarks\n"
-    if MARK_START in doc:
-        a, rest = doc.split(MARK_START, 1)
-        doc = a + text + rest.split(MARK_END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    with open(args.out, "w") as f:
-        f.write(doc)
+    write_section(args.out, MARK_START, MARK_END, text)
     print(text)
 
 
@@ -207,7 +161,7 @@ def main():
     work = tempfile.mkdtemp(prefix="lampyr-coldstart-real-")
     srv = None
     try:
-        srv = Lampyr(work)
+        srv = Server(BIN, work, die)
         rows = []
         for name, fn in REAL_FUNCTIONS.items():
             runtime, file = fn[0], fn[1]

@@ -25,7 +25,6 @@ Run as root (PSS of other users' processes; the sandbox).
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import subprocess
@@ -37,7 +36,8 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
-from common import HELLO_NODE, HELLO_PYTHON, REAL_FUNCTIONS, logger, start_server, write_function  # noqa: E402
+from common import (  # noqa: E402
+    HELLO_NODE, HELLO_PYTHON, REAL_FUNCTIONS, Lampyr, commit, logger, write_function, write_section)
 
 BIN = os.environ.get("LAMPYR_BIN", os.path.join(ROOT, "target", "release", "lampyr"))
 MARK_START = "<!-- bench:density:start -->"
@@ -95,43 +95,16 @@ def total_pss_kib(pid):
     return sum(kib(p, "smaps_rollup", "Pss:") for p in procs), len(procs)
 
 
-class Server:
+class Server(Lampyr):
     def __init__(self, tmp):
-        self.data = tempfile.mkdtemp(prefix="data-", dir=tmp)
-        self.proc, self.url, self.token = start_server(BIN, self.data, die)
-
-    def api(self, path, method="GET", body=None):
-        req = urllib.request.Request(self.url + "/api/v1" + path, method=method, data=body,
-                                     headers={"Authorization": "Bearer " + self.token})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.load(r)
-
-    def wait(self, what, cond, limit=300):
-        deadline = time.monotonic() + limit
-        while not cond():
-            if time.monotonic() > deadline:
-                die(f"timed out waiting for {what}")
-            time.sleep(0.2)
+        super().__init__(BIN, tmp, die)
 
     def pools_ready(self):
         return all(p.get("ready", 0) >= p.get("target", 1) for p in self.api("/pools"))
 
-    def deploy(self, fn_dir):
-        env = dict(os.environ, LAMPYR_URL=self.url, LAMPYR_DATA_DIR=self.data)
-        r = subprocess.run([BIN, "deploy", fn_dir], env=env, capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            die(f"lampyr deploy {fn_dir} failed:\n{r.stdout}{r.stderr}")
-
     def call(self, name):
         with urllib.request.urlopen(self.url + "/fn/" + name, timeout=30) as r:
             return r.status
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def settle(srv):
@@ -149,7 +122,7 @@ def settle(srv):
 def measure(name, n, tmp):
     srv = Server(tmp)
     try:
-        srv.wait("the pools", srv.pools_ready)
+        srv.wait("the pools", srv.pools_ready, pause=0.2)
         base = settle(srv)
         base_procs = len(descendants(srv.proc.pid))
         server_rss = kib(srv.proc.pid, "status", "VmRSS:")
@@ -159,7 +132,7 @@ def measure(name, n, tmp):
         for _ in range(n):
             if srv.call(name) != 200:
                 die(f"{name} did not answer 200")
-        srv.wait("the pools", srv.pools_ready)
+        srv.wait("the pools", srv.pools_ready, pause=0.2)
         loaded = settle(srv)
         procs = len(descendants(srv.proc.pid))
         server_rss_after = kib(srv.proc.pid, "status", "VmRSS:")
@@ -172,14 +145,6 @@ def measure(name, n, tmp):
         }
     finally:
         srv.stop()
-
-
-def commit():
-    try:
-        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def report(rows, args):
@@ -207,16 +172,7 @@ def report(rows, args):
         MARK_END,
     ]
     text = "\n".join(lines)
-    out = args.out
-    doc = open(out).read() if os.path.exists(out) else "# Benchmarks\n"
-    if MARK_START in doc:
-        a, rest = doc.split(MARK_START, 1)
-        _, b = rest.split(MARK_END, 1)
-        doc = a + text + b
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    with open(out, "w") as f:
-        f.write(doc)
+    write_section(args.out, MARK_START, MARK_END, text)
     print(text)
 
 
